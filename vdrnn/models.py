@@ -1,0 +1,206 @@
+"""Models as pure functions over explicit parameter pytrees (plain dicts of arrays).
+
+* Language model (Zaremba et al. 2014; Gal & Ghahramani 2016, Sec. 5.1):
+  embedding -> L LSTM layers -> output dropout -> softmax over the vocabulary.
+* Sequence model (Gal & Ghahramani 2016, Sec. 5.2, sentiment):
+  embedding -> one LSTM or GRU layer -> dropout on the last hidden state -> dense.
+
+Applying a model takes the masks explicitly (from ``vdrnn.masks.sample_masks``); the
+model never draws random numbers itself. Layouts: tokens are ``[B, T]`` (batch-major,
+as data pipelines produce them); the recurrent scans run time-major ``[T, B, .]``.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import jax
+import jax.numpy as jnp
+
+from vdrnn import masks as masks_lib
+from vdrnn import rnn
+
+Array = jax.Array
+GATES = {"lstm": 4, "gru": 3}
+
+
+def _uniform(key, shape, scale):
+  return jax.random.uniform(key, shape, jnp.float32, -scale, scale)
+
+
+# ----------------------------------------------------------------------------------------
+# Language model.
+
+
+def lm_layer_sizes(cfg) -> list[tuple[int, int]]:
+  """``[(D_in, H), ...]`` for the LSTM stack of a model config."""
+  return [(cfg.emb_dim if l == 0 else cfg.hidden, cfg.hidden) for l in range(cfg.num_layers)]
+
+
+def init_lm(key: Array, cfg) -> dict:
+  """Language-model parameters, every entry ~ U(-init_scale, init_scale) (Zaremba; Gal).
+
+  ``cfg`` fields: vocab_size, emb_dim, hidden, num_layers, init_scale, tie_embeddings.
+  Returns ``{"embed": [V, E], "lstm": [{"w_x", "w_h", "b"}] * L, "softmax": {"w": [H, V], "b": [V]}}``
+  (no ``softmax.w`` when ``tie_embeddings``, Press & Wolf 2016: logits use ``embed.T``).
+  """
+  if cfg.tie_embeddings and cfg.emb_dim != cfg.hidden:
+    raise ValueError(f"tie_embeddings needs emb_dim == hidden, got {cfg.emb_dim} and {cfg.hidden}")
+  keys = jax.random.split(key, 2 + cfg.num_layers)
+  s = cfg.init_scale
+  params = {"embed": _uniform(keys[0], (cfg.vocab_size, cfg.emb_dim), s), "lstm": []}
+  for l, (d, h) in enumerate(lm_layer_sizes(cfg)):
+    kx, kh, kb = jax.random.split(keys[2 + l], 3)
+    params["lstm"].append({"w_x": _uniform(kx, (d, 4 * h), s), "w_h": _uniform(kh, (h, 4 * h), s),
+                           "b": _uniform(kb, (4 * h,), s)})
+  kw, kb = jax.random.split(keys[1])
+  params["softmax"] = {"b": _uniform(kb, (cfg.vocab_size,), s)}
+  if not cfg.tie_embeddings:
+    params["softmax"]["w"] = _uniform(kw, (cfg.hidden, cfg.vocab_size), s)
+  return params
+
+
+def lm_zero_carry(cfg, batch: int) -> list:
+  """Zero LSTM state: a list over layers of ``(c, h)``, each ``[B, H]``."""
+  z = jnp.zeros((batch, cfg.hidden), jnp.float32)
+  return [(z, z) for _ in range(cfg.num_layers)]
+
+
+def lm_masks(key: Array, cfg, tokens: Array, rates: Optional[dict] = None) -> dict:
+  """All masks of one LM window, per sequence row, from one key (see ``sample_masks``).
+
+  ``rates`` defaults to the config's ``{"emb": p_emb, "x": p_x, "h": p_h, "out": p_out}``;
+  pass traced rates to vmap over a population.
+  """
+  if rates is None:
+    rates = lm_rates(cfg)
+  return masks_lib.sample_masks(key, rates, tokens, scheme=cfg.scheme, tied=cfg.tied_gates,
+                                layers=lm_layer_sizes(cfg), n_gates=4,
+                                emb_shared_across_batch=cfg.get("emb_shared_across_batch", False))
+
+
+def lm_rates(cfg) -> dict:
+  return {"emb": cfg.p_emb, "x": cfg.p_x, "h": cfg.p_h, "out": cfg.p_out}
+
+
+def lm_hidden(params: dict, carry: list, tokens: Array, masks: Optional[dict] = None, *,
+              unroll: int = 1, compute_dtype=None) -> tuple[Array, list]:
+  """Runs embedding + LSTM stack + output dropout.
+
+  Args:
+    params: from ``init_lm``.
+    carry: list over layers of ``(c, h)``, each ``[B, H]``.
+    tokens: ``[B, T]`` int token ids.
+    masks: from ``lm_masks`` (None = deterministic, the dropout approximation).
+  Returns:
+    ``(ys, carry)``: ys ``[T, B, H]`` are the (output-dropped) top-layer states that
+    feed the softmax; carry is the new state.
+  """
+  masks = masks or {}
+  xs = jnp.take(params["embed"], tokens.T, axis=0)  # [T, B, E]
+  if masks.get("emb") is not None:
+    xs = xs * masks["emb"].T[..., None]  # word-type dropout, [B, T] -> [T, B, 1]
+  new_carry = []
+  for l, p in enumerate(params["lstm"]):
+    m_steps = (masks.get("x_steps") or [None] * len(params["lstm"]))[l]
+    if m_steps is not None:  # naive (Zaremba) dropout: a fresh mask per step, [T, B, D]
+      xs = xs * m_steps
+    m_x = (masks.get("x") or [None] * len(params["lstm"]))[l]
+    m_h = (masks.get("h") or [None] * len(params["lstm"]))[l]
+    c, xs = rnn.lstm(p, carry[l], xs, m_x, m_h, unroll=unroll, compute_dtype=compute_dtype)
+    new_carry.append(c)
+  if masks.get("out") is not None:
+    xs = xs * masks["out"]  # [B, H] (variational) or [T, B, H] (naive); broadcasts over T
+  return xs, new_carry
+
+
+def lm_logits(params: dict, ys: Array, compute_dtype=None, temperature: float = 1.0) -> Array:
+  """Softmax logits ``[..., V]`` from top-layer states ``[..., H]`` (divided by ``temperature``)."""
+  w = params["softmax"]["w"] if "w" in params["softmax"] else params["embed"].T
+  pet = jnp.float32 if compute_dtype is not None else None
+  if compute_dtype is not None:
+    ys, w = ys.astype(compute_dtype), w.astype(compute_dtype)
+  logits = jnp.dot(ys, w, preferred_element_type=pet) + params["softmax"]["b"]
+  return logits if temperature == 1.0 else logits / temperature
+
+
+def lm_nll(params: dict, carry: list, tokens: Array, targets: Array, masks: Optional[dict] = None, *,
+           unroll: int = 1, compute_dtype=None) -> tuple[Array, list]:
+  """Per-token negative log-likelihood ``[T, B]`` (natural log) and the new carry.
+
+  The loss for the gradient (Zaremba's and Gal's code) is ``nll.mean(axis=1).sum()``:
+  the sum over time steps of the batch-mean NLL.
+  """
+  ys, carry = lm_hidden(params, carry, tokens, masks, unroll=unroll, compute_dtype=compute_dtype)
+  logits = lm_logits(params, ys, compute_dtype)
+  logp = jax.nn.log_softmax(logits, axis=-1)
+  nll = -jnp.take_along_axis(logp, targets.T[..., None], axis=-1)[..., 0]
+  return nll, carry
+
+
+# ----------------------------------------------------------------------------------------
+# Sequence regressor / classifier (sentiment).
+
+
+def init_seq(key: Array, cfg) -> dict:
+  """Sentiment-model parameters, initialised as Keras 1 (the paper's sentiment code).
+
+  ``cfg`` fields: vocab_size, emb_dim, hidden, cell ("lstm" | "gru"), out_dim.
+  Embedding U(-0.05, 0.05); input kernels Glorot-uniform; recurrent kernels orthogonal
+  (per gate); biases 0 except the LSTM forget gate, 1.
+  Returns ``{"embed": [V, E], "rnn": {"w_x", "w_h", "b"}, "dense": {"w": [H, K], "b": [K]}}``.
+  """
+  G = GATES[cfg.cell]
+  H, E = cfg.hidden, cfg.emb_dim
+  k_e, k_x, k_h, k_d = jax.random.split(key, 4)
+  glorot = jax.nn.initializers.glorot_uniform()
+  ortho = jax.nn.initializers.orthogonal()
+  w_x = jnp.concatenate([glorot(k, (E, H)) for k in jax.random.split(k_x, G)], axis=1)
+  w_h = jnp.concatenate([ortho(k, (H, H)) for k in jax.random.split(k_h, G)], axis=1)
+  b = jnp.zeros((G * H,), jnp.float32)
+  if cfg.cell == "lstm":
+    b = b.at[H:2 * H].set(1.0)
+  return {"embed": _uniform(k_e, (cfg.vocab_size, E), 0.05),
+          "rnn": {"w_x": w_x, "w_h": w_h, "b": b},
+          "dense": {"w": glorot(k_d, (H, cfg.out_dim)), "b": jnp.zeros((cfg.out_dim,), jnp.float32)}}
+
+
+def seq_masks(key: Array, cfg, tokens: Array, rates: Optional[dict] = None) -> dict:
+  """Masks for one batch of the sequence model (same structure as ``lm_masks``, one layer)."""
+  if rates is None:
+    rates = {"emb": cfg.p_emb, "x": cfg.p_x, "h": cfg.p_h, "out": cfg.p_out}
+  return masks_lib.sample_masks(key, rates, tokens, scheme=cfg.scheme, tied=cfg.tied_gates,
+                                layers=[(cfg.emb_dim, cfg.hidden)], n_gates=GATES[cfg.cell],
+                                emb_shared_across_batch=cfg.get("emb_shared_across_batch", False))
+
+
+def seq_apply(params: dict, tokens: Array, masks: Optional[dict] = None, *, cell: str = "lstm",
+              unroll: int = 1, compute_dtype=None) -> Array:
+  """Outputs ``[B, K]`` for padded token sequences ``[B, T]`` (id 0 = padding).
+
+  Padding: a padded step leaves the recurrent state unchanged (``valid`` in the scans),
+  so left- or right-padded sequences give exactly the output of the unpadded sequence;
+  the last state is the one after the last real token. (The original Keras code fed the
+  zero-padded prefix through the LSTM; we do not.)
+  """
+  masks = masks or {}
+  B, T = tokens.shape
+  valid = (tokens != 0).T  # [T, B]
+  xs = jnp.take(params["embed"], tokens.T, axis=0)
+  if masks.get("emb") is not None:
+    xs = xs * masks["emb"].T[..., None]
+  x_steps = (masks.get("x_steps") or [None])[0]
+  if x_steps is not None:
+    xs = xs * x_steps
+  m_x, m_h = (masks.get("x") or [None])[0], (masks.get("h") or [None])[0]
+  H = params["rnn"]["w_h"].shape[0]
+  z = jnp.zeros((B, H), jnp.float32)
+  if cell == "lstm":
+    (_, h), _ = rnn.lstm(params["rnn"], (z, z), xs, m_x, m_h, valid=valid, unroll=unroll,
+                         compute_dtype=compute_dtype)
+  else:
+    h, _ = rnn.gru(params["rnn"], z, xs, m_x, m_h, valid=valid, unroll=unroll, compute_dtype=compute_dtype)
+  out = masks.get("out")
+  if out is not None:
+    h = h * (out if out.ndim == 2 else out[-1])  # naive masks are [T, B, H]: use the last step's
+  return h @ params["dense"]["w"] + params["dense"]["b"]

@@ -1,0 +1,211 @@
+"""Pure LSTM and GRU scans with variational (per-sequence, time-constant) dropout masks.
+
+Masks are arguments; nothing here draws random numbers. A mask is either
+
+* tied: one mask shared by all gates, ``[B, D]`` for the input and ``[B, H]`` for the
+  recurrent state (one fused matmul per step), or
+* untied: one mask per gate, ``[G, B, D]`` and ``[G, B, H]`` (G = 4 for the LSTM, 3 for
+  the GRU); gate k then sees ``x * mask_x[k]`` and ``h * mask_h[k]`` (Gal & Ghahramani
+  2016, Eq. 7-8).
+
+``None`` means no dropout. Because a variational input mask is constant over time and
+the input does not depend on ``h``, the masked input projection ``(x_t * m_x) W_x + b``
+is computed for all T steps in one matmul before the scan; only ``(h_{t-1} * m_h) W_h``
+stays inside it.
+
+``compute_dtype`` (e.g. ``jnp.bfloat16``) casts matmul operands and accumulates in
+float32; the state and gate non-linearities stay float32.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import jax
+import jax.numpy as jnp
+
+Array = jax.Array
+
+
+def _mask_kind(name: str, mask: Optional[Array], B: int, D: int, G: int) -> Optional[str]:
+  """'tied', 'untied' or None; ValueError naming ``name`` for any other shape."""
+  if mask is None:
+    return None
+  shape = tuple(mask.shape)
+  if shape == (B, D):
+    return "tied"
+  if shape == (G, B, D):
+    return "untied"
+  raise ValueError(f"{name} must have shape [B, D] = {[B, D]} (tied) or [{G}, B, D] = {[G, B, D]} "
+                   f"(untied, one per gate), got {list(shape)}")
+
+
+def _check_params(params: dict, D: int, H: int, G: int) -> None:
+  want = {"w_x": (D, G * H), "w_h": (H, G * H), "b": (G * H,)}
+  for k, shape in want.items():
+    if k not in params:
+      raise ValueError(f"params is missing {k!r} (expected keys {sorted(want)})")
+    if tuple(params[k].shape) != shape:
+      raise ValueError(f"params[{k!r}] must have shape {list(shape)}, got {list(params[k].shape)}")
+
+
+def _cast(a: Array, dtype) -> Array:
+  return a if dtype is None else a.astype(dtype)
+
+
+def input_projection(xs: Array, w_x: Array, b: Array, mask_x: Optional[Array], G: int,
+                     compute_dtype=None) -> Array:
+  """All-steps input pre-activations ``[T, B, G*H]``.
+
+  tied / none: ``(x_t * m) @ W_x + b``; untied: gate k uses ``(x_t * m[k]) @ W_x[:, kH:(k+1)H]``.
+  """
+  T, B, D = xs.shape
+  H = w_x.shape[1] // G
+  pet = jnp.float32 if compute_dtype is not None else None
+  if mask_x is None or mask_x.ndim == 2:
+    xm = xs if mask_x is None else xs * mask_x
+    out = jnp.einsum("tbd,dk->tbk", _cast(xm, compute_dtype), _cast(w_x, compute_dtype),
+                     preferred_element_type=pet)
+  else:  # untied: [G, T, B, D] against [G, D, H]
+    xm = xs[None] * mask_x[:, None]
+    wg = w_x.reshape(D, G, H).transpose(1, 0, 2)
+    out = jnp.einsum("gtbd,gdh->tbgh", _cast(xm, compute_dtype), _cast(wg, compute_dtype),
+                     preferred_element_type=pet).reshape(T, B, G * H)
+  return out.astype(jnp.float32) + b
+
+
+def _recurrent(h: Array, w_h: Array, mask_h: Optional[Array], G: int, compute_dtype) -> Array:
+  """``[B, G*H]`` recurrent pre-activations; ``w_h`` is [H, G*H] (tied) or [G, H, H] (untied)."""
+  pet = jnp.float32 if compute_dtype is not None else None
+  if mask_h is None or mask_h.ndim == 2:
+    hm = h if mask_h is None else h * mask_h
+    return jnp.dot(_cast(hm, compute_dtype), w_h, preferred_element_type=pet)
+  hm = h[None] * mask_h  # [G, B, H]
+  B, H = h.shape
+  out = jnp.einsum("gbh,ghk->bgk", _cast(hm, compute_dtype), w_h, preferred_element_type=pet)
+  return out.reshape(B, G * H)
+
+
+def _per_gate(w_h: Array, G: int) -> Array:
+  """[H, G*H] -> [G, H, H], so that ``result[k] == w_h[:, kH:(k+1)H]``."""
+  H = w_h.shape[0]
+  return w_h.reshape(H, G, H).transpose(1, 0, 2)
+
+
+def _check_valid(valid: Optional[Array], T: int, B: int) -> None:
+  if valid is not None and tuple(valid.shape) != (T, B):
+    raise ValueError(f"valid must have shape [T, B] = {[T, B]}, got {list(valid.shape)}")
+
+
+def lstm(params: dict, carry: tuple[Array, Array], xs: Array, mask_x: Optional[Array] = None,
+         mask_h: Optional[Array] = None, *, valid: Optional[Array] = None, unroll: int = 1,
+         compute_dtype=None) -> tuple[tuple[Array, Array], Array]:
+  """One LSTM layer over a sequence, gate order (i, f, g, o).
+
+  Equations (per step t, masks fixed over t)::
+
+    [i, f, g, o] = (x_t * m_x) W_x + (h_{t-1} * m_h) W_h + b        (per gate k for untied masks)
+    c_t = sigmoid(f) * c_{t-1} + sigmoid(i) * tanh(g)
+    h_t = sigmoid(o) * tanh(c_t)
+
+  Args:
+    params: ``{"w_x": [D, 4H], "w_h": [H, 4H], "b": [4H]}``.
+    carry: ``(c, h)``, each ``[B, H]``.
+    xs: ``[T, B, D]`` inputs.
+    mask_x: ``None``, ``[B, D]`` (tied) or ``[4, B, D]`` (untied).
+    mask_h: ``None``, ``[B, H]`` (tied) or ``[4, B, H]`` (untied).
+    valid: optional ``[T, B]`` bool; at a step where it is False the carry is left
+      unchanged (used for padded sequences; output at that step is the old ``h``).
+    unroll: ``lax.scan`` unroll factor.
+    compute_dtype: matmul operand dtype (None = the inputs' dtype).
+  Returns:
+    ``((c_T, h_T), ys)`` with ys ``[T, B, H]``.
+  """
+  c0, h0 = carry
+  if xs.ndim != 3:
+    raise ValueError(f"xs must have shape [T, B, D], got {list(xs.shape)}")
+  T, B, D = xs.shape
+  H = h0.shape[-1]
+  if tuple(c0.shape) != (B, H) or tuple(h0.shape) != (B, H):
+    raise ValueError(f"carry must be (c, h) each of shape [B, H] = {[B, H]}, got {list(c0.shape)}, {list(h0.shape)}")
+  _check_params(params, D, H, 4)
+  kind_h = _mask_kind("mask_h", mask_h, B, H, 4)
+  _mask_kind("mask_x", mask_x, B, D, 4)
+  _check_valid(valid, T, B)
+
+  gx = input_projection(xs, params["w_x"], params["b"], mask_x, 4, compute_dtype)
+  w_h = params["w_h"] if kind_h != "untied" else _per_gate(params["w_h"], 4)
+  w_h = _cast(w_h, compute_dtype)
+
+  def step(carry, inp):
+    c, h = carry
+    gx_t, v_t = inp
+    z = gx_t + _recurrent(h, w_h, mask_h, 4, compute_dtype)
+    i, f, g, o = jnp.split(z, 4, axis=-1)
+    c_new = jax.nn.sigmoid(f) * c + jax.nn.sigmoid(i) * jnp.tanh(g)
+    h_new = jax.nn.sigmoid(o) * jnp.tanh(c_new)
+    if v_t is not None:
+      c_new = jnp.where(v_t[:, None], c_new, c)
+      h_new = jnp.where(v_t[:, None], h_new, h)
+    return (c_new, h_new), h_new
+
+  return jax.lax.scan(step, (c0, h0), (gx, valid), unroll=unroll)
+
+
+def gru(params: dict, h: Array, xs: Array, mask_x: Optional[Array] = None,
+        mask_h: Optional[Array] = None, *, valid: Optional[Array] = None, unroll: int = 1,
+        compute_dtype=None) -> tuple[Array, Array]:
+  """One GRU layer over a sequence, gate order (z, r, n) (Gal's Keras GRU; reset before W_hn).
+
+  Equations (per step t; ``x_k = x_t * m_x[k]``, ``h_k = h_{t-1} * m_h[k]``, or one shared
+  mask for all k when tied)::
+
+    z = sigmoid(x_z W_xz + h_z W_hz + b_z)
+    r = sigmoid(x_r W_xr + h_r W_hr + b_r)
+    n = tanh(x_n W_xn + (r * h_n) W_hn + b_n)
+    h_t = z * h_{t-1} + (1 - z) * n
+
+  Args:
+    params: ``{"w_x": [D, 3H], "w_h": [H, 3H], "b": [3H]}``.
+    h: ``[B, H]`` initial state.
+    xs: ``[T, B, D]``.
+    mask_x: ``None``, ``[B, D]`` or ``[3, B, D]``.
+    mask_h: ``None``, ``[B, H]`` or ``[3, B, H]``.
+    valid, unroll, compute_dtype: as in ``lstm``.
+  Returns:
+    ``(h_T, ys)`` with ys ``[T, B, H]``.
+  """
+  if xs.ndim != 3:
+    raise ValueError(f"xs must have shape [T, B, D], got {list(xs.shape)}")
+  T, B, D = xs.shape
+  H = h.shape[-1]
+  if tuple(h.shape) != (B, H):
+    raise ValueError(f"h must have shape [B, H] = {[B, H]}, got {list(h.shape)}")
+  _check_params(params, D, H, 3)
+  kind_h = _mask_kind("mask_h", mask_h, B, H, 3)
+  _mask_kind("mask_x", mask_x, B, D, 3)
+  _check_valid(valid, T, B)
+
+  gx = input_projection(xs, params["w_x"], params["b"], mask_x, 3, compute_dtype)
+  w_h = params["w_h"]
+  if kind_h == "untied":
+    wg = _cast(_per_gate(w_h, 3), compute_dtype)
+    w_zr, w_n = wg[:2], wg[2]
+    m_zr, m_n = mask_h[:2], mask_h[2]
+  else:
+    w_zr, w_n = _cast(w_h[:, : 2 * H], compute_dtype), _cast(w_h[:, 2 * H:], compute_dtype)
+    m_zr = m_n = mask_h
+  pet = jnp.float32 if compute_dtype is not None else None
+
+  def step(h, inp):
+    gx_t, v_t = inp
+    zr = gx_t[:, : 2 * H] + _recurrent(h, w_zr, m_zr, 2, compute_dtype)
+    z, r = jnp.split(jax.nn.sigmoid(zr), 2, axis=-1)
+    h_n = h if m_n is None else h * m_n
+    n = jnp.tanh(gx_t[:, 2 * H:] + jnp.dot(_cast(r * h_n, compute_dtype), w_n, preferred_element_type=pet))
+    h_new = z * h + (1.0 - z) * n
+    if v_t is not None:
+      h_new = jnp.where(v_t[:, None], h_new, h)
+    return h_new, h_new
+
+  return jax.lax.scan(step, h, (gx, valid), unroll=unroll)
