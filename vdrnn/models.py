@@ -62,8 +62,8 @@ def init_lm(key: Array, cfg) -> dict:
 
 def lm_zero_carry(cfg, batch: int) -> list:
   """Zero LSTM state: a list over layers of ``(c, h)``, each ``[B, H]``."""
-  z = jnp.zeros((batch, cfg.hidden), jnp.float32)
-  return [(z, z) for _ in range(cfg.num_layers)]
+  shape = (batch, cfg.hidden)
+  return [(jnp.zeros(shape, jnp.float32), jnp.zeros(shape, jnp.float32)) for _ in range(cfg.num_layers)]
 
 
 def lm_masks(key: Array, cfg, tokens: Array, rates: Optional[dict] = None) -> dict:

@@ -1,0 +1,21 @@
+"""Zaremba et al. 2014 "small" PTB model: no dropout. Reference 120.7 val / 114.5 test
+(../shared/PAPER.md, Zaremba recipes table)."""
+
+from vdrnn.config import lm_base
+
+
+def get_config(arg=None):
+  c = lm_base()
+  c.model.emb_dim = 200        # Zaremba small: 2 x 200
+  c.model.hidden = 200
+  c.model.num_layers = 2
+  c.model.init_scale = 0.1     # U(-0.1, 0.1)
+  c.model.scheme = "none"      # no dropout
+  c.train.batch_size = 20
+  c.train.seq_length = 20      # unrolled 20 steps
+  c.train.num_epochs = 13
+  c.train.lr = 1.0
+  c.train.max_epoch = 4        # halved after epoch 4 (Lua boundary: epochs 1-5 at lr 1)
+  c.train.lr_decay = 2.0
+  c.train.max_grad_norm = 5.0
+  return c

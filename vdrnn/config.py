@@ -1,0 +1,83 @@
+"""Config defaults shared by the configs in ``configs/``, and config validation.
+
+Each file in ``configs/`` starts from ``lm_base()`` (or ``seq_base()``) and sets the
+paper's values, each commented with its source (``../shared/PAPER.md``).
+"""
+
+from __future__ import annotations
+
+import ml_collections
+
+from vdrnn import masks
+from vdrnn.errors import UserError
+
+
+def lm_base() -> ml_collections.ConfigDict:
+  c = ml_collections.ConfigDict()
+  c.task = "ptb"
+  c.seed = 0
+  c.data_dir = ""            # see vdrnn/data/locate.py for the search order
+  c.verify_checksums = True  # False: accept a corpus of your own under ptb/
+  c.data_limit = 0           # >0: keep only the first data_limit tokens of each split (smoke runs)
+
+  c.model = ml_collections.ConfigDict()
+  c.model.vocab_size = 10000
+  c.model.emb_dim = 200
+  c.model.hidden = 200
+  c.model.num_layers = 2
+  c.model.init_scale = 0.1
+  c.model.tie_embeddings = False   # Press & Wolf 2016 (an extra; not in the paper)
+  c.model.scheme = "none"          # variational | naive | none
+  c.model.tied_gates = False       # variational: one mask for all gates (True) or one per gate
+  c.model.p_emb = 0.0              # word-type embedding dropout (dropout_x)
+  c.model.p_x = 0.0                # LSTM-input dropout, every layer (dropout_i); naive: all non-recurrent
+  c.model.p_h = 0.0                # recurrent dropout (dropout_h)
+  c.model.p_out = 0.0              # dropout before the softmax (dropout_o)
+  c.model.emb_shared_across_batch = False  # AWD-LSTM embedding dropout: one draw per type per batch
+
+  c.train = ml_collections.ConfigDict()
+  c.train.batch_size = 20
+  c.train.seq_length = 20
+  c.train.num_epochs = 13
+  c.train.lr = 1.0
+  c.train.max_epoch = 4      # lr constant for epochs 1..max_epoch+1, then / lr_decay per epoch
+  c.train.lr_decay = 2.0
+  c.train.max_grad_norm = 5.0
+  c.train.weight_decay = 0.0  # params -= weight_decay * params after each SGD step
+  c.train.checkpoint_every_steps = 500  # plus one at every epoch end
+  c.train.log_every_steps = 50
+  c.train.unroll = 1          # lax.scan unroll
+  c.train.compute_dtype = "float32"  # or bfloat16 (matmul operands; fp32 accumulation)
+  c.train.progress = True
+
+  c.eval = ml_collections.ConfigDict()
+  c.eval.seq_length = 35       # window for the deterministic valid/test passes (state carried)
+  c.eval.mc_samples = 0        # >0: MC-dropout test at the end of training
+  c.eval.mc_chunk = 100        # samples evaluated together (bounds memory)
+  c.eval.mc_emb_dropout = False  # released code: embedding dropout off in MC evaluation
+  c.eval.temperature = 1.0     # Melis et al. 2018: softmax temperature at evaluation
+  c.eval.rate_multiplier = 1.0  # Melis et al. 2018: multiply every dropout rate at evaluation
+  c.eval.seed = 1
+  return c
+
+
+def validate_rates(model, prefix: str = "model") -> None:
+  if model.scheme not in masks.SCHEMES:
+    raise UserError(f"{prefix}.scheme must be one of {masks.SCHEMES}, got {model.scheme!r}")
+  for name in ("p_emb", "p_x", "p_h", "p_out"):
+    try:
+      masks.check_rate(model[name], f"{prefix}.{name}")
+    except ValueError as e:
+      raise UserError(str(e)) from None
+
+
+def validate_lm(c) -> None:
+  validate_rates(c.model)
+  t = c.train
+  for name in ("batch_size", "seq_length", "num_epochs"):
+    if int(t[name]) < 1:
+      raise UserError(f"train.{name} must be a positive integer, got {t[name]!r}")
+  if t.compute_dtype not in ("float32", "bfloat16"):
+    raise UserError(f"train.compute_dtype must be float32 or bfloat16, got {t.compute_dtype!r}")
+  if c.eval.mc_samples < 0 or c.eval.mc_chunk < 1:
+    raise UserError("eval.mc_samples must be >= 0 and eval.mc_chunk >= 1")

@@ -1,0 +1,59 @@
+"""Data parallelism with a 1-D device mesh and ``NamedSharding`` (no ``pmap``).
+
+Batches are split over the mesh axis ``"data"`` along their batch dimension; parameters
+are replicated. Under ``jax.distributed`` each process supplies its own rows of the
+global batch (``jax.make_array_from_process_local_data``). Masks are drawn inside the
+jitted step for the *global* batch, row by row from ``fold_in(key, row)``, so results do
+not depend on the number of devices or processes.
+"""
+
+from __future__ import annotations
+
+import jax
+import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+from vdrnn.errors import UserError
+
+AXIS = "data"
+
+
+def make_mesh(devices=None) -> Mesh:
+  devices = jax.devices() if devices is None else devices
+  return Mesh(np.asarray(devices), (AXIS,))
+
+
+def batch_sharding(mesh: Mesh) -> NamedSharding:
+  """Shards the leading (batch) dimension over the mesh."""
+  return NamedSharding(mesh, P(AXIS))
+
+
+def replicated(mesh: Mesh) -> NamedSharding:
+  return NamedSharding(mesh, P())
+
+
+def check_batch(batch_size: int, mesh: Mesh, name: str = "train.batch_size") -> None:
+  n = mesh.devices.size
+  if batch_size % n:
+    raise UserError(f"{name}={batch_size} is not divisible by the {n} devices; choose a multiple of {n} "
+                    f"or limit the devices (e.g. CUDA_VISIBLE_DEVICES)")
+  if batch_size % jax.process_count():
+    raise UserError(f"{name}={batch_size} is not divisible by the {jax.process_count()} processes")
+
+
+def process_rows(batch_size: int) -> slice:
+  """The rows of a global batch that this process feeds."""
+  n = batch_size // jax.process_count()
+  return slice(jax.process_index() * n, (jax.process_index() + 1) * n)
+
+
+def put_batch(x: np.ndarray, mesh: Mesh) -> jax.Array:
+  """A global ``[B, ...]`` array, sharded on B, built from this process's rows of ``x``
+  (``x`` is the full global batch; each process slices its own share)."""
+  sharding = batch_sharding(mesh)
+  local = x[process_rows(x.shape[0])]
+  return jax.make_array_from_process_local_data(sharding, local, x.shape)
+
+
+def put_replicated(tree, mesh: Mesh):
+  return jax.device_put(tree, replicated(mesh))
