@@ -58,6 +58,13 @@ def lm_base() -> ml_collections.ConfigDict:
   c.eval.temperature = 1.0     # Melis et al. 2018: softmax temperature at evaluation
   c.eval.rate_multiplier = 1.0  # Melis et al. 2018: multiply every dropout rate at evaluation
   c.eval.seed = 1
+
+  # Population training (vdrnn/population.py): comma-separated values, one per member, for
+  # any of these fields, e.g. --config.population.p_h=0,0.1,0.2,0.3. Fields left empty take
+  # the model's value. Keys joined like p_emb,p_h in launch/sweep.py move together there.
+  c.population = ml_collections.ConfigDict()
+  for name in ("p_emb", "p_x", "p_h", "p_out", "seed"):
+    c.population[name] = ""
   return c
 
 

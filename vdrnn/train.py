@@ -246,6 +246,9 @@ def train_lm(config, workdir: str) -> dict:
 
 def train_and_evaluate(config, workdir: str) -> dict:
   if config.task == "ptb":
+    if any(config.get("population", {}).get(k) for k in ("p_emb", "p_x", "p_h", "p_out", "seed")):
+      from vdrnn import population
+      return population.train_population(config, workdir)
     return train_lm(config, workdir)
   if config.task in ("sentiment", "imdb"):
     from vdrnn import sentiment
