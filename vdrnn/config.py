@@ -84,7 +84,93 @@ def validate_lm(c) -> None:
   for name in ("batch_size", "seq_length", "num_epochs"):
     if int(t[name]) < 1:
       raise UserError(f"train.{name} must be a positive integer, got {t[name]!r}")
+  import math
+  for name in ("lr", "lr_decay", "max_grad_norm"):
+    if not (isinstance(t[name], (int, float)) and math.isfinite(t[name]) and t[name] > 0):
+      raise UserError(f"train.{name} must be a positive finite number, got {t[name]!r}")
   if t.compute_dtype not in ("float32", "bfloat16"):
     raise UserError(f"train.compute_dtype must be float32 or bfloat16, got {t.compute_dtype!r}")
   if c.eval.mc_samples < 0 or c.eval.mc_chunk < 1:
     raise UserError("eval.mc_samples must be >= 0 and eval.mc_chunk >= 1")
+
+
+def seq_base() -> ml_collections.ConfigDict:
+  """Defaults for the sentiment tasks (``vdrnn/sentiment.py``): Pang & Lee regression
+  (``task="sentiment"``) and IMDB classification (``task="imdb"``). Values are those of
+  Sentiment_analysis_code/sentiment_lstm_regression.py (../shared/PAPER.md)."""
+  c = ml_collections.ConfigDict()
+  c.task = "sentiment"
+  c.seed = 0
+  c.data_dir = ""            # see vdrnn/data/locate.py for the search order
+  c.verify_checksums = True  # False: accept data of your own under scaledata/ or imdb/
+
+  c.data = ml_collections.ConfigDict()
+  c.data.num_words = 20000     # vocabulary: the most frequent words; ids offset by 3 (0 pad, 1 start, 2 OOV)
+  c.data.maxlen = 200          # segment length (sentiment) / cut-or-pad length (imdb)
+  c.data.split = "review"      # sentiment: review (no review in two splits) | paper (the released split)
+  c.data.test_fraction = 0.2   # 80/20 train/test
+  c.data.valid_fraction = 0.1  # of the training reviews, held out to pick the best checkpoint (0: none)
+  c.data.shuffle_seed = 0      # np.random.seed(0); np.random.shuffle
+  c.data.truncating = "pre"    # imdb: keep the last maxlen tokens (Keras pad_sequences) | post: the first
+  c.data.max_train = 0         # >0: keep only the first max_train training examples (smoke runs)
+  c.data.max_test = 0          # >0: likewise for test
+
+  c.model = ml_collections.ConfigDict()
+  c.model.vocab_size = 20003   # num_words + 3
+  c.model.emb_dim = 128
+  c.model.hidden = 128
+  c.model.cell = "lstm"        # lstm | gru
+  c.model.out_dim = 1          # 1: regression; 2: two-class softmax
+  c.model.scheme = "variational"
+  c.model.tied_gates = False   # Keras (Gal's dropout_W / dropout_U): one mask per gate
+  c.model.p_emb = 0.5          # p_emb: word-type dropout of the embedding
+  c.model.p_x = 0.5            # p_W: RNN-input dropout
+  c.model.p_h = 0.5            # p_U: recurrent dropout
+  c.model.p_out = 0.5          # p_dense: dropout before the dense layer
+  c.model.emb_shared_across_batch = True  # Keras Embedding(dropout=p): one mask over the vocabulary per batch
+
+  c.train = ml_collections.ConfigDict()
+  c.train.batch_size = 128
+  c.train.num_epochs = 250
+  c.train.lr = 1e-3            # Keras 'adam' defaults: lr 0.001, beta_1 0.9, beta_2 0.999, epsilon 1e-8
+  c.train.b1 = 0.9
+  c.train.b2 = 0.999
+  c.train.eps = 1e-8
+  c.train.weight_decay = 1e-6  # Keras l2(1e-6) on every weight: 1e-6 * sum(w^2) added to the loss
+  c.train.max_grad_norm = 0.0  # >0: clip the global gradient norm (the released code does not)
+  c.train.checkpoint_every_steps = 0  # >0: also checkpoint within an epoch (always at every epoch end)
+  c.train.log_every_steps = 10
+  c.train.unroll = 1           # lax.scan unroll
+  c.train.compute_dtype = "float32"  # or bfloat16 (matmul operands; fp32 accumulation)
+  c.train.progress = True
+
+  c.eval = ml_collections.ConfigDict()
+  c.eval.batch_size = 256      # rows per evaluation batch (the released code: 500)
+  c.eval.mc_samples = 50       # MC-dropout samples at the end (the script's T = 50)
+  c.eval.mc_chunk = 5          # samples evaluated together (bounds memory)
+  c.eval.mc_every_epochs = 0   # >0: also MC-evaluate the test set every that many epochs (ModelTest: 1, T = 10)
+  c.eval.tau = 0.1             # model precision in the test log-likelihood (ModelTest(tau=0.1))
+  c.eval.train_examples = 1000  # training examples evaluated (dropout approximation) after every epoch
+  c.eval.ece_bins = 15         # classification: equal-width confidence bins
+  c.eval.seed = 1
+  return c
+
+
+def seq_tiny(c) -> ml_collections.ConfigDict:
+  """Shrinks a sentiment config to toy size for tests and smoke runs (the tiny corpus in
+  tests/data, seconds per run): same semantics, small shapes."""
+  c.data.num_words = 40
+  c.data.maxlen = 12
+  c.model.vocab_size = 43
+  c.model.emb_dim = 8
+  c.model.hidden = 8
+  c.train.batch_size = 8
+  c.train.num_epochs = 2
+  c.train.lr = 1e-2
+  c.train.log_every_steps = 2
+  c.train.progress = False
+  c.eval.batch_size = 16
+  c.eval.mc_samples = 3
+  c.eval.mc_chunk = 2
+  c.eval.train_examples = 16
+  return c

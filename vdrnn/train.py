@@ -38,7 +38,7 @@ from ml_collections import config_flags
 from vdrnn import checkpoint, models, sharding
 from vdrnn.config import validate_lm
 from vdrnn.data import ptb
-from vdrnn.errors import UserError, run_main
+from vdrnn.errors import UserError, config_value, parse_flags, run_main
 from vdrnn.metrics import MetricsWriter
 
 # Config fields that must match for a workdir's checkpoint to be resumed.
@@ -66,18 +66,19 @@ def init_state(config, batch_size: int) -> dict:
           "step": jnp.zeros((), jnp.int32), "acc": zero_acc()}
 
 
-def make_train_step(config):
-  """``train_step(state, x [B, T], y [B, T], lr) -> state``, pure.
+def make_step_body(config):
+  """``body(state, x [B, T], y [B, T], lr, key, rates) -> state``: one SGD step, pure.
 
-  Masks come from ``fold_in(key(seed), step)``, row ``b`` from ``fold_in(., b)``.
+  ``key`` is the run's base key (``key(seed)``) and ``rates`` the ``{"emb", "x", "h", "out"}``
+  drop probabilities; both may be traced, so a population can ``vmap`` the body over them
+  (``vdrnn.population``). Masks come from ``fold_in(key, step)``, row ``b`` from ``fold_in(., b)``.
   """
   m, t = config.model, config.train
-  base_key = jax.random.key(config.seed)
   dtype = compute_dtype(config)
 
-  def train_step(state, x, y, lr):
+  def body(state, x, y, lr, key, rates):
     step = state["step"]
-    masks = models.lm_masks(jax.random.fold_in(base_key, step), m, x)
+    masks = models.lm_masks(jax.random.fold_in(key, step), m, x, rates)
 
     def loss_fn(params):
       nll, carry = models.lm_nll(params, state["carry"], x, y, masks, unroll=t.unroll, compute_dtype=dtype)
@@ -90,9 +91,23 @@ def make_train_step(config):
     if t.weight_decay:
       params = jax.tree.map(lambda p: p - t.weight_decay * p, params)
     acc = state["acc"]
-    bad = jnp.where((acc["bad_step"] < 0) & ~jnp.isfinite(loss), step, acc["bad_step"])
+    finite = jnp.isfinite(loss) & jnp.isfinite(norm)
+    bad = jnp.where((acc["bad_step"] < 0) & ~finite, step, acc["bad_step"])
     acc = {"nll_sum": acc["nll_sum"] + nll.sum(), "count": acc["count"] + nll.size, "bad_step": bad}
     return {"params": params, "carry": carry, "step": step + 1, "acc": acc}
+
+  return body
+
+
+def make_train_step(config):
+  """``train_step(state, x [B, T], y [B, T], lr) -> state``, pure: ``make_step_body`` with the
+  config's seed and (static) rates."""
+  body = make_step_body(config)
+  base_key = jax.random.key(config.seed)
+  rates = models.lm_rates(config.model)
+
+  def train_step(state, x, y, lr):
+    return body(state, x, y, lr, base_key, rates)
 
   return train_step
 
@@ -139,9 +154,24 @@ def _shardings(mesh, state):
           "step": rep, "acc": jax.tree.map(lambda _: rep, state["acc"])}
 
 
+class _NoWriter:
+  """Stands in for ``MetricsWriter`` on processes other than 0 (multi-host)."""
+
+  def write(self, *args, **kwargs):
+    pass
+
+  def close(self):
+    pass
+
+
 def train_lm(config, workdir: str) -> dict:
-  """Trains and evaluates a PTB language model; returns the final results dict."""
+  """Trains and evaluates a PTB language model; returns the final results dict.
+
+  Under ``jax.distributed`` every process runs this with the same config and workdir (a
+  shared filesystem, for the checkpoints); only process 0 writes metrics, results and logs.
+  """
   validate_lm(config)
+  primary = jax.process_index() == 0
   t = config.train
   mesh = sharding.make_mesh()
   sharding.check_batch(t.batch_size, mesh)
@@ -169,19 +199,22 @@ def train_lm(config, workdir: str) -> dict:
     checkpoint.check_compatible(saved["config"], cfg_dict, RESUME_KEYS, workdir)
     state, meta = checkpoint.restore(latest, latest.latest_step(), state)
     meta["config"] = cfg_dict
-    print(f"resuming from step {int(state['step'])} in {workdir}", file=sys.stderr)
-  with open(os.path.join(workdir, "config.json"), "w") as f:
-    f.write(config.to_json(indent=2))
+    if primary:
+      print(f"resuming from step {int(state['step'])} in {workdir}", file=sys.stderr)
   step = int(state["step"])
-  writer = MetricsWriter(workdir, truncate_after_step=step)
+  if primary:
+    with open(os.path.join(workdir, "config.json"), "w") as f:
+      f.write(config.to_json(indent=2))
+  writer = MetricsWriter(workdir, truncate_after_step=step) if primary else _NoWriter()
 
   def save(mngr, at_step):
     checkpoint.save(mngr, at_step, state, meta)
 
   from tqdm import tqdm
   num_params = sum(p.size for p in jax.tree.leaves(state["params"]))
-  print(f"{num_params / 1e6:.1f}M parameters, {len(jax.devices())} device(s), {epoch_size} windows/epoch, "
-        f"workdir {workdir}", file=sys.stderr)
+  if primary:
+    print(f"{num_params / 1e6:.1f}M parameters, {len(jax.devices())} device(s), {jax.process_count()} "
+          f"process(es), {epoch_size} windows/epoch, workdir {workdir}", file=sys.stderr)
   tokens_per_step = t.batch_size * t.seq_length
   for epoch in range(step // epoch_size, t.num_epochs):
     lr = lr_for_epoch(t, epoch)
@@ -189,29 +222,31 @@ def train_lm(config, workdir: str) -> dict:
     if start == 0:  # epoch start: zero state, fresh accumulators
       state["carry"] = jax.device_put(models.lm_zero_carry(config.model, t.batch_size), shardings["carry"])
       state["acc"] = jax.device_put(zero_acc(), shardings["acc"])
-    bar = tqdm(total=epoch_size, initial=start, desc=f"epoch {epoch + 1}/{t.num_epochs}", disable=not t.progress,
-               dynamic_ncols=True, file=sys.stderr)
+    bar = tqdm(total=epoch_size, initial=start, desc=f"epoch {epoch + 1}/{t.num_epochs}",
+               disable=not (t.progress and primary), dynamic_ncols=True, file=sys.stderr)
     t0, done = time.time(), 0
     for i in range(start, epoch_size):
       x, y = ptb.window(streams, i, t.seq_length)
       state = train_step(state, sharding.put_batch(x, mesh), sharding.put_batch(y, mesh), lr)
       step, done = step + 1, done + 1
       last = i == epoch_size - 1
-      if step % t.log_every_steps == 0 or last:
+      log = step % t.log_every_steps == 0 or last
+      ckpt = bool(t.checkpoint_every_steps) and step % t.checkpoint_every_steps == 0 and not last
+      if log or ckpt:  # never save (or report) past a non-finite step
         acc = jax.device_get(state["acc"])
         if acc["bad_step"] >= 0:
           bar.close()
           writer.close()
-          kept = latest.latest_step()
-          raise UserError(f"non-finite loss at step {int(acc['bad_step'])} (epoch {epoch + 1}); stopped. "
-                          f"The last good checkpoint (step {kept}) in {workdir} is intact; "
+          raise UserError(f"non-finite loss or gradient at step {int(acc['bad_step'])} (epoch {epoch + 1}); stopped. "
+                          f"The last good checkpoint (step {latest.latest_step()}) in {workdir} is intact; "
                           f"lower train.lr or train.max_grad_norm")
+      if log:
         ppl = float(np.exp(acc["nll_sum"] / max(int(acc["count"]), 1)))
         wps = done * tokens_per_step / (time.time() - t0)
         bar.update(i + 1 - bar.n)
         bar.set_postfix(ppl=f"{ppl:.1f}", wps=f"{wps:.0f}", lr=f"{lr:.4g}")
         writer.write("train", step, epoch=epoch + 1, train_ppl=ppl, lr=lr, wps=wps)
-      if t.checkpoint_every_steps and step % t.checkpoint_every_steps == 0 and not last:
+      if ckpt:
         save(latest, step)
     bar.close()
     elapsed = time.time() - t0
@@ -220,8 +255,9 @@ def train_lm(config, workdir: str) -> dict:
               "time_s": elapsed, "wps": done * tokens_per_step / elapsed}
     meta["history"].append(record)
     writer.write("epoch", step, **record)
-    print(f"epoch {epoch + 1:3d}  train {ppl:8.2f}  valid {valid:8.2f}  lr {lr:.4g}  "
-          f"{elapsed:6.0f}s  {record['wps']:.0f} wps", file=sys.stderr)
+    if primary:
+      print(f"epoch {epoch + 1:3d}  train {ppl:8.2f}  valid {valid:8.2f}  lr {lr:.4g}  "
+            f"{elapsed:6.0f}s  {record['wps']:.0f} wps", file=sys.stderr)
     if meta["best_valid"] is None or valid < meta["best_valid"]:
       meta["best_valid"] = valid
       save(best, step)
@@ -238,9 +274,10 @@ def train_lm(config, workdir: str) -> dict:
     results["mc_samples"] = config.eval.mc_samples
   writer.write("test", step, **{k: v for k, v in results.items() if isinstance(v, float)})
   writer.close()
-  with open(os.path.join(workdir, "results.json"), "w") as f:
-    json.dump(results, f, indent=2)
-  print(json.dumps(results))
+  if primary:
+    with open(os.path.join(workdir, "results.json"), "w") as f:
+      json.dump(results, f, indent=2)
+    print(json.dumps(results))
   return results
 
 
@@ -265,6 +302,29 @@ def default_workdir(config_arg: str) -> str:
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file, e.g. configs/ptb_large.py[:arg].")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Output directory (default: workdirs/<config>[_<arg>]).")
+_DISTRIBUTED = flags.DEFINE_bool("distributed", False, "Multi-host: call jax.distributed.initialize() and let it "
+                                 "detect the cluster (SLURM, Open MPI, Cloud TPU).")
+_COORDINATOR = flags.DEFINE_string("coordinator_address", None, "Multi-host: host:port of process 0 "
+                                   "(implies --distributed; give --num_processes and --process_id too).")
+_NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Multi-host: number of processes.")
+_PROCESS_ID = flags.DEFINE_integer("process_id", None, "Multi-host: this process's index, 0..num_processes-1.")
+
+
+def init_distributed() -> None:
+  """``jax.distributed.initialize`` from the flags; a no-op when none of them is given.
+
+  Each process then feeds its share of the global batch (``vdrnn.sharding.put_batch``).
+  On CPU the cross-process collectives are gloo's (TCP).
+  """
+  explicit = (_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
+  if not _DISTRIBUTED.value and all(v is None for v in explicit):
+    return
+  if any(v is not None for v in explicit) and any(v is None for v in explicit):
+    raise UserError("--coordinator_address, --num_processes and --process_id go together; "
+                    "or pass only --distributed to detect them (SLURM, Open MPI)")
+  if not jax.config.jax_cpu_collectives_implementation:
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")
+  jax.distributed.initialize(*explicit)
 
 
 def main(argv):
@@ -272,11 +332,13 @@ def main(argv):
   logging.set_verbosity(logging.WARNING)  # orbax logs every save at INFO
 
   def _main():
-    if _CONFIG.value is None:
+    config = config_value(_CONFIG)
+    if config is None:
       raise UserError("--config is required, e.g. --config configs/ptb_small.py")
+    init_distributed()
     workdir = _WORKDIR.value or default_workdir(config_flags.get_config_filename(flags.FLAGS["config"]) +
                                                 _config_arg())
-    train_and_evaluate(_CONFIG.value, workdir)
+    train_and_evaluate(config, workdir)
 
   run_main(_main)
 
@@ -289,4 +351,7 @@ def _config_arg() -> str:
 
 
 if __name__ == "__main__":
-  app.run(main)
+  # Modules that import vdrnn.train later (vdrnn.population, ...) get this module, not a
+  # second copy that would define the flags again.
+  sys.modules.setdefault("vdrnn.train", sys.modules["__main__"])
+  app.run(main, flags_parser=parse_flags)
