@@ -1,0 +1,330 @@
+"""Grid sweeps over config fields, one training process per grid point.
+
+  python -m launch.sweep --config configs/ptb_medium.py \\
+      --grid p_emb,p_h=0,0.1,0.2,0.3 --grid p_x,p_out=0.3,0.4,0.5 \\
+      --workdir_root workdirs/sweep_medium [--gpus 0,1,2,3 | --parallel 2] [--config.train.num_epochs=20]
+
+Each ``--grid KEYS=VALUES`` is one axis: keys joined by a comma move together (the paper
+tied the embedding rate to the recurrent one and the input rate to the output one), and
+the sweep is the Cartesian product of the axes. A key is a config path (``model.p_h``,
+``train.lr``), a top-level field (``seed``) or a bare field name found in exactly one of
+``model``, ``train`` and ``eval``. Further ``--config.FIELD=VALUE`` flags go to every run.
+
+Runs are ``python -m vdrnn.train`` processes, each in ``<workdir_root>/<name>`` with its
+log in ``train.log`` there: one per GPU (``CUDA_VISIBLE_DEVICES``; ``--gpus`` defaults to
+the GPUs ``nvidia-smi`` lists) or ``--parallel`` at a time on the CPU, the rest queued.
+Re-running the command skips runs with a ``results.json`` and resumes the others from
+their checkpoints. At the end a table of final validation and test perplexities, best
+validation first, goes to stdout and ``<workdir_root>/summary.csv``.
+
+``--slurm FILE`` writes a SLURM array script for the same grid instead (one array task
+per run; re-submitting it also skips finished runs and resumes the rest);
+``--summary_only`` prints the table of whatever has finished.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import importlib.util
+import itertools
+import json
+import math
+import os
+import shlex
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+SECTIONS = ("", "model", "train", "eval")  # where a bare key is looked up
+
+
+def load_config(spec: str):
+  """``path/to/config.py[:arg]`` -> the ConfigDict its ``get_config`` returns."""
+  path, _, arg = spec.partition(":")
+  if not os.path.isfile(path):
+    raise SystemExit(f"error: config file {path!r} not found")
+  module_spec = importlib.util.spec_from_file_location("_sweep_config", path)
+  module = importlib.util.module_from_spec(module_spec)
+  module_spec.loader.exec_module(module)
+  return module.get_config(arg) if arg else module.get_config()
+
+
+def resolve_key(config, key: str) -> str:
+  """The dotted config path of ``key``: a path, a top-level field, or a bare name found in exactly
+  one of ``model``, ``train``, ``eval``."""
+  def has(path):
+    node = config
+    for part in path.split("."):
+      if not hasattr(node, "keys") or part not in node:
+        return False
+      node = node[part]
+    return not hasattr(node, "keys")
+  if "." in key:
+    if not has(key):
+      raise SystemExit(f"error: --grid key {key!r} is not a config field")
+    return key
+  if has(key):  # a top-level field (seed) wins over eval.seed
+    return key
+  found = [f"{s}.{key}" for s in SECTIONS[1:] if has(f"{s}.{key}")]
+  if len(found) != 1:
+    where = f"in {' and '.join(found)}" if found else "not a field of the config, " + ", ".join(SECTIONS[1:])
+    raise SystemExit(f"error: --grid key {key!r} is {where}; give its full path, e.g. {(found or ['model.' + key])[0]}")
+  return found[0]
+
+
+def parse_grid(config, specs: list[str]) -> list[list[dict]]:
+  """``["p_emb,p_h=0,0.1"]`` -> one axis per spec, each a list of ``{path: value}`` points:
+  ``[[{"model.p_emb": "0", "model.p_h": "0"}, {"model.p_emb": "0.1", "model.p_h": "0.1"}]]``."""
+  axes, seen = [], set()
+  for spec in specs:
+    keys, sep, values = spec.partition("=")
+    if not sep or not keys or not values:
+      raise SystemExit(f"error: --grid {spec!r}: expected KEY[,KEY...]=VALUE[,VALUE...]")
+    paths = [resolve_key(config, k.strip()) for k in keys.split(",")]
+    for p in paths:
+      if p in seen:
+        raise SystemExit(f"error: {p} appears in two --grid axes")
+      seen.add(p)
+    vals = [v.strip() for v in values.split(",")]
+    for p in paths:
+      kind = type(_get(config, p))
+      for v in vals:
+        try:
+          kind(v) if kind is not bool else ["false", "true"].index(v.lower())
+        except ValueError:
+          raise SystemExit(f"error: --grid {p}={v!r} is not a {kind.__name__}") from None
+    axes.append([{p: v for p in paths} for v in vals])
+  return axes
+
+
+def _get(config, path):
+  for part in path.split("."):
+    config = config[part]
+  return config
+
+
+def plan(config, specs: list[str], workdir_root: str) -> list[dict]:
+  """Every grid point as ``{"name", "workdir", "point": {path: value}}`` (Cartesian product)."""
+  axes = parse_grid(config, specs)
+  runs = []
+  for combo in itertools.product(*axes):
+    point = {k: v for d in combo for k, v in d.items()}
+    name = "_".join(f"{p.rsplit('.', 1)[-1]}={v}" for p, v in point.items())
+    runs.append({"name": name, "workdir": os.path.join(workdir_root, name), "point": point})
+  return runs
+
+
+def train_command(run: dict, config_spec: str, extra: list[str], module: str = "vdrnn.train") -> list[str]:
+  return [sys.executable, "-m", module, "--config", config_spec, "--workdir", run["workdir"],
+          *(f"--config.{p}={v}" for p, v in run["point"].items()), *extra]
+
+
+def finished(run: dict) -> bool:
+  return os.path.exists(os.path.join(run["workdir"], "results.json"))
+
+
+def detect_gpus() -> list[str]:
+  """The GPUs to place runs on: ``CUDA_VISIBLE_DEVICES`` if set, else those ``nvidia-smi`` lists."""
+  if os.environ.get("CUDA_VISIBLE_DEVICES") is not None:
+    return [g for g in os.environ["CUDA_VISIBLE_DEVICES"].split(",") if g.strip()]
+  if shutil.which("nvidia-smi") is None:
+    return []
+  try:
+    out = subprocess.run(["nvidia-smi", "--query-gpu=index", "--format=csv,noheader"], capture_output=True,
+                         text=True, timeout=30, check=True).stdout
+  except (subprocess.SubprocessError, OSError):
+    return []
+  return [l.strip() for l in out.splitlines() if l.strip()]
+
+
+def run_all(runs: list[dict], config_spec: str, extra: list[str], *, gpus: list[str], parallel: int,
+            module: str = "vdrnn.train", poll_s: float = 0.2) -> dict:
+  """Runs the unfinished runs, one per GPU or ``parallel`` at a time; returns ``{name: exit code}``."""
+  todo = [r for r in runs if not finished(r)]
+  skipped = len(runs) - len(todo)
+  slots = [{"gpu": g} for g in gpus] if gpus else [{"gpu": None} for _ in range(max(1, parallel))]
+  where = f"GPUs {','.join(gpus)}" if gpus else f"the CPU, {len(slots)} at a time"
+  print(f"{len(runs)} runs: {skipped} finished, {len(todo)} to run on {where}", flush=True)
+  codes, active, n = {}, {}, 0  # active: slot index -> (run, process, log file)
+  signal.signal(signal.SIGTERM, _interrupt)  # kill / scancel: stop the runs as Ctrl-C does
+  try:
+    while todo or active:
+      for i, slot in enumerate(slots):
+        if i in active or not todo:
+          continue
+        run = todo.pop(0)
+        n += 1
+        os.makedirs(run["workdir"], exist_ok=True)
+        env = dict(os.environ)
+        if slot["gpu"] is not None:
+          env["CUDA_VISIBLE_DEVICES"] = slot["gpu"]
+        log = open(os.path.join(run["workdir"], "train.log"), "a")
+        cmd = train_command(run, config_spec, extra, module)
+        log.write(f"$ {shlex.join(cmd)}\n")
+        log.flush()
+        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
+        active[i] = (run, proc, log)
+        ckpts = os.path.join(run["workdir"], "checkpoints")
+        resumed = " (resuming)" if os.path.isdir(ckpts) and any(d.isdigit() for d in os.listdir(ckpts)) else ""
+        on = f"GPU {slot['gpu']}" if slot["gpu"] is not None else "CPU"
+        print(f"[{n}/{len(runs) - skipped}] start {run['name']} on {on}{resumed}", flush=True)
+      for i, (run, proc, log) in list(active.items()):
+        if proc.poll() is None:
+          continue
+        log.close()
+        del active[i]
+        codes[run["name"]] = proc.returncode
+        status = "done" if proc.returncode == 0 and finished(run) else \
+            f"FAILED (exit {proc.returncode}; see {os.path.join(run['workdir'], 'train.log')})"
+        print(f"{status}: {run['name']}", flush=True)
+      time.sleep(poll_s)
+  except KeyboardInterrupt:
+    for run, proc, log in active.values():
+      proc.terminate()
+    for run, proc, log in active.values():
+      proc.wait()
+      log.close()
+    print("interrupted; re-run the same command to resume the unfinished runs", file=sys.stderr)
+    raise SystemExit(130)
+  return codes
+
+
+def _interrupt(signum, frame):
+  raise KeyboardInterrupt
+
+
+def summarize(runs: list[dict], workdir_root: str, codes: dict | None = None) -> list[dict]:
+  """Rows with the grid values and final perplexities, best validation first; prints them as a
+  table and writes ``<workdir_root>/summary.csv``. ``codes``: exit codes of this invocation's runs."""
+  rows = []
+  for run in runs:
+    row = {p.rsplit(".", 1)[-1]: v for p, v in run["point"].items()}
+    res = {}
+    if finished(run):
+      with open(os.path.join(run["workdir"], "results.json")) as f:
+        res = json.load(f)
+    for k in ("valid_ppl", "test_ppl", "best_valid_ppl", "mc_test_ppl"):
+      row[k] = res.get(k)
+    failed = (codes or {}).get(run["name"], 0) != 0
+    row["status"] = "done" if res else "failed" if failed else "partial" if os.path.isdir(run["workdir"]) else "pending"
+    row["workdir"] = run["workdir"]
+    rows.append(row)
+
+  def key(r):
+    v = r["valid_ppl"]
+    ok = isinstance(v, (int, float)) and math.isfinite(v)
+    return (not ok, v if ok else 0.0)
+  rows.sort(key=key)
+  cols = [c for c in rows[0] if c != "mc_test_ppl" or any(r["mc_test_ppl"] is not None for r in rows)] if rows else []
+  os.makedirs(workdir_root, exist_ok=True)
+  with open(os.path.join(workdir_root, "summary.csv"), "w", newline="") as f:
+    w = csv.DictWriter(f, fieldnames=cols, extrasaction="ignore")
+    w.writeheader()
+    w.writerows(rows)
+
+  def fmt(v):
+    return f"{v:.2f}" if isinstance(v, float) else ("-" if v is None else str(v))
+  table = [[c for c in cols if c != "workdir"]] + [[fmt(r[c]) for c in cols if c != "workdir"] for r in rows]
+  widths = [max(len(line[i]) for line in table) for i in range(len(table[0]))] if rows else []
+  for line in table:
+    print("  ".join(s.rjust(w) for s, w in zip(line, widths)))
+  print(f"summary: {os.path.join(workdir_root, 'summary.csv')}")
+  return rows
+
+
+def slurm_script(runs: list[dict], config_spec: str, extra: list[str], workdir_root: str, summary_cmd: str, *,
+                 max_parallel: int = 0, sbatch: list[str] = (), module: str = "vdrnn.train") -> str:
+  """A SLURM array script, one task per run (``--gres=gpu:1`` each); a task whose run has a
+  ``results.json`` exits at once, the others start or resume their run."""
+  cases = []
+  for i, run in enumerate(runs):
+    cmd = train_command(run, config_spec, extra)[3:]  # after "python -m vdrnn.train"
+    cases.append(f"  {i}) WORKDIR={shlex.quote(run['workdir'])}; ARGS=({shlex.join(cmd)}) ;;")
+  limit = f"%{max_parallel}" if max_parallel else ""
+  lines = [
+      "#!/bin/bash",
+      "#SBATCH --job-name=vdrnn-sweep",
+      f"#SBATCH --array=0-{len(runs) - 1}{limit}",
+      "#SBATCH --ntasks=1",
+      "#SBATCH --gres=gpu:1",
+      "#SBATCH --cpus-per-task=4",
+      f"#SBATCH --output={os.path.abspath(workdir_root)}/slurm-%A_%a.out",
+      *(f"#SBATCH {s}" for s in sbatch),
+      "# Generated by launch/sweep.py. Submit with `sbatch THIS_FILE`; submit it again to resume",
+      "# unfinished runs (finished ones exit at once). When all are done, the summary table:",
+      f"#   {summary_cmd}",
+      "set -euo pipefail",
+      f"cd {shlex.quote(os.getcwd())}",
+      f"PYTHON=${{PYTHON:-{shlex.quote(sys.executable)}}}",
+      'case "$SLURM_ARRAY_TASK_ID" in',
+      *cases,
+      '  *) echo "no run for array task $SLURM_ARRAY_TASK_ID" >&2; exit 1 ;;',
+      "esac",
+      'if [ -f "$WORKDIR/results.json" ]; then echo "finished: $WORKDIR"; exit 0; fi',
+      'mkdir -p "$WORKDIR"',
+      f'exec "$PYTHON" -m {module} "${{ARGS[@]}}" >> "$WORKDIR/train.log" 2>&1',
+      "",
+  ]
+  return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+  argv = sys.argv[1:] if argv is None else argv
+  ap = argparse.ArgumentParser(prog="python -m launch.sweep", description=__doc__.split("\n\n")[0],
+                               epilog="Other --config.FIELD=VALUE flags are passed to every run.")
+  ap.add_argument("--config", required=True, help="config file[:arg], as for vdrnn.train")
+  ap.add_argument("--grid", action="append", default=[], metavar="KEYS=VALUES",
+                  help="one axis, e.g. p_emb,p_h=0,0.1,0.2 (keys joined by a comma move together)")
+  ap.add_argument("--workdir_root", required=True, help="each run gets <workdir_root>/<name>")
+  ap.add_argument("--gpus", default="auto", help="comma-separated GPU ids, one run per GPU; 'auto' "
+                  "(CUDA_VISIBLE_DEVICES, else nvidia-smi) or 'none' for the CPU")
+  ap.add_argument("--parallel", type=int, default=1, help="runs at a time on the CPU (no GPUs)")
+  ap.add_argument("--slurm", metavar="FILE", help="write a SLURM array script for the grid and exit")
+  ap.add_argument("--slurm_max_parallel", type=int, default=0, help="array tasks running at once (0: no limit)")
+  ap.add_argument("--sbatch", action="append", default=[], help="extra #SBATCH line, e.g. --sbatch=--time=24:00:00")
+  ap.add_argument("--summary_only", action="store_true", help="print the table of finished runs and exit")
+  ap.add_argument("--dry_run", action="store_true", help="print the commands and exit")
+  ap.add_argument("--module", default="vdrnn.train", help=argparse.SUPPRESS)  # tests use a stand-in
+  args, extra = ap.parse_known_args(argv)
+  bad = [a for a in extra if not a.startswith("--config.")]
+  if bad:
+    ap.error(f"unrecognized arguments: {' '.join(bad)} (only --config.FIELD=VALUE flags pass through)")
+  if not args.grid:
+    ap.error("give at least one --grid KEYS=VALUES")
+  config = load_config(args.config)
+  runs = plan(config, args.grid, args.workdir_root)
+  if len({r["name"] for r in runs}) != len(runs):
+    ap.error("two grid points map to the same run name; check --grid for repeated values")
+  os.makedirs(args.workdir_root, exist_ok=True)
+  with open(os.path.join(args.workdir_root, "sweep.json"), "w") as f:
+    json.dump({"argv": argv, "config": args.config, "extra": extra, "runs": runs}, f, indent=2)
+  if args.slurm:
+    with open(args.slurm, "w") as f:
+      summary_cmd = shlex.join(["python", "-m", "launch.sweep", "--config", args.config,
+                                *(f"--grid={g}" for g in args.grid), "--workdir_root", args.workdir_root,
+                                *extra, "--summary_only"])
+      f.write(slurm_script(runs, args.config, extra, args.workdir_root, summary_cmd,
+                           max_parallel=args.slurm_max_parallel, sbatch=args.sbatch, module=args.module))
+    print(f"wrote {args.slurm}: {len(runs)} array tasks; submit with sbatch {args.slurm}")
+    return 0
+  if args.dry_run:
+    for r in runs:
+      print(("# finished: " if finished(r) else "") + shlex.join(train_command(r, args.config, extra, args.module)))
+    return 0
+  codes = {}
+  if not args.summary_only:
+    gpus = [] if args.gpus == "none" else (detect_gpus() if args.gpus == "auto" else
+                                           [g for g in args.gpus.split(",") if g.strip()])
+    codes = run_all(runs, args.config, extra, gpus=gpus, parallel=args.parallel, module=args.module)
+  summarize(runs, args.workdir_root, codes)
+  failed = [n for n, c in codes.items() if c != 0]
+  if failed:
+    print(f"{len(failed)} run(s) failed: {', '.join(failed)}", file=sys.stderr)
+  return 1 if failed else 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())

@@ -1,0 +1,278 @@
+"""Population training: K runs that differ in dropout rates and seed, as one vmapped step.
+
+The paper chose its dropout rates by grid search. At the PTB recipes' batch of 20 streams
+one run leaves a modern accelerator mostly idle, so ``jax.vmap`` over K members trains a
+K-point grid in one jitted step on one device, for little more than the cost of one run.
+
+Select it from the config: any non-empty ``config.population.{p_emb,p_x,p_h,p_out,seed}``
+(comma-separated values, one per member; empty fields take the model's value), e.g.
+
+  python -m vdrnn.train --config configs/ptb_medium.py \\
+      --config.population.p_emb=0,0.1,0.2,0.3 --config.population.p_h=0,0.1,0.2,0.3
+
+Member ``k`` is exactly the single run of ``member_config(config, members[k])``: its
+parameters are initialised from ``key(seed_k)``, its masks drawn from
+``fold_in(key(seed_k), step)`` by the same step body (``vdrnn.train.make_step_body``), with
+the rates traced instead of static (a traced rate of 0 gives an all-ones mask where a
+static 0 gives none; multiplying by exactly 1.0 changes nothing). All members see the same
+batches and learning-rate schedule.
+
+Workdir layout: ``checkpoints/`` holds the stacked state (leading axis K) and resumes the
+population; ``member_XX/`` is laid out like a single run's workdir (``config.json`` with the
+member's rates and seed, ``metrics.jsonl``, ``tb/``, ``best/`` and, at the end,
+``checkpoints/`` and ``results.json``); ``results.json`` lists every member's results.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import sys
+import time
+
+import jax
+import numpy as np
+
+from vdrnn import checkpoint, masks, models, train
+from vdrnn.config import validate_lm
+from vdrnn.data import ptb
+from vdrnn.errors import UserError
+from vdrnn.metrics import MetricsWriter
+
+RATES = {"p_emb": "emb", "p_x": "x", "p_h": "h", "p_out": "out"}  # config field -> mask rate key
+FIELDS = (*RATES, "seed")
+
+
+def parse_members(config) -> list[dict]:
+  """``[{"seed", "p_emb", "p_x", "p_h", "p_out"}] * K`` from ``config.population``.
+
+  Every non-empty field is a comma-separated list of K values; empty fields take the
+  model's (or the config's seed) value for every member.
+  """
+  lists = {}
+  for name in FIELDS:
+    raw = str(config.population.get(name, "") or "").strip()
+    if raw:
+      lists[name] = [v.strip() for v in raw.split(",")]
+  if not lists:
+    raise UserError("no population: set one of config.population." + ", .".join(FIELDS) +
+                    " to comma-separated values, e.g. --config.population.p_h=0,0.1,0.2,0.3")
+  sizes = {len(v) for v in lists.values()}
+  if len(sizes) > 1:
+    counts = ", ".join(f"population.{n} has {len(v)}" for n, v in lists.items())
+    raise UserError(f"population fields must have the same number of values: {counts}")
+  members = []
+  for k in range(sizes.pop()):
+    m = {"seed": int(config.seed), **{n: float(config.model[n]) for n in RATES}}
+    for name, values in lists.items():
+      v = values[k]
+      try:
+        m[name] = int(v) if name == "seed" else float(v)
+      except ValueError:
+        raise UserError(f"population.{name}: {v!r} is not {'an integer' if name == 'seed' else 'a number'}") from None
+    if not 0 <= m["seed"] < 2 ** 31:
+      raise UserError(f"population.seed: {m['seed']} is not in [0, 2**31)")
+    for name in RATES:
+      try:
+        masks.check_rate(m[name], f"population.{name} (member {k})")
+      except ValueError as e:
+        raise UserError(str(e)) from None
+    members.append(m)
+  return members
+
+
+def member_config(config, member: dict):
+  """The single-run config of one member: its seed and rates set, no population."""
+  c = config.copy_and_resolve_references()
+  c.seed = member["seed"]
+  for name in RATES:
+    c.model[name] = member[name]
+  for name in FIELDS:
+    c.population[name] = ""
+  return c
+
+
+def member_name(k: int) -> str:
+  return f"member_{k:02d}"
+
+
+def init_population_state(config, members: list[dict], batch_size: int | None = None) -> dict:
+  """Stacked ``init_state`` of every member (leading axis K) plus their hyperparameters:
+  ``{"params", "carry", "step", "acc"}`` as a single run's state, each leaf ``[K, ...]``, and
+  ``"member": {"seed": int32[K], "rates": {"emb", "x", "h", "out": float32[K]}}``."""
+  batch_size = config.train.batch_size if batch_size is None else batch_size
+  states = jax.device_get([train.init_state(member_config(config, m), batch_size) for m in members])
+  state = jax.tree.map(lambda *xs: np.stack(xs), *states)  # stacked on the host: no compiles
+  state["member"] = {"seed": np.asarray([m["seed"] for m in members], np.int32),
+                     "rates": {r: np.asarray([m[n] for m in members], np.float32) for n, r in RATES.items()}}
+  return jax.device_put(state)
+
+
+def make_population_train_step(config):
+  """``step(state, x [B, T], y [B, T], lr) -> state`` for a stacked population state: the
+  single-run step body vmapped over the members (same batch and lr for all)."""
+  body = train.make_step_body(config)
+
+  def member_step(state, member, x, y, lr):
+    return body(state, x, y, lr, jax.random.key(member["seed"]), member["rates"])
+
+  def step(state, x, y, lr):
+    member = state["member"]
+    core = {k: v for k, v in state.items() if k != "member"}
+    core = jax.vmap(member_step, in_axes=(0, 0, None, None, None))(core, member, x, y, lr)
+    return {**core, "member": member}
+
+  return step
+
+
+def member_state(state: dict, k: int) -> dict:
+  """Member ``k``'s slice of a stacked state, shaped like a single run's state (sliced on the host;
+  pass ``jax.device_get(state)`` when taking several members)."""
+  host = jax.device_get({n: v for n, v in state.items() if n != "member"})
+  return jax.device_put(jax.tree.map(lambda a: a[k], host))
+
+
+def _ppl(nll_sum, count):
+  return [float(np.exp(s / max(int(c), 1))) for s, c in zip(nll_sum, count)]
+
+
+def train_population(config, workdir: str) -> dict:
+  """Trains the population given by ``config.population``; returns ``{"members": [...], "step"}``
+  with each member's rates, seed, final valid / test and best valid perplexities."""
+  validate_lm(config)
+  members = parse_members(config)
+  K, t = len(members), config.train
+  if config.model.scheme == "none" and any(config.population[n] for n in RATES):
+    raise UserError("population rates need model.scheme variational or naive (scheme none draws no masks)")
+  if jax.process_count() > 1:
+    raise UserError("population training runs in one process on one device; use launch/sweep.py across hosts")
+  splits, _ = train.load_data(config)
+  streams = ptb.batchify(splits["train"], t.batch_size)
+  epoch_size = ptb.num_windows(streams, t.seq_length)
+  if epoch_size < 1:
+    raise UserError(f"the training data is too short for batch_size={t.batch_size} x seq_length={t.seq_length}")
+
+  state = init_population_state(config, members)
+  train_step = jax.jit(make_population_train_step(config), donate_argnums=0)
+  eval_one = train.make_eval_fn(config)
+  eval_fn = jax.jit(jax.vmap(eval_one, in_axes=(0, None, None, None, None)))
+
+  def evaluate(params, ids, batch_size, full):
+    xs, ys, ws = ptb.eval_windows(ptb.batchify(ids, batch_size), config.eval.seq_length, full=full)
+    nll, count = eval_fn(params, models.lm_zero_carry(config.model, batch_size), xs, ys, ws)
+    return [float(np.exp(float(n) / float(c))) for n, c in zip(nll, count)]
+
+  os.makedirs(workdir, exist_ok=True)
+  latest = checkpoint.manager(os.path.join(workdir, "checkpoints"), max_to_keep=2)
+  cfg_dict = json.loads(config.to_json())
+  meta = {"config": cfg_dict, "members": members, "epoch_size": epoch_size, "history": [],
+          "best_valid": [None] * K}
+  if latest.latest_step() is not None:
+    saved = checkpoint.read_meta(latest)
+    checkpoint.check_compatible(saved["config"], cfg_dict, train.RESUME_KEYS, workdir)
+    if saved.get("members") != members:
+      raise UserError(f"{workdir} holds a population with other members ({saved.get('members')}); "
+                      f"use a fresh --workdir or the original config.population")
+    state, meta = checkpoint.restore(latest, latest.latest_step(), state)
+    meta["config"] = cfg_dict
+    print(f"resuming population from step {int(state['step'][0])} in {workdir}", file=sys.stderr)
+  with open(os.path.join(workdir, "config.json"), "w") as f:
+    f.write(config.to_json(indent=2))
+  step = int(state["step"][0])
+  writer = MetricsWriter(workdir, tensorboard=False, truncate_after_step=step)
+  mdirs = [os.path.join(workdir, member_name(k)) for k in range(K)]
+  mconfigs = [member_config(config, m) for m in members]
+  mwriters = []
+  for d, c in zip(mdirs, mconfigs):
+    os.makedirs(d, exist_ok=True)
+    with open(os.path.join(d, "config.json"), "w") as f:
+      f.write(c.to_json(indent=2))
+    mwriters.append(MetricsWriter(d, truncate_after_step=step))
+  best = [checkpoint.manager(os.path.join(d, "best"), max_to_keep=1) for d in mdirs]
+
+  def member_meta(k):
+    hist = [{n: v[k] if isinstance(v, list) else v for n, v in r.items()} for r in meta["history"]]
+    return {"config": json.loads(mconfigs[k].to_json()), "epoch_size": epoch_size, "history": hist,
+            "best_valid": meta["best_valid"][k]}
+
+  num_params = sum(p.size for p in jax.tree.leaves(state["params"])) // K
+  print(f"population of {K}: {num_params / 1e6:.1f}M parameters each, {epoch_size} windows/epoch, "
+        f"workdir {workdir}", file=sys.stderr)
+  tokens_per_step = K * t.batch_size * t.seq_length
+  reported_bad = set()
+  ppl = [math.nan] * K
+  for epoch in range(step // epoch_size, t.num_epochs):
+    lr = train.lr_for_epoch(t, epoch)
+    start = step % epoch_size
+    if start == 0:  # epoch start: zero state, fresh accumulators
+      state["carry"] = jax.device_put(jax.tree.map(lambda a: np.zeros(a.shape, a.dtype), state["carry"]))
+      state["acc"] = jax.device_put(jax.tree.map(lambda a: np.stack([a] * K), jax.device_get(train.zero_acc())))
+    t0, done = time.time(), 0
+    for i in range(start, epoch_size):
+      x, y = ptb.window(streams, i, t.seq_length)
+      state = train_step(state, x, y, lr)
+      step, done = step + 1, done + 1
+      last = i == epoch_size - 1
+      if step % t.log_every_steps == 0 or last:
+        acc = jax.device_get(state["acc"])
+        for k in np.flatnonzero(acc["bad_step"] >= 0):
+          if k not in reported_bad:  # one member diverging does not stop the others
+            reported_bad.add(k)
+            print(f"member {k}: non-finite loss at step {int(acc['bad_step'][k])}; it keeps training "
+                  f"(its results will be nan)", file=sys.stderr)
+        ppl = _ppl(acc["nll_sum"], acc["count"])
+        wps = done * tokens_per_step / (time.time() - t0)
+        writer.write("train", step, epoch=epoch + 1, lr=lr, wps=wps)
+        for k in range(K):
+          mwriters[k].write("train", step, epoch=epoch + 1, train_ppl=ppl[k], lr=lr)
+      if t.checkpoint_every_steps and step % t.checkpoint_every_steps == 0 and not last:
+        checkpoint.save(latest, step, state, meta)
+    elapsed = time.time() - t0
+    valid = evaluate(state["params"], splits["valid"], t.batch_size, full=False)
+    record = {"epoch": epoch + 1, "train_ppl": ppl, "valid_ppl": valid, "lr": lr,
+              "time_s": elapsed, "wps": done * tokens_per_step / elapsed}
+    meta["history"].append(record)
+    writer.write("epoch", step, epoch=epoch + 1, lr=lr, time_s=elapsed, wps=record["wps"])
+    host = None
+    for k in range(K):
+      mwriters[k].write("epoch", step, epoch=epoch + 1, train_ppl=ppl[k], valid_ppl=valid[k], lr=lr)
+      if meta["best_valid"][k] is None or valid[k] < meta["best_valid"][k]:
+        meta["best_valid"][k] = valid[k]
+        host = jax.device_get(state) if host is None else host
+        checkpoint.save(best[k], step, member_state(host, k), member_meta(k))
+    print(f"epoch {epoch + 1:3d}  valid " + " ".join(f"{v:.2f}" for v in valid) +
+          f"  lr {lr:.4g}  {elapsed:6.0f}s  {record['wps']:.0f} wps (all members)", file=sys.stderr)
+    checkpoint.save(latest, step, state, meta)
+
+  test = evaluate(state["params"], splits["test"], 1, full=True)
+  host = jax.device_get(state)
+  out = []
+  for k, m in enumerate(members):
+    res = {"valid_ppl": meta["history"][-1]["valid_ppl"][k] if meta["history"] else None,
+           "test_ppl": test[k], "best_valid_ppl": meta["best_valid"][k], "step": step}
+    if config.eval.mc_samples:
+      from vdrnn import evaluate as evaluate_lib
+      mc = evaluate_lib.mc_lm(mconfigs[k], member_state(host, k)["params"], splits["test"], workdir=mdirs[k])
+      res["mc_test_ppl"], res["mc_samples"] = mc["ppl"], config.eval.mc_samples
+    mwriters[k].write("test", step, **{n: v for n, v in res.items() if isinstance(v, float)})
+    mwriters[k].close()
+    mlatest = checkpoint.manager(os.path.join(mdirs[k], "checkpoints"), max_to_keep=2)
+    if mlatest.latest_step() != step:
+      checkpoint.save(mlatest, step, member_state(host, k), member_meta(k))
+    with open(os.path.join(mdirs[k], "results.json"), "w") as f:
+      json.dump(res, f, indent=2)
+    out.append({**m, **res, "workdir": mdirs[k]})
+  writer.close()
+  results = {"members": out, "step": step}
+  with open(os.path.join(workdir, "results.json"), "w") as f:
+    json.dump(results, f, indent=2)
+  for r in sorted(out, key=lambda r: (not _finite(r["valid_ppl"]), r["valid_ppl"] or 0.0)):
+    print("  ".join(f"{n} {r[n]:g}" for n in FIELDS) + f"  valid {r['valid_ppl']:.2f}  test {r['test_ppl']:.2f}",
+          file=sys.stderr)
+  print(json.dumps(results))
+  return results
+
+
+def _finite(v) -> bool:
+  return isinstance(v, float) and math.isfinite(v)
