@@ -1,0 +1,54 @@
+"""IMDB sentiment classification with an LSTM (Maas et al. 2011 data, standard 25k/25k
+split). The paper reports no IMDB numbers; the model is the sentiment model of the paper
+with a two-class softmax, and ``keras`` is Keras's examples/imdb_lstm.py (../shared/PAPER.md).
+
+Arg: comma-separated. ``variational`` (default; the paper's sentiment rates), ``naive``,
+``none``, or ``keras``: embedding 128 -> LSTM 128 with dropout 0.2 and recurrent_dropout 0.2
+(per-sequence masks, one per gate: Keras's LSTM is variational), 20k words, maxlen 80,
+batch 32, 15 epochs, validated on the test set as the example does. ``tiny`` shrinks the
+shapes for tests and smoke runs (tests/data).
+"""
+
+from vdrnn.config import seq_base, seq_tiny
+
+ARGS = ("variational", "naive", "none", "keras")
+
+
+def get_config(arg=None):
+  opts = [a for a in (arg or "variational").split(",") if a]
+  scheme = next((a for a in opts if a in ARGS), "variational")
+  unknown = set(opts) - set(ARGS) - {"tiny"}
+  if unknown:
+    raise ValueError(f"imdb_lstm: unknown arg {sorted(unknown)}; use {'|'.join(ARGS)}[,tiny]")
+  c = seq_base()
+  c.task = "imdb"
+  c.data.num_words = 20000       # 20,000 most frequent training words (Keras max_features = 20000)
+  c.data.maxlen = 200            # cut / left-pad to 200 tokens (issue default; Keras example: 80)
+  c.data.truncating = "pre"      # keep the last maxlen tokens (Keras pad_sequences default)
+  c.data.valid_fraction = 0.1    # 2,500 training reviews held out to pick the best checkpoint
+  c.model.vocab_size = 20003
+  c.model.cell = "lstm"
+  c.model.out_dim = 2            # dense 2, softmax cross-entropy
+  c.model.emb_dim = 128          # embedding 128
+  c.model.hidden = 128           # LSTM 128
+  c.train.batch_size = 128       # the paper's sentiment batch
+  c.train.num_epochs = 15        # Keras imdb_lstm: 15 epochs (no paper value)
+  c.train.weight_decay = 1e-6    # the paper's sentiment L2
+  c.model.scheme = "variational" if scheme == "keras" else scheme
+  if scheme == "variational":    # the paper's sentiment rates p_emb = p_W = p_U = p_dense = 0.5
+    c.model.p_emb, c.model.p_x, c.model.p_h, c.model.p_out = 0.5, 0.5, 0.5, 0.5
+  elif scheme == "naive":        # fresh mask per step on the LSTM input and before the dense layer
+    c.model.p_emb, c.model.p_x, c.model.p_h, c.model.p_out = 0.0, 0.5, 0.0, 0.5
+  elif scheme == "none":
+    c.model.p_emb = c.model.p_x = c.model.p_h = c.model.p_out = 0.0
+  else:                          # Keras examples/imdb_lstm.py
+    c.model.p_emb, c.model.p_x, c.model.p_h, c.model.p_out = 0.0, 0.2, 0.2, 0.0  # dropout=0.2, recurrent_dropout=0.2
+    c.data.maxlen = 80           # maxlen = 80
+    c.data.valid_fraction = 0.0  # validation_data=(x_test, y_test): all 25k reviews train
+    c.train.batch_size = 32      # batch_size = 32
+    c.train.num_epochs = 15      # epochs=15
+    c.train.weight_decay = 0.0   # no regulariser
+  if "tiny" in opts:
+    seq_tiny(c)
+    c.model.out_dim = 2
+  return c

@@ -1,0 +1,267 @@
+"""Movie-review data: Pang & Lee's scale dataset v1.0 (regression) and IMDB (classification).
+
+Pang & Lee (``scaledata/<Author>/{subj,rating}.<Author>``, 4 critics, 5,006 reviews, one
+review per line, ratings in [0, 1]) follows Sentiment_analysis_code/sentiment_lstm_regression.py
+of the released code (../shared/PAPER.md, "The sentiment experiment"):
+
+* tokens: lower-case, split on whitespace (the reviews are already tokenised);
+* vocabulary: the ``num_words`` most frequent words, ties broken by first occurrence (the
+  Keras ``Tokenizer`` order). Ids are offset by 3: ``0`` pad, ``1`` start, ``2`` OOV, and the
+  k-th most frequent word (k = 0, 1, ...) is ``3 + k``; the embedding has ``num_words + 3`` rows;
+* every review becomes ``[1] + ids`` and is cut into consecutive segments of ``maxlen``
+  tokens (the last one shorter), each labelled with the review's rating;
+* the reviews are shuffled with ``np.random.RandomState(shuffle_seed)`` (the script's
+  ``np.random.seed(0); np.random.shuffle``) before segmenting;
+* targets are standardised with the mean and (population) std of the training segments;
+  evaluation reports errors in the original rating units;
+* segments are left-padded with 0 to ``maxlen`` (Keras ``pad_sequences``).
+
+Two train/test protocols (``split``):
+
+* ``"paper"`` (the released script): the vocabulary is fitted on *all* reviews (test ones
+  included) and the first 80% of the *segments* are train, the rest test. Because the
+  reviews are shuffled before segmenting, a review's segments are adjacent, so only the one
+  review that straddles the 80% boundary has segments on both sides (``straddling`` in the
+  returned info says how many); the test vocabulary leak is the larger difference.
+* ``"review"`` (default): the first 80% of the shuffled *reviews* are train (of which the
+  last ``valid_fraction`` are held out for validation), the rest test; the vocabulary comes
+  from the training reviews only. No review contributes to two splits.
+
+Small differences from the released script, kept on purpose: it split on single spaces
+(so each review's last token kept its newline) and, because Keras's word index starts at 1,
+its ``+3`` offset and ``id >= 20000 -> OOV`` kept 19,996 words and never used id 3.
+
+IMDB (``imdb/{train,test}.jsonl.gz``, 25,000 / 25,000 labelled reviews, Maas et al. 2011): the
+standard split; ``<br />`` removed, lower-cased, words and punctuation marks as separate
+tokens (our choice: the paper has no IMDB experiment, and the released
+``imdb_*_regression.py`` scripts, despite their names, read the Pang & Lee data); vocabulary
+of the ``num_words`` most frequent training words with the same offset; ``[1] + ids`` cut or
+left-padded to ``maxlen``. ``truncating="pre"`` (default, Keras ``pad_sequences``) keeps the
+*last* ``maxlen`` tokens of a long review, ``"post"`` the first. The training reviews are
+shuffled with ``RandomState(shuffle_seed)`` (the files are sorted by label) and the last
+``valid_fraction`` of them held out for validation.
+"""
+
+from __future__ import annotations
+
+import collections
+import gzip
+import json
+import re
+from pathlib import Path
+from typing import Optional, Sequence
+
+import numpy as np
+
+from vdrnn.data import locate
+from vdrnn.errors import UserError
+
+PAD, START, OOV = 0, 1, 2
+OFFSET = 3  # ids 0, 1, 2 are reserved
+
+AUTHORS = ("Dennis+Schwartz", "James+Berardinelli", "Scott+Renshaw", "Steve+Rhodes")
+# sha256 of the files the reader uses (../shared/data/SOURCES.md, section 2).
+SCALEDATA_FILES = {
+    "Dennis+Schwartz/subj.Dennis+Schwartz": "cb26f952c091c510c786627a45a5af3fb5c87a986f9aa3eb7eef6e4ed1797a02",
+    "Dennis+Schwartz/rating.Dennis+Schwartz": "b9057227d5b1324f49d5f402f1cad0ae472f3d130f35a24a5334ab7db6726be7",
+    "James+Berardinelli/subj.James+Berardinelli": "1b612ca24494cc675f5e58c1fc320501446da2ed2520a00edb3522b565640658",
+    "James+Berardinelli/rating.James+Berardinelli": "91abefa233432a2b92a82e0cb40706bd38e48e1ce4165e7a16584a6ec1dd8ed0",
+    "Scott+Renshaw/subj.Scott+Renshaw": "c1b0b7b80fa4161053fee1125e7fb7bfba987fcfa08a8ab525504eff4c988cec",
+    "Scott+Renshaw/rating.Scott+Renshaw": "cbe4f07da184e0c68a1051503c91c2474bb23c8d6b433e57d99dc2a8ae43760c",
+    "Steve+Rhodes/subj.Steve+Rhodes": "33ef24625d183f6f9ecf03f356e055e9ff998ac7773f48939a364e9900bbf10a",
+    "Steve+Rhodes/rating.Steve+Rhodes": "bbbe28efbe998827cfe2737a25d19977091a2deea141461eb8e241ce6f5bc03d",
+}
+# sha256 of the repackaged files (../shared/data/SOURCES.md, section 3). No public URL
+# serves these exact bytes, so there is no download: a missing file is one clear error.
+IMDB_FILES = {
+    "train.jsonl.gz": "e55e309d06079745593e06ca25c2b277b708e3428b2ac84414c677226154513d",
+    "test.jsonl.gz": "fa95c381230370e549a41ab5b9805e5548a8d179f9ad3f50a388afd65d0bf58d",
+}
+
+
+# ----------------------------------------------------------------------------------------
+# Readers.
+
+
+def read_scaledata(folder: Path) -> tuple[list[str], np.ndarray]:
+  """All reviews of the 4 critics in the released code's order; ``(texts, ratings [N])``."""
+  texts, ratings = [], []
+  for a in AUTHORS:
+    with open(folder / a / f"subj.{a}", encoding="latin-1") as f:
+      t = f.read().splitlines()
+    with open(folder / a / f"rating.{a}", encoding="latin-1") as f:
+      r = [float(line) for line in f.read().splitlines() if line.strip()]
+    if len(t) != len(r):
+      raise UserError(f"{folder / a}: subj.{a} has {len(t)} reviews but rating.{a} has {len(r)} ratings")
+    texts += t
+    ratings += r
+  return texts, np.asarray(ratings, np.float32)
+
+
+def read_imdb(folder: Path, split: str) -> tuple[list[str], np.ndarray]:
+  """``(texts, labels [N])`` of ``imdb/<split>.jsonl.gz`` (label 0 = negative, 1 = positive)."""
+  texts, labels = [], []
+  with gzip.open(folder / f"{split}.jsonl.gz", "rt", encoding="utf-8") as f:
+    for line in f:
+      if line.strip():
+        r = json.loads(line)
+        texts.append(r["text"])
+        labels.append(int(r["label"]))
+  return texts, np.asarray(labels, np.int32)
+
+
+# ----------------------------------------------------------------------------------------
+# Tokens, vocabulary, ids.
+
+_WORDS = re.compile(r"\w+(?:'\w+)*|[^\w\s]")
+
+
+def tokenize(text: str, style: str = "whitespace") -> list[str]:
+  """``"whitespace"``: lower-case and split on whitespace (Pang & Lee).
+  ``"words"``: also drop ``<br />`` and split punctuation marks off words (IMDB)."""
+  text = text.lower()
+  if style == "whitespace":
+    return text.split()
+  if style == "words":
+    return _WORDS.findall(text.replace("<br />", " "))
+  raise ValueError(f"unknown tokenizer style {style!r}; use whitespace or words")
+
+
+def build_vocab(docs: Sequence[Sequence[str]], num_words: int) -> dict[str, int]:
+  """The ``num_words`` most frequent words -> ids ``OFFSET, OFFSET + 1, ...`` (most frequent
+  first, ties by first occurrence, as Keras's ``Tokenizer``)."""
+  counts = collections.Counter()
+  for d in docs:
+    counts.update(d)
+  ordered = sorted(counts.items(), key=lambda kv: -kv[1])  # stable: ties keep first-seen order
+  return {w: OFFSET + i for i, (w, _) in enumerate(ordered[:num_words])}
+
+
+def encode(tokens: Sequence[str], vocab: dict[str, int]) -> list[int]:
+  """``[START] + ids``; words outside the vocabulary become ``OOV``."""
+  return [START] + [vocab.get(w, OOV) for w in tokens]
+
+
+def segment(ids: Sequence[int], length: int) -> list[list[int]]:
+  """Consecutive pieces of ``length`` ids (the last one shorter), as the released code."""
+  return [list(ids[i:i + length]) for i in range(0, len(ids), length)]
+
+
+def pad(seqs: Sequence[Sequence[int]], maxlen: int, truncating: str = "pre") -> np.ndarray:
+  """``[N, maxlen]`` int32, left-padded with ``PAD`` (Keras ``pad_sequences``, padding="pre").
+
+  A longer sequence keeps its last ``maxlen`` ids (``truncating="pre"``, Keras's default)
+  or its first (``"post"``).
+  """
+  if truncating not in ("pre", "post"):
+    raise ValueError(f"truncating must be pre or post, got {truncating!r}")
+  out = np.zeros((len(seqs), maxlen), np.int32)
+  for i, s in enumerate(seqs):
+    s = s[-maxlen:] if truncating == "pre" else s[:maxlen]
+    if len(s):
+      out[i, maxlen - len(s):] = s
+  return out
+
+
+def shuffled(n: int, seed: int) -> np.ndarray:
+  """The permutation ``np.random.seed(seed); np.random.shuffle(x)`` applies to a list of n."""
+  order = np.arange(n)
+  np.random.RandomState(seed).shuffle(order)
+  return order
+
+
+# ----------------------------------------------------------------------------------------
+# Datasets. Each split is {"x": int32 [N, maxlen], "y": [N], "review": int32 [N]}.
+
+
+def _split(x, y, review) -> dict:
+  return {"x": x, "y": y, "review": np.asarray(review, np.int32)}
+
+
+def scaledata_splits(texts: Sequence[str], ratings: np.ndarray, *, num_words: int, maxlen: int,
+                     split: str = "review", test_fraction: float = 0.2, valid_fraction: float = 0.0,
+                     shuffle_seed: int = 0) -> tuple[dict, dict]:
+  """Segments, splits and standardises Pang & Lee reviews (see the module docstring).
+
+  Returns ``(splits, info)``: ``splits`` maps train / test (and valid when
+  ``valid_fraction > 0``, review split only) to ``{"x": int32 [N, maxlen], "y": float32 [N]
+  ratings, "review": int32 [N] index of the source review in shuffled order}``; ``info``
+  holds ``y_mean`` and ``y_std`` of the training segments (the trainer standardises with
+  them) and counts.
+  """
+  if split not in ("paper", "review"):
+    raise UserError(f"data.split must be paper or review, got {split!r}")
+  if split == "paper" and valid_fraction:
+    raise UserError("data.valid_fraction must be 0 with data.split=paper (the released protocol has no validation set)")
+  order = shuffled(len(texts), shuffle_seed)
+  docs = [tokenize(texts[i]) for i in order]
+  ys = ratings[order]
+  n_train_rev = int(len(docs) * (1 - test_fraction))
+  if split == "paper":
+    vocab = build_vocab(docs, num_words)
+    pieces = [(s, ys[r], r) for r, d in enumerate(docs) for s in segment(encode(d, vocab), maxlen)]
+    cut = int(len(pieces) * (1 - test_fraction))
+    parts = {"train": pieces[:cut], "test": pieces[cut:]}
+  else:
+    n_valid_rev = int(n_train_rev * valid_fraction)
+    fit = n_train_rev - n_valid_rev
+    vocab = build_vocab(docs[:fit], num_words)
+    ranges = {"train": range(0, fit), "valid": range(fit, n_train_rev), "test": range(n_train_rev, len(docs))}
+    parts = {k: [(s, ys[r], r) for r in rs for s in segment(encode(docs[r], vocab), maxlen)]
+             for k, rs in ranges.items() if len(rs)}
+  splits = {k: _split(pad([p[0] for p in v], maxlen), np.asarray([p[1] for p in v], np.float32), [p[2] for p in v])
+            for k, v in parts.items()}
+  y_train = splits["train"]["y"]
+  info = {"y_mean": float(np.mean(y_train)), "y_std": float(np.std(y_train)), "vocab_words": len(vocab),
+          "reviews": len(docs), **{f"{k}_segments": len(v["y"]) for k, v in splits.items()},
+          "straddling": len(set(splits["train"]["review"].tolist()) & set(splits["test"]["review"].tolist()))}
+  return splits, info
+
+
+def imdb_splits(train: tuple[list[str], np.ndarray], test: tuple[list[str], np.ndarray], *, num_words: int,
+                maxlen: int, truncating: str = "pre", valid_fraction: float = 0.0,
+                shuffle_seed: int = 0) -> tuple[dict, dict]:
+  """IMDB train / valid / test arrays (see the module docstring); ``y`` int32 labels."""
+  order = shuffled(len(train[0]), shuffle_seed)
+  n_valid = int(len(order) * valid_fraction)
+  fit, held = order[: len(order) - n_valid], order[len(order) - n_valid:]
+  tok = {"train": [tokenize(train[0][i], "words") for i in fit],
+         "valid": [tokenize(train[0][i], "words") for i in held],
+         "test": [tokenize(t, "words") for t in test[0]]}
+  labels = {"train": train[1][fit], "valid": train[1][held], "test": test[1]}
+  index = {"train": fit, "valid": held, "test": np.arange(len(test[0]))}
+  vocab = build_vocab(tok["train"], num_words)
+  splits = {k: _split(pad([encode(d, vocab) for d in docs], maxlen, truncating), labels[k], index[k])
+            for k, docs in tok.items() if len(docs)}
+  lengths = np.asarray([len(d) + 1 for d in tok["train"]])
+  info = {"vocab_words": len(vocab), **{f"{k}_reviews": len(v["y"]) for k, v in splits.items()},
+          "train_truncated_fraction": float(np.mean(lengths > maxlen)) if len(lengths) else 0.0}
+  return splits, info
+
+
+def load(task: str, data, data_dir: Optional[str] = None, *, verify: bool = True) -> tuple[dict, dict]:
+  """``(splits, info)`` for ``task`` ``"sentiment"`` (Pang & Lee) or ``"imdb"``.
+
+  ``data`` is the config's ``data`` block: num_words, maxlen, split, test_fraction,
+  valid_fraction, shuffle_seed, truncating, max_train / max_test (>0: keep only the first
+  that many examples of train / test, for smoke runs).
+  """
+  if task == "sentiment":
+    folder = locate.find("scaledata", SCALEDATA_FILES, data_dir, verify=verify)
+    splits, info = scaledata_splits(*read_scaledata(folder), num_words=data.num_words, maxlen=data.maxlen,
+                                    split=data.split, test_fraction=data.test_fraction,
+                                    valid_fraction=data.valid_fraction, shuffle_seed=data.shuffle_seed)
+  elif task == "imdb":
+    folder = locate.find("imdb", IMDB_FILES, data_dir, verify=verify)
+    splits, info = imdb_splits(read_imdb(folder, "train"), read_imdb(folder, "test"), num_words=data.num_words,
+                               maxlen=data.maxlen, truncating=data.truncating, valid_fraction=data.valid_fraction,
+                               shuffle_seed=data.shuffle_seed)
+  else:
+    raise UserError(f"unknown task {task!r}; use sentiment or imdb")
+  for k, limit in (("train", data.get("max_train", 0)), ("test", data.get("max_test", 0))):
+    if limit and k in splits:
+      splits[k] = {f: v[:limit] for f, v in splits[k].items()}
+  if task == "sentiment":  # the standardisation always uses the training segments in use
+    info["y_mean"], info["y_std"] = float(np.mean(splits["train"]["y"])), float(np.std(splits["train"]["y"]))
+  info["folder"] = str(folder)
+  return splits, info
