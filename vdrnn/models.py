@@ -117,10 +117,7 @@ def lm_hidden(params: dict, carry: list, tokens: Array, masks: Optional[dict] = 
 def lm_logits(params: dict, ys: Array, compute_dtype=None, temperature: float = 1.0) -> Array:
   """Softmax logits ``[..., V]`` from top-layer states ``[..., H]`` (divided by ``temperature``)."""
   w = params["softmax"]["w"] if "w" in params["softmax"] else params["embed"].T
-  pet = jnp.float32 if compute_dtype is not None else None
-  if compute_dtype is not None:
-    ys, w = ys.astype(compute_dtype), w.astype(compute_dtype)
-  logits = jnp.dot(ys, w, preferred_element_type=pet) + params["softmax"]["b"]
+  logits = rnn.matmul(ys, w, compute_dtype) + params["softmax"]["b"]
   return logits if temperature == 1.0 else logits / temperature
 
 
@@ -133,9 +130,33 @@ def lm_nll(params: dict, carry: list, tokens: Array, targets: Array, masks: Opti
   """
   ys, carry = lm_hidden(params, carry, tokens, masks, unroll=unroll, compute_dtype=compute_dtype)
   logits = lm_logits(params, ys, compute_dtype)
-  logp = jax.nn.log_softmax(logits, axis=-1)
-  nll = -jnp.take_along_axis(logp, targets.T[..., None], axis=-1)[..., 0]
-  return nll, carry
+  return softmax_nll(logits, targets.T), carry
+
+
+def _softmax_nll_fwd(logits: Array, targets: Array):
+  m = jnp.max(logits, axis=-1)
+  log_z = jnp.log(jnp.sum(jnp.exp(logits - m[..., None]), axis=-1))
+  picked = jnp.take_along_axis(logits, targets[..., None], axis=-1)[..., 0]
+  return log_z - (picked - m), (logits, targets, m + log_z)
+
+
+def _softmax_nll_bwd(res, g):
+  logits, targets, lse = res
+  onehot = jnp.arange(logits.shape[-1]) == targets[..., None]
+  return (jnp.exp(logits - lse[..., None]) - onehot) * g[..., None], None
+
+
+@jax.custom_vjp
+def softmax_nll(logits: Array, targets: Array) -> Array:
+  """``-log softmax(logits)[..., targets]`` (the same float ops as ``jax.nn.log_softmax``).
+
+  Its backward pass is one fused elementwise pass, ``(softmax - onehot) * g``, instead of
+  autodiff's scatter into a zero ``[..., V]`` array followed by the log-softmax transpose.
+  """
+  return _softmax_nll_fwd(logits, targets)[0]
+
+
+softmax_nll.defvjp(_softmax_nll_fwd, _softmax_nll_bwd)
 
 
 # ----------------------------------------------------------------------------------------

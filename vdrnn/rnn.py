@@ -15,10 +15,17 @@ stays inside it.
 
 ``compute_dtype`` (e.g. ``jnp.bfloat16``) casts matmul operands and accumulates in
 float32; the state and gate non-linearities stay float32.
+
+The LSTM's backward pass is written by hand (``jax.custom_vjp``): plain autodiff of
+``lax.scan`` adds the recurrent-weight gradient ``(h_{t-1} * m_h)^T dz_t`` into a ``[H, 4H]``
+accumulator at every step (T rank-B updates); here the backward scan only carries
+``(dc, dh)`` and emits ``dz_t``, and ``dW_h`` is one ``[H, T*B] @ [T*B, 4H]`` matmul after it.
+Same gradients up to float rounding (tests/test_bench.py checks them against autodiff).
 """
 
 from __future__ import annotations
 
+import functools
 from typing import Optional
 
 import jax
@@ -53,6 +60,39 @@ def _cast(a: Array, dtype) -> Array:
   return a if dtype is None else a.astype(dtype)
 
 
+def matmul(x: Array, w: Array, compute_dtype=None) -> Array:
+  """``x [..., K] @ w [K, N]``. With ``compute_dtype`` (bfloat16) the operands are cast to it
+  and products accumulate in float32, in the backward pass too: the float32 cotangent is
+  cast as well, so both gradient matmuls also run in ``compute_dtype`` (plain autodiff
+  would upcast the weights and run them in float32)."""
+  if compute_dtype is None:
+    return jnp.einsum("...k,kn->...n", x, w)
+  return _mixed_matmul(x, w, compute_dtype)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
+def _mixed_matmul(x, w, dtype):
+  return jnp.einsum("...k,kn->...n", x.astype(dtype), w.astype(dtype), preferred_element_type=jnp.float32)
+
+
+def _mixed_matmul_fwd(x, w, dtype):
+  xc, wc = x.astype(dtype), w.astype(dtype)
+  out = jnp.einsum("...k,kn->...n", xc, wc, preferred_element_type=jnp.float32)
+  return out, (xc, wc, jnp.zeros((), x.dtype), jnp.zeros((), w.dtype))
+
+
+def _mixed_matmul_bwd(dtype, res, g):
+  xc, wc, x_type, w_type = res
+  g = g.astype(dtype)
+  dx = jnp.einsum("...n,kn->...k", g, wc, preferred_element_type=jnp.float32)
+  dw = jnp.einsum("mk,mn->kn", xc.reshape(-1, xc.shape[-1]), g.reshape(-1, g.shape[-1]),
+                  preferred_element_type=jnp.float32)
+  return dx.astype(x_type.dtype), dw.astype(w_type.dtype)
+
+
+_mixed_matmul.defvjp(_mixed_matmul_fwd, _mixed_matmul_bwd)
+
+
 def input_projection(xs: Array, w_x: Array, b: Array, mask_x: Optional[Array], G: int,
                      compute_dtype=None) -> Array:
   """All-steps input pre-activations ``[T, B, G*H]``.
@@ -61,16 +101,11 @@ def input_projection(xs: Array, w_x: Array, b: Array, mask_x: Optional[Array], G
   """
   T, B, D = xs.shape
   H = w_x.shape[1] // G
-  pet = jnp.float32 if compute_dtype is not None else None
   if mask_x is None or mask_x.ndim == 2:
-    xm = xs if mask_x is None else xs * mask_x
-    out = jnp.einsum("tbd,dk->tbk", _cast(xm, compute_dtype), _cast(w_x, compute_dtype),
-                     preferred_element_type=pet)
-  else:  # untied: [G, T, B, D] against [G, D, H]
-    xm = xs[None] * mask_x[:, None]
-    wg = w_x.reshape(D, G, H).transpose(1, 0, 2)
-    out = jnp.einsum("gtbd,gdh->tbgh", _cast(xm, compute_dtype), _cast(wg, compute_dtype),
-                     preferred_element_type=pet).reshape(T, B, G * H)
+    out = matmul(xs if mask_x is None else xs * mask_x, w_x, compute_dtype)
+  else:  # untied: one [T*B, D] @ [D, H] matmul per gate
+    out = jnp.concatenate([matmul(xs * mask_x[k], w_x[:, k * H:(k + 1) * H], compute_dtype) for k in range(G)],
+                          axis=-1)
   return out.astype(jnp.float32) + b
 
 
@@ -82,8 +117,9 @@ def _recurrent(h: Array, w_h: Array, mask_h: Optional[Array], G: int, compute_dt
     return jnp.dot(_cast(hm, compute_dtype), w_h, preferred_element_type=pet)
   hm = h[None] * mask_h  # [G, B, H]
   B, H = h.shape
-  out = jnp.einsum("gbh,ghk->bgk", _cast(hm, compute_dtype), w_h, preferred_element_type=pet)
-  return out.reshape(B, G * H)
+  # Gate-major output, then transposed: XLA:CPU runs "gbh,ghk->bgk" twice as slowly.
+  out = jnp.einsum("gbh,ghk->gbk", _cast(hm, compute_dtype), w_h, preferred_element_type=pet)
+  return out.transpose(1, 0, 2).reshape(B, G * H)
 
 
 def _per_gate(w_h: Array, G: int) -> Array:
@@ -135,21 +171,91 @@ def lstm(params: dict, carry: tuple[Array, Array], xs: Array, mask_x: Optional[A
 
   gx = input_projection(xs, params["w_x"], params["b"], mask_x, 4, compute_dtype)
   w_h = params["w_h"] if kind_h != "untied" else _per_gate(params["w_h"], 4)
-  w_h = _cast(w_h, compute_dtype)
+  return _lstm_recurrence(gx, _cast(w_h, compute_dtype), c0, h0, mask_h, valid, unroll, compute_dtype)
+
+
+def _lstm_scan(gx, w_h, c0, h0, mask_h, valid, unroll, compute_dtype):
+  """Forward scan; also returns what the backward pass needs: cell states ``[T, B, H]`` and
+  gate activations ``(i, f, g, o)``, each ``[T, B, H]``."""
 
   def step(carry, inp):
     c, h = carry
     gx_t, v_t = inp
     z = gx_t + _recurrent(h, w_h, mask_h, 4, compute_dtype)
     i, f, g, o = jnp.split(z, 4, axis=-1)
-    c_new = jax.nn.sigmoid(f) * c + jax.nn.sigmoid(i) * jnp.tanh(g)
-    h_new = jax.nn.sigmoid(o) * jnp.tanh(c_new)
+    i, f, g, o = jax.nn.sigmoid(i), jax.nn.sigmoid(f), jnp.tanh(g), jax.nn.sigmoid(o)
+    c_new = f * c + i * g
+    h_new = o * jnp.tanh(c_new)
     if v_t is not None:
       c_new = jnp.where(v_t[:, None], c_new, c)
       h_new = jnp.where(v_t[:, None], h_new, h)
-    return (c_new, h_new), h_new
+    return (c_new, h_new), (h_new, c_new, (i, f, g, o))
 
-  return jax.lax.scan(step, (c0, h0), (gx, valid), unroll=unroll)
+  (c, h), (ys, cs, acts) = jax.lax.scan(step, (c0, h0), (gx, valid), unroll=unroll)
+  return (c, h), ys, (cs, acts)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(6, 7))
+def _lstm_recurrence(gx, w_h, c0, h0, mask_h, valid, unroll, compute_dtype):
+  """``((c_T, h_T), ys)`` from input pre-activations ``gx [T, B, 4H]``; ``w_h`` is ``[H, 4H]``
+  (tied / no mask) or ``[4, H, H]`` (untied), already in ``compute_dtype``."""
+  carry, ys, _ = _lstm_scan(gx, w_h, c0, h0, mask_h, valid, unroll, compute_dtype)
+  return carry, ys
+
+
+def _lstm_recurrence_fwd(gx, w_h, c0, h0, mask_h, valid, unroll, compute_dtype):
+  carry, ys, (cs, acts) = _lstm_scan(gx, w_h, c0, h0, mask_h, valid, unroll, compute_dtype)
+  return (carry, ys), (w_h, c0, h0, mask_h, valid, ys, cs, acts)
+
+
+def _lstm_recurrence_bwd(unroll, compute_dtype, res, cts):
+  """Reverse scan over ``(dc, dh)`` emitting ``dz_t``; then ``dW_h`` as one matmul."""
+  w_h, c0, h0, mask_h, valid, ys, cs, acts = res
+  (dc_T, dh_T), dys = cts
+  T, B, H = ys.shape
+  pet = jnp.float32 if compute_dtype is not None else None
+  untied = mask_h is not None and mask_h.ndim == 3
+  c_prev = jnp.concatenate([c0[None], cs[:-1]])
+  h_prev = jnp.concatenate([h0[None], ys[:-1]])
+
+  def step(carry, inp):
+    dc, dh, dm = carry
+    dy, c, cp, hp, (i, f, g, o), v_t = inp
+    dh = dh + dy
+    tc = jnp.tanh(c)
+    do = dh * tc
+    dc_t = dc + dh * o * (1.0 - tc * tc)
+    dz = jnp.concatenate([dc_t * g * i * (1.0 - i), dc_t * cp * f * (1.0 - f), dc_t * i * (1.0 - g * g),
+                          do * o * (1.0 - o)], axis=-1)
+    if v_t is not None:
+      dz = jnp.where(v_t[:, None], dz, 0.0)
+    if untied:  # dhm[k] = dz_k @ W_k^T, [4, B, H]
+      dz4 = dz.reshape(B, 4, H).transpose(1, 0, 2)  # [4, B, H]: gate-major operands (see _recurrent)
+      dhm = jnp.einsum("gbk,ghk->gbh", _cast(dz4, compute_dtype), w_h, preferred_element_type=pet)
+      dh_prev, dm = (dhm * mask_h).sum(0), dm + dhm * hp
+    else:
+      dhm = jnp.einsum("bk,hk->bh", _cast(dz, compute_dtype), w_h, preferred_element_type=pet)
+      dh_prev, dm = (dhm, dm) if mask_h is None else (dhm * mask_h, dm + dhm * hp)
+    dc_prev = dc_t * f
+    if v_t is not None:
+      dc_prev = jnp.where(v_t[:, None], dc_prev, dc)
+      dh_prev = jnp.where(v_t[:, None], dh_prev, dh)
+    return (dc_prev, dh_prev, dm), dz
+
+  dm = jnp.zeros((), jnp.float32) if mask_h is None else jnp.zeros_like(mask_h)
+  (dc0, dh0, dm), dzs = jax.lax.scan(step, (dc_T, dh_T, dm), (dys, cs, c_prev, h_prev, acts, valid),
+                                     reverse=True, unroll=unroll)
+  if untied:  # dW_k = sum_t (h_{t-1} * m_k)^T dz_{t,k}
+    dw = jnp.stack([jnp.einsum("tbh,tbk->hk", _cast(h_prev * mask_h[k], compute_dtype),
+                               _cast(dzs[..., k * H:(k + 1) * H], compute_dtype), preferred_element_type=pet)
+                    for k in range(4)])
+  else:
+    hm = h_prev if mask_h is None else h_prev * mask_h
+    dw = jnp.einsum("tbh,tbk->hk", _cast(hm, compute_dtype), _cast(dzs, compute_dtype), preferred_element_type=pet)
+  return dzs, dw.astype(w_h.dtype), dc0, dh0, None if mask_h is None else dm, None
+
+
+_lstm_recurrence.defvjp(_lstm_recurrence_fwd, _lstm_recurrence_bwd)
 
 
 def gru(params: dict, h: Array, xs: Array, mask_x: Optional[Array] = None,

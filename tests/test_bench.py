@@ -1,0 +1,151 @@
+"""The benchmark's structure (not its speed) at toy shapes, and the fast paths it measures:
+the hand-written LSTM backward pass and the fused softmax NLL against plain autodiff."""
+
+import builtins
+import json
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from vdrnn import bench, masks, models, rnn
+
+
+def test_tiny_benchmark_runs_and_reports(tmp_path):
+  report = bench.run(["gemm", "train"], tiny=True, dtypes=["float32"], log=lambda m: None)
+  assert report["gemm"]["float32"] > 0
+  rows = [r for r in report["results"] if r["section"] == "train"]
+  assert {r["gates"] for r in rows} == {"tied", "untied"}
+  for r in rows:
+    assert r["tokens_per_s"] > 0 and 0 < r["gemm_fraction"]
+    assert r["compilations"] in (None, 1)  # no recompilation between steps
+  assert "untied_slowdown_float32" in report["summary"]
+  table = bench.format_table(report)
+  assert "large-GEMM rate" in table and "tiny" in table and "%GEMM" in table
+  json.dumps(report)  # JSON-able as written by --json
+
+
+def test_table_with_peers_mc_population_and_skips():
+  row = {"impl": "vdrnn", "shape": "medium", "dims": "2x650 B20 T35", "dtype": "float32", "load": 0.1}
+  report = {"device": bench.device_info(), "dtypes": ["float32"], "load_start": 0.1, "load_end": 0.2, "seconds": 1.0,
+            "gemm": {"float32": 100e9}, "skipped": [{"section": "peers", "reason": "torch peer skipped: torch is "
+                                                                                     "not installed"}],
+            "results": [{**row, "section": "train", "gates": "tied", "tokens_per_s": 2000.0, "seconds_per_step": 0.35,
+                         "flops_per_s": 70e9},
+                        {**row, "section": "train", "gates": "untied", "tokens_per_s": 1800.0, "seconds_per_step": 0.39,
+                         "flops_per_s": 63e9},
+                        {**row, "section": "mc", "gates": "untied", "samples": 1000, "sample_tokens_per_s": 9e3,
+                         "seconds": 3.9, "flops_per_s": 80e9},
+                        {**row, "section": "population", "gates": "untied", "K": 4, "tokens_per_s": 5000.0,
+                         "seconds_per_step": 0.56, "flops_per_s": 90e9},
+                        {**row, "section": "peer", "impl": "keras", "gates": "untied", "tokens_per_s": 600.0,
+                         "seconds_per_step": 1.2, "flops_per_s": 20e9}]}
+  report["summary"] = bench.summarize(report, "medium")
+  s = report["summary"]
+  assert s["untied_slowdown_float32"] == pytest.approx(2000 / 1800)
+  assert s["speedup_vs_keras_medium"] == pytest.approx(3.0)
+  assert s["mc_S1000_gemm_fraction"] == pytest.approx(0.8)
+  table = bench.format_table(report)
+  assert "3.0x keras" in table and "skipped: torch peer skipped" in table
+
+
+def test_missing_peer_is_skipped_with_a_message(monkeypatch):
+  real_import = builtins.__import__
+
+  def fake_import(name, *args, **kwargs):
+    if name in ("torch", "keras"):
+      raise ImportError(f"No module named {name!r}", name=name)
+    return real_import(name, *args, **kwargs)
+
+  monkeypatch.setattr(builtins, "__import__", fake_import)
+  report = bench.run(["peers"], tiny=True, dtypes=["float32"], log=lambda m: None, isolate_peers=False)
+  assert not report["results"]
+  reasons = " ".join(s["reason"] for s in report["skipped"])
+  assert "keras" in reasons and "torch" in reasons and "not installed" in reasons
+
+
+def test_flop_count_of_medium():
+  cfg = bench.lm_config("medium", "tied")
+  assert bench.matmul_params(cfg) == 2 * 4 * 650 * 1300 + 650 * 10000
+
+
+def test_cli_rejects_unknown_section():
+  with pytest.raises(SystemExit):
+    bench.main(["--only", "nope"])
+
+
+# ----------------------------------------------------------------------------------------
+# The fast paths give autodiff's gradients.
+
+D, H, B, T = 5, 6, 3, 7
+
+
+def _reference_lstm():
+  """The scan before the hand-written backward pass: plain ``lax.scan`` autodiff."""
+
+  def lstm(params, carry, xs, mask_x=None, mask_h=None, *, valid=None, compute_dtype=None):
+    gx = rnn.input_projection(xs, params["w_x"], params["b"], mask_x, 4, compute_dtype)
+    w_h = params["w_h"] if mask_h is None or mask_h.ndim == 2 else rnn._per_gate(params["w_h"], 4)
+    w_h = rnn._cast(w_h, compute_dtype)
+
+    def step(carry, inp):
+      c, h = carry
+      gx_t, v_t = inp
+      z = gx_t + rnn._recurrent(h, w_h, mask_h, 4, compute_dtype)
+      i, f, g, o = jnp.split(z, 4, axis=-1)
+      c_new = jax.nn.sigmoid(f) * c + jax.nn.sigmoid(i) * jnp.tanh(g)
+      h_new = jax.nn.sigmoid(o) * jnp.tanh(c_new)
+      if v_t is not None:
+        c_new = jnp.where(v_t[:, None], c_new, c)
+        h_new = jnp.where(v_t[:, None], h_new, h)
+      return (c_new, h_new), h_new
+
+    return jax.lax.scan(step, carry, (gx, valid))
+
+  return lstm
+
+
+@pytest.mark.parametrize("kind", ["none", "tied", "untied"])
+@pytest.mark.parametrize("padded", [False, True])
+def test_lstm_backward_matches_autodiff(kind, padded):
+  k = jax.random.split(jax.random.key(0), 7)
+  p = {"w_x": jax.random.uniform(k[0], (D, 4 * H), minval=-0.5, maxval=0.5),
+       "w_h": jax.random.uniform(k[1], (H, 4 * H), minval=-0.5, maxval=0.5),
+       "b": jax.random.uniform(k[2], (4 * H,), minval=-0.5, maxval=0.5)}
+  xs = jax.random.normal(k[3], (T, B, D))
+  c0, h0 = 0.1 * jax.random.normal(k[4], (B, H)), 0.1 * jax.random.normal(k[5], (B, H))
+  wy = jax.random.normal(k[6], (T, B, H))
+  kx, kh = jax.random.split(jax.random.key(1))
+  mx = mh = None
+  if kind == "tied":
+    mx, mh = masks.per_row(kx, B, (D,), 0.4), masks.per_row(kh, B, (H,), 0.3)
+  elif kind == "untied":
+    mx = jnp.swapaxes(masks.per_row(kx, B, (4, D), 0.4), 0, 1)
+    mh = jnp.swapaxes(masks.per_row(kh, B, (4, H), 0.3), 0, 1)
+  valid = jnp.asarray(np.random.RandomState(0).rand(T, B) > 0.3) if padded else None
+
+  def loss(fn, p, c0, h0, xs, mx, mh):
+    (c, h), ys = fn(p, (c0, h0), xs, mx, mh, valid=valid)
+    return (ys * wy).sum() + 0.3 * c.sum() + (h * h).sum()
+
+  argnums = (0, 1, 2, 3) if mx is None else (0, 1, 2, 3, 4, 5)
+  args = (p, c0, h0, xs, mx, mh)
+  ref = jax.jit(jax.value_and_grad(lambda *a: loss(_reference_lstm(), *a), argnums))(*args)
+  new = jax.jit(jax.value_and_grad(lambda *a: loss(rnn.lstm, *a), argnums))(*args)
+  assert float(ref[0]) == float(new[0])
+  for a, b in zip(jax.tree.leaves(ref[1]), jax.tree.leaves(new[1])):
+    np.testing.assert_allclose(b, a, rtol=1e-5, atol=1e-5)
+
+
+def test_fused_softmax_nll_matches_log_softmax():
+  logits = 3.0 * jax.random.normal(jax.random.key(0), (4, 3, 11))
+  targets = jax.random.randint(jax.random.key(1), (4, 3), 0, 11)
+  g = jax.random.normal(jax.random.key(2), (4, 3))
+
+  def ref(z):
+    return -jnp.take_along_axis(jax.nn.log_softmax(z, axis=-1), targets[..., None], axis=-1)[..., 0]
+
+  np.testing.assert_array_equal(models.softmax_nll(logits, targets), ref(logits))
+  np.testing.assert_allclose(jax.grad(lambda z: (models.softmax_nll(z, targets) * g).sum())(logits),
+                             jax.grad(lambda z: (ref(z) * g).sum())(logits), rtol=1e-6, atol=1e-6)

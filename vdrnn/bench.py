@@ -1,0 +1,618 @@
+"""Throughput benchmark: ``python -m vdrnn.bench [--quick] [--json PATH] [--only SECTIONS]``.
+
+Measures, on the default JAX device (CPU or one accelerator):
+
+* ``gemm``: the device's own large-GEMM rate (square ``jnp.dot``, float32 and bfloat16
+  operands with float32 accumulation); every other result is reported as a fraction of it.
+* ``train``: tokens/s of one complete training step (``vdrnn.train.make_train_step``:
+  masks, forward, backward, clipping, SGD update; jitted with buffer donation) at the PTB
+  small, medium and large shapes, tied and untied gate masks, float32 and bfloat16 matmuls.
+  "small" is Zaremba's 2 x 200 / 20-step shape with the medium recipe's variational dropout.
+* ``mc``: MC-dropout evaluation, sample-tokens/s (``vdrnn.evaluate.make_mc_chunk_fn``) at
+  S = 100 and S = 1000 samples, medium shapes.
+* ``population``: tokens/s of K = 1, 4, 16 members trained as one vmapped step
+  (``vdrnn.population``), medium shapes.
+* ``peers``: the same training step in Keras 3 (``LSTM(dropout, recurrent_dropout)`` on its
+  JAX backend) and in PyTorch (an ``LSTMCell`` loop with per-sequence masks). Both are
+  optional (``pip install -e .[bench]``) and skipped with a message when not installed.
+
+FLOPs count 2 per multiply-add over the matmul parameters (LSTM input and recurrent
+kernels, softmax matrix; not the embedding lookup): ``2 P`` per token forward, ``6 P`` per
+token for a training step. Timings are medians over repetitions, compilation excluded;
+the load average of the machine is printed with the results.
+
+A table goes to stdout and, with ``--json PATH``, everything to a JSON file.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+SECTIONS = ("gemm", "train", "mc", "population", "peers")
+CONFIG_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs")
+
+
+# ----------------------------------------------------------------------------------------
+# Configs and FLOP counts.
+
+
+def _load_config(name: str, arg: str):
+  path = os.path.join(CONFIG_DIR, name + ".py")
+  if not os.path.exists(path):
+    raise FileNotFoundError(f"{path} not found: run the benchmark from a source checkout of vdrnn")
+  spec = importlib.util.spec_from_file_location(f"_bench_{name}", path)
+  mod = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(mod)
+  return mod.get_config(arg)
+
+
+def lm_config(shape: str, gates: str, dtype: str = "float32", unroll: int = 1):
+  """The recipe config at ``shape`` (tiny | small | medium | large) with tied or untied gates."""
+  if shape == "large":
+    c = _load_config("ptb_large", gates)
+  elif shape == "tiny":
+    c = _load_config("ptb_tiny", f"variational_{gates}")
+  else:
+    c = _load_config("ptb_medium", f"variational_{gates}")
+    if shape == "small":  # Zaremba small's shape, the medium recipe's variational dropout
+      c.model.emb_dim = c.model.hidden = 200
+      c.model.init_scale = 0.1
+      c.train.seq_length = 20
+  c.train.compute_dtype = dtype
+  c.train.unroll = unroll
+  c.train.progress = False
+  return c
+
+
+def matmul_params(cfg) -> int:
+  """LSTM input + recurrent kernels and the softmax matrix: the parameters used in matmuls."""
+  m = cfg.model
+  lstm = sum(4 * h * (d + h) for d, h in ((m.emb_dim if l == 0 else m.hidden, m.hidden) for l in range(m.num_layers)))
+  return lstm + m.hidden * m.vocab_size
+
+
+def _shape_str(cfg) -> str:
+  m, t = cfg.model, cfg.train
+  return f"{m.num_layers}x{m.hidden} B{t.batch_size} T{t.seq_length}"
+
+
+# ----------------------------------------------------------------------------------------
+# Timing.
+
+
+def _block(x):
+  return jax.block_until_ready(x)
+
+
+def _median_rate(run, reps: int, min_time: float, max_time: float = 8.0) -> tuple[float, list[float]]:
+  """Calls ``run()`` (returns seconds for one unit of work) ``reps`` times, or more until
+  ``min_time`` seconds have passed, or fewer (at least 2) once ``max_time`` seconds have;
+  returns the median and all times."""
+  times, t0 = [], time.perf_counter()
+  while True:
+    times.append(run())
+    spent = time.perf_counter() - t0
+    if len(times) >= 20 * reps or (len(times) >= reps and spent >= min_time) or (len(times) >= 2 and spent >= max_time):
+      break
+  return float(np.median(times)), times
+
+
+def _load() -> float | None:
+  try:
+    return os.getloadavg()[0]
+  except OSError:
+    return None
+
+
+def device_info() -> dict:
+  d = jax.devices()[0]
+  info = {"platform": d.platform, "device_kind": d.device_kind, "num_devices": jax.device_count(),
+          "jax": jax.__version__, "python": platform.python_version(), "cpu_count": os.cpu_count(),
+          "processor": _cpu_name()}
+  return info
+
+
+def _cpu_name() -> str:
+  try:
+    with open("/proc/cpuinfo") as f:
+      for line in f:
+        if line.startswith("model name"):
+          return line.split(":", 1)[1].strip()
+  except OSError:
+    pass
+  return platform.processor() or platform.machine()
+
+
+def supports_bf16() -> bool:
+  """True when the device runs a bfloat16 x bfloat16 -> float32 matmul."""
+  try:
+    a = jnp.ones((8, 8), jnp.bfloat16)
+    _block(jnp.dot(a, a, preferred_element_type=jnp.float32))
+    return True
+  except Exception:  # noqa: BLE001 - any failure means "not supported here"
+    return False
+
+
+# ----------------------------------------------------------------------------------------
+# Sections.
+
+
+def bench_gemm(sizes, dtypes, reps: int) -> dict:
+  """Best rate over ``sizes`` of an ``n x n`` by ``n x n`` matmul per dtype, FLOP/s."""
+  out = {}
+  for dt in dtypes:
+    best = 0.0
+    for n in sizes:
+      a = jax.random.normal(jax.random.key(0), (n, n), jnp.float32).astype(dt)
+      b = jax.random.normal(jax.random.key(1), (n, n), jnp.float32).astype(dt)
+      f = jax.jit(lambda a, b: jnp.dot(a, b, preferred_element_type=jnp.float32))
+      _block(f(a, b))
+
+      def run():
+        t0 = time.perf_counter()
+        _block(f(a, b))
+        return time.perf_counter() - t0
+
+      t, _ = _median_rate(run, reps, 1.0)
+      rate = 2 * n ** 3 / t
+      out[f"{dt}_{n}"] = rate
+      best = max(best, rate)
+    out[dt] = best
+  return out
+
+
+def _random_batches(cfg, n: int, batch: int | None = None, seed: int = 0):
+  B = batch or cfg.train.batch_size
+  rng = np.random.RandomState(seed)
+  toks = rng.randint(0, cfg.model.vocab_size, (n, B, cfg.train.seq_length + 1)).astype(np.int32)
+  return [(jax.device_put(t[:, :-1]), jax.device_put(t[:, 1:])) for t in toks]
+
+
+def time_train(step_fn, state, batches, steps: int, reps: int, min_time: float):
+  """Compiles, warms up, then times ``steps`` consecutive steps per repetition; returns
+  ``(median seconds per step, compile seconds, state, times)``."""
+  t0 = time.perf_counter()
+  state = _block(step_fn(state, *batches[0], 1.0))
+  compile_s = time.perf_counter() - t0
+  state = _block(step_fn(state, *batches[1 % len(batches)], 1.0))
+  i = 0
+
+  def run():
+    nonlocal state, i
+    t0 = time.perf_counter()
+    for _ in range(steps):
+      state = step_fn(state, *batches[i % len(batches)], 1.0)
+      i += 1
+    _block(state)
+    return (time.perf_counter() - t0) / steps
+
+  t, times = _median_rate(run, reps, min_time)
+  return t, compile_s, state, times
+
+
+def bench_train(cfg, steps: int, reps: int, min_time: float) -> dict:
+  from vdrnn import train
+  step_fn = jax.jit(train.make_train_step(cfg), donate_argnums=0)
+  state = train.init_state(cfg, cfg.train.batch_size)
+  batches = _random_batches(cfg, 4)
+  t, compile_s, state, times = time_train(step_fn, state, batches, steps, reps, min_time)
+  if not bool(jnp.isfinite(state["acc"]["nll_sum"])):
+    raise RuntimeError("the benchmarked training step produced a non-finite loss")
+  tokens = cfg.train.batch_size * cfg.train.seq_length
+  cache = getattr(step_fn, "_cache_size", lambda: None)()
+  return {"seconds_per_step": t, "tokens_per_s": tokens / t, "flops_per_s": 6 * matmul_params(cfg) * tokens / t,
+          "compile_s": compile_s, "times": times, "compilations": cache}
+
+
+def bench_mc(cfg, samples: int, windows: int, reps: int, min_time: float) -> dict:
+  """One jitted MC chunk of ``samples`` samples over a stream of ``windows`` windows."""
+  from vdrnn import evaluate, models
+  rates = evaluate.mc_rates(cfg)
+  fn = evaluate.make_mc_chunk_fn(cfg, rates)
+  params = models.init_lm(jax.random.key(0), cfg.model)
+  T = cfg.eval.seq_length
+  ids = np.random.RandomState(1).randint(0, cfg.model.vocab_size, windows * T + 1)
+  xs, ys, ws = (jnp.asarray(a) for a in evaluate.stream_windows(ids, T))
+  acc = jnp.full(xs.shape, -jnp.inf, jnp.float32)
+  sample_ids = jnp.arange(samples, dtype=jnp.uint32)
+  t0 = time.perf_counter()
+  _block(fn(params, acc, sample_ids, xs, ys, ws))
+  compile_s = time.perf_counter() - t0
+
+  def run():
+    t0 = time.perf_counter()
+    _block(fn(params, acc, sample_ids, xs, ys, ws))
+    return time.perf_counter() - t0
+
+  t, times = _median_rate(run, reps, min_time)
+  st = samples * windows * T
+  return {"seconds": t, "sample_tokens_per_s": st / t, "flops_per_s": 2 * matmul_params(cfg) * st / t,
+          "compile_s": compile_s, "times": times}
+
+
+def bench_population(cfg, K: int, steps: int, reps: int, min_time: float) -> dict:
+  from vdrnn import population
+  m = cfg.model
+  members = [{"seed": k, "p_emb": m.p_emb, "p_x": m.p_x, "p_h": m.p_h, "p_out": m.p_out} for k in range(K)]
+  state = population.init_population_state(cfg, members)
+  step_fn = jax.jit(population.make_population_train_step(cfg), donate_argnums=0)
+  batches = _random_batches(cfg, 4)
+  t, compile_s, state, times = time_train(step_fn, state, batches, steps, reps, min_time)
+  tokens = K * cfg.train.batch_size * cfg.train.seq_length
+  return {"seconds_per_step": t, "tokens_per_s": tokens / t, "flops_per_s": 6 * matmul_params(cfg) * tokens / t,
+          "compile_s": compile_s, "times": times}
+
+
+# ----------------------------------------------------------------------------------------
+# Peers: the same model, dropout semantics, loss, clipping and SGD update.
+
+
+def keras_peer(cfg, steps: int, reps: int, min_time: float) -> dict:
+  """Keras 3 on its JAX backend: ``Embedding -> LSTM(dropout=p_x, recurrent_dropout=p_h,
+  stateful) x L -> Dropout(p_out, one mask per sequence) -> Dense``; SGD with global-norm
+  clipping; loss ``T * mean NLL`` (= sum over time of the batch mean).
+
+  Keras 3 holds one mask per sequence for all time steps and, with ``recurrent_dropout``,
+  switches the cell to ``implementation=1``: one mask per gate (4 for the input, 4 for the
+  state), i.e. the paper's *untied* gates. It has no word-type embedding dropout (vdrnn's
+  step does that work too).
+  """
+  os.environ.setdefault("KERAS_BACKEND", "jax")
+  import keras  # noqa: PLC0415 - optional
+  if keras.backend.backend() != "jax":
+    raise RuntimeError(f"keras is using the {keras.backend.backend()} backend; set KERAS_BACKEND=jax")
+  m, t = cfg.model, cfg.train
+  B, T = t.batch_size, t.seq_length
+  keras.utils.set_random_seed(0)
+  init = keras.initializers.RandomUniform(-m.init_scale, m.init_scale)
+  inputs = keras.Input((T,), batch_size=B, dtype="int32")
+  x = keras.layers.Embedding(m.vocab_size, m.emb_dim, embeddings_initializer=init)(inputs)
+  for _ in range(m.num_layers):
+    x = keras.layers.LSTM(m.hidden, dropout=m.p_x, recurrent_dropout=m.p_h, return_sequences=True, stateful=True,
+                          kernel_initializer=init, recurrent_initializer=init, bias_initializer=init,
+                          unit_forget_bias=False)(x)
+  x = keras.layers.Dropout(m.p_out, noise_shape=(B, 1, m.hidden))(x)
+  logits = keras.layers.Dense(m.vocab_size, kernel_initializer=init, bias_initializer=init)(x)
+  model = keras.Model(inputs, logits)
+
+  def loss(y, z):
+    return T * keras.losses.sparse_categorical_crossentropy(y, z, from_logits=True)
+
+  model.compile(optimizer=keras.optimizers.SGD(learning_rate=1.0, global_clipnorm=t.max_grad_norm), loss=loss)
+  rng = np.random.RandomState(0)
+  batches = [(rng.randint(0, m.vocab_size, (B, T)).astype(np.int32),) * 2 for _ in range(4)]
+  t0 = time.perf_counter()
+  model.train_on_batch(*batches[0])
+  compile_s = time.perf_counter() - t0
+  model.train_on_batch(*batches[1])
+  i = 0
+
+  def run():
+    nonlocal i
+    t0 = time.perf_counter()
+    for _ in range(steps):
+      out = model.train_on_batch(*batches[i % 4])
+      i += 1
+    float(np.asarray(out if np.ndim(out) == 0 else out[0]))
+    return (time.perf_counter() - t0) / steps
+
+  s, times = _median_rate(run, reps, min_time)
+  return {"seconds_per_step": s, "tokens_per_s": B * T / s, "flops_per_s": 6 * matmul_params(cfg) * B * T / s,
+          "compile_s": compile_s, "times": times, "gates": "untied", "version": keras.__version__}
+
+
+def torch_peer(cfg, steps: int, reps: int, min_time: float) -> dict:
+  """PyTorch: ``Embedding -> LSTMCell`` loop per layer with per-sequence masks on the
+  input and on the recurrent state (one mask for all gates: *tied*), output dropout with one
+  mask per sequence, ``Linear``; ``T * cross_entropy``, ``clip_grad_norm_``, SGD. The
+  state is carried (detached) from window to window. No word-type embedding dropout.
+  """
+  import torch  # noqa: PLC0415 - optional
+  platform_ = jax.devices()[0].platform
+  if platform_ == "gpu" and not torch.cuda.is_available():
+    raise RuntimeError("JAX runs on a GPU but this PyTorch has no CUDA")
+  dev = torch.device("cuda" if platform_ == "gpu" else "cpu")
+  if dev.type == "cpu":
+    torch.set_num_threads(os.cpu_count() or 1)
+  torch.manual_seed(0)
+  m, t = cfg.model, cfg.train
+  B, T, H, L = t.batch_size, t.seq_length, m.hidden, m.num_layers
+  emb = torch.nn.Embedding(m.vocab_size, m.emb_dim)
+  cells = torch.nn.ModuleList([torch.nn.LSTMCell(m.emb_dim if l == 0 else H, H) for l in range(L)])
+  out = torch.nn.Linear(H, m.vocab_size)
+  model = torch.nn.ModuleList([emb, cells, out]).to(dev)
+  for p in model.parameters():
+    torch.nn.init.uniform_(p, -m.init_scale, m.init_scale)
+  opt = torch.optim.SGD(model.parameters(), lr=1.0)
+  state = [(torch.zeros(B, H, device=dev), torch.zeros(B, H, device=dev)) for _ in range(L)]
+
+  def mask(shape, p):
+    return torch.bernoulli(torch.full(shape, 1.0 - p, device=dev)) / (1.0 - p)
+
+  def step(x, y):
+    nonlocal state
+    xs = emb(x)  # [B, T, E]
+    new_state = []
+    for l, cell in enumerate(cells):
+      mx, mh = mask((B, xs.shape[-1]), m.p_x), mask((B, H), m.p_h)  # per sequence, held over T
+      h, c = state[l]
+      ys = []
+      for s in range(T):
+        h, c = cell(xs[:, s] * mx, (h * mh, c))
+        ys.append(h)
+      xs = torch.stack(ys, 1)
+      new_state.append((h.detach(), c.detach()))
+    state = new_state
+    logits = out(xs * mask((B, 1, H), m.p_out))
+    loss = T * torch.nn.functional.cross_entropy(logits.reshape(-1, m.vocab_size), y.reshape(-1))
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(model.parameters(), t.max_grad_norm)
+    opt.step()
+    return loss
+
+  def sync():
+    if dev.type == "cuda":
+      torch.cuda.synchronize()
+
+  rng = np.random.RandomState(0)
+  batches = [tuple(torch.from_numpy(rng.randint(0, m.vocab_size, (B, T))).long().to(dev) for _ in range(2))
+             for _ in range(4)]
+  t0 = time.perf_counter()
+  step(*batches[0])
+  sync()
+  warm_s = time.perf_counter() - t0
+  i = 0
+
+  def run():
+    nonlocal i
+    t0 = time.perf_counter()
+    for _ in range(steps):
+      loss = step(*batches[i % 4])
+      i += 1
+    float(loss.detach())
+    sync()
+    return (time.perf_counter() - t0) / steps
+
+  s, times = _median_rate(run, reps, min_time)
+  return {"seconds_per_step": s, "tokens_per_s": B * T / s, "flops_per_s": 6 * matmul_params(cfg) * B * T / s,
+          "compile_s": warm_s, "times": times, "gates": "tied", "version": torch.__version__,
+          "threads": torch.get_num_threads() if dev.type == "cpu" else None}
+
+
+PEERS = {"keras": keras_peer, "torch": torch_peer}
+PEER_GATES = {"keras": "untied", "torch": "tied"}  # the gate masks each peer implements
+
+
+def run_peer(name: str, shape: str, steps: int, reps: int, min_time: float) -> dict:
+  """One peer measurement in this process; ``{"skipped": reason}`` when it cannot run."""
+  cfg = lm_config(shape, PEER_GATES[name], "float32")
+  try:
+    return PEERS[name](cfg, steps, reps, min_time)
+  except ImportError as e:
+    return {"skipped": f"{name} peer skipped: {e.name or e} is not installed (pip install -e .[bench])"}
+  except RuntimeError as e:
+    return {"skipped": f"{name} peer skipped: {e}"}
+
+
+def run_peer_isolated(name: str, shape: str, steps: int, reps: int, min_time: float) -> dict:
+  """``run_peer`` in a fresh Python process, so that neither the peer's thread pools nor
+  this process's XLA threads disturb the other's timings."""
+  cmd = [sys.executable, "-m", "vdrnn.bench", "--peer", f"{name},{shape},{steps},{reps},{min_time}"]
+  env = {**os.environ, "KERAS_BACKEND": "jax"} if name == "keras" else dict(os.environ)
+  out = subprocess.run(cmd, capture_output=True, text=True, env=env)
+  lines = [l for l in out.stdout.splitlines() if l.startswith("{")]
+  if out.returncode or not lines:
+    tail = (out.stderr.strip().splitlines() or ["no output"])[-1]
+    return {"skipped": f"{name} peer failed (exit {out.returncode}): {tail}"}
+  return json.loads(lines[-1])
+
+
+# ----------------------------------------------------------------------------------------
+# Driver.
+
+
+def plan(quick: bool, tiny: bool) -> dict:
+  """What to run: shapes, repetitions and sample counts."""
+  if tiny:  # the smoke test: every section at toy size
+    return {"shapes": ["tiny"], "gemm_sizes": [256], "steps": 1, "reps": 1, "min_time": 0.0,
+            "mc_shape": "tiny", "mc_samples": [4, 8], "mc_windows": 1, "pop_shape": "tiny", "pop_k": [1, 2],
+            "peer_shapes": ["tiny"], "target_shape": "tiny"}
+  gpu = jax.devices()[0].platform != "cpu"
+  if quick:
+    return {"shapes": ["small", "medium"], "gemm_sizes": [2048], "steps": 2, "reps": 3, "min_time": 0.5,
+            "mc_shape": "medium", "mc_samples": [100], "mc_windows": 1, "pop_shape": "small", "pop_k": [1, 4],
+            "peer_shapes": ["medium"], "target_shape": "medium"}
+  return {"shapes": ["small", "medium", "large"], "gemm_sizes": [4096, 8192] if gpu else [2048, 4096],
+          "steps": 10 if gpu else 3, "reps": 5 if gpu else 3, "min_time": 2.0 if gpu else 1.0,
+          "mc_shape": "medium", "mc_samples": [100, 1000], "mc_windows": 1, "pop_shape": "medium",
+          "pop_k": [1, 4, 16], "peer_shapes": ["small", "medium"], "target_shape": "medium"}
+
+
+def _log(msg: str) -> None:
+  print(msg, file=sys.stderr, flush=True)
+
+
+def run(only=SECTIONS, quick: bool = False, tiny: bool = False, dtypes=None, log=_log,
+        isolate_peers: bool = True) -> dict:
+  """Runs the selected sections; returns the JSON-able report. Peers run in subprocesses
+  unless ``isolate_peers=False``."""
+  p = plan(quick, tiny)
+  bf16 = supports_bf16()
+  dtypes = dtypes or (["float32", "bfloat16"] if bf16 else ["float32"])
+  report = {"device": device_info(), "plan": p, "dtypes": dtypes, "load_start": _load(), "gemm": {},
+            "results": [], "skipped": [], "started": time.strftime("%Y-%m-%d %H:%M:%S")}
+  t_start = time.perf_counter()
+
+  def add(**r):
+    r["load"] = _load()
+    report["results"].append(r)
+    log(f"  {r['section']:10s} {r.get('shape', ''):6s} {r.get('impl', ''):6s} {r.get('gates', ''):6s} "
+        f"{r.get('dtype', ''):8s} {r.get('K', r.get('samples', '')) or '':>5} "
+        f"{r.get('tokens_per_s', r.get('sample_tokens_per_s', 0)):10.0f}/s  load {r['load']}")
+
+  if "gemm" in only or "train" in only or "mc" in only:
+    log(f"GEMM {p['gemm_sizes']} ...")
+    report["gemm"] = bench_gemm(p["gemm_sizes"], dtypes, p["reps"])
+  if "train" in only:
+    for shape in p["shapes"]:
+      for dt in dtypes:
+        for gates in ("tied", "untied"):
+          cfg = lm_config(shape, gates, dt)
+          r = bench_train(cfg, p["steps"], p["reps"], p["min_time"])
+          add(section="train", impl="vdrnn", shape=shape, gates=gates, dtype=dt, dims=_shape_str(cfg),
+              matmul_params=matmul_params(cfg), **r)
+  if "mc" in only:
+    try:
+      from vdrnn import evaluate
+      evaluate.make_mc_chunk_fn, evaluate.mc_rates, evaluate.stream_windows  # noqa: B018 - the API used
+    except (ImportError, AttributeError) as e:
+      report["skipped"].append({"section": "mc", "reason": f"vdrnn.evaluate has no MC chunk function: {e}"})
+    else:
+      for S in p["mc_samples"]:
+        cfg = lm_config(p["mc_shape"], "untied", "float32")
+        r = bench_mc(cfg, S, p["mc_windows"], p["reps"], p["min_time"])
+        add(section="mc", impl="vdrnn", shape=p["mc_shape"], gates="untied", dtype="float32", samples=S,
+            dims=_shape_str(cfg), matmul_params=matmul_params(cfg), **r)
+  if "population" in only:
+    try:
+      from vdrnn import population
+      population.init_population_state, population.make_population_train_step  # noqa: B018 - the API used
+    except (ImportError, AttributeError) as e:
+      report["skipped"].append({"section": "population", "reason": f"vdrnn.population is not available: {e}"})
+    else:
+      for K in p["pop_k"]:
+        cfg = lm_config(p["pop_shape"], "untied", "float32")
+        r = bench_population(cfg, K, max(1, p["steps"] // 2) if K > 4 else p["steps"], p["reps"], p["min_time"])
+        add(section="population", impl="vdrnn", shape=p["pop_shape"], gates="untied", dtype="float32", K=K,
+            dims=_shape_str(cfg), matmul_params=matmul_params(cfg), **r)
+  if "peers" in only:
+    for name in PEERS:
+      for shape in p["peer_shapes"]:
+        cfg = lm_config(shape, PEER_GATES[name], "float32")
+        args = (name, shape, max(1, p["steps"] // 2), p["reps"], p["min_time"])
+        r = run_peer_isolated(*args) if isolate_peers else run_peer(*args)
+        if "skipped" in r:
+          report["skipped"].append({"section": "peers", "impl": name, "reason": r["skipped"]})
+          log(r["skipped"])
+          break
+        add(section="peer", impl=name, shape=shape, dtype="float32", dims=_shape_str(cfg),
+            matmul_params=matmul_params(cfg), **r)
+  report["seconds"] = time.perf_counter() - t_start
+  report["load_end"] = _load()
+  report["summary"] = summarize(report, p["target_shape"])
+  return report
+
+
+def _find(results, **kw):
+  for r in results:
+    if all(r.get(k) == v for k, v in kw.items()):
+      return r
+  return None
+
+
+def summarize(report: dict, shape: str) -> dict:
+  """GEMM fractions (added to every result) and the headline ratios."""
+  gemm, res = report["gemm"], report["results"]
+  for r in res:
+    g = gemm.get(r.get("dtype"))
+    r["gemm_fraction"] = r["flops_per_s"] / g if g else None
+  s = {}
+  for dt in report["dtypes"]:
+    tied = _find(res, section="train", shape=shape, gates="tied", dtype=dt)
+    untied = _find(res, section="train", shape=shape, gates="untied", dtype=dt)
+    if tied and untied:
+      s[f"untied_slowdown_{dt}"] = tied["tokens_per_s"] / untied["tokens_per_s"]
+  for peer in PEERS:
+    for r in res:
+      if r["section"] == "peer" and r["impl"] == peer:
+        ours = _find(res, section="train", shape=r["shape"], gates=r["gates"], dtype="float32")
+        if ours:
+          s[f"speedup_vs_{peer}_{r['shape']}"] = ours["tokens_per_s"] / r["tokens_per_s"]
+  for r in res:
+    if r["section"] == "mc":
+      s[f"mc_S{r['samples']}_gemm_fraction"] = r["gemm_fraction"]
+  t = _find(res, section="train", shape=shape, gates="untied", dtype="float32")
+  if t:
+    s[f"train_{shape}_untied_float32_gemm_fraction"] = t["gemm_fraction"]
+  t = _find(res, section="train", shape=shape, gates="tied", dtype="float32")
+  if t:
+    s[f"train_{shape}_tied_float32_gemm_fraction"] = t["gemm_fraction"]
+  return s
+
+
+def format_table(report: dict) -> str:
+  d = report["device"]
+  lines = [f"device: {d['platform']} ({d['device_kind']}; {d['processor']}; {d['cpu_count']} CPUs), "
+           f"jax {d['jax']}; load average {report['load_start']} at start, {report['load_end']} at end; "
+           f"{report['seconds']:.0f} s"]
+  g = report["gemm"]
+  if g:
+    lines.append("large-GEMM rate: " + ", ".join(f"{dt} {g[dt] / 1e9:.0f} GFLOP/s" for dt in report["dtypes"] if dt in g)
+                 + "  (bfloat16: bf16 operands, float32 accumulation)")
+  hdr = f"{'section':10s} {'impl':6s} {'shape':7s} {'dims':17s} {'gates':6s} {'dtype':8s} {'K/S':>5s} " \
+        f"{'tokens/s':>10s} {'ms/step':>9s} {'GFLOP/s':>8s} {'%GEMM':>6s}  vs peer"
+  lines += ["", hdr, "-" * len(hdr)]
+  res = report["results"]
+  for r in res:
+    rate = r.get("tokens_per_s", r.get("sample_tokens_per_s"))
+    ms = 1e3 * r.get("seconds_per_step", r.get("seconds", 0.0))
+    frac = r.get("gemm_fraction")
+    vs = ""
+    if r["section"] == "train" and r["dtype"] == "float32":
+      peers = [p for p in res if p["section"] == "peer" and p["shape"] == r["shape"] and p.get("gates") == r["gates"]]
+      vs = "  ".join(f"{rate / p['tokens_per_s']:.1f}x {p['impl']}" for p in peers)
+    kS = r.get("K", r.get("samples", ""))
+    lines.append(f"{r['section']:10s} {r['impl']:6s} {r['shape']:7s} {r.get('dims', ''):17s} {r.get('gates', ''):6s} "
+                 f"{r['dtype']:8s} {kS!s:>5s} {rate:10.0f} {ms:9.1f} {r['flops_per_s'] / 1e9:8.1f} "
+                 f"{'' if frac is None else f'{100 * frac:5.1f}%':>6s}  {vs}")
+  lines.append("(mc: tokens/s is sample-tokens/s and ms/step the time of one chunk of S samples; "
+               "population: tokens/s counts all K members)")
+  for k, v in report["summary"].items():
+    lines.append(f"{k}: {v:.2f}")
+  for s in report["skipped"]:
+    lines.append(f"skipped: {s['reason']}")
+  return "\n".join(lines)
+
+
+def main(argv=None) -> None:
+  ap = argparse.ArgumentParser(prog="python -m vdrnn.bench", description=__doc__.split("\n\n")[0])
+  ap.add_argument("--quick", action="store_true", help="fewer shapes and repetitions (about 2 minutes on a CPU)")
+  ap.add_argument("--tiny", action="store_true", help="toy shapes: a smoke test of every section in seconds")
+  ap.add_argument("--json", metavar="PATH", help="write the full report as JSON to PATH")
+  ap.add_argument("--only", default=",".join(SECTIONS), help=f"comma-separated sections from {','.join(SECTIONS)}")
+  ap.add_argument("--dtypes", default="", help="comma-separated, e.g. float32 (default: float32 and bfloat16 "
+                                               "where the device supports it)")
+  ap.add_argument("--peer", help=argparse.SUPPRESS)  # internal: NAME,SHAPE,STEPS,REPS,MIN_TIME -> JSON line
+  args = ap.parse_args(argv)
+  if args.peer:
+    name, shape, steps, reps, min_time = args.peer.split(",")
+    print(json.dumps(run_peer(name, shape, int(steps), int(reps), float(min_time))))
+    return
+  only = [s.strip() for s in args.only.split(",") if s.strip()]
+  bad = [s for s in only if s not in SECTIONS]
+  if bad:
+    ap.error(f"unknown section(s) {bad}; choose from {list(SECTIONS)}")
+  dtypes = [s.strip() for s in args.dtypes.split(",") if s.strip()] or None
+  report = run(only, quick=args.quick, tiny=args.tiny, dtypes=dtypes)
+  print(format_table(report))
+  if args.json:
+    os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
+    with open(args.json, "w") as f:
+      json.dump(report, f, indent=1)
+    print(f"wrote {args.json}", file=sys.stderr)
+
+
+if __name__ == "__main__":
+  main()
