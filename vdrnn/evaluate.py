@@ -135,9 +135,13 @@ def make_mc_chunk_fn(config, rates: dict, temperature: float = 1.0, mesh=None):
       masks = jax.tree.map(_fold_samples, masks)
       tokens = jnp.broadcast_to(x[None], (C, x.shape[0]))  # [C, T]: the same stream in every row
       hs, carry = models.lm_hidden(params, carry, tokens, masks, unroll=unroll, compute_dtype=dtype)
-      logits = models.lm_logits(params, hs, dtype, temperature)  # [T, C, V]
-      target = jnp.take_along_axis(logits, jnp.broadcast_to(y[:, None, None], (*logits.shape[:2], 1)), -1)[..., 0]
-      logp = target - jax.nn.logsumexp(logits, axis=-1)  # [T, C]
+
+      def step_logp(inp):  # one time step at a time: the [C, V] logits stay in cache
+        h_t, y_t = inp
+        logits = models.lm_logits(params, h_t, dtype, temperature)  # [C, V]
+        return logits[:, y_t] - jax.nn.logsumexp(logits, axis=-1)
+
+      logp = jax.lax.map(step_logp, (hs, y))  # [T, C]
       tot = jnp.logaddexp(a[:, None], jax.lax.cumlogsumexp(logp, axis=1))  # [T, C]
       return carry, (tot[:, -1], (tot * w[:, None]).sum(0))
 
