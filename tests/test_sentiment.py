@@ -279,5 +279,5 @@ def test_other_configs_train(module, arg, tmp_path):
 def test_non_finite_loss_stops_with_the_step(tmp_path):
   c = tiny(sentiment_lstm, "none,tiny", num_epochs=1)
   c.train.weight_decay = float("inf")
-  with pytest.raises(UserError, match="non-finite loss at step 0"):
+  with pytest.raises(UserError, match="non-finite loss or gradient at step 0"):
     sentiment.train_and_evaluate(c, str(tmp_path))

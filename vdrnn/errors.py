@@ -55,3 +55,12 @@ def config_value(flag_holder):
   except OSError as e:
     lines = [l.strip() for l in str(e).splitlines() if l.strip()]
     raise UserError(f"cannot load the config: {lines[-1] if lines else e}") from None
+
+
+def check_finite(acc: dict, *, epoch: int, kept_step, workdir: str, hint: str) -> None:
+  """Raises a UserError when a train loop's accumulators (``acc["bad_step"] >= 0``) saw a
+  non-finite loss or gradient. Loops call it before every log line and every checkpoint
+  save, so no checkpoint is ever written past a non-finite step."""
+  if acc["bad_step"] >= 0:
+    raise UserError(f"non-finite loss or gradient at step {int(acc['bad_step'])} (epoch {epoch}); stopped. "
+                    f"The last good checkpoint (step {kept_step}) in {workdir} is intact; {hint}")

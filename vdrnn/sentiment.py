@@ -51,7 +51,7 @@ import optax
 from vdrnn import checkpoint, models, sharding, uncertainty
 from vdrnn.config import validate_rates
 from vdrnn.data import sentiment as data_lib
-from vdrnn.errors import UserError
+from vdrnn.errors import UserError, check_finite
 from vdrnn.metrics import MetricsWriter
 
 # Config fields that must match for a workdir's checkpoint to be resumed.
@@ -422,19 +422,21 @@ def train_and_evaluate(config, workdir: str) -> dict:
       state = train_step(state, sharding.put_batch(x, mesh), sharding.put_batch(y, mesh), sharding.put_batch(w, mesh))
       step, done = step + 1, done + 1
       last = i == steps_per_epoch - 1
-      if step % t.log_every_steps == 0 or last:
+      log = step % t.log_every_steps == 0 or last
+      ckpt = bool(t.checkpoint_every_steps) and step % t.checkpoint_every_steps == 0 and not last
+      if log or ckpt:  # never save (or report) past a non-finite step
         acc = jax.device_get(state["acc"])
         if acc["bad_step"] >= 0:
           bar.close()
           writer.close()
-          raise UserError(f"non-finite loss at step {int(acc['bad_step'])} (epoch {epoch + 1}); stopped. "
-                          f"The last good checkpoint (step {latest.latest_step()}) in {workdir} is intact; "
-                          f"lower train.lr or set train.max_grad_norm")
+        check_finite(acc, epoch=epoch + 1, kept_step=latest.latest_step(), workdir=workdir,
+                     hint="lower train.lr or set train.max_grad_norm")
+      if log:
         run = running(acc)
         bar.update(i + 1 - bar.n)
         bar.set_postfix({k.replace("train_running_", ""): f"{v:.4f}" for k, v in run.items()})
         writer.write("train", step, epoch=epoch + 1, **run, examples_per_s=done * t.batch_size / (time.time() - t0))
-      if t.checkpoint_every_steps and step % t.checkpoint_every_steps == 0 and not last:
+      if ckpt:
         checkpoint.save(latest, step, state, meta)
     bar.close()
     elapsed = time.time() - t0

@@ -38,7 +38,7 @@ from ml_collections import config_flags
 from vdrnn import checkpoint, models, sharding
 from vdrnn.config import validate_lm
 from vdrnn.data import ptb
-from vdrnn.errors import UserError, config_value, parse_flags, run_main
+from vdrnn.errors import UserError, check_finite, config_value, parse_flags, run_main
 from vdrnn.metrics import MetricsWriter
 
 # Config fields that must match for a workdir's checkpoint to be resumed.
@@ -237,9 +237,8 @@ def train_lm(config, workdir: str) -> dict:
         if acc["bad_step"] >= 0:
           bar.close()
           writer.close()
-          raise UserError(f"non-finite loss or gradient at step {int(acc['bad_step'])} (epoch {epoch + 1}); stopped. "
-                          f"The last good checkpoint (step {latest.latest_step()}) in {workdir} is intact; "
-                          f"lower train.lr or train.max_grad_norm")
+        check_finite(acc, epoch=epoch + 1, kept_step=latest.latest_step(), workdir=workdir,
+                     hint="lower train.lr or train.max_grad_norm")
       if log:
         ppl = float(np.exp(acc["nll_sum"] / max(int(acc["count"]), 1)))
         wps = done * tokens_per_step / (time.time() - t0)
