@@ -435,7 +435,7 @@ def plan(quick: bool, tiny: bool) -> dict:
             "mc_shape": "medium", "mc_samples": [100], "mc_windows": 1, "pop_shape": "small", "pop_k": [1, 4],
             "peer_shapes": ["medium"], "target_shape": "medium"}
   return {"shapes": ["small", "medium", "large"], "gemm_sizes": [4096, 8192] if gpu else [2048, 4096],
-          "steps": 10 if gpu else 3, "reps": 5 if gpu else 3, "min_time": 2.0 if gpu else 1.0,
+          "steps": 10 if gpu else 3, "reps": 5 if gpu else 3, "min_time": 1.0,
           "mc_shape": "medium", "mc_samples": [100, 1000], "mc_windows": 1, "pop_shape": "medium",
           "pop_k": [1, 4, 16], "peer_shapes": ["small", "medium"], "target_shape": "medium"}
 
@@ -445,9 +445,10 @@ def _log(msg: str) -> None:
 
 
 def run(only=SECTIONS, quick: bool = False, tiny: bool = False, dtypes=None, log=_log,
-        isolate_peers: bool = True) -> dict:
+        isolate_peers: bool = True, json_path: str | None = None) -> dict:
   """Runs the selected sections; returns the JSON-able report. Peers run in subprocesses
-  unless ``isolate_peers=False``."""
+  unless ``isolate_peers=False``. With ``json_path`` the report so far is rewritten after
+  every result, so a run cut short still leaves its numbers."""
   p = plan(quick, tiny)
   bf16 = supports_bf16()
   dtypes = dtypes or (["float32", "bfloat16"] if bf16 else ["float32"])
@@ -458,6 +459,8 @@ def run(only=SECTIONS, quick: bool = False, tiny: bool = False, dtypes=None, log
   def add(**r):
     r["load"] = _load()
     report["results"].append(r)
+    if json_path:
+      write_json(report, json_path)
     log(f"  {r['section']:10s} {r.get('shape', ''):6s} {r.get('impl', ''):6s} {r.get('gates', ''):6s} "
         f"{r.get('dtype', ''):8s} {r.get('K', r.get('samples', '')) or '':>5} "
         f"{r.get('tokens_per_s', r.get('sample_tokens_per_s', 0)):10.0f}/s  load {r['load']}")
@@ -605,13 +608,19 @@ def main(argv=None) -> None:
   if bad:
     ap.error(f"unknown section(s) {bad}; choose from {list(SECTIONS)}")
   dtypes = [s.strip() for s in args.dtypes.split(",") if s.strip()] or None
-  report = run(only, quick=args.quick, tiny=args.tiny, dtypes=dtypes)
+  report = run(only, quick=args.quick, tiny=args.tiny, dtypes=dtypes, json_path=args.json)
   print(format_table(report))
   if args.json:
-    os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
-    with open(args.json, "w") as f:
-      json.dump(report, f, indent=1)
+    write_json(report, args.json)
     print(f"wrote {args.json}", file=sys.stderr)
+
+
+def write_json(report: dict, path: str) -> None:
+  """Writes ``report`` to ``path`` atomically (a partial report while the run goes on)."""
+  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+  with open(path + ".tmp", "w") as f:
+    json.dump(report, f, indent=1)
+  os.replace(path + ".tmp", path)
 
 
 if __name__ == "__main__":

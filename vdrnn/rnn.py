@@ -61,36 +61,40 @@ def _cast(a: Array, dtype) -> Array:
 
 
 def matmul(x: Array, w: Array, compute_dtype=None) -> Array:
-  """``x [..., K] @ w [K, N]``. With ``compute_dtype`` (bfloat16) the operands are cast to it
-  and products accumulate in float32, in the backward pass too: the float32 cotangent is
-  cast as well, so both gradient matmuls also run in ``compute_dtype`` (plain autodiff
-  would upcast the weights and run them in float32)."""
-  if compute_dtype is None:
-    return jnp.einsum("...k,kn->...n", x, w)
-  return _mixed_matmul(x, w, compute_dtype)
+  """``x [..., K] @ w [K, N]``, with a backward pass of two plain row-major GEMMs:
+  ``dx = g @ w^T`` and ``dw = x^T @ g`` with ``x^T [K, M]`` materialised first (XLA:CPU
+  otherwise transposes the larger ``g [M, N]`` or falls back to a slower dot).
+
+  With ``compute_dtype`` (bfloat16) the operands are cast to it and products accumulate
+  in float32, in the backward pass too: the float32 cotangent is cast as well, so both
+  gradient matmuls also run in ``compute_dtype`` (plain autodiff would upcast the weights
+  and run them in float32)."""
+  return _matmul(x, w, compute_dtype)
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
-def _mixed_matmul(x, w, dtype):
-  return jnp.einsum("...k,kn->...n", x.astype(dtype), w.astype(dtype), preferred_element_type=jnp.float32)
-
-
-def _mixed_matmul_fwd(x, w, dtype):
-  xc, wc = x.astype(dtype), w.astype(dtype)
-  out = jnp.einsum("...k,kn->...n", xc, wc, preferred_element_type=jnp.float32)
+def _matmul_fwd(x, w, dtype):
+  xc, wc = _cast(x, dtype), _cast(w, dtype)
+  pet = None if dtype is None else jnp.float32
+  out = jnp.einsum("...k,kn->...n", xc, wc, preferred_element_type=pet)
   return out, (xc, wc, jnp.zeros((), x.dtype), jnp.zeros((), w.dtype))
 
 
-def _mixed_matmul_bwd(dtype, res, g):
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
+def _matmul(x, w, dtype):
+  return _matmul_fwd(x, w, dtype)[0]
+
+
+def _matmul_bwd(dtype, res, g):
   xc, wc, x_type, w_type = res
-  g = g.astype(dtype)
-  dx = jnp.einsum("...n,kn->...k", g, wc, preferred_element_type=jnp.float32)
-  dw = jnp.einsum("mk,mn->kn", xc.reshape(-1, xc.shape[-1]), g.reshape(-1, g.shape[-1]),
-                  preferred_element_type=jnp.float32)
+  g = _cast(g, dtype)
+  pet = None if dtype is None else jnp.float32
+  dx = jnp.einsum("...n,kn->...k", g, wc, preferred_element_type=pet)
+  x_t = jax.lax.optimization_barrier(xc.reshape(-1, xc.shape[-1]).T)  # [K, M], materialised
+  dw = jnp.dot(x_t, g.reshape(-1, g.shape[-1]), preferred_element_type=pet)
   return dx.astype(x_type.dtype), dw.astype(w_type.dtype)
 
 
-_mixed_matmul.defvjp(_mixed_matmul_fwd, _mixed_matmul_bwd)
+_matmul.defvjp(_matmul_fwd, _matmul_bwd)
 
 
 def input_projection(xs: Array, w_x: Array, b: Array, mask_x: Optional[Array], G: int,
