@@ -53,7 +53,7 @@ def lm_base() -> ml_collections.ConfigDict:
   c.eval = ml_collections.ConfigDict()
   c.eval.seq_length = 35       # window for the deterministic valid/test passes (state carried)
   c.eval.mc_samples = 0        # >0: MC-dropout test at the end of training
-  c.eval.mc_chunk = 100        # samples evaluated together (bounds memory)
+  c.eval.mc_chunk = 250        # samples evaluated together (bounds memory: ~0.6 GB at medium shapes)
   c.eval.mc_emb_dropout = False  # released code: embedding dropout off in MC evaluation
   c.eval.temperature = 1.0     # Melis et al. 2018: softmax temperature at evaluation
   c.eval.rate_multiplier = 1.0  # Melis et al. 2018: multiply every dropout rate at evaluation

@@ -134,7 +134,9 @@ def make_mc_chunk_fn(config, rates: dict, temperature: float = 1.0, mesh=None):
       masks = jax.vmap(lambda k: models.lm_masks(k, m, x[None], rates))(wkeys)
       masks = jax.tree.map(_fold_samples, masks)
       tokens = jnp.broadcast_to(x[None], (C, x.shape[0]))  # [C, T]: the same stream in every row
-      hs, carry = models.lm_hidden(params, carry, tokens, masks, unroll=unroll, compute_dtype=dtype)
+      # C sample rows make the batch large: a fused per-step matmul beats a hoisted [T, C, 4H]
+      hs, carry = models.lm_hidden(params, carry, tokens, masks, unroll=unroll, compute_dtype=dtype,
+                                   hoist_input=C < 64)
 
       def step_logp(inp):  # one time step at a time: the [C, V] logits stay in cache
         h_t, y_t = inp

@@ -85,7 +85,7 @@ def lm_rates(cfg) -> dict:
 
 
 def lm_hidden(params: dict, carry: list, tokens: Array, masks: Optional[dict] = None, *,
-              unroll: int = 1, compute_dtype=None) -> tuple[Array, list]:
+              unroll: int = 1, compute_dtype=None, hoist_input: bool = True) -> tuple[Array, list]:
   """Runs embedding + LSTM stack + output dropout.
 
   Args:
@@ -93,6 +93,7 @@ def lm_hidden(params: dict, carry: list, tokens: Array, masks: Optional[dict] = 
     carry: list over layers of ``(c, h)``, each ``[B, H]``.
     tokens: ``[B, T]`` int token ids.
     masks: from ``lm_masks`` (None = deterministic, the dropout approximation).
+    unroll, compute_dtype, hoist_input: passed to ``rnn.lstm``.
   Returns:
     ``(ys, carry)``: ys ``[T, B, H]`` are the (output-dropped) top-layer states that
     feed the softmax; carry is the new state.
@@ -108,7 +109,8 @@ def lm_hidden(params: dict, carry: list, tokens: Array, masks: Optional[dict] = 
       xs = xs * m_steps
     m_x = (masks.get("x") or [None] * len(params["lstm"]))[l]
     m_h = (masks.get("h") or [None] * len(params["lstm"]))[l]
-    c, xs = rnn.lstm(p, carry[l], xs, m_x, m_h, unroll=unroll, compute_dtype=compute_dtype)
+    c, xs = rnn.lstm(p, carry[l], xs, m_x, m_h, unroll=unroll, compute_dtype=compute_dtype,
+                     hoist_input=hoist_input)
     new_carry.append(c)
   if masks.get("out") is not None:
     xs = xs * masks["out"]  # [B, H] (variational) or [T, B, H] (naive); broadcasts over T

@@ -127,9 +127,9 @@ def _recurrent(h: Array, w_h: Array, mask_h: Optional[Array], G: int, compute_dt
 
 
 def _per_gate(w_h: Array, G: int) -> Array:
-  """[H, G*H] -> [G, H, H], so that ``result[k] == w_h[:, kH:(k+1)H]``."""
-  H = w_h.shape[0]
-  return w_h.reshape(H, G, H).transpose(1, 0, 2)
+  """[K, G*H] -> [G, K, H], so that ``result[k] == w_h[:, kH:(k+1)H]``."""
+  K, GH = w_h.shape
+  return w_h.reshape(K, G, GH // G).transpose(1, 0, 2)
 
 
 def _check_valid(valid: Optional[Array], T: int, B: int) -> None:
@@ -139,7 +139,7 @@ def _check_valid(valid: Optional[Array], T: int, B: int) -> None:
 
 def lstm(params: dict, carry: tuple[Array, Array], xs: Array, mask_x: Optional[Array] = None,
          mask_h: Optional[Array] = None, *, valid: Optional[Array] = None, unroll: int = 1,
-         compute_dtype=None) -> tuple[tuple[Array, Array], Array]:
+         compute_dtype=None, hoist_input: bool = True) -> tuple[tuple[Array, Array], Array]:
   """One LSTM layer over a sequence, gate order (i, f, g, o).
 
   Equations (per step t, masks fixed over t)::
@@ -158,6 +158,11 @@ def lstm(params: dict, carry: tuple[Array, Array], xs: Array, mask_x: Optional[A
       unchanged (used for padded sequences; output at that step is the old ``h``).
     unroll: ``lax.scan`` unroll factor.
     compute_dtype: matmul operand dtype (None = the inputs' dtype).
+    hoist_input: True (training): the input projection of all T steps is one matmul
+      before the scan, and the backward pass is the hand-written one. False (large
+      batches, e.g. MC evaluation with thousands of sample rows): each step does one
+      fused matmul ``[x_t * m_x, h * m_h] @ [W_x; W_h]``, so no ``[T, B, 4H]``
+      intermediate exists (plain autodiff if differentiated). Same values either way.
   Returns:
     ``((c_T, h_T), ys)`` with ys ``[T, B, H]``.
   """
@@ -173,9 +178,48 @@ def lstm(params: dict, carry: tuple[Array, Array], xs: Array, mask_x: Optional[A
   _mask_kind("mask_x", mask_x, B, D, 4)
   _check_valid(valid, T, B)
 
+  if not hoist_input:
+    return _lstm_fused_scan(params, c0, h0, xs, mask_x, mask_h, valid, unroll, compute_dtype)
   gx = input_projection(xs, params["w_x"], params["b"], mask_x, 4, compute_dtype)
   w_h = params["w_h"] if kind_h != "untied" else _per_gate(params["w_h"], 4)
   return _lstm_recurrence(gx, _cast(w_h, compute_dtype), c0, h0, mask_h, valid, unroll, compute_dtype)
+
+
+def _lstm_fused_scan(params, c0, h0, xs, mask_x, mask_h, valid, unroll, compute_dtype):
+  """``lstm(..., hoist_input=False)``: per step ``z = [x_t * m_x, h * m_h] @ [W_x; W_h] + b``
+  (tied or no masks: one ``[B, D+H] @ [D+H, 4H]`` matmul; untied: one batched
+  ``[4, B, D+H] @ [4, D+H, H]`` matmul, gate-major)."""
+  B, H = h0.shape
+  D = xs.shape[-1]
+  untied = (mask_x is not None and mask_x.ndim == 3) or (mask_h is not None and mask_h.ndim == 3)
+  w = jnp.concatenate([params["w_x"], params["w_h"]], axis=0)  # [D+H, 4H]
+  if untied:
+    w = _cast(_per_gate(w, 4), compute_dtype)  # [4, D+H, H]
+    mx = jnp.ones((4, 1, D), xs.dtype) if mask_x is None else (mask_x if mask_x.ndim == 3 else mask_x[None])
+    mh = jnp.ones((4, 1, H), h0.dtype) if mask_h is None else (mask_h if mask_h.ndim == 3 else mask_h[None])
+  else:
+    w = _cast(w, compute_dtype)
+  pet = jnp.float32 if compute_dtype is not None else None
+
+  def step(carry, inp):
+    c, h = carry
+    x_t, v_t = inp
+    if untied:
+      xh = jnp.concatenate([jnp.broadcast_to(x_t * mx, (4, B, D)), jnp.broadcast_to(h * mh, (4, B, H))], -1)
+      z = jnp.einsum("gbk,gkn->gbn", _cast(xh, compute_dtype), w, preferred_element_type=pet)
+      z = z.transpose(1, 0, 2).reshape(B, 4 * H)
+    else:
+      xh = jnp.concatenate([x_t if mask_x is None else x_t * mask_x, h if mask_h is None else h * mask_h], -1)
+      z = jnp.dot(_cast(xh, compute_dtype), w, preferred_element_type=pet)
+    i, f, g, o = jnp.split(z.astype(jnp.float32) + params["b"], 4, axis=-1)
+    c_new = jax.nn.sigmoid(f) * c + jax.nn.sigmoid(i) * jnp.tanh(g)
+    h_new = jax.nn.sigmoid(o) * jnp.tanh(c_new)
+    if v_t is not None:
+      c_new = jnp.where(v_t[:, None], c_new, c)
+      h_new = jnp.where(v_t[:, None], h_new, h)
+    return (c_new, h_new), h_new
+
+  return jax.lax.scan(step, (c0, h0), (xs, valid), unroll=unroll)
 
 
 def _lstm_scan(gx, w_h, c0, h0, mask_h, valid, unroll, compute_dtype):
