@@ -85,7 +85,8 @@ def lm_rates(cfg) -> dict:
 
 
 def lm_hidden(params: dict, carry: list, tokens: Array, masks: Optional[dict] = None, *,
-              unroll: int = 1, compute_dtype=None, hoist_input: bool = True) -> tuple[Array, list]:
+              unroll: int = 1, compute_dtype=None, hoist_input: bool = True,
+              embedded: Optional[Array] = None) -> tuple[Array, list]:
   """Runs embedding + LSTM stack + output dropout.
 
   Args:
@@ -94,12 +95,15 @@ def lm_hidden(params: dict, carry: list, tokens: Array, masks: Optional[dict] = 
     tokens: ``[B, T]`` int token ids.
     masks: from ``lm_masks`` (None = deterministic, the dropout approximation).
     unroll, compute_dtype, hoist_input: passed to ``rnn.lstm``.
+    embedded: optional ``[T, B, E]`` rows ``params["embed"][tokens.T]`` gathered by the
+      caller (a training step differentiates with respect to these rows only); default:
+      gathered here.
   Returns:
     ``(ys, carry)``: ys ``[T, B, H]`` are the (output-dropped) top-layer states that
     feed the softmax; carry is the new state.
   """
   masks = masks or {}
-  xs = jnp.take(params["embed"], tokens.T, axis=0)  # [T, B, E]
+  xs = jnp.take(params["embed"], tokens.T, axis=0) if embedded is None else embedded  # [T, B, E]
   if masks.get("emb") is not None:
     xs = xs * masks["emb"].T[..., None]  # word-type dropout, [B, T] -> [T, B, 1]
   new_carry = []
@@ -125,13 +129,13 @@ def lm_logits(params: dict, ys: Array, compute_dtype=None, temperature: float = 
 
 
 def lm_nll(params: dict, carry: list, tokens: Array, targets: Array, masks: Optional[dict] = None, *,
-           unroll: int = 1, compute_dtype=None) -> tuple[Array, list]:
+           unroll: int = 1, compute_dtype=None, embedded: Optional[Array] = None) -> tuple[Array, list]:
   """Per-token negative log-likelihood ``[T, B]`` (natural log) and the new carry.
 
   The loss for the gradient (Zaremba's and Gal's code) is ``nll.mean(axis=1).sum()``:
   the sum over time steps of the batch-mean NLL.
   """
-  ys, carry = lm_hidden(params, carry, tokens, masks, unroll=unroll, compute_dtype=compute_dtype)
+  ys, carry = lm_hidden(params, carry, tokens, masks, unroll=unroll, compute_dtype=compute_dtype, embedded=embedded)
   w = params["softmax"]["w"] if "w" in params["softmax"] else params["embed"].T
   return output_nll(ys, w, params["softmax"]["b"], targets.T, compute_dtype), carry
 
@@ -144,8 +148,8 @@ def output_nll(ys: Array, w: Array, b: Array, targets: Array, compute_dtype=None
   values as ``softmax_nll(lm_logits(...))``; the backward pass is written out so that the
   three ``[N, H] x [H, V]`` matmuls each run as one plain row-major GEMM:
   ``d = (softmax - onehot) * g``; ``dys = d @ w^T``; ``dw = ys^T @ d`` with ``ys^T``
-  materialised (``[H, N]``, small) instead of letting XLA transpose the ``[N, V]`` slab;
-  ``db = sum(d)``.
+  materialised (``[H, N]``, small; ``rnn.transposed``) instead of letting XLA transpose the
+  ``[N, V]`` slab; ``db = sum(d)``.
   """
   return _output_nll_fwd(ys, w, b, targets, compute_dtype)[0]
 
@@ -165,8 +169,7 @@ def _output_nll_bwd(compute_dtype, res, g):
   dc = d if compute_dtype is None else d.astype(compute_dtype)
   wc, yc = (w, ys) if compute_dtype is None else (w.astype(compute_dtype), ys.astype(compute_dtype))
   dys = jnp.einsum("nv,hv->nh", dc, wc, preferred_element_type=pet).reshape(ys.shape)
-  ys_t = jax.lax.optimization_barrier(yc.reshape(-1, H).T)  # [H, N], materialised
-  dw = jnp.dot(ys_t, dc, preferred_element_type=pet)
+  dw = jnp.dot(rnn.transposed(yc.reshape(-1, H)), dc, preferred_element_type=pet)  # ys^T [H, N] materialised
   return dys.astype(ys.dtype), dw.astype(w.dtype), d.sum(0), None
 
 

@@ -80,14 +80,30 @@ def make_step_body(config):
     step = state["step"]
     masks = models.lm_masks(jax.random.fold_in(key, step), m, x, rates)
 
-    def loss_fn(params):
-      nll, carry = models.lm_nll(params, state["carry"], x, y, masks, unroll=t.unroll, compute_dtype=dtype)
+    params = state["params"]
+
+    def loss_fn(params, rows=None):
+      nll, carry = models.lm_nll(params, state["carry"], x, y, masks, unroll=t.unroll, compute_dtype=dtype,
+                                 embedded=rows)
       return nll.mean(axis=1).sum(), (nll, carry)
 
-    (loss, (nll, carry)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state["params"])
-    norm = jnp.sqrt(sum(jnp.sum(g * g) for g in jax.tree.leaves(grads)))
-    scale = jnp.where(norm > t.max_grad_norm, t.max_grad_norm / norm, 1.0)
-    params = jax.tree.map(lambda p, g: p - lr * scale * g, state["params"], grads)
+    if m.tie_embeddings:  # the embedding is also the softmax matrix: a dense gradient
+      (loss, (nll, carry)), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
+      norm = jnp.sqrt(sum(jnp.sum(g * g) for g in jax.tree.leaves(grads)))
+      scale = jnp.where(norm > t.max_grad_norm, t.max_grad_norm / norm, 1.0)
+      params = jax.tree.map(lambda p, g: p - lr * scale * g, params, grads)
+    else:  # only the T*B looked-up rows have a gradient: no dense [V, E] gradient is formed
+      embed = params["embed"]
+      rest = {k: v for k, v in params.items() if k != "embed"}
+      ids = x.T.reshape(-1)  # [T*B], the rows' order in ``rows``
+      rows = jnp.take(embed, x.T, axis=0)  # [T, B, E]
+      (loss, (nll, carry)), (grads, g_rows) = jax.value_and_grad(
+          lambda r, e: loss_fn({**r, "embed": embed}, e), argnums=(0, 1), has_aux=True)(rest, rows)
+      g_rows = g_rows.reshape(ids.shape[0], -1)
+      norm = jnp.sqrt(sum(jnp.sum(g * g) for g in jax.tree.leaves(grads)) + embedding_grad_sq(ids, g_rows))
+      scale = jnp.where(norm > t.max_grad_norm, t.max_grad_norm / norm, 1.0)
+      params = jax.tree.map(lambda p, g: p - lr * scale * g, rest, grads)
+      params["embed"] = embed.at[ids].add(-lr * scale * g_rows)  # in place (the state is donated)
     if t.weight_decay:
       params = jax.tree.map(lambda p: p - t.weight_decay * p, params)
     acc = state["acc"]
@@ -97,6 +113,17 @@ def make_step_body(config):
     return {"params": params, "carry": carry, "step": step + 1, "acc": acc}
 
   return body
+
+
+def embedding_grad_sq(ids: jax.Array, g_rows: jax.Array) -> jax.Array:
+  """``sum(G**2)`` of the dense embedding gradient ``G [V, E]`` whose row ``v`` is the sum of
+  the row gradients ``g_rows [N, E]`` of the tokens ``ids [N]`` equal to ``v``, without
+  forming ``G``: the rows are sorted by id and summed per distinct id."""
+  order = jnp.argsort(ids)
+  sorted_ids = ids[order]
+  first = jnp.concatenate([jnp.ones((1,), bool), sorted_ids[1:] != sorted_ids[:-1]])
+  per_type = jax.ops.segment_sum(g_rows[order], jnp.cumsum(first) - 1, num_segments=ids.shape[0])
+  return jnp.sum(per_type * per_type)
 
 
 def make_train_step(config):
