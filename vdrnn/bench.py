@@ -12,9 +12,13 @@ Measures, on the default JAX device (CPU or one accelerator):
   S = 100 and S = 1000 samples, medium shapes.
 * ``population``: tokens/s of K = 1, 4, 16 members trained as one vmapped step
   (``vdrnn.population``), medium shapes.
-* ``peers``: the same training step in Keras 3 (``LSTM(dropout, recurrent_dropout)`` on its
-  JAX backend) and in PyTorch (an ``LSTMCell`` loop with per-sequence masks). Both are
-  optional (``pip install -e .[bench]``) and skipped with a message when not installed.
+* ``peers``: vdrnn side by side with the same training step in Keras 3
+  (``LSTM(dropout, recurrent_dropout)`` on its JAX backend; untied gate masks) and in PyTorch
+  (an ``LSTMCell`` loop with per-sequence masks; tied), at each precision: float32, and
+  bfloat16 where supported (Keras ``mixed_bfloat16``, ``torch.autocast``). They run in
+  interleaved rounds (each peer in its own worker process, waiting on a pipe between rounds),
+  so drift in the machine's speed hits all alike; ratios are medians of per-round ratios.
+  Peers are optional (``pip install -e .[bench]``) and skipped with a message when missing.
 
 FLOPs count 2 per multiply-add over the matmul parameters (LSTM input and recurrent
 kernels, softmax matrix; not the embedding lookup): ``2 P`` per token forward, ``6 P`` per
@@ -255,13 +259,15 @@ def bench_population(cfg, K: int, steps: int, reps: int, min_time: float) -> dic
 
 
 # ----------------------------------------------------------------------------------------
-# Peers: the same model, dropout semantics, loss, clipping and SGD update.
+# Peers: the same model, dropout semantics, loss, clipping and SGD update. Each builder
+# returns ``(run, info)``: ``run(n)`` does n training steps and returns seconds per step.
 
 
-def keras_peer(cfg, steps: int, reps: int, min_time: float) -> dict:
+def build_keras(cfg, dtype: str = "float32"):
   """Keras 3 on its JAX backend: ``Embedding -> LSTM(dropout=p_x, recurrent_dropout=p_h,
   stateful) x L -> Dropout(p_out, one mask per sequence) -> Dense``; SGD with global-norm
-  clipping; loss ``T * mean NLL`` (= sum over time of the batch mean).
+  clipping; loss ``T * mean NLL`` (= sum over time of the batch mean). bfloat16: the
+  ``mixed_bfloat16`` policy (bf16 compute, float32 variables).
 
   Keras 3 holds one mask per sequence for all time steps and, with ``recurrent_dropout``,
   switches the cell to ``implementation=1``: one mask per gate (4 for the input, 4 for the
@@ -272,6 +278,7 @@ def keras_peer(cfg, steps: int, reps: int, min_time: float) -> dict:
   import keras  # noqa: PLC0415 - optional
   if keras.backend.backend() != "jax":
     raise RuntimeError(f"keras is using the {keras.backend.backend()} backend; set KERAS_BACKEND=jax")
+  keras.mixed_precision.set_global_policy("mixed_bfloat16" if dtype == "bfloat16" else "float32")
   m, t = cfg.model, cfg.train
   B, T = t.batch_size, t.seq_length
   keras.utils.set_random_seed(0)
@@ -283,7 +290,7 @@ def keras_peer(cfg, steps: int, reps: int, min_time: float) -> dict:
                           kernel_initializer=init, recurrent_initializer=init, bias_initializer=init,
                           unit_forget_bias=False)(x)
   x = keras.layers.Dropout(m.p_out, noise_shape=(B, 1, m.hidden))(x)
-  logits = keras.layers.Dense(m.vocab_size, kernel_initializer=init, bias_initializer=init)(x)
+  logits = keras.layers.Dense(m.vocab_size, kernel_initializer=init, bias_initializer=init, dtype="float32")(x)
   model = keras.Model(inputs, logits)
 
   def loss(y, z):
@@ -292,31 +299,29 @@ def keras_peer(cfg, steps: int, reps: int, min_time: float) -> dict:
   model.compile(optimizer=keras.optimizers.SGD(learning_rate=1.0, global_clipnorm=t.max_grad_norm), loss=loss)
   rng = np.random.RandomState(0)
   batches = [(rng.randint(0, m.vocab_size, (B, T)).astype(np.int32),) * 2 for _ in range(4)]
-  t0 = time.perf_counter()
-  model.train_on_batch(*batches[0])
-  compile_s = time.perf_counter() - t0
-  model.train_on_batch(*batches[1])
   i = 0
 
-  def run():
+  def run(n: int) -> float:
     nonlocal i
     t0 = time.perf_counter()
-    for _ in range(steps):
+    for _ in range(n):
       out = model.train_on_batch(*batches[i % 4])
       i += 1
     float(np.asarray(out if np.ndim(out) == 0 else out[0]))
-    return (time.perf_counter() - t0) / steps
+    return (time.perf_counter() - t0) / n
 
-  s, times = _median_rate(run, reps, min_time)
-  return {"seconds_per_step": s, "tokens_per_s": B * T / s, "flops_per_s": 6 * matmul_params(cfg) * B * T / s,
-          "compile_s": compile_s, "times": times, "gates": "untied", "version": keras.__version__}
+  t0 = time.perf_counter()
+  run(1)
+  return run, {"compile_s": time.perf_counter() - t0, "gates": "untied", "version": keras.__version__,
+               "precision": "mixed_bfloat16" if dtype == "bfloat16" else "float32"}
 
 
-def torch_peer(cfg, steps: int, reps: int, min_time: float) -> dict:
+def build_torch(cfg, dtype: str = "float32"):
   """PyTorch: ``Embedding -> LSTMCell`` loop per layer with per-sequence masks on the
   input and on the recurrent state (one mask for all gates: *tied*), output dropout with one
   mask per sequence, ``Linear``; ``T * cross_entropy``, ``clip_grad_norm_``, SGD. The
   state is carried (detached) from window to window. No word-type embedding dropout.
+  bfloat16: the forward pass under ``torch.autocast(dtype=torch.bfloat16)``.
   """
   import torch  # noqa: PLC0415 - optional
   platform_ = jax.devices()[0].platform
@@ -336,25 +341,27 @@ def torch_peer(cfg, steps: int, reps: int, min_time: float) -> dict:
     torch.nn.init.uniform_(p, -m.init_scale, m.init_scale)
   opt = torch.optim.SGD(model.parameters(), lr=1.0)
   state = [(torch.zeros(B, H, device=dev), torch.zeros(B, H, device=dev)) for _ in range(L)]
+  autocast = torch.autocast(dev.type, dtype=torch.bfloat16, enabled=dtype == "bfloat16")
 
   def mask(shape, p):
     return torch.bernoulli(torch.full(shape, 1.0 - p, device=dev)) / (1.0 - p)
 
   def step(x, y):
     nonlocal state
-    xs = emb(x)  # [B, T, E]
-    new_state = []
-    for l, cell in enumerate(cells):
-      mx, mh = mask((B, xs.shape[-1]), m.p_x), mask((B, H), m.p_h)  # per sequence, held over T
-      h, c = state[l]
-      ys = []
-      for s in range(T):
-        h, c = cell(xs[:, s] * mx, (h * mh, c))
-        ys.append(h)
-      xs = torch.stack(ys, 1)
-      new_state.append((h.detach(), c.detach()))
-    state = new_state
-    logits = out(xs * mask((B, 1, H), m.p_out))
+    with autocast:
+      xs = emb(x)  # [B, T, E]
+      new_state = []
+      for l, cell in enumerate(cells):
+        mx, mh = mask((B, xs.shape[-1]), m.p_x), mask((B, H), m.p_h)  # per sequence, held over T
+        h, c = state[l]
+        ys = []
+        for s in range(T):
+          h, c = cell(xs[:, s] * mx, (h * mh, c))
+          ys.append(h)
+        xs = torch.stack(ys, 1)
+        new_state.append((h.detach().float(), c.detach().float()))
+      state = new_state
+      logits = out(xs * mask((B, 1, H), m.p_out)).float()
     loss = T * torch.nn.functional.cross_entropy(logits.reshape(-1, m.vocab_size), y.reshape(-1))
     opt.zero_grad(set_to_none=True)
     loss.backward()
@@ -362,61 +369,151 @@ def torch_peer(cfg, steps: int, reps: int, min_time: float) -> dict:
     opt.step()
     return loss
 
-  def sync():
-    if dev.type == "cuda":
-      torch.cuda.synchronize()
-
   rng = np.random.RandomState(0)
   batches = [tuple(torch.from_numpy(rng.randint(0, m.vocab_size, (B, T))).long().to(dev) for _ in range(2))
              for _ in range(4)]
-  t0 = time.perf_counter()
-  step(*batches[0])
-  sync()
-  warm_s = time.perf_counter() - t0
   i = 0
 
-  def run():
+  def run(n: int) -> float:
     nonlocal i
     t0 = time.perf_counter()
-    for _ in range(steps):
+    for _ in range(n):
       loss = step(*batches[i % 4])
       i += 1
     float(loss.detach())
-    sync()
-    return (time.perf_counter() - t0) / steps
+    if dev.type == "cuda":
+      torch.cuda.synchronize()
+    return (time.perf_counter() - t0) / n
 
-  s, times = _median_rate(run, reps, min_time)
-  return {"seconds_per_step": s, "tokens_per_s": B * T / s, "flops_per_s": 6 * matmul_params(cfg) * B * T / s,
-          "compile_s": warm_s, "times": times, "gates": "tied", "version": torch.__version__,
-          "threads": torch.get_num_threads() if dev.type == "cpu" else None}
+  t0 = time.perf_counter()
+  run(1)
+  return run, {"compile_s": time.perf_counter() - t0, "gates": "tied", "version": torch.__version__,
+               "threads": torch.get_num_threads() if dev.type == "cpu" else None,
+               "precision": "autocast bfloat16" if dtype == "bfloat16" else "float32"}
 
 
-PEERS = {"keras": keras_peer, "torch": torch_peer}
+PEERS = {"keras": build_keras, "torch": build_torch}
 PEER_GATES = {"keras": "untied", "torch": "tied"}  # the gate masks each peer implements
 
 
-def run_peer(name: str, shape: str, steps: int, reps: int, min_time: float) -> dict:
-  """One peer measurement in this process; ``{"skipped": reason}`` when it cannot run."""
+def build_peer(name: str, shape: str, dtype: str):
+  """``(run, info)`` of a peer in this process, or ``(None, {"skipped": reason})``."""
   cfg = lm_config(shape, PEER_GATES[name], "float32")
   try:
-    return PEERS[name](cfg, steps, reps, min_time)
+    return PEERS[name](cfg, dtype)
   except ImportError as e:
-    return {"skipped": f"{name} peer skipped: {e.name or e} is not installed (pip install -e .[bench])"}
+    return None, {"skipped": f"{name} peer skipped: {e.name or e} is not installed (pip install -e .[bench])"}
   except RuntimeError as e:
-    return {"skipped": f"{name} peer skipped: {e}"}
+    return None, {"skipped": f"{name} peer skipped: {e}"}
 
 
-def run_peer_isolated(name: str, shape: str, steps: int, reps: int, min_time: float) -> dict:
-  """``run_peer`` in a fresh Python process, so that neither the peer's thread pools nor
-  this process's XLA threads disturb the other's timings."""
-  cmd = [sys.executable, "-m", "vdrnn.bench", "--peer", f"{name},{shape},{steps},{reps},{min_time}"]
+def peer_worker(spec: str) -> None:
+  """``--peer-worker NAME,SHAPE,DTYPE``: builds the peer, prints one JSON line (its info),
+  then for every line ``n`` on stdin runs n steps and prints ``{"s": seconds per step}``."""
+  name, shape, dtype = spec.split(",")
+  run, info = build_peer(name, shape, dtype)
+  print(json.dumps(info), flush=True)
+  if run is None:
+    return
+  for line in sys.stdin:
+    print(json.dumps({"s": run(int(line))}), flush=True)
+
+
+def start_peer(name: str, shape: str, dtype: str, isolate: bool = True):
+  """A peer's ``(run, info)``; with ``isolate`` it lives in its own process (a worker that
+  waits on a pipe between rounds), so neither its thread pools nor this process's XLA
+  threads share a process with the other's timings."""
+  if not isolate:
+    return build_peer(name, shape, dtype)
   env = {**os.environ, "KERAS_BACKEND": "jax"} if name == "keras" else dict(os.environ)
-  out = subprocess.run(cmd, capture_output=True, text=True, env=env)
-  lines = [l for l in out.stdout.splitlines() if l.startswith("{")]
-  if out.returncode or not lines:
-    tail = (out.stderr.strip().splitlines() or ["no output"])[-1]
-    return {"skipped": f"{name} peer failed (exit {out.returncode}): {tail}"}
-  return json.loads(lines[-1])
+  proc = subprocess.Popen([sys.executable, "-m", "vdrnn.bench", "--peer-worker", f"{name},{shape},{dtype}"],
+                          stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+
+  def reply() -> dict:
+    for line in proc.stdout:
+      if line.startswith("{"):
+        return json.loads(line)
+    err = (proc.stderr.read().strip().splitlines() or ["no output"])[-1]
+    return {"skipped": f"{name} peer failed (exit {proc.wait()}): {err}"}
+
+  info = reply()
+  if "skipped" in info:
+    proc.kill()
+    return None, info
+
+  def run(n: int) -> float:
+    proc.stdin.write(f"{n}\n")
+    proc.stdin.flush()
+    r = reply()
+    if "s" not in r:
+      raise RuntimeError(r.get("skipped", "peer worker stopped"))
+    return r["s"]
+
+  run.close = lambda: (proc.stdin.close(), proc.wait())
+  return run, info
+
+
+def side_by_side(shape: str, dtype: str, rounds: int, steps: int, gemm_n: int, isolate: bool = True,
+                 log=lambda m: None) -> tuple[list, list]:
+  """vdrnn (tied and untied) and the peers at one shape and precision, measured in
+  interleaved rounds: every round times ``steps`` steps of each, then one ``gemm_n`` GEMM.
+  A machine whose speed drifts (a shared VM's does, by 1.5x within minutes) then slows
+  every contender alike; ratios and GEMM fractions are medians of per-round values.
+  Returns ``(rows, skipped)``."""
+  from vdrnn import train
+  runs, infos, skipped = {}, {}, []
+  for gates in ("tied", "untied"):
+    cfg = lm_config(shape, gates, dtype)
+    step_fn = jax.jit(train.make_train_step(cfg), donate_argnums=0)
+    state = train.init_state(cfg, cfg.train.batch_size)
+    batches = _random_batches(cfg, 4)
+    t0 = time.perf_counter()
+    state = _block(step_fn(state, *batches[0], 1.0))
+    infos[("vdrnn", gates)] = {"compile_s": time.perf_counter() - t0, "gates": gates}
+
+    def run(n, step_fn=step_fn, batches=batches, box=[state]):
+      t0 = time.perf_counter()
+      for i in range(n):
+        box[0] = step_fn(box[0], *batches[i % len(batches)], 1.0)
+      _block(box[0])
+      return (time.perf_counter() - t0) / n
+
+    runs[("vdrnn", gates)] = run
+  for name in PEERS:
+    run, info = start_peer(name, shape, dtype, isolate)
+    if run is None:
+      skipped.append({"section": "peers", "impl": name, "reason": info["skipped"]})
+      log(info["skipped"])
+      continue
+    runs[(name, info["gates"])], infos[(name, info["gates"])] = run, info
+  a = jax.random.normal(jax.random.key(0), (gemm_n, gemm_n), jnp.float32).astype(dtype)
+  gemm = jax.jit(lambda a: jnp.dot(a, a, preferred_element_type=jnp.float32))
+  _block(gemm(a))
+  times = {k: [] for k in runs}
+  gemm_rates = []
+  for _ in range(rounds):
+    for k, run in runs.items():
+      times[k].append(run(steps))
+    t0 = time.perf_counter()
+    _block(gemm(a))
+    gemm_rates.append(2 * gemm_n ** 3 / (time.perf_counter() - t0))
+  for run in runs.values():
+    getattr(run, "close", lambda: None)()
+  cfg = lm_config(shape, "tied", dtype)
+  tokens, flops_tok = cfg.train.batch_size * cfg.train.seq_length, 6 * matmul_params(cfg)
+  rows = []
+  for (impl, gates), ts in times.items():
+    ts = np.array(ts)
+    r = {"section": "side" if impl == "vdrnn" else "peer", "impl": impl, "shape": shape, "gates": gates,
+         "dtype": dtype, "dims": _shape_str(cfg), "matmul_params": matmul_params(cfg),
+         "seconds_per_step": float(np.median(ts)), "tokens_per_s": float(tokens / np.median(ts)),
+         "flops_per_s": float(flops_tok * tokens / np.median(ts)), "rounds": ts.tolist(),
+         "gemm_rates": gemm_rates, "gemm_fraction": float(np.median(flops_tok * tokens / ts / np.array(gemm_rates))),
+         **{k: v for k, v in infos[(impl, gates)].items() if k != "gates"}}
+    if impl != "vdrnn":  # vdrnn's speed-up over this peer, same gates, median of the per-round ratios
+      r["vdrnn_speedup"] = float(np.median(ts / np.array(times[("vdrnn", gates)])))
+    rows.append(r)
+  return rows, skipped
 
 
 # ----------------------------------------------------------------------------------------
@@ -428,16 +525,16 @@ def plan(quick: bool, tiny: bool) -> dict:
   if tiny:  # the smoke test: every section at toy size
     return {"shapes": ["tiny"], "gemm_sizes": [256], "steps": 1, "reps": 1, "min_time": 0.0,
             "mc_shape": "tiny", "mc_samples": [4, 8], "mc_windows": 1, "pop_shape": "tiny", "pop_k": [1, 2],
-            "peer_shapes": ["tiny"], "target_shape": "tiny"}
+            "peer_shapes": ["tiny"], "rounds": 2, "target_shape": "tiny"}
   gpu = jax.devices()[0].platform != "cpu"
   if quick:
     return {"shapes": ["small", "medium"], "gemm_sizes": [2048], "steps": 2, "reps": 3, "min_time": 0.5,
             "mc_shape": "medium", "mc_samples": [100], "mc_windows": 1, "pop_shape": "small", "pop_k": [1, 4],
-            "peer_shapes": ["medium"], "target_shape": "medium"}
+            "peer_shapes": ["medium"], "rounds": 3, "target_shape": "medium"}
   return {"shapes": ["small", "medium", "large"], "gemm_sizes": [4096, 8192] if gpu else [2048, 4096],
           "steps": 10 if gpu else 3, "reps": 5 if gpu else 3, "min_time": 1.0,
           "mc_shape": "medium", "mc_samples": [100, 1000], "mc_windows": 1, "pop_shape": "medium",
-          "pop_k": [1, 4, 16], "peer_shapes": ["small", "medium"], "target_shape": "medium"}
+          "pop_k": [1, 4, 16], "peer_shapes": ["small", "medium"], "rounds": 7, "target_shape": "medium"}
 
 
 def _log(msg: str) -> None:
@@ -501,17 +598,13 @@ def run(only=SECTIONS, quick: bool = False, tiny: bool = False, dtypes=None, log
         add(section="population", impl="vdrnn", shape=p["pop_shape"], gates="untied", dtype="float32", K=K,
             dims=_shape_str(cfg), matmul_params=matmul_params(cfg), **r)
   if "peers" in only:
-    for name in PEERS:
+    for dt in dtypes:
       for shape in p["peer_shapes"]:
-        cfg = lm_config(shape, PEER_GATES[name], "float32")
-        args = (name, shape, max(1, p["steps"] // 2), p["reps"], p["min_time"])
-        r = run_peer_isolated(*args) if isolate_peers else run_peer(*args)
-        if "skipped" in r:
-          report["skipped"].append({"section": "peers", "impl": name, "reason": r["skipped"]})
-          log(r["skipped"])
-          break
-        add(section="peer", impl=name, shape=shape, dtype="float32", dims=_shape_str(cfg),
-            matmul_params=matmul_params(cfg), **r)
+        log(f"side by side: {shape} {dt}, {p['rounds']} interleaved rounds ...")
+        rows, skipped = side_by_side(shape, dt, p["rounds"], p["steps"], p["gemm_sizes"][0], isolate_peers, log)
+        for r in rows:
+          add(**r)
+        report["skipped"] += [s for s in skipped if s not in report["skipped"]]
   report["seconds"] = time.perf_counter() - t_start
   report["load_end"] = _load()
   report["summary"] = summarize(report, p["target_shape"])
@@ -526,23 +619,25 @@ def _find(results, **kw):
 
 
 def summarize(report: dict, shape: str) -> dict:
-  """GEMM fractions (added to every result) and the headline ratios."""
+  """GEMM fractions (added to every result not measured side by side, which carries its
+  own per-round fraction) and the headline ratios."""
   gemm, res = report["gemm"], report["results"]
   for r in res:
-    g = gemm.get(r.get("dtype"))
-    r["gemm_fraction"] = r["flops_per_s"] / g if g else None
+    if r["section"] not in ("side", "peer"):
+      g = gemm.get(r.get("dtype"))
+      r["gemm_fraction"] = r["flops_per_s"] / g if g else None
   s = {}
   for dt in report["dtypes"]:
     tied = _find(res, section="train", shape=shape, gates="tied", dtype=dt)
     untied = _find(res, section="train", shape=shape, gates="untied", dtype=dt)
     if tied and untied:
       s[f"untied_slowdown_{dt}"] = tied["tokens_per_s"] / untied["tokens_per_s"]
-  for peer in PEERS:
-    for r in res:
-      if r["section"] == "peer" and r["impl"] == peer:
-        ours = _find(res, section="train", shape=r["shape"], gates=r["gates"], dtype="float32")
-        if ours:
-          s[f"speedup_vs_{peer}_{r['shape']}"] = ours["tokens_per_s"] / r["tokens_per_s"]
+  for r in res:
+    if r["section"] == "peer":
+      s[f"speedup_vs_{r['impl']}_{r['shape']}_{r['dtype']}"] = r["vdrnn_speedup"]
+  for r in res:
+    if r["section"] == "side" and r["shape"] == shape:
+      s[f"side_by_side_{shape}_{r['gates']}_{r['dtype']}_gemm_fraction"] = r["gemm_fraction"]
   for r in res:
     if r["section"] == "mc":
       s[f"mc_S{r['samples']}_gemm_fraction"] = r["gemm_fraction"]
@@ -573,15 +668,18 @@ def format_table(report: dict) -> str:
     ms = 1e3 * r.get("seconds_per_step", r.get("seconds", 0.0))
     frac = r.get("gemm_fraction")
     vs = ""
-    if r["section"] == "train" and r["dtype"] == "float32":
-      peers = [p for p in res if p["section"] == "peer" and p["shape"] == r["shape"] and p.get("gates") == r["gates"]]
-      vs = "  ".join(f"{rate / p['tokens_per_s']:.1f}x {p['impl']}" for p in peers)
+    if r["section"] == "side":
+      peers = [p for p in res if p["section"] == "peer" and p["shape"] == r["shape"] and p["dtype"] == r["dtype"]
+               and p["gates"] == r["gates"]]
+      vs = "  ".join(f"{p['vdrnn_speedup']:.2f}x {p['impl']}" for p in peers)
     kS = r.get("K", r.get("samples", ""))
     lines.append(f"{r['section']:10s} {r['impl']:6s} {r['shape']:7s} {r.get('dims', ''):17s} {r.get('gates', ''):6s} "
                  f"{r['dtype']:8s} {kS!s:>5s} {rate:10.0f} {ms:9.1f} {r['flops_per_s'] / 1e9:8.1f} "
                  f"{'' if frac is None else f'{100 * frac:5.1f}%':>6s}  {vs}")
   lines.append("(mc: tokens/s is sample-tokens/s and ms/step the time of one chunk of S samples; "
-               "population: tokens/s counts all K members)")
+               "population: tokens/s counts all K members; side/peer: vdrnn and the peers in interleaved "
+               "rounds, medians over rounds, %GEMM against a GEMM timed in the same rounds, 'vs peer' the "
+               "median of the per-round speed ratios at the same gates and precision)")
   for k, v in report["summary"].items():
     lines.append(f"{k}: {v:.2f}")
   for s in report["skipped"]:
@@ -597,11 +695,10 @@ def main(argv=None) -> None:
   ap.add_argument("--only", default=",".join(SECTIONS), help=f"comma-separated sections from {','.join(SECTIONS)}")
   ap.add_argument("--dtypes", default="", help="comma-separated, e.g. float32 (default: float32 and bfloat16 "
                                                "where the device supports it)")
-  ap.add_argument("--peer", help=argparse.SUPPRESS)  # internal: NAME,SHAPE,STEPS,REPS,MIN_TIME -> JSON line
+  ap.add_argument("--peer-worker", help=argparse.SUPPRESS)  # internal: NAME,SHAPE,DTYPE (see peer_worker)
   args = ap.parse_args(argv)
-  if args.peer:
-    name, shape, steps, reps, min_time = args.peer.split(",")
-    print(json.dumps(run_peer(name, shape, int(steps), int(reps), float(min_time))))
+  if args.peer_worker:
+    peer_worker(args.peer_worker)
     return
   only = [s.strip() for s in args.only.split(",") if s.strip()]
   bad = [s for s in only if s not in SECTIONS]

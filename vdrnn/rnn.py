@@ -113,19 +113,20 @@ _matmul.defvjp(_matmul_fwd, _matmul_bwd)
 
 
 def input_projection(xs: Array, w_x: Array, b: Array, mask_x: Optional[Array], G: int,
-                     compute_dtype=None) -> Array:
-  """All-steps input pre-activations ``[T, B, G*H]``.
+                     compute_dtype=None, gate_major: bool = False) -> Array:
+  """All-steps input pre-activations ``[T, B, G*H]``, or ``[T, G, B, H]`` with ``gate_major``.
 
   tied / none: ``(x_t * m) @ W_x + b``; untied: gate k uses ``(x_t * m[k]) @ W_x[:, kH:(k+1)H]``.
   """
   T, B, D = xs.shape
   H = w_x.shape[1] // G
   if mask_x is None or mask_x.ndim == 2:
-    out = matmul(xs if mask_x is None else xs * mask_x, w_x, compute_dtype)
-  else:  # untied: one [T*B, D] @ [D, H] matmul per gate
-    out = jnp.concatenate([matmul(xs * mask_x[k], w_x[:, k * H:(k + 1) * H], compute_dtype) for k in range(G)],
-                          axis=-1)
-  return out.astype(jnp.float32) + b
+    out = matmul(xs if mask_x is None else xs * mask_x, w_x, compute_dtype).astype(jnp.float32) + b
+    return out.reshape(T, B, G, H).transpose(0, 2, 1, 3) if gate_major else out
+  # untied: one [T*B, D] @ [D, H] matmul per gate
+  outs = [matmul(xs * mask_x[k], w_x[:, k * H:(k + 1) * H], compute_dtype).astype(jnp.float32) + b[k * H:(k + 1) * H]
+          for k in range(G)]
+  return jnp.stack(outs, axis=1) if gate_major else jnp.concatenate(outs, axis=-1)
 
 
 def _recurrent(h: Array, w_h: Array, mask_h: Optional[Array], G: int, compute_dtype) -> Array:
@@ -142,9 +143,12 @@ def _recurrent(h: Array, w_h: Array, mask_h: Optional[Array], G: int, compute_dt
 
 
 def _per_gate(w_h: Array, G: int) -> Array:
-  """[K, G*H] -> [G, K, H], so that ``result[k] == w_h[:, kH:(k+1)H]``."""
-  K, GH = w_h.shape
-  return w_h.reshape(K, G, GH // G).transpose(1, 0, 2)
+  """[K, G*H] -> [G, K, H], so that ``result[k] == w_h[:, kH:(k+1)H]``.
+
+  Stacked column blocks rather than ``reshape(K, G, H).transpose(1, 0, 2)``: XLA:CPU
+  copies the latter through a strided layout, 3-5x slower at ``[650, 2600]``."""
+  H = w_h.shape[1] // G
+  return jnp.stack([w_h[:, k * H:(k + 1) * H] for k in range(G)])
 
 
 def _check_valid(valid: Optional[Array], T: int, B: int) -> None:
@@ -195,8 +199,11 @@ def lstm(params: dict, carry: tuple[Array, Array], xs: Array, mask_x: Optional[A
 
   if not hoist_input:
     return _lstm_fused_scan(params, c0, h0, xs, mask_x, mask_h, valid, unroll, compute_dtype)
-  gx = input_projection(xs, params["w_x"], params["b"], mask_x, 4, compute_dtype)
-  w_h = params["w_h"] if kind_h != "untied" else _per_gate(params["w_h"], 4)
+  # Untied recurrent masks: the recurrence runs gate-major, gx [T, 4, B, H] and W_h [4, H, H],
+  # so that each step's batched matmul output feeds the gates without a transpose.
+  untied = kind_h == "untied"
+  gx = input_projection(xs, params["w_x"], params["b"], mask_x, 4, compute_dtype, gate_major=untied)
+  w_h = _per_gate(params["w_h"], 4) if untied else params["w_h"]
   return _lstm_recurrence(gx, _cast(w_h, compute_dtype), c0, h0, mask_h, valid, unroll, compute_dtype)
 
 
@@ -241,11 +248,18 @@ def _lstm_scan(gx, w_h, c0, h0, mask_h, valid, unroll, compute_dtype):
   """Forward scan; also returns what the backward pass needs: cell states ``[T, B, H]`` and
   gate activations ``(i, f, g, o)``, each ``[T, B, H]``."""
 
+  untied = mask_h is not None and mask_h.ndim == 3
+  pet = jnp.float32 if compute_dtype is not None else None
+
   def step(carry, inp):
     c, h = carry
     gx_t, v_t = inp
-    z = gx_t + _recurrent(h, w_h, mask_h, 4, compute_dtype)
-    i, f, g, o = jnp.split(z, 4, axis=-1)
+    if untied:  # gate-major: gx_t [4, B, H], w_h [4, H, H]
+      z = gx_t + jnp.einsum("gbh,ghk->gbk", _cast(h[None] * mask_h, compute_dtype), w_h, preferred_element_type=pet)
+      i, f, g, o = z[0], z[1], z[2], z[3]
+    else:
+      z = gx_t + _recurrent(h, w_h, mask_h, 4, compute_dtype)
+      i, f, g, o = jnp.split(z, 4, axis=-1)
     i, f, g, o = jax.nn.sigmoid(i), jax.nn.sigmoid(f), jnp.tanh(g), jax.nn.sigmoid(o)
     c_new = f * c + i * g
     h_new = o * jnp.tanh(c_new)
@@ -260,8 +274,9 @@ def _lstm_scan(gx, w_h, c0, h0, mask_h, valid, unroll, compute_dtype):
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(6, 7))
 def _lstm_recurrence(gx, w_h, c0, h0, mask_h, valid, unroll, compute_dtype):
-  """``((c_T, h_T), ys)`` from input pre-activations ``gx [T, B, 4H]``; ``w_h`` is ``[H, 4H]``
-  (tied / no mask) or ``[4, H, H]`` (untied), already in ``compute_dtype``."""
+  """``((c_T, h_T), ys)`` from input pre-activations ``gx``: ``[T, B, 4H]`` with ``w_h [H, 4H]``
+  (tied / no mask), or gate-major ``[T, 4, B, H]`` with ``w_h [4, H, H]`` (untied);
+  ``w_h`` already in ``compute_dtype``."""
   carry, ys, _ = _lstm_scan(gx, w_h, c0, h0, mask_h, valid, unroll, compute_dtype)
   return carry, ys
 
@@ -288,15 +303,17 @@ def _lstm_recurrence_bwd(unroll, compute_dtype, res, cts):
     tc = jnp.tanh(c)
     do = dh * tc
     dc_t = dc + dh * o * (1.0 - tc * tc)
-    dz = jnp.concatenate([dc_t * g * i * (1.0 - i), dc_t * cp * f * (1.0 - f), dc_t * i * (1.0 - g * g),
-                          do * o * (1.0 - o)], axis=-1)
-    if v_t is not None:
-      dz = jnp.where(v_t[:, None], dz, 0.0)
-    if untied:  # dhm[k] = dz_k @ W_k^T, [4, B, H]
-      dz4 = dz.reshape(B, 4, H).transpose(1, 0, 2)  # [4, B, H]: gate-major operands (see _recurrent)
-      dhm = jnp.einsum("gbk,ghk->gbh", _cast(dz4, compute_dtype), w_h, preferred_element_type=pet)
+    dzs_ = [dc_t * g * i * (1.0 - i), dc_t * cp * f * (1.0 - f), dc_t * i * (1.0 - g * g), do * o * (1.0 - o)]
+    if untied:  # gate-major [4, B, H], like gx; dhm[k] = dz_k @ W_k^T
+      dz = jnp.stack(dzs_)
+      if v_t is not None:
+        dz = jnp.where(v_t[None, :, None], dz, 0.0)
+      dhm = jnp.einsum("gbk,ghk->gbh", _cast(dz, compute_dtype), w_h, preferred_element_type=pet)
       dh_prev, dm = (dhm * mask_h).sum(0), dm + dhm * hp
     else:
+      dz = jnp.concatenate(dzs_, axis=-1)
+      if v_t is not None:
+        dz = jnp.where(v_t[:, None], dz, 0.0)
       dhm = jnp.einsum("bk,hk->bh", _cast(dz, compute_dtype), w_h, preferred_element_type=pet)
       dh_prev, dm = (dhm, dm) if mask_h is None else (dhm * mask_h, dm + dhm * hp)
     dc_prev = dc_t * f
@@ -308,13 +325,14 @@ def _lstm_recurrence_bwd(unroll, compute_dtype, res, cts):
   dm = jnp.zeros((), jnp.float32) if mask_h is None else jnp.zeros_like(mask_h)
   (dc0, dh0, dm), dzs = jax.lax.scan(step, (dc_T, dh_T, dm), (dys, cs, c_prev, h_prev, acts, valid),
                                      reverse=True, unroll=unroll)
-  dz2 = _cast(dzs.reshape(T * B, 4 * H), compute_dtype)
-  if untied:  # dW_k = sum_t (h_{t-1} * m_k)^T dz_{t,k}
+  if untied:  # dW_k = sum_t (h_{t-1} * m_k)^T dz_{t,k}; dzs is [T, 4, B, H]
     dw = jnp.stack([jnp.dot(transposed(_cast(h_prev * mask_h[k], compute_dtype).reshape(T * B, H)),
-                            dz2[:, k * H:(k + 1) * H], preferred_element_type=pet) for k in range(4)])
+                            _cast(dzs[:, k].reshape(T * B, H), compute_dtype), preferred_element_type=pet)
+                    for k in range(4)])
   else:
     hm = h_prev if mask_h is None else h_prev * mask_h
-    dw = jnp.dot(transposed(_cast(hm, compute_dtype).reshape(T * B, H)), dz2, preferred_element_type=pet)
+    dw = jnp.dot(transposed(_cast(hm, compute_dtype).reshape(T * B, H)),
+                 _cast(dzs.reshape(T * B, 4 * H), compute_dtype), preferred_element_type=pet)
   return dzs, dw.astype(w_h.dtype), dc0, dh0, None if mask_h is None else dm, None
 
 
