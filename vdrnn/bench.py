@@ -462,6 +462,16 @@ def side_by_side(shape: str, dtype: str, rounds: int, steps: int, gemm_n: int, i
   Returns ``(rows, skipped)``."""
   from vdrnn import train
   runs, infos, skipped = {}, {}, []
+  for name in PEERS:
+    run, info = start_peer(name, shape, dtype, isolate)
+    if run is None:
+      skipped.append({"section": "peers", "impl": name, "reason": info["skipped"]})
+      log(info["skipped"])
+      continue
+    runs[(name, info["gates"])], infos[(name, info["gates"])] = run, info
+  if not runs:  # nothing to compare with
+    return [], skipped
+  ours = {}
   for gates in ("tied", "untied"):
     cfg = lm_config(shape, gates, dtype)
     step_fn = jax.jit(train.make_train_step(cfg), donate_argnums=0)
@@ -478,14 +488,8 @@ def side_by_side(shape: str, dtype: str, rounds: int, steps: int, gemm_n: int, i
       _block(box[0])
       return (time.perf_counter() - t0) / n
 
-    runs[("vdrnn", gates)] = run
-  for name in PEERS:
-    run, info = start_peer(name, shape, dtype, isolate)
-    if run is None:
-      skipped.append({"section": "peers", "impl": name, "reason": info["skipped"]})
-      log(info["skipped"])
-      continue
-    runs[(name, info["gates"])], infos[(name, info["gates"])] = run, info
+    ours[("vdrnn", gates)] = run
+  runs = {**ours, **runs}
   a = jax.random.normal(jax.random.key(0), (gemm_n, gemm_n), jnp.float32).astype(dtype)
   gemm = jax.jit(lambda a: jnp.dot(a, a, preferred_element_type=jnp.float32))
   _block(gemm(a))
