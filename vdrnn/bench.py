@@ -22,8 +22,12 @@ Measures, on the default JAX device (CPU or one accelerator):
 
 FLOPs count 2 per multiply-add over the matmul parameters (LSTM input and recurrent
 kernels, softmax matrix; not the embedding lookup): ``2 P`` per token forward, ``6 P`` per
-token for a training step. Timings are medians over repetitions, compilation excluded;
-the load average of the machine is printed with the results.
+token for a training step. Timings are medians over repetitions, compilation excluded.
+Each %GEMM is the median over repetitions of (achieved FLOP/s) / (the rate of a GEMM timed
+right after that repetition, at the size that ran fastest in the ``gemm`` section): the
+machine's speed can drift between and within sections (a shared VM's does), and a
+yardstick taken minutes earlier would misstate the fraction. The load average is printed
+with the results.
 
 A table goes to stdout and, with ``--json PATH``, everything to a JSON file.
 """
@@ -99,17 +103,44 @@ def _block(x):
   return jax.block_until_ready(x)
 
 
-def _median_rate(run, reps: int, min_time: float, max_time: float = 8.0) -> tuple[float, list[float]]:
+def _median_rate(run, reps: int, min_time: float, max_time: float = 8.0, probe=None):
   """Calls ``run()`` (returns seconds for one unit of work) ``reps`` times, or more until
   ``min_time`` seconds have passed, or fewer (at least 2) once ``max_time`` seconds have;
-  returns the median and all times."""
-  times, t0 = [], time.perf_counter()
+  after each call, ``probe()`` (a ``gemm_probe``) if given. Returns the median time, all
+  times and the probe's rates."""
+  times, rates, t0 = [], [], time.perf_counter()
   while True:
     times.append(run())
+    if probe is not None:
+      rates.append(probe())
     spent = time.perf_counter() - t0
     if len(times) >= 20 * reps or (len(times) >= reps and spent >= min_time) or (len(times) >= 2 and spent >= max_time):
       break
-  return float(np.median(times)), times
+  return float(np.median(times)), times, rates
+
+
+def gemm_probe(dtype: str, n: int):
+  """``probe() -> FLOP/s`` of one ``n x n`` GEMM in ``dtype`` (float32 accumulation), timed
+  when called. Timed right after each repetition of a measurement, it gives that
+  repetition's own yardstick: on a shared VM the machine's speed drifts (1.5x within
+  minutes was seen here), and a GEMM rate taken minutes earlier would misstate fractions."""
+  a = jax.random.normal(jax.random.key(0), (n, n), jnp.float32).astype(dtype)
+  f = jax.jit(lambda a: jnp.dot(a, a, preferred_element_type=jnp.float32))
+  _block(f(a))
+
+  def probe() -> float:
+    t0 = time.perf_counter()
+    _block(f(a))
+    return 2 * n ** 3 / (time.perf_counter() - t0)
+
+  return probe
+
+
+def _fraction(flops_per_unit: float, times, rates) -> float | None:
+  """Median over repetitions of (achieved FLOP/s) / (that repetition's GEMM rate)."""
+  if not rates:
+    return None
+  return float(np.median(flops_per_unit / np.asarray(times) / np.asarray(rates)))
 
 
 def _load() -> float | None:
@@ -168,7 +199,7 @@ def bench_gemm(sizes, dtypes, reps: int) -> dict:
         _block(f(a, b))
         return time.perf_counter() - t0
 
-      t, _ = _median_rate(run, reps, 1.0)
+      t, _, _ = _median_rate(run, reps, 1.0)
       rate = 2 * n ** 3 / t
       out[f"{dt}_{n}"] = rate
       best = max(best, rate)
@@ -183,9 +214,9 @@ def _random_batches(cfg, n: int, batch: int | None = None, seed: int = 0):
   return [(jax.device_put(t[:, :-1]), jax.device_put(t[:, 1:])) for t in toks]
 
 
-def time_train(step_fn, state, batches, steps: int, reps: int, min_time: float):
+def time_train(step_fn, state, batches, steps: int, reps: int, min_time: float, probe=None):
   """Compiles, warms up, then times ``steps`` consecutive steps per repetition; returns
-  ``(median seconds per step, compile seconds, state, times)``."""
+  ``(median seconds per step, compile seconds, state, times, probe rates)``."""
   t0 = time.perf_counter()
   state = _block(step_fn(state, *batches[0], 1.0))
   compile_s = time.perf_counter() - t0
@@ -201,25 +232,26 @@ def time_train(step_fn, state, batches, steps: int, reps: int, min_time: float):
     _block(state)
     return (time.perf_counter() - t0) / steps
 
-  t, times = _median_rate(run, reps, min_time)
-  return t, compile_s, state, times
+  t, times, rates = _median_rate(run, reps, min_time, probe=probe)
+  return t, compile_s, state, times, rates
 
 
-def bench_train(cfg, steps: int, reps: int, min_time: float) -> dict:
+def bench_train(cfg, steps: int, reps: int, min_time: float, probe=None) -> dict:
   from vdrnn import train
   step_fn = jax.jit(train.make_train_step(cfg), donate_argnums=0)
   state = train.init_state(cfg, cfg.train.batch_size)
   batches = _random_batches(cfg, 4)
-  t, compile_s, state, times = time_train(step_fn, state, batches, steps, reps, min_time)
+  t, compile_s, state, times, rates = time_train(step_fn, state, batches, steps, reps, min_time, probe)
   if not bool(jnp.isfinite(state["acc"]["nll_sum"])):
     raise RuntimeError("the benchmarked training step produced a non-finite loss")
   tokens = cfg.train.batch_size * cfg.train.seq_length
   cache = getattr(step_fn, "_cache_size", lambda: None)()
-  return {"seconds_per_step": t, "tokens_per_s": tokens / t, "flops_per_s": 6 * matmul_params(cfg) * tokens / t,
-          "compile_s": compile_s, "times": times, "compilations": cache}
+  flops = 6 * matmul_params(cfg) * tokens
+  return {"seconds_per_step": t, "tokens_per_s": tokens / t, "flops_per_s": flops / t, "compile_s": compile_s,
+          "times": times, "gemm_rates": rates, "gemm_fraction": _fraction(flops, times, rates), "compilations": cache}
 
 
-def bench_mc(cfg, samples: int, windows: int, reps: int, min_time: float) -> dict:
+def bench_mc(cfg, samples: int, windows: int, reps: int, min_time: float, probe=None) -> dict:
   """One jitted MC chunk of ``samples`` samples over a stream of ``windows`` windows."""
   from vdrnn import evaluate, models
   rates = evaluate.mc_rates(cfg)
@@ -239,23 +271,25 @@ def bench_mc(cfg, samples: int, windows: int, reps: int, min_time: float) -> dic
     _block(fn(params, acc, sample_ids, xs, ys, ws))
     return time.perf_counter() - t0
 
-  t, times = _median_rate(run, reps, min_time)
+  t, times, rates = _median_rate(run, reps, min_time, probe=probe)
   st = samples * windows * T
-  return {"seconds": t, "sample_tokens_per_s": st / t, "flops_per_s": 2 * matmul_params(cfg) * st / t,
-          "compile_s": compile_s, "times": times}
+  flops = 2 * matmul_params(cfg) * st
+  return {"seconds": t, "sample_tokens_per_s": st / t, "flops_per_s": flops / t, "compile_s": compile_s,
+          "times": times, "gemm_rates": rates, "gemm_fraction": _fraction(flops, times, rates)}
 
 
-def bench_population(cfg, K: int, steps: int, reps: int, min_time: float) -> dict:
+def bench_population(cfg, K: int, steps: int, reps: int, min_time: float, probe=None) -> dict:
   from vdrnn import population
   m = cfg.model
   members = [{"seed": k, "p_emb": m.p_emb, "p_x": m.p_x, "p_h": m.p_h, "p_out": m.p_out} for k in range(K)]
   state = population.init_population_state(cfg, members)
   step_fn = jax.jit(population.make_population_train_step(cfg), donate_argnums=0)
   batches = _random_batches(cfg, 4)
-  t, compile_s, state, times = time_train(step_fn, state, batches, steps, reps, min_time)
+  t, compile_s, state, times, rates = time_train(step_fn, state, batches, steps, reps, min_time, probe)
   tokens = K * cfg.train.batch_size * cfg.train.seq_length
-  return {"seconds_per_step": t, "tokens_per_s": tokens / t, "flops_per_s": 6 * matmul_params(cfg) * tokens / t,
-          "compile_s": compile_s, "times": times}
+  flops = 6 * matmul_params(cfg) * tokens
+  return {"seconds_per_step": t, "tokens_per_s": tokens / t, "flops_per_s": flops / t, "compile_s": compile_s,
+          "times": times, "gemm_rates": rates, "gemm_fraction": _fraction(flops, times, rates)}
 
 
 # ----------------------------------------------------------------------------------------
@@ -490,17 +524,13 @@ def side_by_side(shape: str, dtype: str, rounds: int, steps: int, gemm_n: int, i
 
     ours[("vdrnn", gates)] = run
   runs = {**ours, **runs}
-  a = jax.random.normal(jax.random.key(0), (gemm_n, gemm_n), jnp.float32).astype(dtype)
-  gemm = jax.jit(lambda a: jnp.dot(a, a, preferred_element_type=jnp.float32))
-  _block(gemm(a))
+  probe = gemm_probe(dtype, gemm_n)
   times = {k: [] for k in runs}
   gemm_rates = []
   for _ in range(rounds):
     for k, run in runs.items():
       times[k].append(run(steps))
-    t0 = time.perf_counter()
-    _block(gemm(a))
-    gemm_rates.append(2 * gemm_n ** 3 / (time.perf_counter() - t0))
+    gemm_rates.append(probe())
   for run in runs.values():
     getattr(run, "close", lambda: None)()
   cfg = lm_config(shape, "tied", dtype)
@@ -512,7 +542,7 @@ def side_by_side(shape: str, dtype: str, rounds: int, steps: int, gemm_n: int, i
          "dtype": dtype, "dims": _shape_str(cfg), "matmul_params": matmul_params(cfg),
          "seconds_per_step": float(np.median(ts)), "tokens_per_s": float(tokens / np.median(ts)),
          "flops_per_s": float(flops_tok * tokens / np.median(ts)), "rounds": ts.tolist(),
-         "gemm_rates": gemm_rates, "gemm_fraction": float(np.median(flops_tok * tokens / ts / np.array(gemm_rates))),
+         "gemm_rates": gemm_rates, "gemm_fraction": _fraction(flops_tok * tokens, ts, gemm_rates),
          **{k: v for k, v in infos[(impl, gates)].items() if k != "gates"}}
     if impl != "vdrnn":  # vdrnn's speed-up over this peer, same gates, median of the per-round ratios
       r["vdrnn_speedup"] = float(np.median(ts / np.array(times[("vdrnn", gates)])))
@@ -569,12 +599,15 @@ def run(only=SECTIONS, quick: bool = False, tiny: bool = False, dtypes=None, log
   if "gemm" in only or "train" in only or "mc" in only:
     log(f"GEMM {p['gemm_sizes']} ...")
     report["gemm"] = bench_gemm(p["gemm_sizes"], dtypes, p["reps"])
+  # The yardstick timed after every repetition: a GEMM of the size that ran fastest above.
+  best_n = {dt: max(p["gemm_sizes"], key=lambda n: report["gemm"].get(f"{dt}_{n}", 0.0)) for dt in dtypes}
+  probes = {dt: gemm_probe(dt, best_n[dt]) for dt in dtypes} if {"train", "mc", "population"} & set(only) else {}
   if "train" in only:
     for shape in p["shapes"]:
       for dt in dtypes:
         for gates in ("tied", "untied"):
           cfg = lm_config(shape, gates, dt)
-          r = bench_train(cfg, p["steps"], p["reps"], p["min_time"])
+          r = bench_train(cfg, p["steps"], p["reps"], p["min_time"], probes[dt])
           add(section="train", impl="vdrnn", shape=shape, gates=gates, dtype=dt, dims=_shape_str(cfg),
               matmul_params=matmul_params(cfg), **r)
   if "mc" in only:
@@ -586,7 +619,7 @@ def run(only=SECTIONS, quick: bool = False, tiny: bool = False, dtypes=None, log
     else:
       for S in p["mc_samples"]:
         cfg = lm_config(p["mc_shape"], "untied", "float32")
-        r = bench_mc(cfg, S, p["mc_windows"], p["reps"], p["min_time"])
+        r = bench_mc(cfg, S, p["mc_windows"], p["reps"], p["min_time"], probes["float32"])
         add(section="mc", impl="vdrnn", shape=p["mc_shape"], gates="untied", dtype="float32", samples=S,
             dims=_shape_str(cfg), matmul_params=matmul_params(cfg), **r)
   if "population" in only:
@@ -598,14 +631,15 @@ def run(only=SECTIONS, quick: bool = False, tiny: bool = False, dtypes=None, log
     else:
       for K in p["pop_k"]:
         cfg = lm_config(p["pop_shape"], "untied", "float32")
-        r = bench_population(cfg, K, max(1, p["steps"] // 2) if K > 4 else p["steps"], p["reps"], p["min_time"])
+        r = bench_population(cfg, K, max(1, p["steps"] // 2) if K > 4 else p["steps"], p["reps"], p["min_time"],
+                             probes["float32"])
         add(section="population", impl="vdrnn", shape=p["pop_shape"], gates="untied", dtype="float32", K=K,
             dims=_shape_str(cfg), matmul_params=matmul_params(cfg), **r)
   if "peers" in only:
     for dt in dtypes:
       for shape in p["peer_shapes"]:
         log(f"side by side: {shape} {dt}, {p['rounds']} interleaved rounds ...")
-        rows, skipped = side_by_side(shape, dt, p["rounds"], p["steps"], p["gemm_sizes"][0], isolate_peers, log)
+        rows, skipped = side_by_side(shape, dt, p["rounds"], p["steps"], best_n[dt], isolate_peers, log)
         for r in rows:
           add(**r)
         report["skipped"] += [s for s in skipped if s not in report["skipped"]]
@@ -623,11 +657,11 @@ def _find(results, **kw):
 
 
 def summarize(report: dict, shape: str) -> dict:
-  """GEMM fractions (added to every result not measured side by side, which carries its
-  own per-round fraction) and the headline ratios."""
+  """GEMM fractions (for results without their own per-repetition GEMM probe) and the
+  headline ratios."""
   gemm, res = report["gemm"], report["results"]
   for r in res:
-    if r["section"] not in ("side", "peer"):
+    if r.get("gemm_fraction") is None:  # no per-repetition GEMM probe: the GEMM section's rate
       g = gemm.get(r.get("dtype"))
       r["gemm_fraction"] = r["flops_per_s"] / g if g else None
   s = {}
