@@ -155,16 +155,16 @@ def output_nll(ys: Array, w: Array, b: Array, targets: Array, compute_dtype=None
 
 
 def _output_nll_fwd(ys, w, b, targets, compute_dtype):
-  logits = rnn.matmul(ys, w, compute_dtype) + b
-  nll, (_, _, lse) = _softmax_nll_fwd(logits, targets)
-  return nll, (ys, w, logits, lse, targets)
+  z = rnn.matmul(ys, w, compute_dtype)  # the residual is z, not z + b: the bias add then fuses
+  nll, (_, _, lse) = _softmax_nll_fwd(z + b, targets)  # into the reductions, no [N, V] copy
+  return nll, (ys, w, b, z, lse, targets)
 
 
 def _output_nll_bwd(compute_dtype, res, g):
-  ys, w, logits, lse, targets = res
+  ys, w, b, z, lse, targets = res
   H, V = w.shape
   onehot = jnp.arange(V) == targets[..., None]
-  d = ((jnp.exp(logits - lse[..., None]) - onehot) * g[..., None]).reshape(-1, V)  # [N, V]
+  d = ((jnp.exp(z + b - lse[..., None]) - onehot) * g[..., None]).reshape(-1, V)  # [N, V]
   pet = jnp.float32 if compute_dtype is not None else None
   dc = d if compute_dtype is None else d.astype(compute_dtype)
   wc, yc = (w, ys) if compute_dtype is None else (w.astype(compute_dtype), ys.astype(compute_dtype))
