@@ -12,7 +12,6 @@ as data pipelines produce them); the recurrent scans run time-major ``[T, B, .]`
 
 from __future__ import annotations
 
-import functools
 from typing import Optional
 
 import jax
@@ -136,44 +135,9 @@ def lm_nll(params: dict, carry: list, tokens: Array, targets: Array, masks: Opti
   the sum over time steps of the batch-mean NLL.
   """
   ys, carry = lm_hidden(params, carry, tokens, masks, unroll=unroll, compute_dtype=compute_dtype, embedded=embedded)
-  w = params["softmax"]["w"] if "w" in params["softmax"] else params["embed"].T
-  return output_nll(ys, w, params["softmax"]["b"], targets.T, compute_dtype), carry
+  return softmax_nll(lm_logits(params, ys, compute_dtype), targets.T), carry
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(4,))
-def output_nll(ys: Array, w: Array, b: Array, targets: Array, compute_dtype=None) -> Array:
-  """The softmax layer and its loss in one: ``-log softmax(ys @ w + b)[targets]``.
-
-  ``ys [..., H]``, ``w [H, V]``, ``b [V]``, ``targets [...]`` int; returns ``[...]``. Same
-  values as ``softmax_nll(lm_logits(...))``; the backward pass is written out so that the
-  three ``[N, H] x [H, V]`` matmuls each run as one plain row-major GEMM:
-  ``d = (softmax - onehot) * g``; ``dys = d @ w^T``; ``dw = ys^T @ d`` with ``ys^T``
-  materialised (``[H, N]``, small; ``rnn.transposed``) instead of letting XLA transpose the
-  ``[N, V]`` slab; ``db = sum(d)``.
-  """
-  return _output_nll_fwd(ys, w, b, targets, compute_dtype)[0]
-
-
-def _output_nll_fwd(ys, w, b, targets, compute_dtype):
-  z = rnn.matmul(ys, w, compute_dtype)  # the residual is z, not z + b: the bias add then fuses
-  nll, (_, _, lse) = _softmax_nll_fwd(z + b, targets)  # into the reductions, no [N, V] copy
-  return nll, (ys, w, b, z, lse, targets)
-
-
-def _output_nll_bwd(compute_dtype, res, g):
-  ys, w, b, z, lse, targets = res
-  H, V = w.shape
-  onehot = jnp.arange(V) == targets[..., None]
-  d = ((jnp.exp(z + b - lse[..., None]) - onehot) * g[..., None]).reshape(-1, V)  # [N, V]
-  pet = jnp.float32 if compute_dtype is not None else None
-  dc = d if compute_dtype is None else d.astype(compute_dtype)
-  wc, yc = (w, ys) if compute_dtype is None else (w.astype(compute_dtype), ys.astype(compute_dtype))
-  dys = jnp.einsum("nv,hv->nh", dc, wc, preferred_element_type=pet).reshape(ys.shape)
-  dw = jnp.dot(rnn.transposed(yc.reshape(-1, H)), dc, preferred_element_type=pet)  # ys^T [H, N] materialised
-  return dys.astype(ys.dtype), dw.astype(w.dtype), d.sum(0), None
-
-
-output_nll.defvjp(_output_nll_fwd, _output_nll_bwd)
 
 
 def _softmax_nll_fwd(logits: Array, targets: Array):
