@@ -187,23 +187,11 @@ def bench_gemm(sizes, dtypes, reps: int) -> dict:
   """Best rate over ``sizes`` of an ``n x n`` by ``n x n`` matmul per dtype, FLOP/s."""
   out = {}
   for dt in dtypes:
-    best = 0.0
     for n in sizes:
-      a = jax.random.normal(jax.random.key(0), (n, n), jnp.float32).astype(dt)
-      b = jax.random.normal(jax.random.key(1), (n, n), jnp.float32).astype(dt)
-      f = jax.jit(lambda a, b: jnp.dot(a, b, preferred_element_type=jnp.float32))
-      _block(f(a, b))
-
-      def run():
-        t0 = time.perf_counter()
-        _block(f(a, b))
-        return time.perf_counter() - t0
-
-      t, _, _ = _median_rate(run, reps, 1.0)
-      rate = 2 * n ** 3 / t
-      out[f"{dt}_{n}"] = rate
-      best = max(best, rate)
-    out[dt] = best
+      probe = gemm_probe(dt, n)
+      t, _, _ = _median_rate(lambda: 2 * n ** 3 / probe(), reps, 1.0)
+      out[f"{dt}_{n}"] = 2 * n ** 3 / t
+    out[dt] = max(out[f"{dt}_{n}"] for n in sizes)
   return out
 
 
@@ -214,26 +202,35 @@ def _random_batches(cfg, n: int, batch: int | None = None, seed: int = 0):
   return [(jax.device_put(t[:, :-1]), jax.device_put(t[:, 1:])) for t in toks]
 
 
-def time_train(step_fn, state, batches, steps: int, reps: int, min_time: float, probe=None):
-  """Compiles, warms up, then times ``steps`` consecutive steps per repetition; returns
-  ``(median seconds per step, compile seconds, state, times, probe rates)``."""
+def step_runner(step_fn, state, batches):
+  """Compiles and warms up a (donating) training step; returns ``(run, compile seconds)``:
+  ``run(n)`` does n consecutive steps and returns seconds per step (``run.state()`` the
+  state reached)."""
   t0 = time.perf_counter()
   state = _block(step_fn(state, *batches[0], 1.0))
   compile_s = time.perf_counter() - t0
   state = _block(step_fn(state, *batches[1 % len(batches)], 1.0))
   i = 0
 
-  def run():
+  def run(n: int) -> float:
     nonlocal state, i
     t0 = time.perf_counter()
-    for _ in range(steps):
+    for _ in range(n):
       state = step_fn(state, *batches[i % len(batches)], 1.0)
       i += 1
     _block(state)
-    return (time.perf_counter() - t0) / steps
+    return (time.perf_counter() - t0) / n
 
-  t, times, rates = _median_rate(run, reps, min_time, probe=probe)
-  return t, compile_s, state, times, rates
+  run.state = lambda: state
+  return run, compile_s
+
+
+def time_train(step_fn, state, batches, steps: int, reps: int, min_time: float, probe=None):
+  """Times ``steps`` consecutive steps per repetition; returns ``(median seconds per step,
+  compile seconds, state, times, probe rates)``."""
+  run, compile_s = step_runner(step_fn, state, batches)
+  t, times, rates = _median_rate(lambda: run(steps), reps, min_time, probe=probe)
+  return t, compile_s, run.state(), times, rates
 
 
 def bench_train(cfg, steps: int, reps: int, min_time: float, probe=None) -> dict:
@@ -509,20 +506,9 @@ def side_by_side(shape: str, dtype: str, rounds: int, steps: int, gemm_n: int, i
   for gates in ("tied", "untied"):
     cfg = lm_config(shape, gates, dtype)
     step_fn = jax.jit(train.make_train_step(cfg), donate_argnums=0)
-    state = train.init_state(cfg, cfg.train.batch_size)
-    batches = _random_batches(cfg, 4)
-    t0 = time.perf_counter()
-    state = _block(step_fn(state, *batches[0], 1.0))
-    infos[("vdrnn", gates)] = {"compile_s": time.perf_counter() - t0, "gates": gates}
-
-    def run(n, step_fn=step_fn, batches=batches, box=[state]):
-      t0 = time.perf_counter()
-      for i in range(n):
-        box[0] = step_fn(box[0], *batches[i % len(batches)], 1.0)
-      _block(box[0])
-      return (time.perf_counter() - t0) / n
-
-    ours[("vdrnn", gates)] = run
+    ours[("vdrnn", gates)], compile_s = step_runner(step_fn, train.init_state(cfg, cfg.train.batch_size),
+                                                    _random_batches(cfg, 4))
+    infos[("vdrnn", gates)] = {"compile_s": compile_s, "gates": gates}
   runs = {**ours, **runs}
   probe = gemm_probe(dtype, gemm_n)
   times = {k: [] for k in runs}
