@@ -226,22 +226,32 @@ def _lstm_fused_scan(params, c0, h0, xs, mask_x, mask_h, valid, unroll, compute_
   def step(carry, inp):
     c, h = carry
     x_t, v_t = inp
-    if untied:
+    if untied:  # gate-major [4, B, H]
       xh = jnp.concatenate([jnp.broadcast_to(x_t * mx, (4, B, D)), jnp.broadcast_to(h * mh, (4, B, H))], -1)
       z = jnp.einsum("gbk,gkn->gbn", _cast(xh, compute_dtype), w, preferred_element_type=pet)
-      z = z.transpose(1, 0, 2).reshape(B, 4 * H)
+      z = z.astype(jnp.float32) + params["b"].reshape(4, 1, H)
+      i, f, g, o = z[0], z[1], z[2], z[3]
     else:
       xh = jnp.concatenate([x_t if mask_x is None else x_t * mask_x, h if mask_h is None else h * mask_h], -1)
       z = jnp.dot(_cast(xh, compute_dtype), w, preferred_element_type=pet)
-    i, f, g, o = jnp.split(z.astype(jnp.float32) + params["b"], 4, axis=-1)
-    c_new = jax.nn.sigmoid(f) * c + jax.nn.sigmoid(i) * jnp.tanh(g)
-    h_new = jax.nn.sigmoid(o) * jnp.tanh(c_new)
-    if v_t is not None:
-      c_new = jnp.where(v_t[:, None], c_new, c)
-      h_new = jnp.where(v_t[:, None], h_new, h)
+      i, f, g, o = jnp.split(z.astype(jnp.float32) + params["b"], 4, axis=-1)
+    c_new, h_new, _ = _lstm_cell(i, f, g, o, c, h, v_t)
     return (c_new, h_new), h_new
 
   return jax.lax.scan(step, (c0, h0), (xs, valid), unroll=unroll)
+
+
+def _lstm_cell(i, f, g, o, c, h, v_t):
+  """The LSTM cell from gate pre-activations (each ``[B, H]``): ``(c_new, h_new, acts)`` with
+  ``acts`` the activations ``(sigmoid(i), sigmoid(f), tanh(g), sigmoid(o))``; where ``v_t``
+  ``[B]`` is False the state is left unchanged."""
+  i, f, g, o = jax.nn.sigmoid(i), jax.nn.sigmoid(f), jnp.tanh(g), jax.nn.sigmoid(o)
+  c_new = f * c + i * g
+  h_new = o * jnp.tanh(c_new)
+  if v_t is not None:
+    c_new = jnp.where(v_t[:, None], c_new, c)
+    h_new = jnp.where(v_t[:, None], h_new, h)
+  return c_new, h_new, (i, f, g, o)
 
 
 def _lstm_scan(gx, w_h, c0, h0, mask_h, valid, unroll, compute_dtype):
@@ -260,13 +270,8 @@ def _lstm_scan(gx, w_h, c0, h0, mask_h, valid, unroll, compute_dtype):
     else:
       z = gx_t + _recurrent(h, w_h, mask_h, 4, compute_dtype)
       i, f, g, o = jnp.split(z, 4, axis=-1)
-    i, f, g, o = jax.nn.sigmoid(i), jax.nn.sigmoid(f), jnp.tanh(g), jax.nn.sigmoid(o)
-    c_new = f * c + i * g
-    h_new = o * jnp.tanh(c_new)
-    if v_t is not None:
-      c_new = jnp.where(v_t[:, None], c_new, c)
-      h_new = jnp.where(v_t[:, None], h_new, h)
-    return (c_new, h_new), (h_new, c_new, (i, f, g, o))
+    c_new, h_new, acts = _lstm_cell(i, f, g, o, c, h, v_t)
+    return (c_new, h_new), (h_new, c_new, acts)
 
   (c, h), (ys, cs, acts) = jax.lax.scan(step, (c0, h0), (gx, valid), unroll=unroll)
   return (c, h), ys, (cs, acts)
