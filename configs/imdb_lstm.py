@@ -1,6 +1,6 @@
 """IMDB sentiment classification with an LSTM (Maas et al. 2011 data, standard 25k/25k
 split). The paper reports no IMDB numbers; the model is the sentiment model of the paper
-with a two-class softmax, and ``keras`` is Keras's examples/imdb_lstm.py (../shared/PAPER.md).
+with a two-class softmax, and ``keras`` is Keras's examples/imdb_lstm.py (configs/PAPER.md).
 
 Arg: comma-separated. ``variational`` (default; the paper's sentiment rates), ``naive``,
 ``none``, or ``keras``: embedding 128 -> LSTM 128 with dropout 0.2 and recurrent_dropout 0.2
@@ -9,17 +9,13 @@ batch 32, 15 epochs, validated on the test set as the example does. ``tiny`` shr
 shapes for tests and smoke runs (tests/data).
 """
 
-from vdrnn.config import seq_base, seq_tiny
+from vdrnn.config import parse_arg, seq_base, seq_tiny
 
 ARGS = ("variational", "naive", "none", "keras")
 
 
 def get_config(arg=None):
-  opts = [a for a in (arg or "variational").split(",") if a]
-  scheme = next((a for a in opts if a in ARGS), "variational")
-  unknown = set(opts) - set(ARGS) - {"tiny"}
-  if unknown:
-    raise ValueError(f"imdb_lstm: unknown arg {sorted(unknown)}; use {'|'.join(ARGS)}[,tiny]")
+  scheme, opts = parse_arg(arg, "imdb_lstm", ARGS, "variational", flags=("tiny",))
   c = seq_base()
   c.task = "imdb"
   c.data.num_words = 20000       # 20,000 most frequent training words (Keras max_features = 20000)

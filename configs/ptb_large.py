@@ -4,14 +4,14 @@
   (default) / untied   Gal & Ghahramani, untied: 77.9 / 75.2, MC 73.4
   tied                 tied gates: 77.3 / 75.0, MC 74.1
   zaremba              Zaremba et al. naive dropout 0.65: 82.2 / 78.4
-(../shared/PAPER.md, Table 1 and "The released large variational recipe".)
+(configs/PAPER.md, Table 1 and "The released large variational recipe".)
 """
 
-from vdrnn.config import lm_base
+from vdrnn.config import lm_base, parse_arg
 
 
-def get_config(arg="untied"):
-  arg = arg or "untied"
+def get_config(arg=None):
+  arg, _ = parse_arg(arg, "ptb_large", ("untied", "tied", "zaremba"), "untied")
   c = lm_base()
   c.model.emb_dim = 1500       # 2 x 1500
   c.model.hidden = 1500
@@ -33,12 +33,10 @@ def get_config(arg="untied"):
     c.train.lr_decay = 1.15
     c.train.weight_decay = 1e-7  # params -= 1e-7 * params after every step
     c.eval.mc_samples = 1000   # the paper's MC test: 1000 samples
-  elif arg == "zaremba":
+  else:                        # zaremba
     c.model.scheme = "naive"
     c.model.p_x = 0.65         # Zaremba large: 65% non-recurrent dropout
     c.model.p_out = 0.65
     c.train.max_epoch = 14     # / 1.15 every epoch after epoch 14
     c.train.lr_decay = 1.15
-  else:
-    raise ValueError(f"ptb_large: unknown arg {arg!r}; use untied, tied or zaremba")
   return c

@@ -4,7 +4,7 @@
   variational_tied               tied gates: 81.8 / 79.7, MC 79.0
   naive                          Zaremba et al.: dropout 0.5 on non-recurrent connections: 86.2 / 82.7
   none                           no dropout (over-fits)
-(../shared/PAPER.md, Table 1.)
+(configs/PAPER.md, Table 1.)
 
 The paper grid-searched the medium rates (embedding tied with recurrent, input with output)
 without publishing the chosen values. Our defaults p_emb = p_h = 0.2, p_x = p_out = 0.5 are
@@ -13,11 +13,12 @@ lower embedding/recurrent rate than its 0.3 for the smaller model. They are a do
 choice, not a published value; sweep them with launch/sweep.py.
 """
 
-from vdrnn.config import lm_base
+from vdrnn.config import lm_base, parse_arg
 
 
-def get_config(arg="variational_untied"):
-  arg = arg or "variational_untied"
+def get_config(arg=None):
+  arg, _ = parse_arg(arg, "ptb_medium", ("variational_untied", "variational_tied", "naive", "none"),
+                     "variational_untied")
   c = lm_base()
   c.model.emb_dim = 650        # Zaremba medium: 2 x 650
   c.model.hidden = 650
@@ -42,6 +43,4 @@ def get_config(arg="variational_untied"):
     c.model.scheme = "naive"
     c.model.p_x = 0.5          # Zaremba medium: 50% dropout on non-recurrent connections
     c.model.p_out = 0.5
-  elif arg != "none":
-    raise ValueError(f"ptb_medium: unknown arg {arg!r}; use variational_untied, variational_tied, naive or none")
   return c

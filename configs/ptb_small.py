@@ -1,10 +1,11 @@
 """Zaremba et al. 2014 "small" PTB model: no dropout. Reference 120.7 val / 114.5 test
-(../shared/PAPER.md, Zaremba recipes table)."""
+(configs/PAPER.md, Zaremba recipes table)."""
 
-from vdrnn.config import lm_base
+from vdrnn.config import lm_base, parse_arg
 
 
 def get_config(arg=None):
+  parse_arg(arg, "ptb_small", (), "")
   c = lm_base()
   c.model.emb_dim = 200        # Zaremba small: 2 x 200
   c.model.hidden = 200

@@ -4,11 +4,12 @@ Arg picks the scheme as in ptb_medium (default variational_untied). The data can
 the first ``data_limit`` tokens of each split to keep a run to seconds.
 """
 
-from vdrnn.config import lm_base
+from vdrnn.config import lm_base, parse_arg
 
 
-def get_config(arg="variational_untied"):
-  arg = arg or "variational_untied"
+def get_config(arg=None):
+  arg, _ = parse_arg(arg, "ptb_tiny", ("variational_untied", "variational_tied", "naive", "none"),
+                     "variational_untied")
   c = lm_base()
   c.model.emb_dim = 16
   c.model.hidden = 16
@@ -34,6 +35,4 @@ def get_config(arg="variational_untied"):
   elif arg == "naive":
     c.model.scheme = "naive"
     c.model.p_x = c.model.p_out = 0.5
-  elif arg != "none":
-    raise ValueError(f"ptb_tiny: unknown arg {arg!r}")
   return c

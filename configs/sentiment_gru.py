@@ -1,5 +1,5 @@
 """Pang & Lee sentiment regression with a GRU (Gal & Ghahramani 2016, Sec. 5.2;
-Sentiment_analysis_code/sentiment_gru_regression{,_naive}.py; ../shared/PAPER.md).
+Sentiment_analysis_code/sentiment_gru_regression{,_naive}.py; configs/PAPER.md).
 
 Arg: comma-separated. Scheme: ``variational`` (default), ``naive`` or ``none``; ``paper``
 uses the released segment-level train/test split instead of the review-level default;

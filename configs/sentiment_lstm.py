@@ -1,5 +1,5 @@
 """Pang & Lee sentiment regression with an LSTM (Gal & Ghahramani 2016, Sec. 5.2;
-Sentiment_analysis_code/sentiment_lstm_regression{,_naive}.py; ../shared/PAPER.md).
+Sentiment_analysis_code/sentiment_lstm_regression{,_naive}.py; configs/PAPER.md).
 
 Arg: comma-separated. Scheme: ``variational`` (default), ``naive`` or ``none``; ``paper``
 uses the released segment-level train/test split instead of the review-level default;

@@ -24,9 +24,7 @@ per run; re-submitting it also skips finished runs and resumes the rest);
 
 from __future__ import annotations
 
-import argparse
 import csv
-import importlib.util
 import itertools
 import json
 import math
@@ -38,18 +36,12 @@ import subprocess
 import sys
 import time
 
+from absl import app, flags
+
+from vdrnn.config import load_config_file
+from vdrnn.errors import UserError
+
 SECTIONS = ("", "model", "train", "eval")  # where a bare key is looked up
-
-
-def load_config(spec: str):
-  """``path/to/config.py[:arg]`` -> the ConfigDict its ``get_config`` returns."""
-  path, _, arg = spec.partition(":")
-  if not os.path.isfile(path):
-    raise SystemExit(f"error: config file {path!r} not found")
-  module_spec = importlib.util.spec_from_file_location("_sweep_config", path)
-  module = importlib.util.module_from_spec(module_spec)
-  module_spec.loader.exec_module(module)
-  return module.get_config(arg) if arg else module.get_config()
 
 
 def resolve_key(config, key: str) -> str:
@@ -271,60 +263,76 @@ def slurm_script(runs: list[dict], config_spec: str, extra: list[str], workdir_r
   return "\n".join(lines)
 
 
-def main(argv=None) -> int:
-  argv = sys.argv[1:] if argv is None else argv
-  ap = argparse.ArgumentParser(prog="python -m launch.sweep", description=__doc__.split("\n\n")[0],
-                               epilog="Other --config.FIELD=VALUE flags are passed to every run.")
-  ap.add_argument("--config", required=True, help="config file[:arg], as for vdrnn.train")
-  ap.add_argument("--grid", action="append", default=[], metavar="KEYS=VALUES",
-                  help="one axis, e.g. p_emb,p_h=0,0.1,0.2 (keys joined by a comma move together)")
-  ap.add_argument("--workdir_root", required=True, help="each run gets <workdir_root>/<name>")
-  ap.add_argument("--gpus", default="auto", help="comma-separated GPU ids, one run per GPU; 'auto' "
-                  "(CUDA_VISIBLE_DEVICES, else nvidia-smi) or 'none' for the CPU")
-  ap.add_argument("--parallel", type=int, default=1, help="runs at a time on the CPU (no GPUs)")
-  ap.add_argument("--slurm", metavar="FILE", help="write a SLURM array script for the grid and exit")
-  ap.add_argument("--slurm_max_parallel", type=int, default=0, help="array tasks running at once (0: no limit)")
-  ap.add_argument("--sbatch", action="append", default=[], help="extra #SBATCH line, e.g. --sbatch=--time=24:00:00")
-  ap.add_argument("--summary_only", action="store_true", help="print the table of finished runs and exit")
-  ap.add_argument("--dry_run", action="store_true", help="print the commands and exit")
-  ap.add_argument("--module", default="vdrnn.train", help=argparse.SUPPRESS)  # tests use a stand-in
-  args, extra = ap.parse_known_args(argv)
+_CONFIG = flags.DEFINE_string("config", None, "Config file[:arg], as for vdrnn.train.")
+_GRID = flags.DEFINE_multi_string("grid", [], "One axis, e.g. p_emb,p_h=0,0.1,0.2 (keys joined by a "
+                                  "comma move together).")
+_ROOT = flags.DEFINE_string("workdir_root", None, "Each run gets <workdir_root>/<name>.")
+_GPUS = flags.DEFINE_string("gpus", "auto", "Comma-separated GPU ids, one run per GPU; 'auto' "
+                            "(CUDA_VISIBLE_DEVICES, else nvidia-smi) or 'none' for the CPU.")
+_PARALLEL = flags.DEFINE_integer("parallel", 1, "Runs at a time on the CPU (no GPUs).")
+_SLURM = flags.DEFINE_string("slurm", None, "Write a SLURM array script for the grid and exit.")
+_SLURM_MAX = flags.DEFINE_integer("slurm_max_parallel", 0, "Array tasks running at once (0: no limit).")
+_SBATCH = flags.DEFINE_multi_string("sbatch", [], "Extra #SBATCH line, e.g. --sbatch=--time=24:00:00.")
+_SUMMARY_ONLY = flags.DEFINE_bool("summary_only", False, "Print the table of finished runs and exit.")
+_DRY_RUN = flags.DEFINE_bool("dry_run", False, "Print the commands and exit.")
+_MODULE = flags.DEFINE_string("module", "vdrnn.train", "The training module (tests use a stand-in).")
+
+
+def main(argv) -> int:
+  """``argv[1:]`` are the ``--config.FIELD=VALUE`` flags that pass through to every run."""
+  extra = argv[1:]
   bad = [a for a in extra if not a.startswith("--config.")]
   if bad:
-    ap.error(f"unrecognized arguments: {' '.join(bad)} (only --config.FIELD=VALUE flags pass through)")
-  if not args.grid:
-    ap.error("give at least one --grid KEYS=VALUES")
-  config = load_config(args.config)
-  runs = plan(config, args.grid, args.workdir_root)
+    raise app.UsageError(f"unrecognized arguments: {' '.join(bad)} (only --config.FIELD=VALUE "
+                         f"flags pass through)")
+  if not _CONFIG.value or not _ROOT.value:
+    raise app.UsageError("--config and --workdir_root are required")
+  if not _GRID.value:
+    raise app.UsageError("give at least one --grid KEYS=VALUES")
+  try:
+    config = load_config_file(_CONFIG.value)
+  except UserError as e:
+    raise SystemExit(f"error: {e}") from None
+  root = _ROOT.value
+  runs = plan(config, _GRID.value, root)
   if len({r["name"] for r in runs}) != len(runs):
-    ap.error("two grid points map to the same run name; check --grid for repeated values")
-  os.makedirs(args.workdir_root, exist_ok=True)
-  with open(os.path.join(args.workdir_root, "sweep.json"), "w") as f:
-    json.dump({"argv": argv, "config": args.config, "extra": extra, "runs": runs}, f, indent=2)
-  if args.slurm:
-    with open(args.slurm, "w") as f:
-      summary_cmd = shlex.join(["python", "-m", "launch.sweep", "--config", args.config,
-                                *(f"--grid={g}" for g in args.grid), "--workdir_root", args.workdir_root,
+    raise app.UsageError("two grid points map to the same run name; check --grid for repeated values")
+  os.makedirs(root, exist_ok=True)
+  with open(os.path.join(root, "sweep.json"), "w") as f:
+    json.dump({"argv": sys.argv[1:], "config": _CONFIG.value, "extra": extra, "runs": runs}, f,
+              indent=2)
+  if _SLURM.value:
+    with open(_SLURM.value, "w") as f:
+      summary_cmd = shlex.join(["python", "-m", "launch.sweep", "--config", _CONFIG.value,
+                                *(f"--grid={g}" for g in _GRID.value), "--workdir_root", root,
                                 *extra, "--summary_only"])
-      f.write(slurm_script(runs, args.config, extra, args.workdir_root, summary_cmd,
-                           max_parallel=args.slurm_max_parallel, sbatch=args.sbatch, module=args.module))
-    print(f"wrote {args.slurm}: {len(runs)} array tasks; submit with sbatch {args.slurm}")
+      f.write(slurm_script(runs, _CONFIG.value, extra, root, summary_cmd,
+                           max_parallel=_SLURM_MAX.value, sbatch=_SBATCH.value, module=_MODULE.value))
+    print(f"wrote {_SLURM.value}: {len(runs)} array tasks; submit with sbatch {_SLURM.value}")
     return 0
-  if args.dry_run:
+  if _DRY_RUN.value:
     for r in runs:
-      print(("# finished: " if finished(r) else "") + shlex.join(train_command(r, args.config, extra, args.module)))
+      print(("# finished: " if finished(r) else "") +
+            shlex.join(train_command(r, _CONFIG.value, extra, _MODULE.value)))
     return 0
   codes = {}
-  if not args.summary_only:
-    gpus = [] if args.gpus == "none" else (detect_gpus() if args.gpus == "auto" else
-                                           [g for g in args.gpus.split(",") if g.strip()])
-    codes = run_all(runs, args.config, extra, gpus=gpus, parallel=args.parallel, module=args.module)
-  summarize(runs, args.workdir_root, codes)
+  if not _SUMMARY_ONLY.value:
+    gpus = [] if _GPUS.value == "none" else (detect_gpus() if _GPUS.value == "auto" else
+                                             [g for g in _GPUS.value.split(",") if g.strip()])
+    codes = run_all(runs, _CONFIG.value, extra, gpus=gpus, parallel=_PARALLEL.value,
+                    module=_MODULE.value)
+  summarize(runs, root, codes)
   failed = [n for n, c in codes.items() if c != 0]
   if failed:
     print(f"{len(failed)} run(s) failed: {', '.join(failed)}", file=sys.stderr)
   return 1 if failed else 0
 
 
+def parse_known(argv: list[str]) -> list[str]:
+  """absl parses this tool's flags; the ``--config.FIELD=VALUE`` overrides stay in ``argv``
+  for the runs."""
+  return flags.FLAGS(argv, known_only=True)
+
+
 if __name__ == "__main__":
-  sys.exit(main())
+  app.run(main, flags_parser=parse_known)

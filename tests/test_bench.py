@@ -9,11 +9,12 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from vdrnn import bench, masks, models, rnn
+from vdrnn import masks, models, rnn
+from vdrnn.bench import common, driver, peers
 
 
 def test_tiny_benchmark_runs_and_reports(tmp_path):
-  report = bench.run(["gemm", "train"], tiny=True, dtypes=["float32"], log=lambda m: None)
+  report = driver.run(["gemm", "train"], tiny=True, dtypes=["float32"], log=lambda m: None)
   assert report["gemm"]["float32"] > 0
   rows = [r for r in report["results"] if r["section"] == "train"]
   assert {r["gates"] for r in rows} == {"tied", "untied"}
@@ -21,14 +22,14 @@ def test_tiny_benchmark_runs_and_reports(tmp_path):
     assert r["tokens_per_s"] > 0 and 0 < r["gemm_fraction"]
     assert r["compilations"] in (None, 1)  # no recompilation between steps
   assert "untied_slowdown_float32" in report["summary"]
-  table = bench.format_table(report)
+  table = driver.format_table(report)
   assert "large-GEMM rate" in table and "tiny" in table and "%GEMM" in table
   json.dumps(report)  # JSON-able as written by --json
 
 
 def test_table_with_peers_mc_population_and_skips():
   row = {"impl": "vdrnn", "shape": "medium", "dims": "2x650 B20 T35", "dtype": "float32", "load": 0.1}
-  report = {"device": bench.device_info(), "dtypes": ["float32"], "load_start": 0.1, "load_end": 0.2, "seconds": 1.0,
+  report = {"device": common.device_info(), "dtypes": ["float32"], "load_start": 0.1, "load_end": 0.2, "seconds": 1.0,
             "gemm": {"float32": 100e9}, "skipped": [{"section": "peers", "reason": "torch peer skipped: torch is "
                                                                                      "not installed"}],
             "results": [{**row, "section": "train", "gates": "tied", "tokens_per_s": 2000.0, "seconds_per_step": 0.35,
@@ -43,13 +44,13 @@ def test_table_with_peers_mc_population_and_skips():
                          "flops_per_s": 60e9, "gemm_fraction": 0.55},
                         {**row, "section": "peer", "impl": "keras", "gates": "untied", "tokens_per_s": 600.0,
                          "seconds_per_step": 1.2, "flops_per_s": 20e9, "gemm_fraction": 0.2, "vdrnn_speedup": 2.9}]}
-  report["summary"] = bench.summarize(report, "medium")
+  report["summary"] = driver.summarize(report, "medium")
   s = report["summary"]
   assert s["untied_slowdown_float32"] == pytest.approx(2000 / 1800)
   assert s["speedup_vs_keras_medium_float32"] == pytest.approx(2.9)  # the per-round median, not 1700 / 600
   assert s["side_by_side_medium_untied_float32_gemm_fraction"] == pytest.approx(0.55)  # kept, not recomputed
   assert s["mc_S1000_gemm_fraction"] == pytest.approx(0.8)
-  table = bench.format_table(report)
+  table = driver.format_table(report)
   assert "2.90x keras" in table and "skipped: torch peer skipped" in table
 
 
@@ -63,10 +64,10 @@ def test_side_by_side_rounds_interleave_and_ratios_are_per_round(monkeypatch):
     def run(n):
       calls.append(name)
       return next(peer_times[name])
-    return run, {"gates": bench.PEER_GATES[name], "version": "fake"}
+    return run, {"gates": peers.PEER_GATES[name], "version": "fake"}
 
-  monkeypatch.setattr(bench, "start_peer", fake_peer)
-  rows, skipped = bench.side_by_side("tiny", "float32", rounds=3, steps=1, gemm_n=64, isolate=False)
+  monkeypatch.setattr(peers, "start_peer", fake_peer)
+  rows, skipped = peers.side_by_side("tiny", "float32", rounds=3, steps=1, gemm_n=64, isolate=False)
   assert not skipped and [(r["impl"], r["gates"]) for r in rows] == [
       ("vdrnn", "tied"), ("vdrnn", "untied"), ("keras", "untied"), ("torch", "tied")]
   assert calls == ["keras", "torch"] * 3  # one call per peer per round, interleaved
@@ -87,20 +88,25 @@ def test_missing_peer_is_skipped_with_a_message(monkeypatch):
     return real_import(name, *args, **kwargs)
 
   monkeypatch.setattr(builtins, "__import__", fake_import)
-  report = bench.run(["peers"], tiny=True, dtypes=["float32"], log=lambda m: None, isolate_peers=False)
+  report = driver.run(["peers"], tiny=True, dtypes=["float32"], log=lambda m: None, isolate_peers=False)
   assert not report["results"]
   reasons = " ".join(s["reason"] for s in report["skipped"])
   assert "keras" in reasons and "torch" in reasons and "not installed" in reasons
 
 
 def test_flop_count_of_medium():
-  cfg = bench.lm_config("medium", "tied")
-  assert bench.matmul_params(cfg) == 2 * 4 * 650 * 1300 + 650 * 10000
+  cfg = common.lm_config("medium", "tied")
+  assert common.matmul_params(cfg) == 2 * 4 * 650 * 1300 + 650 * 10000
 
 
 def test_cli_rejects_unknown_section():
-  with pytest.raises(SystemExit):
-    bench.main(["--only", "nope"])
+  from absl import app, flags
+  flags.FLAGS(["bench", "--only", "nope"])
+  try:
+    with pytest.raises(app.UsageError, match="unknown section"):
+      driver.main(["bench"])
+  finally:
+    flags.FLAGS.unparse_flags()
 
 
 # ----------------------------------------------------------------------------------------

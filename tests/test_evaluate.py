@@ -14,7 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from vdrnn import evaluate, models
+from vdrnn import evaluate, lm, lm_eval, models
 from vdrnn.errors import UserError
 
 REPO = Path(__file__).resolve().parents[1]
@@ -90,10 +90,10 @@ def case_setup(name):
 @functools.lru_cache(maxsize=None)
 def vectorised(name, chunk):
   cfg, params, ids = case_setup(name)
-  rates = evaluate.mc_rates(cfg)
+  rates = lm_eval.mc_rates(cfg)
   for k, v in CASES[name]["rates"].items():
     assert rates[k] == pytest.approx(v)
-  return evaluate.mc_log_pbar(cfg, params, ids, samples=S, chunk=chunk, rates=rates,
+  return lm_eval.mc_log_pbar(cfg, params, ids, samples=S, chunk=chunk, rates=rates,
                               temperature=cfg.eval.temperature)["log_pbar"]
 
 
@@ -112,6 +112,20 @@ def test_chunking_does_not_change_the_result(name):
   np.testing.assert_allclose(vectorised(name, 3), vectorised(name, S), rtol=1e-6, atol=1e-6)
 
 
+@pytest.mark.parametrize("name", ["naive", "variational_untied"])
+def test_segments_of_windows_do_not_change_the_result(name, monkeypatch):
+  """A chunk walks the stream in segments sized from the first call's time (so progress
+  shows); one window per call and the whole stream per call give the same result."""
+  cfg, params, ids = case_setup(name)
+  rates = lm_eval.mc_rates(cfg)
+  got = {}
+  for seconds in (0.0, 1e9):  # one window per call after the first; all windows in one call
+    monkeypatch.setattr(lm_eval, "PROGRESS_SECONDS", seconds)
+    got[seconds] = lm_eval.mc_log_pbar(cfg, params, ids, samples=4, chunk=2, rates=rates)["log_pbar"]
+  assert len(lm_eval.stream_windows(ids, cfg.eval.seq_length)[0]) >= 3
+  np.testing.assert_allclose(got[0.0], got[1e9], rtol=1e-6, atol=1e-6)
+
+
 @pytest.mark.parametrize("how", ["rates_zero", "multiplier_zero", "scheme_none"])
 def test_mc_with_zero_rates_equals_deterministic(how):
   cfg = tiny_config("none" if how == "scheme_none" else "variational_untied")
@@ -122,7 +136,7 @@ def test_mc_with_zero_rates_equals_deterministic(how):
     cfg.eval.rate_multiplier = 0.0
   cfg.eval.mc_samples, cfg.eval.mc_chunk = 5, 2
   params = models.init_lm(jax.random.key(1), cfg.model)
-  r = evaluate.mc_lm(cfg, params, tiny_stream(), progress=False)
+  r = lm_eval.mc_lm(cfg, params, tiny_stream(), progress=False)
   assert r["tokens"] == 22 and r["samples"] == 5
   assert r["det_ppl"] > 5  # not trivially certain
   np.testing.assert_allclose(r["curve"]["ppl"], r["det_ppl"], rtol=2e-6)
@@ -133,22 +147,22 @@ def test_temperature_reports_deterministic_at_that_temperature():
   cfg = tiny_config("none")
   cfg.eval.mc_samples, cfg.eval.mc_chunk, cfg.eval.temperature = 2, 2, 2.0
   params = models.init_lm(jax.random.key(1), cfg.model)
-  r = evaluate.mc_lm(cfg, params, tiny_stream(), progress=False)
+  r = lm_eval.mc_lm(cfg, params, tiny_stream(), progress=False)
   np.testing.assert_allclose(r["ppl"], r["det_ppl_temperature"], rtol=2e-6)
   assert abs(r["ppl"] - r["det_ppl"]) > 1.0
 
 
 def test_curve_points_and_rates():
-  assert evaluate.curve_points(1) == [1]
-  assert evaluate.curve_points(7) == [1, 2, 5, 7]
-  assert evaluate.curve_points(1000) == [1, 2, 5, 10, 20, 50, 100, 200, 500, 1000]
+  assert lm_eval.curve_points(1) == [1]
+  assert lm_eval.curve_points(7) == [1, 2, 5, 7]
+  assert lm_eval.curve_points(1000) == [1, 2, 5, 10, 20, 50, 100, 200, 500, 1000]
   cfg = tiny_config()
   cfg.eval.rate_multiplier = 3.0
-  assert evaluate.mc_rates(cfg) == pytest.approx({"emb": 0.0, "x": evaluate.MAX_RATE, "h": 0.9,
-                                                  "out": evaluate.MAX_RATE})
+  assert lm_eval.mc_rates(cfg) == pytest.approx({"emb": 0.0, "x": lm_eval.MAX_RATE, "h": 0.9,
+                                                  "out": lm_eval.MAX_RATE})
   cfg.eval.rate_multiplier = -1.0
   with pytest.raises(UserError):
-    evaluate.mc_rates(cfg)
+    lm_eval.mc_rates(cfg)
 
 
 # ----------------------------------------------------------------------------------------
@@ -157,17 +171,16 @@ def test_curve_points_and_rates():
 
 @pytest.fixture(scope="module")
 def workdir(tmp_path_factory):
-  from vdrnn import train
   cfg = tiny_config()
   cfg.model.vocab_size, cfg.model.init_scale = 10000, 0.1
   cfg.data_limit, cfg.train.num_epochs = 300, 1
   cfg.eval.mc_samples, cfg.eval.mc_chunk = 3, 3
   try:
-    train.load_data(cfg)
+    lm.load_data(cfg)
   except UserError as e:
     pytest.skip(f"PTB data not available: {e}")
   wd = str(tmp_path_factory.mktemp("run"))
-  results = train.train_lm(cfg, wd)
+  results = lm.train_lm(cfg, wd)
   return wd, results
 
 

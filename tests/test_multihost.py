@@ -12,7 +12,7 @@ import jax
 import numpy as np
 
 from configs import ptb_tiny
-from vdrnn import checkpoint, train
+from vdrnn import checkpoint, lm
 
 ROOT = Path(__file__).resolve().parents[1]
 ARGS = ["--config", "configs/ptb_tiny.py", "--config.train.num_epochs=1", "--config.data_limit=1000",
@@ -48,7 +48,7 @@ def finish(procs, timeout=400):
 
 
 def final_params(workdir, step):
-  target = train.init_state(ptb_tiny.get_config(), 8)
+  target = lm.init_state(ptb_tiny.get_config(), 8)
   state, _ = checkpoint.restore(checkpoint.manager(os.path.join(workdir, "checkpoints")), step, target)
   return state["params"]
 

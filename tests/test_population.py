@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from configs import ptb_tiny
-from vdrnn import checkpoint, population, train
+from vdrnn import checkpoint, lm, population
 from vdrnn.errors import UserError
 
 # Rates and seeds chosen to cover: the config's rates, static zeros (the single run draws no
@@ -88,8 +88,8 @@ def test_population_of_4_equals_4_single_runs():
   diffs = []
   for k, m in enumerate(MEMBERS):
     mc = population.member_config(c, m)
-    single = train.init_state(mc, B)
-    single_step = jax.jit(train.make_train_step(mc))
+    single = lm.init_state(mc, B)
+    single_step = jax.jit(lm.make_train_step(mc))
     for (x, y), lr in zip(((w[:, :-1], w[:, 1:]) for w in tokens), lrs):
       single = single_step(single, x, y, lr)
     got = population.member_state(state, k)
@@ -117,7 +117,7 @@ def test_train_population_resumes_and_members_match_single_runs(tmp_path):
 
   k = 1
   single_wd = str(tmp_path / "single")
-  single = train.train_lm(population.member_config(c, members[k]), single_wd)
+  single = lm.train_lm(population.member_config(c, members[k]), single_wd)
   got = res["members"][k]
   for name in ("valid_ppl", "test_ppl", "best_valid_ppl"):
     np.testing.assert_allclose(got[name], single[name], rtol=1e-5)
@@ -129,7 +129,7 @@ def test_train_population_resumes_and_members_match_single_runs(tmp_path):
     assert json.load(f)["model"]["p_h"] == members[k]["p_h"]
   events = [json.loads(l)["event"] for l in open(os.path.join(mdir, "metrics.jsonl"))]
   assert events.count("epoch") == 2 and events[-1] == "test"
-  target = train.init_state(population.member_config(c, members[k]), c.train.batch_size)
+  target = lm.init_state(population.member_config(c, members[k]), c.train.batch_size)
   mine, _ = checkpoint.restore(checkpoint.manager(os.path.join(mdir, "checkpoints")), 24, target)
   theirs, _ = checkpoint.restore(checkpoint.manager(os.path.join(single_wd, "checkpoints")), 24, target)
   d = max_diff(mine["params"], theirs["params"])

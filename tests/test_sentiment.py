@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from configs import imdb_lstm, sentiment_gru, sentiment_lstm
-from vdrnn import sentiment, uncertainty
+from vdrnn import plots, sentiment, uncertainty
 from vdrnn.data import sentiment as data
 from vdrnn.errors import UserError
 from vdrnn.metrics import read_jsonl
@@ -195,7 +195,7 @@ def test_classification_entropy_mutual_information_nll_ece():
 def test_reliability_diagram_png(tmp_path):
   p = np.array([[0.95, 0.05], [0.85, 0.15], [0.35, 0.65], [0.25, 0.75]])
   path = str(tmp_path / "r.png")
-  uncertainty.reliability_diagram(path, {"a": p, "b": p[:, ::-1]}, [0, 1, 1, 1], n_bins=5)
+  plots.reliability_diagram(path, {"a": p, "b": p[:, ::-1]}, [0, 1, 1, 1], n_bins=5)
   with open(path, "rb") as f:
     assert f.read(8) == b"\x89PNG\r\n\x1a\n"
 
@@ -237,7 +237,6 @@ def test_resume_mid_epoch_is_exact(lstm_run, tmp_path):
   spe = json.load(open(os.path.join(workdir, "results.json")))["step"]
   # Simulate a run killed mid-epoch: drop the epoch-end checkpoint, keep the one at step 3.
   shutil.rmtree(os.path.join(workdir, "checkpoints", str(spe)))
-  shutil.rmtree(os.path.join(workdir, "best"))
   r = sentiment.train_and_evaluate(c, workdir)
   for k in ("test_rmse", "test_rmse_mc", "test_ll_mc", "step"):
     assert r[k] == r_full[k], k

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from configs import ptb_tiny
-from vdrnn import checkpoint, models, sharding, train
+from vdrnn import checkpoint, lm, models, sharding
 from vdrnn.data import ptb
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -29,7 +29,7 @@ def run_cli(*args, devices=1, **popen):
 def test_lr_schedule_matches_lua_boundary():
   t = ptb_tiny.get_config().train
   t.lr, t.max_epoch, t.lr_decay = 1.0, 10, 1.15
-  lrs = [train.lr_for_epoch(t, e) for e in range(14)]
+  lrs = [lm.lr_for_epoch(t, e) for e in range(14)]
   assert lrs[:11] == [1.0] * 11  # epochs 1..11 (after finishing epoch 11 > 10 the rate drops)
   assert lrs[11] == pytest.approx(1 / 1.15) and lrs[13] == pytest.approx(1 / 1.15 ** 3)
 
@@ -50,11 +50,11 @@ def test_ptb_reader_and_batching():
 
 def _steps(config, mesh, n=3):
   B, T = config.train.batch_size, config.train.seq_length
-  state = train.init_state(config, B)
-  sh = train._shardings(mesh, state)
+  state = lm.init_state(config, B)
+  sh = lm.shardings(mesh, state)
   state = jax.device_put(state, sh)
   bat = sharding.batch_sharding(mesh)
-  step = jax.jit(train.make_train_step(config), in_shardings=(sh, bat, bat, None), out_shardings=sh)
+  step = jax.jit(lm.make_train_step(config), in_shardings=(sh, bat, bat, None), out_shardings=sh)
   rng = np.random.default_rng(0)
   for _ in range(n):
     x = rng.integers(0, config.model.vocab_size, (B, T)).astype(np.int32)
@@ -73,7 +73,7 @@ def test_data_parallel_8_devices_matches_single_device(arg):
   for a, b in zip(jax.tree.leaves(one), jax.tree.leaves(eight)):
     np.testing.assert_allclose(a, b, rtol=2e-5, atol=2e-6)
   # and something was actually learned
-  init = train.init_state(config, 8)["params"]
+  init = lm.init_state(config, 8)["params"]
   assert not np.allclose(init["embed"], one["params"]["embed"])
 
 
@@ -88,7 +88,7 @@ def _final_params(workdir):
   meta = checkpoint.read_meta(mngr)
   from ml_collections import ConfigDict
   config = ConfigDict(meta["config"])
-  state, _ = checkpoint.restore(mngr, mngr.latest_step(), train.init_state(config, config.train.batch_size))
+  state, _ = checkpoint.restore(mngr, mngr.latest_step(), lm.init_state(config, config.train.batch_size))
   return state
 
 
@@ -177,10 +177,10 @@ def test_non_finite_loss_stops_and_names_the_step(tmp_path, monkeypatch):
   naming that step, and the epoch-1 checkpoint stays intact and restorable."""
   from vdrnn.errors import UserError
   config = ptb_tiny.get_config()
-  monkeypatch.setattr(train, "lr_for_epoch", lambda t, e: 1.0 if e == 0 else float("nan"))
+  monkeypatch.setattr(lm, "lr_for_epoch", lambda t, e: 1.0 if e == 0 else float("nan"))
   monkeypatch.setattr(sharding, "make_mesh", lambda devices=None: sharding.Mesh(np.asarray(jax.devices()[:1]), ("data",)))
   with pytest.raises(UserError) as e:
-    train.train_lm(config, str(tmp_path))
+    lm.train_lm(config, str(tmp_path))
   epoch_size = ptb.num_windows(ptb.batchify(np.zeros(config.data_limit), config.train.batch_size), config.train.seq_length)
   # step epoch_size (0-based) is the first with the NaN rate; its loss is finite, its update is not,
   # so the first non-finite loss is at the next step.
@@ -201,10 +201,10 @@ def test_sparse_embedding_step_equals_a_dense_autodiff_step(clip, lr):
   config.train.max_grad_norm = clip
   config.train.weight_decay = 1e-3
   m, t = config.model, config.train
-  state = train.init_state(config, t.batch_size)
+  state = lm.init_state(config, t.batch_size)
   x = jax.random.randint(jax.random.key(1), (t.batch_size, t.seq_length), 0, 12)  # many repeats
   y = jax.random.randint(jax.random.key(2), (t.batch_size, t.seq_length), 0, m.vocab_size)
-  new = jax.jit(train.make_train_step(config))(state, x, y, lr)
+  new = jax.jit(lm.make_train_step(config))(state, x, y, lr)
 
   masks = models.lm_masks(jax.random.fold_in(jax.random.key(config.seed), 0), m, x)
   loss = lambda p: models.lm_nll(p, state["carry"], x, y, masks)[0].mean(axis=1).sum()
@@ -222,4 +222,4 @@ def test_embedding_grad_sq_sums_rows_of_repeated_tokens():
   ids = jnp.array([3, 1, 3, 0, 1, 3])
   g = jax.random.normal(jax.random.key(0), (6, 5))
   dense = jnp.zeros((4, 5)).at[ids].add(g)
-  np.testing.assert_allclose(train.embedding_grad_sq(ids, g), jnp.sum(dense * dense), rtol=1e-6)
+  np.testing.assert_allclose(lm.embedding_grad_sq(ids, g), jnp.sum(dense * dense), rtol=1e-6)

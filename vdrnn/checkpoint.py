@@ -1,32 +1,66 @@
 """Checkpoints with orbax-checkpoint, in one small module.
 
-A workdir holds two ``CheckpointManager`` directories: ``checkpoints/`` (the latest few)
-and ``best/`` (the best by validation metric). Each checkpoint has two items: ``state``
-(a pytree of arrays, ``StandardSave``) and ``meta`` (JSON: the config it came from, the
-epoch, metric history, anything the loop needs to resume exactly).
+A run's ``checkpoints/`` directory is one ``CheckpointManager`` whose preservation policy
+keeps the two latest checkpoints and the best one (the lowest ``metric`` saved with it;
+mid-epoch checkpoints carry none). Each checkpoint has two items: ``state`` (a pytree of
+arrays) and ``meta`` (JSON: the config it came from, the metric history and whatever else
+the loop needs to resume exactly; ``meta["best"]["step"]`` names the best checkpoint).
+
+Resuming takes the newest checkpoint that restores. One whose files are damaged (cut short,
+overwritten) is reported in one line and moved to ``checkpoints_damaged/``; the run goes
+on from the one before it. A checkpoint from another config stops the run with one line
+and nothing is moved.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
-from typing import Any, Optional
+import shutil
+import sys
+from typing import Any, Callable, Optional
 
 import jax
 import orbax.checkpoint as ocp
+from absl import logging
+from orbax.checkpoint import checkpoint_managers as policies
 
 from vdrnn.errors import UserError
 
 
-def manager(directory: str, max_to_keep: int = 2) -> ocp.CheckpointManager:
-  options = ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True,
-                                         enable_async_checkpointing=False)
-  return ocp.CheckpointManager(os.path.abspath(directory), options=options)
+def manager(directory: str, keep_latest: int = 2, keep_best: int = 1) -> ocp.CheckpointManager:
+  """The ``keep_latest`` newest checkpoints plus the ``keep_best`` lowest by saved metric."""
+  policy = policies.AnyPreservationPolicy([
+      policies.LatestN(n=keep_latest),
+      policies.BestN(get_metric_fn=lambda m: m["metric"], reverse=True, n=keep_best,
+                     keep_checkpoints_without_metrics=False)])
+  options = ocp.CheckpointManagerOptions(create=True, enable_async_checkpointing=False,
+                                         preservation_policy=policy)
+  with _quiet():  # it reads every step's metadata: a damaged one is reported by the resume
+    return ocp.CheckpointManager(os.path.abspath(directory), options=options)
 
 
-def save(mngr: ocp.CheckpointManager, step: int, state: Any, meta: dict) -> None:
-  """Saves synchronously (the checkpoint is complete when this returns)."""
+@contextlib.contextmanager
+def _quiet():
+  """orbax logs (at ERROR) each file it cannot parse; resuming reports damage in one line."""
+  verbosity = logging.get_verbosity()
+  logging.set_verbosity(logging.FATAL)
+  try:
+    yield
+  finally:
+    logging.set_verbosity(verbosity)
+
+
+def save(mngr: ocp.CheckpointManager, step: int, state: Any, meta: dict,
+         metric: Optional[float] = None) -> None:
+  """Saves synchronously (complete when this returns); ``metric`` (lower is better) makes it
+  a candidate for the best checkpoint. A checkpoint already at ``step`` (left by a run
+  stopped between two saves of that step) is replaced."""
+  if int(step) in mngr.all_steps():
+    mngr.delete(int(step))
   mngr.save(int(step), args=ocp.args.Composite(state=ocp.args.StandardSave(state),
-                                                 meta=ocp.args.JsonSave(meta)), force=True)
+                                                 meta=ocp.args.JsonSave(meta)),
+            metrics=None if metric is None else {"metric": float(metric)}, force=True)
   mngr.wait_until_finished()
 
 
@@ -42,13 +76,73 @@ def restore(mngr: ocp.CheckpointManager, step: int, target: Any) -> tuple[Any, d
   dtypes and shardings. A structure or shape mismatch is a ``UserError``."""
   abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, target)
   try:
-    restored = mngr.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract),
-                                                          meta=ocp.args.JsonRestore()))
+    restored = mngr.restore(step, args=ocp.args.Composite(
+        state=ocp.args.StandardRestore(abstract), meta=ocp.args.JsonRestore()))
   except (ValueError, KeyError, TypeError) as e:
-    first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-    raise UserError(f"checkpoint {mngr.directory}/{step} does not match this config ({first[:200]}); "
-                    f"use a fresh --workdir or the config it was trained with") from None
+    raise UserError(f"checkpoint {mngr.directory}/{step} does not match this config "
+                    f"({_first_line(e)}); use a fresh --workdir or the config it was trained "
+                    f"with") from None
   return restored.state, restored.meta
+
+
+def restore_newest_good(mngr: ocp.CheckpointManager, target: Any,
+                        check: Callable[[dict], None]) -> Optional[tuple[Any, dict, int]]:
+  """``(state, meta, step)`` of the newest checkpoint that restores, or None when there is
+  none. ``check(meta)`` raises a ``UserError`` for a checkpoint of another config (the run
+  stops there; nothing is moved). Newer checkpoints that fail to read are damaged: each is
+  reported in one line and, once an older one restored, moved to ``checkpoints_damaged/``
+  beside the directory (so new checkpoints can take their steps). With none readable, a
+  ``UserError`` and nothing moved."""
+  steps = sorted(mngr.all_steps(), reverse=True)
+  damaged = []
+  with _quiet():
+    found = _first_good(mngr, steps, target, check, damaged)
+  if found is None:
+    if damaged:
+      step, e = damaged[0]
+      raise UserError(f"no checkpoint in {mngr.directory} can be read (newest, step {step}: "
+                      f"{_first_line(e)[:160]}); use a fresh --workdir")
+    return None
+  state, meta, step = found
+  for bad, e in damaged:
+    print(f"checkpoint {bad} in {mngr.directory} is damaged ({_first_line(e)[:120]}); moved "
+          f"to checkpoints_damaged/, resuming from step {step}", file=sys.stderr)
+    _move_aside(mngr, bad)
+  if damaged:
+    mngr.reload()
+  return state, meta, step
+
+
+def _first_good(mngr, steps, target, check, damaged: list):
+  """``(state, meta, step)`` of the first of ``steps`` that restores; appends the unreadable
+  ones to ``damaged`` as ``(step, exception)``."""
+  for step in steps:
+    try:
+      meta = read_meta(mngr, step)
+    except Exception as e:  # noqa: BLE001 - any read failure of a saved file is damage
+      damaged.append((step, e))
+      continue
+    check(meta)
+    try:
+      state, meta = restore(mngr, step, target)
+    except Exception as e:  # noqa: BLE001 - a UserError (shape mismatch) or a damaged file
+      damaged.append((step, e))
+      continue
+    return state, meta, step
+  return None
+
+
+def _move_aside(mngr: ocp.CheckpointManager, step: int) -> None:
+  src = os.path.join(str(mngr.directory), str(step))
+  dst = os.path.join(os.path.dirname(str(mngr.directory)), "checkpoints_damaged", str(step))
+  os.makedirs(os.path.dirname(dst), exist_ok=True)
+  shutil.rmtree(dst, ignore_errors=True)
+  shutil.move(src, dst)
+
+
+def _first_line(e: BaseException) -> str:
+  text = str(e).strip()
+  return text.splitlines()[0] if text else type(e).__name__
 
 
 def check_compatible(saved: dict, current: dict, keys: list[str], where: str) -> None:
@@ -62,5 +156,29 @@ def check_compatible(saved: dict, current: dict, keys: list[str], where: str) ->
   for k in keys:
     a, b = get(saved, k), get(current, k)
     if a != b:
-      raise UserError(f"{where} holds a checkpoint from an incompatible config ({k}: {a!r} there, {b!r} now); "
-                      f"use a fresh --workdir or the original config")
+      raise UserError(f"{where} holds a checkpoint from an incompatible config ({k}: {a!r} there, "
+                      f"{b!r} now); use a fresh --workdir or the original config")
+
+
+def find(workdir: str, which: str = "latest") -> tuple[ocp.CheckpointManager, int]:
+  """``(manager, step)`` of a training workdir's checkpoint ``which``: ``latest``, ``best``
+  (the step the run's metadata names as best) or a step number."""
+  directory = os.path.join(workdir, "checkpoints")
+  mngr = manager(directory) if os.path.isdir(directory) else None
+  latest = None if mngr is None else mngr.latest_step()
+  if latest is None:
+    raise UserError(f"no checkpoint in {workdir} (looked in {directory}); train first")
+  which = str(which)
+  if which == "latest":
+    return mngr, latest
+  if which == "best":
+    best = (read_meta(mngr, latest) or {}).get("best")
+    if not best or best["step"] not in mngr.all_steps():
+      raise UserError(f"{workdir} has no best checkpoint (no epoch has finished with a metric)")
+    return mngr, best["step"]
+  if not which.isdigit():
+    raise UserError(f"--checkpoint must be latest, best or a step number, got {which!r}")
+  if int(which) not in mngr.all_steps():
+    raise UserError(f"no checkpoint at step {which} in {workdir}; available: "
+                    f"{sorted(mngr.all_steps())}")
+  return mngr, int(which)

@@ -1,15 +1,58 @@
 """Config defaults shared by the configs in ``configs/``, and config validation.
 
 Each file in ``configs/`` starts from ``lm_base()`` (or ``seq_base()``) and sets the
-paper's values, each commented with its source (``../shared/PAPER.md``).
+paper's values, each commented with its source (``configs/PAPER.md``). A config file's
+``get_config(arg)`` takes the text after the colon in ``--config file.py:arg``; ``parse_arg``
+splits it into known options.
 """
 
 from __future__ import annotations
 
+import importlib.util
+import math
+import os
+from typing import Optional, Sequence
+
+import jax.numpy as jnp
 import ml_collections
 
 from vdrnn import masks
 from vdrnn.errors import UserError
+
+
+def parse_arg(arg: Optional[str], name: str, choices: Sequence[str], default: str,
+              flags: Sequence[str] = ()) -> tuple[str, set]:
+  """``"naive,paper"`` -> ``("naive", {"paper"})``: one of ``choices`` (else ``default``) and
+  the ``flags`` present; anything else is a ValueError naming the config file ``name``."""
+  opts = [a for a in (arg or "").split(",") if a]
+  unknown = [a for a in opts if a not in choices and a not in flags]
+  picked = [a for a in opts if a in choices]
+  if unknown or len(picked) > 1:
+    usage = "|".join(choices) + "".join(f"[,{f}]" for f in flags)
+    raise ValueError(f"{name}: unknown arg {arg!r}; use {usage}")
+  return (picked[0] if picked else default), {a for a in opts if a in flags}
+
+
+def load_config_file(spec: str) -> ml_collections.ConfigDict:
+  """``path/to/config.py[:arg]`` -> what its ``get_config(arg)`` returns (for tools that
+  take a config outside absl flags; the entry points use ``config_flags``). A relative
+  path is looked up from the current directory, then from the repository root."""
+  path, _, arg = spec.partition(":")
+  if not os.path.isfile(path):
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    path = os.path.join(root, path)
+  if not os.path.isfile(path):
+    raise UserError(f"config file {spec.partition(':')[0]!r} not found")
+  module_spec = importlib.util.spec_from_file_location("_vdrnn_config", path)
+  module = importlib.util.module_from_spec(module_spec)
+  module_spec.loader.exec_module(module)
+  return module.get_config(arg) if arg else module.get_config()
+
+
+def compute_dtype(config):
+  """The matmul operand dtype of ``train.compute_dtype`` (None: float32, no casts)."""
+  name = config.train.compute_dtype
+  return None if name == "float32" else jnp.dtype(name)
 
 
 def lm_base() -> ml_collections.ConfigDict:
@@ -84,7 +127,6 @@ def validate_lm(c) -> None:
   for name in ("batch_size", "seq_length", "num_epochs"):
     if int(t[name]) < 1:
       raise UserError(f"train.{name} must be a positive integer, got {t[name]!r}")
-  import math
   for name in ("lr", "lr_decay", "max_grad_norm"):
     if not (isinstance(t[name], (int, float)) and math.isfinite(t[name]) and t[name] > 0):
       raise UserError(f"train.{name} must be a positive finite number, got {t[name]!r}")
@@ -97,7 +139,7 @@ def validate_lm(c) -> None:
 def seq_base() -> ml_collections.ConfigDict:
   """Defaults for the sentiment tasks (``vdrnn/sentiment.py``): Pang & Lee regression
   (``task="sentiment"``) and IMDB classification (``task="imdb"``). Values are those of
-  Sentiment_analysis_code/sentiment_lstm_regression.py (../shared/PAPER.md)."""
+  Sentiment_analysis_code/sentiment_lstm_regression.py (configs/PAPER.md)."""
   c = ml_collections.ConfigDict()
   c.task = "sentiment"
   c.seed = 0

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import sys
 
+from absl import flags
+
 
 class UserError(Exception):
   """Bad input (config, data, workdir): printed as one line, exit status 2."""
@@ -26,7 +28,6 @@ def run_main(main) -> None:
 def parse_flags(argv):
   """absl ``flags_parser`` for ``app.run``: a bad flag, config file or config field is one
   ``error:`` line and exit status 2 (absl and ml_collections would print a traceback)."""
-  from absl import flags
   try:
     return flags.FLAGS(argv)
   except Exception as e:  # noqa: BLE001 - any parsing failure is the user's input
@@ -36,8 +37,12 @@ def parse_flags(argv):
       c = c.__cause__ or c.__context__
     text = " ".join(str(e).split())
     if any(isinstance(c, (AttributeError, KeyError)) for c in chain):
-      field = next((a.split("=")[0] for a in argv if a.startswith("--config.")), "--config.<field>")
-      text = f"unknown config field ({field}: no field {' '.join(str(chain[-1]).split())}); see the config file for its fields"
+      missing = " ".join(str(chain[-1]).split()).strip("\"'")
+      overrides = [a.split("=")[0] for a in argv if a.startswith("--config.")]
+      field = next((a for a in overrides if missing in a.split(".")), None)
+      field = field or (overrides[0] if overrides else "--config.<field>")
+      text = (f"unknown config field ({field}: no field {missing!r}); "
+              f"see the config file for its fields")
     elif "Traceback" in text:  # an exception raised inside the config file: keep its last line
       text = text.rsplit("Error: ", 1)[-1]
     print(f"error: {text[:500]}", file=sys.stderr)
@@ -55,12 +60,3 @@ def config_value(flag_holder):
   except OSError as e:
     lines = [l.strip() for l in str(e).splitlines() if l.strip()]
     raise UserError(f"cannot load the config: {lines[-1] if lines else e}") from None
-
-
-def check_finite(acc: dict, *, epoch: int, kept_step, workdir: str, hint: str) -> None:
-  """Raises a UserError when a train loop's accumulators (``acc["bad_step"] >= 0``) saw a
-  non-finite loss or gradient. Loops call it before every log line and every checkpoint
-  save, so no checkpoint is ever written past a non-finite step."""
-  if acc["bad_step"] >= 0:
-    raise UserError(f"non-finite loss or gradient at step {int(acc['bad_step'])} (epoch {epoch}); stopped. "
-                    f"The last good checkpoint (step {kept_step}) in {workdir} is intact; {hint}")

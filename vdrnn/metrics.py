@@ -8,6 +8,8 @@ import math
 import os
 from typing import Optional
 
+from tensorboardX import SummaryWriter
+
 
 def _finite_or_none(v):
   if isinstance(v, float) and not math.isfinite(v):
@@ -30,7 +32,6 @@ class MetricsWriter:
     self._file = open(self.path, "a")
     self._tb = None
     if tensorboard:
-      from tensorboardX import SummaryWriter
       self._tb = SummaryWriter(os.path.join(workdir, "tb"))
 
   def write(self, event: str, step: int, **values) -> None:

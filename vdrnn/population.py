@@ -12,15 +12,15 @@ Select it from the config: any non-empty ``config.population.{p_emb,p_x,p_h,p_ou
 
 Member ``k`` is exactly the single run of ``member_config(config, members[k])``: its
 parameters are initialised from ``key(seed_k)``, its masks drawn from
-``fold_in(key(seed_k), step)`` by the same step body (``vdrnn.train.make_step_body``), with
+``fold_in(key(seed_k), step)`` by the same step body (``vdrnn.lm.make_step_body``), with
 the rates traced instead of static (a traced rate of 0 gives an all-ones mask where a
 static 0 gives none; multiplying by exactly 1.0 changes nothing). All members see the same
 batches and learning-rate schedule.
 
 Workdir layout: ``checkpoints/`` holds the stacked state (leading axis K) and resumes the
 population; ``member_XX/`` is laid out like a single run's workdir (``config.json`` with the
-member's rates and seed, ``metrics.jsonl``, ``tb/``, ``best/`` and, at the end,
-``checkpoints/`` and ``results.json``); ``results.json`` lists every member's results.
+member's rates and seed, ``metrics.jsonl``, ``tb/``, ``checkpoints/`` with its best epoch and
+its final state, ``results.json``); ``results.json`` lists every member's results.
 """
 
 from __future__ import annotations
@@ -29,12 +29,11 @@ import json
 import math
 import os
 import sys
-import time
 
 import jax
 import numpy as np
 
-from vdrnn import checkpoint, masks, models, train
+from vdrnn import checkpoint, lm, lm_eval, loop, masks, models
 from vdrnn.config import validate_lm
 from vdrnn.data import ptb
 from vdrnn.errors import UserError
@@ -102,7 +101,7 @@ def init_population_state(config, members: list[dict], batch_size: int | None = 
   ``{"params", "carry", "step", "acc"}`` as a single run's state, each leaf ``[K, ...]``, and
   ``"member": {"seed": int32[K], "rates": {"emb", "x", "h", "out": float32[K]}}``."""
   batch_size = config.train.batch_size if batch_size is None else batch_size
-  states = jax.device_get([train.init_state(member_config(config, m), batch_size) for m in members])
+  states = jax.device_get([lm.init_state(member_config(config, m), batch_size) for m in members])
   state = jax.tree.map(lambda *xs: np.stack(xs), *states)  # stacked on the host: no compiles
   state["member"] = {"seed": np.asarray([m["seed"] for m in members], np.int32),
                      "rates": {r: np.asarray([m[n] for m in members], np.float32) for n, r in RATES.items()}}
@@ -112,7 +111,7 @@ def init_population_state(config, members: list[dict], batch_size: int | None = 
 def make_population_train_step(config):
   """``step(state, x [B, T], y [B, T], lr) -> state`` for a stacked population state: the
   single-run step body vmapped over the members (same batch and lr for all)."""
-  body = train.make_step_body(config)
+  body = lm.make_step_body(config)
 
   def member_step(state, member, x, y, lr):
     return body(state, x, y, lr, jax.random.key(member["seed"]), member["rates"])
@@ -133,145 +132,153 @@ def member_state(state: dict, k: int) -> dict:
   return jax.device_put(jax.tree.map(lambda a: a[k], host))
 
 
-def _ppl(nll_sum, count):
+def is_population(config) -> bool:
+  """True when any ``config.population`` field is set (``python -m vdrnn.train`` then trains
+  a population)."""
+  return any(str(config.get("population", {}).get(k, "") or "").strip() for k in FIELDS)
+
+
+def _ppl(nll_sum, count) -> list[float]:
   return [float(np.exp(s / max(int(c), 1))) for s, c in zip(nll_sum, count)]
+
+
+def make_task(config, workdir: str) -> loop.Task:
+  """The population given by ``config.population`` as a ``loop.Task``. The loop checkpoints
+  the stacked state in ``workdir/checkpoints``; this task writes each member's records,
+  best and final checkpoints and results to ``workdir/member_XX``."""
+  validate_lm(config)
+  members = parse_members(config)
+  K, t = len(members), config.train
+  if config.model.scheme == "none" and any(config.population[n] for n in RATES):
+    raise UserError("population rates need model.scheme variational or naive (scheme none draws "
+                    "no masks)")
+  if jax.process_count() > 1:
+    raise UserError("population training runs in one process on one device; use launch/sweep.py "
+                    "across hosts")
+  splits, _ = lm.load_data(config)
+  streams, epoch_size = lm.train_streams(config, splits["train"])
+  train_step = jax.jit(make_population_train_step(config), donate_argnums=0)
+  eval_fn = jax.jit(jax.vmap(lm_eval.make_eval_fn(config), in_axes=(0, None, None, None, None)))
+  mdirs = [os.path.join(workdir, member_name(k)) for k in range(K)]
+  mconfigs = [member_config(config, m) for m in members]
+  lr = lm.lr_by_epoch(t)
+  writers = {}  # opened at the first epoch end (truncated to the resumed epoch's start)
+  reported_bad = set()
+
+  def evaluate_ppl(params, ids, batch_size, full) -> list[float]:
+    xs, ys, ws = ptb.eval_windows(ptb.batchify(ids, batch_size), config.eval.seq_length, full=full)
+    nll, count = eval_fn(params, models.lm_zero_carry(config.model, batch_size), xs, ys, ws)
+    return [float(np.exp(float(n) / float(c))) for n, c in zip(nll, count)]
+
+  def member_meta(meta, k):
+    hist = [{n: v[k] if isinstance(v, list) else v for n, v in r.items()} for r in meta["history"]]
+    return {"config": json.loads(mconfigs[k].to_json()), "epoch_size": epoch_size, "history": hist,
+            "best": _member_best(meta["history"], k)}
+
+  def batch(epoch, i):
+    x, y = ptb.window(streams, i, t.seq_length)
+    return x, y, lr(epoch)
+
+  def start_epoch(state, epoch):  # zero state, fresh accumulators
+    state["carry"] = jax.device_put(jax.tree.map(lambda a: np.zeros(a.shape, a.dtype), state["carry"]))
+    zero = jax.device_get(lm.zero_acc())
+    state["acc"] = jax.device_put(jax.tree.map(lambda a: np.stack([a] * K), zero))
+    return state
+
+  def running(acc, epoch):
+    for k in np.flatnonzero(acc["bad_step"] >= 0):
+      if k not in reported_bad:  # one member diverging does not stop the others
+        reported_bad.add(k)
+        print(f"member {k}: non-finite loss at step {int(acc['bad_step'][k])}; it keeps training "
+              f"(its results will be nan)", file=sys.stderr)
+    return {"train_ppl": _ppl(acc["nll_sum"], acc["count"]), "lr": lr(epoch)}
+
+  def evaluate(state, epoch, meta):
+    valid = evaluate_ppl(state["params"], splits["valid"], t.batch_size, full=False)
+    step = loop.current_step(state)
+    host = None
+    for k in range(K):
+      if k not in writers:
+        writers[k] = MetricsWriter(mdirs[k], truncate_after_step=epoch * epoch_size)
+      best = _member_best(meta["history"], k)
+      if best is None or valid[k] < best["value"]:
+        host = jax.device_get(state) if host is None else host
+        record = {"epoch": epoch + 1, "step": step, "metric": "valid_ppl", "value": valid[k]}
+        mmeta = {**member_meta(meta, k), "best": record}
+        checkpoint.save(_member_ckpts(mdirs[k]), step, member_state(host, k), mmeta, metric=valid[k])
+    return {"valid_ppl": valid}
+
+  def after_epoch(meta):
+    r = meta["history"][-1]
+    for k in range(K):
+      writers[k].write("epoch", r["epoch"] * epoch_size, epoch=r["epoch"], train_ppl=r["train_ppl"][k],
+                       valid_ppl=r["valid_ppl"][k], lr=r["lr"])
+
+  def finish(state, meta):
+    step = loop.current_step(state)
+    test = evaluate_ppl(state["params"], splits["test"], 1, full=True)
+    host = jax.device_get(state)
+    out = []
+    for k, m in enumerate(members):
+      best = _member_best(meta["history"], k)
+      res = {"valid_ppl": meta["history"][-1]["valid_ppl"][k] if meta["history"] else None,
+             "test_ppl": test[k], "best_valid_ppl": best["value"] if best else None, "step": step}
+      if config.eval.mc_samples:
+        mc = lm_eval.mc_lm(mconfigs[k], member_state(host, k)["params"], splits["test"],
+                           workdir=mdirs[k])
+        res["mc_test_ppl"], res["mc_samples"] = mc["ppl"], config.eval.mc_samples
+      w = writers.get(k) or MetricsWriter(mdirs[k], truncate_after_step=step)
+      w.write("test", step, **{n: v for n, v in res.items() if isinstance(v, float)})
+      w.close()
+      mckpts = _member_ckpts(mdirs[k])
+      if mckpts.latest_step() != step:
+        checkpoint.save(mckpts, step, member_state(host, k), member_meta(meta, k))
+      with open(os.path.join(mdirs[k], "results.json"), "w") as f:
+        json.dump(res, f, indent=2)
+      out.append({**m, **res, "workdir": mdirs[k]})
+    for r in sorted(out, key=lambda r: (not _finite(r["valid_ppl"]), r["valid_ppl"] or 0.0)):
+      print("  ".join(f"{n} {r[n]:g}" for n in FIELDS) +
+            f"  valid {r['valid_ppl']:.2f}  test {r['test_ppl']:.2f}", file=sys.stderr)
+    return {"members": out, "step": step}
+
+  def epoch_line(r):
+    return (f"epoch {r['epoch']:3d}  valid " + " ".join(f"{v:.2f}" for v in r["valid_ppl"]) +
+            f"  lr {r['lr']:.4g}  {r['time_s']:6.0f}s  {r['wps']:.0f} wps (all members)")
+
+  for d, c in zip(mdirs, mconfigs):
+    os.makedirs(d, exist_ok=True)
+    with open(os.path.join(d, "config.json"), "w") as f:
+      f.write(c.to_json(indent=2))
+  state = init_population_state(config, members)
+  num_params = sum(p.size for p in jax.tree.leaves(state["params"])) // K
+  return loop.Task(
+      state=state, train_step=train_step, steps_per_epoch=epoch_size, batch=batch,
+      start_epoch=start_epoch, running=running, evaluate=evaluate, finish=finish,
+      resume_keys=lm.RESUME_KEYS, meta={"members": members, "epoch_size": epoch_size},
+      items_per_step=K * t.batch_size * t.seq_length, rate_name="wps", stop_on_nonfinite=False,
+      describe=(f"population of {K}: {num_params / 1e6:.1f}M parameters each, {epoch_size} "
+                f"windows/epoch"),
+      epoch_line=epoch_line, after_epoch=after_epoch)
+
+
+def _member_ckpts(mdir: str):
+  return checkpoint.manager(os.path.join(mdir, "checkpoints"))
+
+
+def _member_best(history: list[dict], k: int):
+  """Member ``k``'s best epoch so far, ``{"epoch", "metric", "value"}``, or None."""
+  best = None
+  for r in history:
+    v = r["valid_ppl"][k]
+    if best is None or v < best["value"]:
+      best = {"epoch": r["epoch"], "metric": "valid_ppl", "value": v}
+  return best
 
 
 def train_population(config, workdir: str) -> dict:
   """Trains the population given by ``config.population``; returns ``{"members": [...], "step"}``
   with each member's rates, seed, final valid / test and best valid perplexities."""
-  validate_lm(config)
-  members = parse_members(config)
-  K, t = len(members), config.train
-  if config.model.scheme == "none" and any(config.population[n] for n in RATES):
-    raise UserError("population rates need model.scheme variational or naive (scheme none draws no masks)")
-  if jax.process_count() > 1:
-    raise UserError("population training runs in one process on one device; use launch/sweep.py across hosts")
-  splits, _ = train.load_data(config)
-  streams = ptb.batchify(splits["train"], t.batch_size)
-  epoch_size = ptb.num_windows(streams, t.seq_length)
-  if epoch_size < 1:
-    raise UserError(f"the training data is too short for batch_size={t.batch_size} x seq_length={t.seq_length}")
-
-  state = init_population_state(config, members)
-  train_step = jax.jit(make_population_train_step(config), donate_argnums=0)
-  eval_one = train.make_eval_fn(config)
-  eval_fn = jax.jit(jax.vmap(eval_one, in_axes=(0, None, None, None, None)))
-
-  def evaluate(params, ids, batch_size, full):
-    xs, ys, ws = ptb.eval_windows(ptb.batchify(ids, batch_size), config.eval.seq_length, full=full)
-    nll, count = eval_fn(params, models.lm_zero_carry(config.model, batch_size), xs, ys, ws)
-    return [float(np.exp(float(n) / float(c))) for n, c in zip(nll, count)]
-
-  os.makedirs(workdir, exist_ok=True)
-  latest = checkpoint.manager(os.path.join(workdir, "checkpoints"), max_to_keep=2)
-  cfg_dict = json.loads(config.to_json())
-  meta = {"config": cfg_dict, "members": members, "epoch_size": epoch_size, "history": [],
-          "best_valid": [None] * K}
-  if latest.latest_step() is not None:
-    saved = checkpoint.read_meta(latest)
-    checkpoint.check_compatible(saved["config"], cfg_dict, train.RESUME_KEYS, workdir)
-    if saved.get("members") != members:
-      raise UserError(f"{workdir} holds a population with other members ({saved.get('members')}); "
-                      f"use a fresh --workdir or the original config.population")
-    state, meta = checkpoint.restore(latest, latest.latest_step(), state)
-    meta["config"] = cfg_dict
-    print(f"resuming population from step {int(state['step'][0])} in {workdir}", file=sys.stderr)
-  with open(os.path.join(workdir, "config.json"), "w") as f:
-    f.write(config.to_json(indent=2))
-  step = int(state["step"][0])
-  writer = MetricsWriter(workdir, tensorboard=False, truncate_after_step=step)
-  mdirs = [os.path.join(workdir, member_name(k)) for k in range(K)]
-  mconfigs = [member_config(config, m) for m in members]
-  mwriters = []
-  for d, c in zip(mdirs, mconfigs):
-    os.makedirs(d, exist_ok=True)
-    with open(os.path.join(d, "config.json"), "w") as f:
-      f.write(c.to_json(indent=2))
-    mwriters.append(MetricsWriter(d, truncate_after_step=step))
-  best = [checkpoint.manager(os.path.join(d, "best"), max_to_keep=1) for d in mdirs]
-
-  def member_meta(k):
-    hist = [{n: v[k] if isinstance(v, list) else v for n, v in r.items()} for r in meta["history"]]
-    return {"config": json.loads(mconfigs[k].to_json()), "epoch_size": epoch_size, "history": hist,
-            "best_valid": meta["best_valid"][k]}
-
-  num_params = sum(p.size for p in jax.tree.leaves(state["params"])) // K
-  print(f"population of {K}: {num_params / 1e6:.1f}M parameters each, {epoch_size} windows/epoch, "
-        f"workdir {workdir}", file=sys.stderr)
-  tokens_per_step = K * t.batch_size * t.seq_length
-  reported_bad = set()
-  ppl = [math.nan] * K
-  for epoch in range(step // epoch_size, t.num_epochs):
-    lr = train.lr_for_epoch(t, epoch)
-    start = step % epoch_size
-    if start == 0:  # epoch start: zero state, fresh accumulators
-      state["carry"] = jax.device_put(jax.tree.map(lambda a: np.zeros(a.shape, a.dtype), state["carry"]))
-      state["acc"] = jax.device_put(jax.tree.map(lambda a: np.stack([a] * K), jax.device_get(train.zero_acc())))
-    t0, done = time.time(), 0
-    for i in range(start, epoch_size):
-      x, y = ptb.window(streams, i, t.seq_length)
-      state = train_step(state, x, y, lr)
-      step, done = step + 1, done + 1
-      last = i == epoch_size - 1
-      if step % t.log_every_steps == 0 or last:
-        acc = jax.device_get(state["acc"])
-        for k in np.flatnonzero(acc["bad_step"] >= 0):
-          if k not in reported_bad:  # one member diverging does not stop the others
-            reported_bad.add(k)
-            print(f"member {k}: non-finite loss at step {int(acc['bad_step'][k])}; it keeps training "
-                  f"(its results will be nan)", file=sys.stderr)
-        ppl = _ppl(acc["nll_sum"], acc["count"])
-        wps = done * tokens_per_step / (time.time() - t0)
-        writer.write("train", step, epoch=epoch + 1, lr=lr, wps=wps)
-        for k in range(K):
-          mwriters[k].write("train", step, epoch=epoch + 1, train_ppl=ppl[k], lr=lr)
-      if t.checkpoint_every_steps and step % t.checkpoint_every_steps == 0 and not last:
-        checkpoint.save(latest, step, state, meta)
-    elapsed = time.time() - t0
-    valid = evaluate(state["params"], splits["valid"], t.batch_size, full=False)
-    record = {"epoch": epoch + 1, "train_ppl": ppl, "valid_ppl": valid, "lr": lr,
-              "time_s": elapsed, "wps": done * tokens_per_step / elapsed}
-    meta["history"].append(record)
-    writer.write("epoch", step, epoch=epoch + 1, lr=lr, time_s=elapsed, wps=record["wps"])
-    host = None
-    for k in range(K):
-      mwriters[k].write("epoch", step, epoch=epoch + 1, train_ppl=ppl[k], valid_ppl=valid[k], lr=lr)
-      if meta["best_valid"][k] is None or valid[k] < meta["best_valid"][k]:
-        meta["best_valid"][k] = valid[k]
-        host = jax.device_get(state) if host is None else host
-        checkpoint.save(best[k], step, member_state(host, k), member_meta(k))
-    print(f"epoch {epoch + 1:3d}  valid " + " ".join(f"{v:.2f}" for v in valid) +
-          f"  lr {lr:.4g}  {elapsed:6.0f}s  {record['wps']:.0f} wps (all members)", file=sys.stderr)
-    checkpoint.save(latest, step, state, meta)
-
-  test = evaluate(state["params"], splits["test"], 1, full=True)
-  host = jax.device_get(state)
-  out = []
-  for k, m in enumerate(members):
-    res = {"valid_ppl": meta["history"][-1]["valid_ppl"][k] if meta["history"] else None,
-           "test_ppl": test[k], "best_valid_ppl": meta["best_valid"][k], "step": step}
-    if config.eval.mc_samples:
-      from vdrnn import evaluate as evaluate_lib
-      mc = evaluate_lib.mc_lm(mconfigs[k], member_state(host, k)["params"], splits["test"], workdir=mdirs[k])
-      res["mc_test_ppl"], res["mc_samples"] = mc["ppl"], config.eval.mc_samples
-    mwriters[k].write("test", step, **{n: v for n, v in res.items() if isinstance(v, float)})
-    mwriters[k].close()
-    mlatest = checkpoint.manager(os.path.join(mdirs[k], "checkpoints"), max_to_keep=2)
-    if mlatest.latest_step() != step:
-      checkpoint.save(mlatest, step, member_state(host, k), member_meta(k))
-    with open(os.path.join(mdirs[k], "results.json"), "w") as f:
-      json.dump(res, f, indent=2)
-    out.append({**m, **res, "workdir": mdirs[k]})
-  writer.close()
-  results = {"members": out, "step": step}
-  with open(os.path.join(workdir, "results.json"), "w") as f:
-    json.dump(results, f, indent=2)
-  for r in sorted(out, key=lambda r: (not _finite(r["valid_ppl"]), r["valid_ppl"] or 0.0)):
-    print("  ".join(f"{n} {r[n]:g}" for n in FIELDS) + f"  valid {r['valid_ppl']:.2f}  test {r['test_ppl']:.2f}",
-          file=sys.stderr)
-  print(json.dumps(results))
-  return results
+  return loop.run(make_task(config, workdir), config, workdir)
 
 
 def _finite(v) -> bool:

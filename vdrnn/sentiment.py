@@ -2,7 +2,7 @@
 classification (``task="imdb"``); ``python -m vdrnn.train --config configs/sentiment_lstm.py``.
 
 Training follows Sentiment_analysis_code/sentiment_{lstm,gru}_regression.py of the released
-code (../shared/PAPER.md):
+code (``configs/PAPER.md``):
 
 * model: embedding -> one LSTM or GRU layer (last state; padding skipped) -> dropout ->
   dense (``vdrnn.models.seq_apply``); masks for step ``s`` from ``fold_in(key(seed), s)``,
@@ -48,11 +48,13 @@ import ml_collections
 import numpy as np
 import optax
 
-from vdrnn import checkpoint, models, sharding, uncertainty
-from vdrnn.config import validate_rates
+from tqdm import tqdm
+
+from vdrnn import checkpoint as ckpt_lib
+from vdrnn import loop, models, plots, sharding, uncertainty
+from vdrnn.config import compute_dtype, validate_rates
 from vdrnn.data import sentiment as data_lib
-from vdrnn.errors import UserError, check_finite
-from vdrnn.metrics import MetricsWriter
+from vdrnn.errors import UserError
 
 # Config fields that must match for a workdir's checkpoint to be resumed.
 RESUME_KEYS = ["task", "seed", "data", "model", "train.batch_size", "train.lr", "train.weight_decay"]
@@ -60,10 +62,6 @@ RESUME_KEYS = ["task", "seed", "data", "model", "train.batch_size", "train.lr", 
 
 def is_regression(config) -> bool:
   return config.task == "sentiment"
-
-
-def compute_dtype(config):
-  return None if config.train.compute_dtype == "float32" else jnp.dtype(config.train.compute_dtype)
 
 
 def validate(config) -> None:
@@ -227,17 +225,16 @@ def predict(config, fns, params, x: np.ndarray, mesh, *, samples: int = 0, progr
   n = len(x)
   dets, mcs = [], []
   n_batches = -(-n // B)
-  from tqdm import tqdm
   bar = tqdm(total=n_batches, desc=f"MC x{samples}" if samples else "eval", disable=not progress, leave=False,
              dynamic_ncols=True, file=sys.stderr)
   for j in range(n_batches):
     rows = x[j * B:(j + 1) * B]
     k = len(rows)
     xb = sharding.put_batch(np.concatenate([rows, np.zeros((B - k, x.shape[1]), np.int32)]), mesh)
-    dets.append(np.asarray(det_fn(params, xb))[:k])
+    dets.append(sharding.to_host(det_fn(params, xb))[:k])
     if samples:
       key = jax.random.fold_in(base, j)
-      outs = [np.asarray(mc_fn(params, xb, key, jnp.arange(s, s + C, dtype=jnp.uint32)))[:, :k]
+      outs = [sharding.to_host(mc_fn(params, xb, key, jnp.arange(s, s + C, dtype=jnp.uint32)))[:, :k]
               for s in range(0, samples, C)]
       mcs.append(np.concatenate(outs)[:samples])
     bar.update(1)
@@ -271,42 +268,8 @@ def evaluate(config, fns, params, split: dict, info: dict, mesh, *, samples: int
     curves = {"dropout approx.": uncertainty.softmax(det)}
     if mc is not None:
       curves[f"MC dropout ({samples})"] = uncertainty.softmax(mc).mean(0)
-    uncertainty.reliability_diagram(reliability_png, curves, split["y"], config.eval.ece_bins)
+    plots.reliability_diagram(reliability_png, curves, split["y"], config.eval.ece_bins)
   return out
-
-
-# ----------------------------------------------------------------------------------------
-# Learning curve.
-
-
-def plot_learning_curve(path: str, history: list[dict], regression: bool, final: Optional[dict] = None) -> None:
-  """PNG of the per-epoch metric (RMSE in rating units, or accuracy) on every split; the
-  end-of-training MC-dropout test value (``final``) as a star at the last epoch."""
-  import matplotlib
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt
-  import matplotlib.ticker
-
-  metric = "rmse" if regression else "acc"
-  fig, ax = plt.subplots(figsize=(6, 4))
-  epochs = [r["epoch"] for r in history]
-  for key, label, style in ((f"train_running_{metric}", "train (running, with dropout)", ":"),
-                            (f"train_{metric}", "train subset", "-"), (f"valid_{metric}", "valid", "-"),
-                            (f"test_{metric}", "test", "-"), (f"test_{metric}_mc", "test, MC dropout", "--")):
-    pts = [(e, r[key]) for e, r in zip(epochs, history) if r.get(key) is not None]
-    if pts:
-      ax.plot(*zip(*pts), style, marker="o" if len(pts) < 30 else None, ms=3, label=label)
-  if final and final.get(f"test_{metric}_mc") is not None and epochs:
-    ax.plot([epochs[-1]], [final[f"test_{metric}_mc"]], "k*", ms=9,
-            label=f"test, MC dropout ({final.get('mc_samples')} samples), end")
-  ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
-  ax.set_xlabel("epoch")
-  ax.set_ylabel("RMSE (rating units)" if regression else "accuracy")
-  ax.grid(alpha=0.3)
-  ax.legend(fontsize=8)
-  fig.tight_layout()
-  fig.savefig(path, dpi=100)
-  plt.close(fig)
 
 
 # ----------------------------------------------------------------------------------------
@@ -319,10 +282,11 @@ def _targets(config, split: dict, info: dict) -> np.ndarray:
   return split["y"].astype(np.int32)
 
 
-def _selection(config, splits) -> tuple[str, bool]:
-  """``(metric name, lower is better)`` used to pick the best checkpoint."""
+def _selection(config, splits) -> str:
+  """The epoch-record key (lower is better) that picks the best checkpoint: validation RMSE
+  or NLL, or, without a validation set, those of the training examples (never test)."""
   where = "valid" if "valid" in splits else "train"
-  return (f"{where}_rmse", True) if is_regression(config) else (f"{where}_nll", True)
+  return f"{where}_rmse" if is_regression(config) else f"{where}_nll"
 
 
 def _function_key(config) -> str:
@@ -351,12 +315,8 @@ def _compiled(key: str):
   return init, train_step, make_predict_fns(config), shardings
 
 
-def _finite(record: dict) -> dict:
-  return {k: v for k, v in record.items() if not (isinstance(v, float) and not math.isfinite(v))}
-
-
-def train_and_evaluate(config, workdir: str) -> dict:
-  """Trains a sentiment model; returns the final results dict (also ``results.json``)."""
+def make_task(config, workdir: str) -> loop.Task:
+  """The sentiment / IMDB run of ``config`` as a ``loop.Task`` (``workdir`` receives the plots)."""
   validate(config)
   t, e = config.train, config.eval
   mesh = sharding.make_mesh()
@@ -369,160 +329,109 @@ def train_and_evaluate(config, workdir: str) -> dict:
   y_train = _targets(config, train, info)
   n_train = len(y_train)
   steps_per_epoch = -(-n_train // t.batch_size)
-
-  os.makedirs(workdir, exist_ok=True)
-  latest = checkpoint.manager(os.path.join(workdir, "checkpoints"), max_to_keep=2)
-  best = checkpoint.manager(os.path.join(workdir, "best"), max_to_keep=1)
-  cfg_dict = json.loads(config.to_json())
-  select, lower = _selection(config, splits)
-  meta = {"config": cfg_dict, "steps_per_epoch": steps_per_epoch, "history": [], "best": None,
-          "best_on": select, "data": info}
-  resume = latest.latest_step() is not None
-  if resume:
-    saved = checkpoint.read_meta(latest)
-    checkpoint.check_compatible(saved["config"], cfg_dict, RESUME_KEYS, workdir)
-    if saved.get("steps_per_epoch") != steps_per_epoch:
-      raise UserError(f"{workdir} holds a checkpoint made with {saved.get('steps_per_epoch')} steps per epoch, "
-                      f"now {steps_per_epoch} (different data); use a fresh --workdir")
+  select = _selection(config, splits)
   init, train_step, fns, shardings = compiled(config)
-  state = init()
-  if resume:
-    state, meta = checkpoint.restore(latest, latest.latest_step(), state)
-    meta["config"] = cfg_dict
-    print(f"resuming from step {int(state['step'])} in {workdir}", file=sys.stderr)
-  with open(os.path.join(workdir, "config.json"), "w") as f:
-    f.write(config.to_json(indent=2))
-  step = int(state["step"])
-  writer = MetricsWriter(workdir, truncate_after_step=step)
-
-  from tqdm import tqdm
-  num_params = sum(p.size for p in jax.tree.leaves(state["params"]))
-  sizes = ", ".join(f"{k} {len(v['y'])}" for k, v in splits.items())
-  print(f"{config.task}: {num_params / 1e6:.2f}M parameters, {len(jax.devices())} device(s), {sizes} examples, "
-        f"{steps_per_epoch} steps/epoch, workdir {workdir}", file=sys.stderr)
   regression = is_regression(config)
   sub = {k: v[: e.train_examples] for k, v in train.items()} if e.train_examples else None
+  curve = os.path.join(workdir, "learning_curve.png")
 
-  def running(acc) -> dict:
+  def batch(epoch, i):
+    order = epoch_order(config.seed, epoch, n_train)
+    x, y, w = batch_rows(train, order[i * t.batch_size:(i + 1) * t.batch_size], t.batch_size,
+                         y_train)
+    return tuple(sharding.put_batch(a, mesh) for a in (x, y, w))
+
+  def start_epoch(state, epoch):
+    state["acc"] = jax.device_put(zero_acc(), shardings["acc"])
+    return state
+
+  def running(acc, epoch) -> dict:
     count = max(float(acc["count"]), 1.0)
     if regression:
       return {"train_running_rmse": math.sqrt(float(acc["loss_sum"]) / count) * info["y_std"]}
-    return {"train_running_nll": float(acc["loss_sum"]) / count, "train_running_acc": float(acc["correct"]) / count}
+    return {"train_running_nll": float(acc["loss_sum"]) / count,
+            "train_running_acc": float(acc["correct"]) / count}
 
-  for epoch in range(step // steps_per_epoch, t.num_epochs):
-    order = epoch_order(config.seed, epoch, n_train)
-    start = step % steps_per_epoch
-    if start == 0:
-      state["acc"] = jax.device_put(zero_acc(), shardings["acc"])
-    bar = tqdm(total=steps_per_epoch, initial=start, desc=f"epoch {epoch + 1}/{t.num_epochs}",
-               disable=not t.progress, dynamic_ncols=True, file=sys.stderr)
-    t0, done = time.time(), 0
-    for i in range(start, steps_per_epoch):
-      x, y, w = batch_rows(train, order[i * t.batch_size:(i + 1) * t.batch_size], t.batch_size, y_train)
-      state = train_step(state, sharding.put_batch(x, mesh), sharding.put_batch(y, mesh), sharding.put_batch(w, mesh))
-      step, done = step + 1, done + 1
-      last = i == steps_per_epoch - 1
-      log = step % t.log_every_steps == 0 or last
-      ckpt = bool(t.checkpoint_every_steps) and step % t.checkpoint_every_steps == 0 and not last
-      if log or ckpt:  # never save (or report) past a non-finite step
-        acc = jax.device_get(state["acc"])
-        if acc["bad_step"] >= 0:
-          bar.close()
-          writer.close()
-        check_finite(acc, epoch=epoch + 1, kept_step=latest.latest_step(), workdir=workdir,
-                     hint="lower train.lr or set train.max_grad_norm")
-      if log:
-        run = running(acc)
-        bar.update(i + 1 - bar.n)
-        bar.set_postfix({k.replace("train_running_", ""): f"{v:.4f}" for k, v in run.items()})
-        writer.write("train", step, epoch=epoch + 1, **run, examples_per_s=done * t.batch_size / (time.time() - t0))
-      if ckpt:
-        checkpoint.save(latest, step, state, meta)
-    bar.close()
-    elapsed = time.time() - t0
-    record = {"epoch": epoch + 1, **running(jax.device_get(state["acc"])), "time_s": elapsed}
-    params = state["params"]
+  def evaluate_epoch(state, epoch, meta) -> dict:
+    t0 = time.time()
+    params, record = state["params"], {}
     if sub is not None:
       record.update({f"train_{k}": v for k, v in evaluate(config, fns, params, sub, info, mesh).items()})
     if "valid" in splits:
-      record.update({f"valid_{k}": v for k, v in evaluate(config, fns, params, splits["valid"], info, mesh).items()})
+      record.update({f"valid_{k}": v
+                     for k, v in evaluate(config, fns, params, splits["valid"], info, mesh).items()})
     mc_now = e.mc_every_epochs and e.mc_samples and (epoch + 1) % e.mc_every_epochs == 0
-    record.update({f"test_{k}": v for k, v in evaluate(config, fns, params, splits["test"], info, mesh,
-                                                       samples=e.mc_samples if mc_now else 0).items()})
-    record["eval_time_s"] = time.time() - t0 - elapsed
-    meta["history"].append(record)
-    writer.write("epoch", step, **_finite(record))
+    test = evaluate(config, fns, params, splits["test"], info, mesh,
+                    samples=e.mc_samples if mc_now else 0)
+    record.update({f"test_{k}": v for k, v in test.items()})
+    record["eval_time_s"] = time.time() - t0
+    return record
+
+  def epoch_line(r) -> str:
     metric = "rmse" if regression else "acc"
-    shown = [(k, record.get(k)) for k in (f"train_running_{metric}", f"train_{metric}", f"valid_{metric}",
-                                           f"test_{metric}", f"test_{metric}_mc") if record.get(k) is not None]
-    print(f"epoch {epoch + 1:4d}  " + "  ".join(f"{k} {v:.4f}" for k, v in shown) +
-          f"  {elapsed:5.0f}s (+{record['eval_time_s']:.0f}s eval)", file=sys.stderr)
-    value = record.get(select)
-    if value is not None and (meta["best"] is None or (value < meta["best"]["value"] if lower
-                                                        else value > meta["best"]["value"])):
-      meta["best"] = {"epoch": epoch + 1, "step": step, "metric": select, "value": value}
-      if step in best.all_steps():  # left by a run stopped between this save and the next
-        best.delete(step)
-      checkpoint.save(best, step, state, meta)
-    checkpoint.save(latest, step, state, meta)
-    plot_learning_curve(os.path.join(workdir, "learning_curve.png"), meta["history"], regression)
+    shown = [(k, r.get(k)) for k in (f"train_running_{metric}", f"train_{metric}", f"valid_{metric}",
+                                     f"test_{metric}", f"test_{metric}_mc") if r.get(k) is not None]
+    return (f"epoch {r['epoch']:4d}  " + "  ".join(f"{k} {v:.4f}" for k, v in shown) +
+            f"  {r['time_s']:5.0f}s (+{r['eval_time_s']:.0f}s eval)")
 
-  test = evaluate(config, fns, state["params"], splits["test"], info, mesh, samples=e.mc_samples,
-                  progress=t.progress, reliability_png=os.path.join(workdir, "reliability_test.png"))
-  results = {**{f"test_{k}": v for k, v in test.items()}, "mc_samples": e.mc_samples, "checkpoint": "last",
-             "step": step, "epochs": t.num_epochs, "best": meta["best"], "data": info}
-  if regression:
-    results["tau"] = e.tau
-  plot_learning_curve(os.path.join(workdir, "learning_curve.png"), meta["history"], regression, results)
-  writer.write("test", step, **_finite({k: v for k, v in results.items() if isinstance(v, float)}))
-  writer.close()
-  with open(os.path.join(workdir, "results.json"), "w") as f:
-    json.dump(results, f, indent=2)
-  print(json.dumps({k: v for k, v in results.items() if k != "data"}))
-  return results
+  def finish(state, meta) -> dict:
+    test = evaluate(config, fns, state["params"], splits["test"], info, mesh, samples=e.mc_samples,
+                    progress=t.progress and sharding.is_primary(),
+                    reliability_png=os.path.join(workdir, "reliability_test.png"))
+    results = {**{f"test_{k}": v for k, v in test.items()}, "mc_samples": e.mc_samples,
+               "checkpoint": "last", "step": loop.current_step(state), "epochs": t.num_epochs,
+               "best": meta["best"], "data": info}
+    if regression:
+      results["tau"] = e.tau
+    if sharding.is_primary():
+      plots.learning_curve(curve, meta["history"], regression, results)
+    return results
+
+  state = init()
+  num_params = sum(p.size for p in jax.tree.leaves(state["params"]))
+  sizes = ", ".join(f"{k} {len(v['y'])}" for k, v in splits.items())
+  return loop.Task(
+      state=state, train_step=train_step, steps_per_epoch=steps_per_epoch, batch=batch,
+      start_epoch=start_epoch, running=running, evaluate=evaluate_epoch, finish=finish,
+      resume_keys=RESUME_KEYS, meta={"steps_per_epoch": steps_per_epoch, "data": info},
+      select=select, items_per_step=t.batch_size, rate_name="examples_per_s",
+      nonfinite_hint="lower train.lr or set train.max_grad_norm",
+      describe=(f"{config.task}: {num_params / 1e6:.2f}M parameters, {len(jax.devices())} "
+                f"device(s), {sizes} examples, {steps_per_epoch} steps/epoch"),
+      epoch_line=epoch_line,
+      after_epoch=lambda meta: plots.learning_curve(curve, meta["history"], regression))
 
 
-def evaluate_workdir(config, workdir: str, checkpoint: str = "best", split: str = "test") -> dict:
+def train_and_evaluate(config, workdir: str) -> dict:
+  """Trains a sentiment model in ``workdir``; returns the final results (also ``results.json``)."""
+  return loop.run(make_task(config, workdir), config, workdir)
+
+
+def evaluate_workdir(config, workdir: str, checkpoint: str = "latest", split: str = "test") -> dict:
   """Re-evaluates a trained workdir: the dropout approximation and MC dropout
-  (``eval.mc_samples``) on ``split`` (train, valid or test) with the ``best`` or ``latest``
-  checkpoint. Writes ``eval_<checkpoint>_<split>.json`` (and, for classification,
+  (``eval.mc_samples``) on ``split`` (train, valid or test) with checkpoint ``latest``,
+  ``best`` or a step. Writes ``eval_<checkpoint>_<split>.json`` (and, for classification,
   ``reliability_<checkpoint>_<split>.png``) in the workdir, prints and returns the metrics.
-
-  ``config`` may be None: the workdir's ``config.json`` is used.
   """
-  from vdrnn import checkpoint as ckpt
-  if config is None:
-    path = os.path.join(workdir, "config.json")
-    if not os.path.exists(path):
-      raise UserError(f"{workdir} has no config.json; is it a training workdir?")
-    with open(path) as f:
-      config = ml_collections.ConfigDict(json.load(f))
   validate(config)
-  if checkpoint not in ("best", "latest"):
-    raise UserError(f"checkpoint must be best or latest, got {checkpoint!r}")
-  directory = os.path.join(workdir, "best" if checkpoint == "best" else "checkpoints")
-  if not os.path.isdir(directory):
-    raise UserError(f"{workdir} has no {os.path.basename(directory)}/ checkpoints; train first")
-  mngr = ckpt.manager(directory)
-  if mngr.latest_step() is None:
-    raise UserError(f"{directory} holds no checkpoint; train first")
+  mngr, step = ckpt_lib.find(workdir, checkpoint)
   mesh = sharding.make_mesh()
   sharding.check_batch(config.eval.batch_size, mesh, "eval.batch_size")
   splits, info = load_data(config)
-  init, _, fns, _ = compiled(config)
-  state = init()
   if split not in splits:
     raise UserError(f"split must be one of {sorted(splits)} for this config, got {split!r}")
-  state, meta = ckpt.restore(mngr, mngr.latest_step(), state)
+  init, _, fns, _ = compiled(config)
+  state, meta = ckpt_lib.restore(mngr, step, init())
   n = config.eval.mc_samples
   out = evaluate(config, fns, state["params"], splits[split], info, mesh, samples=n,
                  progress=config.train.progress,
                  reliability_png=os.path.join(workdir, f"reliability_{checkpoint}_{split}.png"))
-  results = {**{f"{split}_{k}": v for k, v in out.items()}, "mc_samples": n, "checkpoint": checkpoint,
-             "step": int(state["step"]), "epoch": len(meta.get("history", []))}
+  results = {**{f"{split}_{k}": v for k, v in out.items()}, "mc_samples": n,
+             "checkpoint": checkpoint, "step": int(state["step"]),
+             "epoch": len(meta.get("history", []))}
   if is_regression(config):
     results["tau"] = config.eval.tau
-  with open(os.path.join(workdir, f"eval_{checkpoint}_{split}.json"), "w") as f:
-    json.dump(results, f, indent=2)
-  print(json.dumps(results))
+  if sharding.is_primary():
+    with open(os.path.join(workdir, f"eval_{checkpoint}_{split}.json"), "w") as f:
+      json.dump(results, f, indent=2)
   return results

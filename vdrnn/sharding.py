@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import jax
 import numpy as np
+from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from vdrnn.errors import UserError
@@ -41,6 +42,11 @@ def check_batch(batch_size: int, mesh: Mesh, name: str = "train.batch_size") -> 
     raise UserError(f"{name}={batch_size} is not divisible by the {jax.process_count()} processes")
 
 
+def is_primary() -> bool:
+  """True on the process that writes files (process 0; every process under a single host)."""
+  return jax.process_index() == 0
+
+
 def process_rows(batch_size: int) -> slice:
   """The rows of a global batch that this process feeds."""
   n = batch_size // jax.process_count()
@@ -57,3 +63,11 @@ def put_batch(x: np.ndarray, mesh: Mesh) -> jax.Array:
 
 def put_replicated(tree, mesh: Mesh):
   return jax.device_put(tree, replicated(mesh))
+
+
+def to_host(x: jax.Array) -> np.ndarray:
+  """The whole of a (possibly batch-sharded, multi-process) array as a NumPy array on every
+  process."""
+  if jax.process_count() > 1:
+    return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+  return np.asarray(x)

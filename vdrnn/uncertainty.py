@@ -128,33 +128,3 @@ def classification_summary(probs_samples, labels, n_bins: int = 15) -> dict:
   return {"acc": accuracy(p, labels), "nll": nll(p, labels), "ece": ece(p, labels, n_bins),
           "entropy": float(h.mean()), "entropy_correct": mean(h, right), "entropy_wrong": mean(h, ~right),
           "mi": float(mi.mean()), "mi_correct": mean(mi, right), "mi_wrong": mean(mi, ~right)}
-
-
-def reliability_diagram(path: str, curves: dict, labels, n_bins: int = 15) -> None:
-  """Writes a PNG: accuracy against confidence per bin for each ``name -> probs [N, K]``
-  in ``curves`` (e.g. dropout approximation and MC), with the diagonal and ECE in the legend,
-  and the share of points per bin below."""
-  import matplotlib
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt
-
-  fig, (ax, hx) = plt.subplots(2, 1, figsize=(5, 6), sharex=True, gridspec_kw={"height_ratios": [3, 1]})
-  ax.plot([0, 1], [0, 1], "k--", lw=1, label="perfect calibration")
-  width = 1.0 / n_bins
-  for i, (name, probs) in enumerate(curves.items()):
-    b = calibration_bins(probs, labels, n_bins)
-    keep = b["count"] > 0
-    centers = b["edges"][:-1] + width / 2
-    ax.plot(b["confidence"][keep], b["accuracy"][keep], "o-", label=f"{name} (ECE {ece(probs, labels, n_bins):.3f})")
-    off = (i - (len(curves) - 1) / 2) * width / max(len(curves), 1)
-    hx.bar(centers + off, b["count"] / b["count"].sum(), width=width / max(len(curves), 1), label=name)
-  ax.set_ylabel("accuracy")
-  ax.set_xlim(0, 1)
-  ax.set_ylim(0, 1)
-  ax.legend(loc="upper left", fontsize=8)
-  ax.set_title("reliability diagram")
-  hx.set_xlabel("confidence (max predictive probability)")
-  hx.set_ylabel("share")
-  fig.tight_layout()
-  fig.savefig(path, dpi=100)
-  plt.close(fig)

@@ -20,6 +20,8 @@ import os
 from pathlib import Path
 from typing import Optional
 
+import pooch
+
 from vdrnn.errors import UserError
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -80,7 +82,6 @@ def find(name: str, files: dict[str, str], data_dir: Optional[str], *, verify: b
 
 def download(name: str, files: dict[str, str], urls: dict[str, str]) -> Optional[Path]:
   """Fetches ``files`` into ``cache_dir()/name`` with pooch (sha256-checked); None without a network."""
-  import pooch
   folder = cache_dir() / name
   try:
     for f, digest in files.items():

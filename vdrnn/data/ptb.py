@@ -3,7 +3,7 @@
 Reader: every newline becomes ``<eos>``, the text is split on whitespace, and the
 vocabulary is built from the training file (ids by decreasing frequency, ties by word).
 Corpus sizes: train 929,589, valid 73,760, test 82,430 tokens; 10,000 types
-(``../shared/PAPER.md``, ``../shared/data/SOURCES.md``).
+(``configs/PAPER.md``).
 
 Batching (Zaremba): the token stream is cut into ``B`` contiguous parallel streams
 ``[B, N // B]``; window ``i`` takes inputs ``data[:, iT:(i+1)T]`` and targets shifted by one;

@@ -2,7 +2,7 @@
 
 Pang & Lee (``scaledata/<Author>/{subj,rating}.<Author>``, 4 critics, 5,006 reviews, one
 review per line, ratings in [0, 1]) follows Sentiment_analysis_code/sentiment_lstm_regression.py
-of the released code (../shared/PAPER.md, "The sentiment experiment"):
+of the released code (configs/PAPER.md, "The sentiment experiment"):
 
 * tokens: lower-case, split on whitespace (the reviews are already tokenised);
 * vocabulary: the ``num_words`` most frequent words, ties broken by first occurrence (the

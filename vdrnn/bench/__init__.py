@@ -1,0 +1,40 @@
+"""Throughput benchmark: ``python -m vdrnn.bench [--quick] [--json PATH] [--table PATH] [--only S]``.
+
+Measures, on the default JAX device (CPU or one accelerator):
+
+* ``gemm``: the device's own large-GEMM rate (square ``jnp.dot``, float32 and bfloat16
+  operands with float32 accumulation); every other result is reported as a fraction of it.
+* ``train``: tokens/s of one complete training step (``vdrnn.lm.make_train_step``:
+  masks, forward, backward, clipping, SGD update; jitted with buffer donation) at the PTB
+  small, medium and large shapes, tied and untied gate masks, float32 and bfloat16 matmuls.
+  "small" is Zaremba's 2 x 200 / 20-step shape with the medium recipe's variational dropout.
+* ``mc``: MC-dropout evaluation, sample-tokens/s (``vdrnn.lm_eval.make_mc_chunk_fn``) at
+  S = 100 and S = 1000 samples, medium shapes.
+* ``population``: tokens/s of K = 1, 4, 16 members trained as one vmapped step
+  (``vdrnn.population``), medium shapes.
+* ``peers``: vdrnn side by side with the same training step in Keras 3
+  (``LSTM(dropout, recurrent_dropout)`` on its JAX backend; untied gate masks) and in PyTorch
+  (an ``LSTMCell`` loop with per-sequence masks; tied), at each precision: float32, and
+  bfloat16 where supported (Keras ``mixed_bfloat16``, ``torch.autocast``). They run in
+  interleaved rounds (each peer in its own worker process, waiting on a pipe between rounds),
+  so drift in the machine's speed hits all alike; ratios are medians of per-round ratios.
+  Peers are optional (``pip install -e .[bench]``) and skipped with a message when missing.
+
+FLOPs count 2 per multiply-add over the matmul parameters (LSTM input and recurrent
+kernels, softmax matrix; not the embedding lookup): ``2 P`` per token forward, ``6 P`` per
+token for a training step. Timings are medians over repetitions, compilation excluded.
+Each %GEMM is the median over repetitions of (achieved FLOP/s) / (the rate of a GEMM timed
+right after that repetition, at the size that ran fastest in the ``gemm`` section): the
+machine's speed can drift between and within sections (a shared VM's does), and a
+yardstick taken minutes earlier would misstate the fraction. The load average is printed
+with the results.
+
+A table goes to stdout (and, with ``--table PATH``, to a file: ``results/`` holds the
+tables of the runs the README cites) and, with ``--json PATH``, everything to a JSON file.
+
+Modules: ``common`` (configs, FLOP counts, timers, the GEMM yardstick), ``sections``
+(gemm, train, mc, population), ``peers`` (the Keras and PyTorch contenders, worker
+processes, the side-by-side rounds), ``driver`` (plan, run, table, command line); beside
+them ``ab`` (A/B timing of two git revisions, interleaved) and ``mc_memory`` (peak memory
+of MC evaluation).
+"""

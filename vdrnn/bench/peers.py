@@ -1,0 +1,262 @@
+"""Peers for the side-by-side section: the same training step in Keras 3 and PyTorch, each
+in a worker process, timed in interleaved rounds with vdrnn."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+
+import jax
+import numpy as np
+
+from vdrnn import lm
+from vdrnn.bench.common import (_fraction, _random_batches, _shape_str, gemm_probe, lm_config, matmul_params,
+                                step_runner)
+
+# ----------------------------------------------------------------------------------------
+# Peers: the same model, dropout semantics, loss, clipping and SGD update. Each builder
+# returns ``(run, info)``: ``run(n)`` does n training steps and returns seconds per step.
+
+
+def build_keras(cfg, dtype: str = "float32"):
+  """Keras 3 on its JAX backend: ``Embedding -> LSTM(dropout=p_x, recurrent_dropout=p_h,
+  stateful) x L -> Dropout(p_out, one mask per sequence) -> Dense``; SGD with global-norm
+  clipping; loss ``T * mean NLL`` (= sum over time of the batch mean). bfloat16: the
+  ``mixed_bfloat16`` policy (bf16 compute, float32 variables).
+
+  Keras 3 holds one mask per sequence for all time steps and, with ``recurrent_dropout``,
+  switches the cell to ``implementation=1``: one mask per gate (4 for the input, 4 for the
+  state), i.e. the paper's *untied* gates. It has no word-type embedding dropout (vdrnn's
+  step does that work too).
+  """
+  os.environ.setdefault("KERAS_BACKEND", "jax")
+  import keras  # noqa: PLC0415 - optional
+  if keras.backend.backend() != "jax":
+    raise RuntimeError(f"keras is using the {keras.backend.backend()} backend; set KERAS_BACKEND=jax")
+  keras.mixed_precision.set_global_policy("mixed_bfloat16" if dtype == "bfloat16" else "float32")
+  m, t = cfg.model, cfg.train
+  B, T = t.batch_size, t.seq_length
+  keras.utils.set_random_seed(0)
+  init = keras.initializers.RandomUniform(-m.init_scale, m.init_scale)
+  inputs = keras.Input((T,), batch_size=B, dtype="int32")
+  x = keras.layers.Embedding(m.vocab_size, m.emb_dim, embeddings_initializer=init)(inputs)
+  for _ in range(m.num_layers):
+    x = keras.layers.LSTM(m.hidden, dropout=m.p_x, recurrent_dropout=m.p_h, return_sequences=True, stateful=True,
+                          kernel_initializer=init, recurrent_initializer=init, bias_initializer=init,
+                          unit_forget_bias=False)(x)
+  x = keras.layers.Dropout(m.p_out, noise_shape=(B, 1, m.hidden))(x)
+  logits = keras.layers.Dense(m.vocab_size, kernel_initializer=init, bias_initializer=init, dtype="float32")(x)
+  model = keras.Model(inputs, logits)
+
+  def loss(y, z):
+    return T * keras.losses.sparse_categorical_crossentropy(y, z, from_logits=True)
+
+  model.compile(optimizer=keras.optimizers.SGD(learning_rate=1.0, global_clipnorm=t.max_grad_norm), loss=loss)
+  rng = np.random.RandomState(0)
+  batches = [(rng.randint(0, m.vocab_size, (B, T)).astype(np.int32),) * 2 for _ in range(4)]
+  i = 0
+
+  def run(n: int) -> float:
+    nonlocal i
+    t0 = time.perf_counter()
+    for _ in range(n):
+      out = model.train_on_batch(*batches[i % 4])
+      i += 1
+    float(np.asarray(out if np.ndim(out) == 0 else out[0]))
+    return (time.perf_counter() - t0) / n
+
+  t0 = time.perf_counter()
+  run(1)
+  return run, {"compile_s": time.perf_counter() - t0, "gates": "untied", "version": keras.__version__,
+               "precision": "mixed_bfloat16" if dtype == "bfloat16" else "float32"}
+
+
+def build_torch(cfg, dtype: str = "float32"):
+  """PyTorch: ``Embedding -> LSTMCell`` loop per layer with per-sequence masks on the
+  input and on the recurrent state (one mask for all gates: *tied*), output dropout with one
+  mask per sequence, ``Linear``; ``T * cross_entropy``, ``clip_grad_norm_``, SGD. The
+  state is carried (detached) from window to window. No word-type embedding dropout.
+  bfloat16: the forward pass under ``torch.autocast(dtype=torch.bfloat16)``.
+  """
+  import torch  # noqa: PLC0415 - optional
+  platform_ = jax.devices()[0].platform
+  if platform_ == "gpu" and not torch.cuda.is_available():
+    raise RuntimeError("JAX runs on a GPU but this PyTorch has no CUDA")
+  dev = torch.device("cuda" if platform_ == "gpu" else "cpu")
+  if dev.type == "cpu":
+    torch.set_num_threads(os.cpu_count() or 1)
+  torch.manual_seed(0)
+  m, t = cfg.model, cfg.train
+  B, T, H, L = t.batch_size, t.seq_length, m.hidden, m.num_layers
+  emb = torch.nn.Embedding(m.vocab_size, m.emb_dim)
+  cells = torch.nn.ModuleList([torch.nn.LSTMCell(m.emb_dim if l == 0 else H, H) for l in range(L)])
+  out = torch.nn.Linear(H, m.vocab_size)
+  model = torch.nn.ModuleList([emb, cells, out]).to(dev)
+  for p in model.parameters():
+    torch.nn.init.uniform_(p, -m.init_scale, m.init_scale)
+  opt = torch.optim.SGD(model.parameters(), lr=1.0)
+  state = [(torch.zeros(B, H, device=dev), torch.zeros(B, H, device=dev)) for _ in range(L)]
+  autocast = torch.autocast(dev.type, dtype=torch.bfloat16, enabled=dtype == "bfloat16")
+
+  def mask(shape, p):
+    return torch.bernoulli(torch.full(shape, 1.0 - p, device=dev)) / (1.0 - p)
+
+  def step(x, y):
+    nonlocal state
+    with autocast:
+      xs = emb(x)  # [B, T, E]
+      new_state = []
+      for l, cell in enumerate(cells):
+        mx, mh = mask((B, xs.shape[-1]), m.p_x), mask((B, H), m.p_h)  # per sequence, held over T
+        h, c = state[l]
+        ys = []
+        for s in range(T):
+          h, c = cell(xs[:, s] * mx, (h * mh, c))
+          ys.append(h)
+        xs = torch.stack(ys, 1)
+        new_state.append((h.detach().float(), c.detach().float()))
+      state = new_state
+      logits = out(xs * mask((B, 1, H), m.p_out)).float()
+    loss = T * torch.nn.functional.cross_entropy(logits.reshape(-1, m.vocab_size), y.reshape(-1))
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(model.parameters(), t.max_grad_norm)
+    opt.step()
+    return loss
+
+  rng = np.random.RandomState(0)
+  batches = [tuple(torch.from_numpy(rng.randint(0, m.vocab_size, (B, T))).long().to(dev) for _ in range(2))
+             for _ in range(4)]
+  i = 0
+
+  def run(n: int) -> float:
+    nonlocal i
+    t0 = time.perf_counter()
+    for _ in range(n):
+      loss = step(*batches[i % 4])
+      i += 1
+    float(loss.detach())
+    if dev.type == "cuda":
+      torch.cuda.synchronize()
+    return (time.perf_counter() - t0) / n
+
+  t0 = time.perf_counter()
+  run(1)
+  return run, {"compile_s": time.perf_counter() - t0, "gates": "tied", "version": torch.__version__,
+               "threads": torch.get_num_threads() if dev.type == "cpu" else None,
+               "precision": "autocast bfloat16" if dtype == "bfloat16" else "float32"}
+
+
+PEERS = {"keras": build_keras, "torch": build_torch}
+PEER_GATES = {"keras": "untied", "torch": "tied"}  # the gate masks each peer implements
+
+
+def build_peer(name: str, shape: str, dtype: str):
+  """``(run, info)`` of a peer in this process, or ``(None, {"skipped": reason})``."""
+  cfg = lm_config(shape, PEER_GATES[name], "float32")
+  try:
+    return PEERS[name](cfg, dtype)
+  except ImportError as e:
+    return None, {"skipped": f"{name} peer skipped: {e.name or e} is not installed (pip install -e .[bench])"}
+  except RuntimeError as e:
+    return None, {"skipped": f"{name} peer skipped: {e}"}
+
+
+def peer_worker(spec: str) -> None:
+  """``--peer_worker=NAME,SHAPE,DTYPE``: builds the peer, prints one JSON line (its info),
+  then for every line ``n`` on stdin runs n steps and prints ``{"s": seconds per step}``."""
+  name, shape, dtype = spec.split(",")
+  run, info = build_peer(name, shape, dtype)
+  print(json.dumps(info), flush=True)
+  if run is None:
+    return
+  for line in sys.stdin:
+    print(json.dumps({"s": run(int(line))}), flush=True)
+
+
+def start_peer(name: str, shape: str, dtype: str, isolate: bool = True):
+  """A peer's ``(run, info)``; with ``isolate`` it lives in its own process (a worker that
+  waits on a pipe between rounds), so neither its thread pools nor this process's XLA
+  threads share a process with the other's timings."""
+  if not isolate:
+    return build_peer(name, shape, dtype)
+  env = {**os.environ, "KERAS_BACKEND": "jax"} if name == "keras" else dict(os.environ)
+  proc = subprocess.Popen([sys.executable, "-m", "vdrnn.bench", f"--peer_worker={name},{shape},{dtype}"],
+                          stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+
+  def reply() -> dict:
+    for line in proc.stdout:
+      if line.startswith("{"):
+        return json.loads(line)
+    err = (proc.stderr.read().strip().splitlines() or ["no output"])[-1]
+    return {"skipped": f"{name} peer failed (exit {proc.wait()}): {err}"}
+
+  info = reply()
+  if "skipped" in info:
+    proc.kill()
+    return None, info
+
+  def run(n: int) -> float:
+    proc.stdin.write(f"{n}\n")
+    proc.stdin.flush()
+    r = reply()
+    if "s" not in r:
+      raise RuntimeError(r.get("skipped", "peer worker stopped"))
+    return r["s"]
+
+  run.close = lambda: (proc.stdin.close(), proc.wait())
+  return run, info
+
+
+def side_by_side(shape: str, dtype: str, rounds: int, steps: int, gemm_n: int, isolate: bool = True,
+                 log=lambda m: None) -> tuple[list, list]:
+  """vdrnn (tied and untied) and the peers at one shape and precision, measured in
+  interleaved rounds: every round times ``steps`` steps of each, then one ``gemm_n`` GEMM.
+  A machine whose speed drifts (a shared VM's does, by 1.5x within minutes) then slows
+  every contender alike; ratios and GEMM fractions are medians of per-round values.
+  Returns ``(rows, skipped)``."""
+  runs, infos, skipped = {}, {}, []
+  for name in PEERS:
+    run, info = start_peer(name, shape, dtype, isolate)
+    if run is None:
+      skipped.append({"section": "peers", "impl": name, "reason": info["skipped"]})
+      log(info["skipped"])
+      continue
+    runs[(name, info["gates"])], infos[(name, info["gates"])] = run, info
+  if not runs:  # nothing to compare with
+    return [], skipped
+  ours = {}
+  for gates in ("tied", "untied"):
+    cfg = lm_config(shape, gates, dtype)
+    step_fn = jax.jit(lm.make_train_step(cfg), donate_argnums=0)
+    ours[("vdrnn", gates)], compile_s = step_runner(step_fn, lm.init_state(cfg, cfg.train.batch_size),
+                                                    _random_batches(cfg, 4))
+    infos[("vdrnn", gates)] = {"compile_s": compile_s, "gates": gates}
+  runs = {**ours, **runs}
+  probe = gemm_probe(dtype, gemm_n)
+  times = {k: [] for k in runs}
+  gemm_rates = []
+  for _ in range(rounds):
+    for k, run in runs.items():
+      times[k].append(run(steps))
+    gemm_rates.append(probe())
+  for run in runs.values():
+    getattr(run, "close", lambda: None)()
+  cfg = lm_config(shape, "tied", dtype)
+  tokens, flops_tok = cfg.train.batch_size * cfg.train.seq_length, 6 * matmul_params(cfg)
+  rows = []
+  for (impl, gates), ts in times.items():
+    ts = np.array(ts)
+    r = {"section": "side" if impl == "vdrnn" else "peer", "impl": impl, "shape": shape, "gates": gates,
+         "dtype": dtype, "dims": _shape_str(cfg), "matmul_params": matmul_params(cfg),
+         "seconds_per_step": float(np.median(ts)), "tokens_per_s": float(tokens / np.median(ts)),
+         "flops_per_s": float(flops_tok * tokens / np.median(ts)), "rounds": ts.tolist(),
+         "gemm_rates": gemm_rates, "gemm_fraction": _fraction(flops_tok * tokens, ts, gemm_rates),
+         **{k: v for k, v in infos[(impl, gates)].items() if k != "gates"}}
+    if impl != "vdrnn":  # vdrnn's speed-up over this peer, same gates, median of the per-round ratios
+      r["vdrnn_speedup"] = float(np.median(ts / np.array(times[("vdrnn", gates)])))
+    rows.append(r)
+  return rows, skipped

@@ -1,0 +1,254 @@
+"""The Penn Treebank language-model task, as the training loop (``vdrnn.loop``) runs it.
+
+Training follows the released code (LM_code/main_new_dropout_SOTA_v3.lua) and Zaremba et
+al. 2014 (``configs/PAPER.md``):
+
+* B parallel streams, windows of T tokens, hidden state carried from window to window
+  and reset to zero at the start of every epoch;
+* masks drawn anew for every window from ``fold_in(key(seed), step)``, one per sequence
+  row, fixed over the window;
+* gradient of ``sum_t mean_b NLL``; global-norm clip at ``max_grad_norm``; plain SGD; then
+  ``params -= weight_decay * params`` (not scaled by the learning rate);
+* learning rate ``lr / lr_decay ** max(0, e - max_epoch)`` in 0-based epoch ``e``: the Lua
+  code divides after finishing epoch ``k > max_epoch`` (1-based), so epoch
+  ``max_epoch + 2`` is the first with a smaller rate;
+* validation after every epoch with the dropout approximation (``vdrnn.lm_eval``), state
+  reset, same batching; test at the end on one stream (batch 1), state carried, and the
+  MC-dropout test when ``eval.mc_samples > 0``.
+
+The step is ``jax.jit``-ted with ``NamedSharding``s over a 1-D device mesh (data parallel).
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from vdrnn import loop, lm_eval, models, sharding
+from vdrnn.config import compute_dtype, validate_lm
+from vdrnn.data import ptb
+from vdrnn.errors import UserError
+
+# Config fields that must match for a workdir's checkpoint to be resumed.
+RESUME_KEYS = ["task", "seed", "data_limit", "model", "train.batch_size", "train.seq_length"]
+
+
+def lr_schedule(t) -> optax.Schedule:
+  """Learning rate by 0-based epoch (the released Lua code's boundary): ``lr`` up to epoch
+  ``max_epoch``, then divided by ``lr_decay`` per epoch."""
+  return optax.exponential_decay(t.lr, transition_steps=1, decay_rate=1.0 / t.lr_decay,
+                                 transition_begin=t.max_epoch, staircase=True)
+
+
+def lr_for_epoch(t, epoch: int) -> float:
+  return float(lr_schedule(t)(epoch))
+
+
+def lr_by_epoch(t):
+  """``lr(epoch)``: ``lr_for_epoch`` computed once per epoch (not once per step)."""
+  rates = {}
+
+  def lr(epoch: int) -> float:
+    if epoch not in rates:
+      rates[epoch] = lr_for_epoch(t, epoch)
+    return rates[epoch]
+
+  return lr
+
+
+def zero_acc() -> dict:
+  """Running sums of an epoch: ``nll_sum``, token ``count``, first non-finite ``bad_step``."""
+  return {"nll_sum": jnp.zeros((), jnp.float32), "count": jnp.zeros((), jnp.int32),
+          "bad_step": jnp.full((), -1, jnp.int32)}
+
+
+def init_state(config, batch_size: int) -> dict:
+  """``{"params", "carry", "step", "acc"}``: everything a run needs to resume exactly."""
+  params = models.init_lm(jax.random.key(config.seed), config.model)
+  return {"params": params, "carry": models.lm_zero_carry(config.model, batch_size),
+          "step": jnp.zeros((), jnp.int32), "acc": zero_acc()}
+
+
+def embedding_grad_sq(ids: jax.Array, g_rows: jax.Array) -> jax.Array:
+  """``sum(G**2)`` of the dense embedding gradient ``G [V, E]`` whose row ``v`` is the sum of
+  the row gradients ``g_rows [N, E]`` of the tokens ``ids [N]`` equal to ``v``, without
+  forming ``G``: the rows are sorted by id and summed per distinct id."""
+  order = jnp.argsort(ids)
+  sorted_ids = ids[order]
+  first = jnp.concatenate([jnp.ones((1,), bool), sorted_ids[1:] != sorted_ids[:-1]])
+  per_type = jax.ops.segment_sum(g_rows[order], jnp.cumsum(first) - 1, num_segments=ids.shape[0])
+  return jnp.sum(per_type * per_type)
+
+
+def sparse_row_sgd(embed: jax.Array, ids: jax.Array, g_rows: jax.Array, step_size) -> jax.Array:
+  """``embed [V, E]`` after an SGD step whose gradient is nonzero only in the rows ``ids [N]``
+  (row gradients ``g_rows [N, E]``, repeats summed): a scatter-add, no dense ``[V, E]``
+  gradient (in place when the state is donated)."""
+  return embed.at[ids].add(-step_size * g_rows)
+
+
+def _sgd_clipped(max_norm: float, lr) -> optax.GradientTransformation:
+  """Global-norm clipping, then plain SGD (stateless: ``init`` is empty)."""
+  return optax.chain(optax.clip_by_global_norm(max_norm), optax.sgd(lr))
+
+
+def make_step_body(config):
+  """``body(state, x [B, T], y [B, T], lr, key, rates) -> state``: one SGD step, pure.
+
+  ``key`` is the run's base key (``key(seed)``) and ``rates`` the ``{"emb", "x", "h", "out"}``
+  drop probabilities; both may be traced, so a population can ``vmap`` the body over them
+  (``vdrnn.population``). Masks come from ``fold_in(key, step)``, row ``b`` from ``fold_in(., b)``.
+  """
+  m, t = config.model, config.train
+  dtype = compute_dtype(config)
+
+  def body(state, x, y, lr, key, rates):
+    step = state["step"]
+    masks = models.lm_masks(jax.random.fold_in(key, step), m, x, rates)
+    params = state["params"]
+
+    def loss_fn(params, rows=None):
+      nll, carry = models.lm_nll(params, state["carry"], x, y, masks, unroll=t.unroll,
+                                 compute_dtype=dtype, embedded=rows)
+      return nll.mean(axis=1).sum(), (nll, carry)
+
+    if m.tie_embeddings:  # the embedding is also the softmax matrix: a dense gradient
+      (loss, (nll, carry)), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
+      norm = optax.tree.norm(grads)
+      tx = _sgd_clipped(t.max_grad_norm, lr)
+      updates, _ = tx.update(grads, tx.init(params), params)
+      params = optax.apply_updates(params, updates)
+    else:  # only the T*B looked-up rows have a gradient: no dense [V, E] gradient is formed
+      embed = params["embed"]
+      rest = {k: v for k, v in params.items() if k != "embed"}
+      ids = x.T.reshape(-1)  # [T*B], the rows' order in ``rows``
+      rows = jnp.take(embed, x.T, axis=0)  # [T, B, E]
+      (loss, (nll, carry)), (grads, g_rows) = jax.value_and_grad(
+          lambda r, e: loss_fn({**r, "embed": embed}, e), argnums=(0, 1), has_aux=True)(rest, rows)
+      g_rows = g_rows.reshape(ids.shape[0], -1)
+      norm = jnp.sqrt(optax.tree.norm(grads) ** 2 + embedding_grad_sq(ids, g_rows))
+      scale = jnp.where(norm > t.max_grad_norm, t.max_grad_norm / norm, 1.0)
+      params = jax.tree.map(lambda p, g: p - lr * scale * g, rest, grads)
+      params["embed"] = sparse_row_sgd(embed, ids, g_rows, lr * scale)
+    if t.weight_decay:
+      params = jax.tree.map(lambda p: p - t.weight_decay * p, params)
+    acc = state["acc"]
+    finite = jnp.isfinite(loss) & jnp.isfinite(norm)
+    bad = jnp.where((acc["bad_step"] < 0) & ~finite, step, acc["bad_step"])
+    acc = {"nll_sum": acc["nll_sum"] + nll.sum(), "count": acc["count"] + nll.size, "bad_step": bad}
+    return {"params": params, "carry": carry, "step": step + 1, "acc": acc}
+
+  return body
+
+
+def make_train_step(config):
+  """``train_step(state, x [B, T], y [B, T], lr) -> state``, pure: ``make_step_body`` with the
+  config's seed and (static) rates."""
+  body = make_step_body(config)
+  base_key = jax.random.key(config.seed)
+  rates = models.lm_rates(config.model)
+
+  def train_step(state, x, y, lr):
+    return body(state, x, y, lr, base_key, rates)
+
+  return train_step
+
+
+def load_data(config):
+  splits, vocab = ptb.load(config.data_dir or None, verify=config.verify_checksums)
+  if len(vocab) != config.model.vocab_size:
+    raise UserError(f"the training data has {len(vocab)} word types but model.vocab_size="
+                    f"{config.model.vocab_size}; pass --config.model.vocab_size={len(vocab)}")
+  if config.data_limit:
+    splits = {k: v[: config.data_limit] for k, v in splits.items()}
+  return splits, vocab
+
+
+def train_streams(config, ids: np.ndarray) -> tuple[np.ndarray, int]:
+  """``(streams [B, N // B], windows per epoch)``; a ``UserError`` when there is no window."""
+  t = config.train
+  streams = ptb.batchify(ids, t.batch_size)
+  epoch_size = ptb.num_windows(streams, t.seq_length)
+  if epoch_size < 1:
+    raise UserError(f"the training data is too short for batch_size={t.batch_size} x "
+                    f"seq_length={t.seq_length}")
+  return streams, epoch_size
+
+
+def shardings(mesh, state) -> dict:
+  rep, bat = sharding.replicated(mesh), sharding.batch_sharding(mesh)
+  return {"params": jax.tree.map(lambda _: rep, state["params"]),
+          "carry": jax.tree.map(lambda _: bat, state["carry"]),
+          "step": rep, "acc": jax.tree.map(lambda _: rep, state["acc"])}
+
+
+def make_task(config, workdir: str) -> loop.Task:
+  """The PTB run of ``config`` as a ``loop.Task`` (``workdir`` receives the MC test's files)."""
+  validate_lm(config)
+  t = config.train
+  mesh = sharding.make_mesh()
+  sharding.check_batch(t.batch_size, mesh)
+  splits, _ = load_data(config)
+  streams, epoch_size = train_streams(config, splits["train"])
+  state = init_state(config, t.batch_size)
+  sh = shardings(mesh, state)
+  bat = sharding.batch_sharding(mesh)
+  train_step = jax.jit(make_train_step(config), in_shardings=(sh, bat, bat, None),
+                       out_shardings=sh, donate_argnums=0)
+  eval_fn = lm_eval.make_eval_fn(config)
+  lr = lr_by_epoch(t)
+
+  def valid(params) -> dict:
+    return {"valid_ppl": lm_eval.evaluate_split(config, eval_fn, params, splits["valid"],
+                                                t.batch_size, full=False, mesh=mesh)}
+
+  def batch(epoch, i):
+    x, y = ptb.window(streams, i, t.seq_length)
+    return sharding.put_batch(x, mesh), sharding.put_batch(y, mesh), lr(epoch)
+
+  def start_epoch(state, epoch):  # zero state, fresh accumulators
+    state["carry"] = jax.device_put(models.lm_zero_carry(config.model, t.batch_size), sh["carry"])
+    state["acc"] = jax.device_put(zero_acc(), sh["acc"])
+    return state
+
+  def running(acc, epoch):
+    return {"train_ppl": float(np.exp(acc["nll_sum"] / max(int(acc["count"]), 1))),
+            "lr": lr(epoch)}
+
+  def finish(state, meta):
+    params = state["params"]
+    test = lm_eval.evaluate_split(config, eval_fn, params, splits["test"], 1, full=True, mesh=mesh)
+    results = {"valid_ppl": meta["history"][-1]["valid_ppl"] if meta["history"] else None,
+               "test_ppl": test,
+               "best_valid_ppl": meta["best"]["value"] if meta["best"] else None,
+               "step": loop.current_step(state)}
+    if config.eval.mc_samples:
+      primary = sharding.is_primary()  # only process 0 writes files
+      mc = lm_eval.mc_lm(config, params, splits["test"], workdir=workdir if primary else None,
+                         progress=t.progress and primary)
+      results["mc_test_ppl"] = mc["ppl"]
+      results["mc_samples"] = config.eval.mc_samples
+    return results
+
+  def epoch_line(r):
+    return (f"epoch {r['epoch']:3d}  train {r['train_ppl']:8.2f}  valid {r['valid_ppl']:8.2f}  "
+            f"lr {r['lr']:.4g}  {r['time_s']:6.0f}s  {r['wps']:.0f} wps")
+
+  num_params = sum(p.size for p in jax.tree.leaves(state["params"]))
+  return loop.Task(
+      state=jax.device_put(state, sh), train_step=train_step, steps_per_epoch=epoch_size,
+      batch=batch, start_epoch=start_epoch, running=running,
+      evaluate=lambda state, epoch, meta: valid(state["params"]), finish=finish,
+      resume_keys=RESUME_KEYS, meta={"epoch_size": epoch_size}, select="valid_ppl",
+      items_per_step=t.batch_size * t.seq_length, rate_name="wps",
+      nonfinite_hint="lower train.lr or train.max_grad_norm",
+      describe=(f"{num_params / 1e6:.1f}M parameters, {len(jax.devices())} device(s), "
+                f"{jax.process_count()} process(es), {epoch_size} windows/epoch"),
+      epoch_line=epoch_line)
+
+
+def train_lm(config, workdir: str) -> dict:
+  """Trains and evaluates a PTB language model in ``workdir``; returns the final results."""
+  return loop.run(make_task(config, workdir), config, workdir)

@@ -1,0 +1,315 @@
+"""Evaluation of the PTB language model: the dropout approximation and MC dropout.
+
+Language model (Gal & Ghahramani 2016, Sec. 5.1; the released ``run_MC_test``):
+
+* deterministic perplexity: the dropout approximation (no masks), the split as one stream,
+  state carried, every next-token prediction (``evaluate_split`` at batch 1);
+* MC perplexity with S samples: sample ``s`` draws one set of masks from
+  ``k_s = fold_in(key(eval.seed), s)`` and holds it over the whole stream (state carried
+  from window to window). Per token ``t`` the predictive probability is the mean of the
+  samples' probabilities, not of their log-probabilities::
+
+    log pbar_t = logsumexp_s(log p_s(y_t)) - log S,     ppl = exp(-mean_t log pbar_t).
+
+Vectorised: the masks of a chunk of C samples are drawn with ``jax.vmap`` over the sample
+keys (each as a batch of one row) and the sample axis is folded into the batch, so the
+stream runs as C rows carrying the same tokens with C mask sets (``[C, H] @ [H, 4H]``
+matmuls). A chunk streams the split in segments of windows (a jitted scan each, sized to
+take a couple of seconds, so progress shows; the state is carried between them); between
+chunks only ``A[t] = logsumexp_{s < done}(log p_s(y_t))`` is kept for every token, so memory
+does not depend on S. Within a chunk ``cumlogsumexp`` over the sample axis gives the
+running ``A`` after every single sample, so one run yields perplexity against the number
+of samples ``k = 1 .. S`` (written to the workdir as ``mc_<split>.json`` and ``.png``).
+
+Masks per window: variational masks depend only on ``(k_s, row)`` and the word-type
+embedding mask on ``(k_s, row, token id)``, so drawing them from ``k_s`` in every window
+gives masks fixed over the stream. Naive (Zaremba) masks are fresh at every step; MC
+samples draw window ``i`` from ``fold_in(k_s, i)``. Sample ``s``'s masks never depend on
+the chunk size, so chunking changes nothing but float rounding.
+
+Evaluation knobs: embedding (word-type) dropout is off unless ``eval.mc_emb_dropout``
+(as in the released code); ``eval.rate_multiplier`` scales every rate (capped at
+``MAX_RATE``) and ``eval.temperature`` divides the logits (Melis et al. 2018, "Pushing
+the bounds of dropout"). The deterministic perplexity uses temperature 1; with another
+temperature ``det_ppl_temperature`` is reported as well.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import sys
+import time
+from typing import Optional
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from tqdm import tqdm
+
+from vdrnn import models, plots, sharding
+from vdrnn.config import compute_dtype
+from vdrnn.data import ptb
+from vdrnn.errors import UserError
+
+MAX_RATE = 0.99  # rate_multiplier * rate is capped here (a rate of 1 would drop everything)
+PROGRESS_SECONDS = 2.0  # MC evaluation calls the device for about this long at a time
+SPLITS = ("test", "valid")
+
+
+def mc_rates(config) -> dict:
+  """Rates used by MC evaluation: the model's, embedding off unless ``eval.mc_emb_dropout``,
+  each times ``eval.rate_multiplier`` and capped at ``MAX_RATE`` (Python floats)."""
+  m, e = config.model, config.eval
+  if e.rate_multiplier < 0:
+    raise UserError(f"eval.rate_multiplier must be >= 0, got {e.rate_multiplier}")
+  rates = models.lm_rates(m)
+  if not e.mc_emb_dropout:
+    rates["emb"] = 0.0
+  return {k: min(float(r) * float(e.rate_multiplier), MAX_RATE) for k, r in rates.items()}
+
+
+def stream_windows(ids: np.ndarray, seq_length: int):
+  """The split as one stream cut into windows: ``x, y, w`` each ``[n, T]`` (``w`` is 0 on
+  the padding of the last window; ``w.sum() == len(ids) - 1``)."""
+  x, y, w = ptb.eval_windows(np.asarray(ids)[None], seq_length, full=True)
+  return x[:, 0], y[:, 0], w[:, 0]
+
+
+def _fold_samples(m: jax.Array) -> jax.Array:
+  """One mask leaf drawn for a batch of one row, vmapped over C samples, as a C-row mask.
+
+  ``[C, 1, D] -> [C, D]`` (tied / output / word-type masks);
+  ``[C, A, 1, D] -> [A, C, D]`` (untied ``A = G`` gates, or naive ``A = T`` steps).
+  """
+  if m.ndim == 3:
+    return m[:, 0]
+  return jnp.swapaxes(m[:, :, 0], 0, 1)
+
+
+def make_mc_segment_fn(config, rates: dict, temperature: float = 1.0):
+  """``segment(params, carry, acc, sample_ids, first, xs, ys, ws) -> (carry, acc, sums)``, jitted:
+  C samples over ``n`` consecutive windows of the stream, state carried in and out.
+
+  Args:
+    params: LM parameters.
+    carry: the C sample rows' LSTM state (``models.lm_zero_carry(model, C)`` at the stream's start).
+    acc: ``[n, T]`` float32, ``logsumexp`` of ``log p_s(y_t)`` over the samples done so far
+      (``-inf`` before the first chunk of samples).
+    sample_ids: ``[C]`` uint32 global sample indices; sample ``s`` uses
+      ``k_s = fold_in(key(eval.seed), s)``.
+    first: uint32 index of the first of these windows in the stream (naive masks use it).
+    xs, ys, ws: ``[n, T]`` windows of the stream (``stream_windows``).
+  Returns:
+    The carry after the windows, ``acc`` updated with the C samples, and ``sums`` ``[C]``:
+    ``sums[j] = sum_t w_t * logsumexp_{s <= sample_ids[j]}(log p_s(y_t))`` over these windows
+    (the not yet normalised log predictive probability after ``j + 1`` samples of the chunk).
+  """
+  m = config.model
+  base = jax.random.key(config.eval.seed)
+  naive = m.scheme == "naive"
+  unroll = config.train.unroll
+  dtype = compute_dtype(config)
+
+  def segment(params, carry, acc, sample_ids, first, xs, ys, ws):
+    C = sample_ids.shape[0]
+    keys = jax.vmap(lambda s: jax.random.fold_in(base, s))(sample_ids)
+
+    def body(carry, inp):
+      i, x, y, w, a = inp  # x, y, w, a: [T]
+      wkeys = jax.vmap(lambda k: jax.random.fold_in(k, i))(keys) if naive else keys
+      masks = jax.vmap(lambda k: models.lm_masks(k, m, x[None], rates))(wkeys)
+      masks = jax.tree.map(_fold_samples, masks)
+      tokens = jnp.broadcast_to(x[None], (C, x.shape[0]))  # [C, T]: the same stream in every row
+      # C sample rows make the batch large: a fused per-step matmul beats a hoisted [T, C, 4H]
+      hs, carry = models.lm_hidden(params, carry, tokens, masks, unroll=unroll,
+                                   compute_dtype=dtype, hoist_input=C < 64)
+
+      def step_logp(inp):  # one time step at a time: the [C, V] logits stay in cache
+        h_t, y_t = inp
+        logits = models.lm_logits(params, h_t, dtype, temperature)  # [C, V]
+        return logits[:, y_t] - jax.nn.logsumexp(logits, axis=-1)
+
+      logp = jax.lax.map(step_logp, (hs, y))  # [T, C]
+      tot = jnp.logaddexp(a[:, None], jax.lax.cumlogsumexp(logp, axis=1))  # [T, C]
+      return carry, (tot[:, -1], (tot * w[:, None]).sum(0))
+
+    index = first + jnp.arange(xs.shape[0], dtype=jnp.uint32)
+    carry, (acc, sums) = jax.lax.scan(body, carry, (index, xs, ys, ws, acc))
+    return carry, acc, sums.sum(0)
+
+  return jax.jit(segment)
+
+
+def zero_carry(config, C: int, mesh=None):
+  """The LSTM state of C sample rows at the stream's start, split over the devices when C
+  divides."""
+  carry = models.lm_zero_carry(config.model, C)
+  if mesh is not None and mesh.devices.size > 1 and C % mesh.devices.size == 0:
+    return jax.device_put(carry, sharding.batch_sharding(mesh))
+  return carry
+
+
+def make_mc_chunk_fn(config, rates: dict, temperature: float = 1.0):
+  """``chunk(params, acc, sample_ids, xs, ys, ws) -> (acc, sums)``, jitted: one chunk of
+  samples over the whole stream in one call (``make_mc_segment_fn`` from a zero state)."""
+  segment = make_mc_segment_fn(config, rates, temperature)
+
+  def chunk(params, acc, sample_ids, xs, ys, ws):
+    carry = models.lm_zero_carry(config.model, sample_ids.shape[0])
+    _, acc, sums = segment(params, carry, acc, sample_ids, jnp.uint32(0), xs, ys, ws)
+    return acc, sums
+
+  return jax.jit(chunk)
+
+
+def mc_log_pbar(config, params, ids: np.ndarray, *, samples: int, chunk: int, rates: dict,
+                temperature: float = 1.0, progress: bool = False, desc: str = "MC samples") -> dict:
+  """Streams ``ids`` once per chunk of samples; returns
+  ``{"log_pbar": [S] float64 (mean over tokens of log pbar after k = 1..S samples),
+  "tokens", "compile_s", "run_s"}``.
+
+  Each chunk goes through the stream in segments of windows sized (from the first call's
+  time) to take about ``PROGRESS_SECONDS``, so the progress bar moves; the results do not
+  depend on the segment size."""
+  if samples < 1 or chunk < 1:
+    raise UserError(f"MC evaluation needs eval.mc_samples >= 1 and eval.mc_chunk >= 1, got "
+                    f"{samples} and {chunk}")
+  if not temperature > 0:
+    raise UserError(f"eval.temperature must be > 0, got {temperature}")
+  mesh = sharding.make_mesh()
+  xs, ys, ws = stream_windows(ids, config.eval.seq_length)
+  count = float(ws.sum())
+  if count < 1:
+    raise UserError("the evaluation stream needs at least 2 tokens")
+  n = xs.shape[0]
+  params = sharding.put_replicated(params, mesh)
+  acc = np.full(xs.shape, -np.inf, np.float32)  # on the host: [n, T], small
+  fn = make_mc_segment_fn(config, rates, temperature)
+  compiled, timing = {}, {"compile_s": 0.0}
+
+  def call(carry, ids_c, first, length):
+    key = (len(ids_c), length)
+    args = (params, carry, acc[first:first + length], ids_c, np.uint32(first),
+            xs[first:first + length], ys[first:first + length], ws[first:first + length])
+    if key not in compiled:
+      t0 = time.time()
+      compiled[key] = fn.lower(*args).compile()
+      timing["compile_s"] += time.time() - t0
+    carry, acc_seg, sums = compiled[key](*args)
+    acc[first:first + length] = np.asarray(acc_seg)
+    return carry, np.asarray(sums, np.float64)
+
+  out = np.empty(samples, np.float64)
+  bar = tqdm(total=samples, desc=desc, unit="sample", disable=not progress, dynamic_ncols=True,
+             file=sys.stderr, bar_format="{l_bar}{bar}| {n:.1f}/{total} [{elapsed}<{remaining}]")
+  length, run_s = None, 0.0
+  for start in range(0, samples, chunk):
+    c = min(chunk, samples - start)
+    ids_c = np.arange(start, start + c, dtype=np.uint32)
+    carry, sums, first = zero_carry(config, c, mesh), np.zeros(c), 0
+    while first < n:
+      step = 1 if length is None else min(length, n - first)
+      t0 = time.time()
+      carry, part = call(carry, ids_c, first, step)
+      spent = time.time() - t0
+      run_s += spent
+      if length is None:  # windows per call for about PROGRESS_SECONDS a call
+        length = int(min(n, max(1, PROGRESS_SECONDS / max(spent, 1e-6))))
+      sums += part
+      first += step
+      bar.update(c * step / n)
+    k = np.arange(start + 1, start + c + 1, dtype=np.float64)
+    out[start:start + c] = (sums - count * np.log(k)) / count
+    bar.set_postfix(ppl=f"{math.exp(-out[start + c - 1]):.2f}")
+  bar.close()
+  return {"log_pbar": out, "tokens": int(count), "compile_s": timing["compile_s"], "run_s": run_s}
+
+
+def make_eval_fn(config):
+  """``eval_split(params, carry, xs, ys, ws) -> (nll_sum, count)`` over windows ``[n, B, T]``,
+  deterministic (dropout approximation), state carried through the windows."""
+  dtype = compute_dtype(config)
+
+  def eval_split(params, carry, xs, ys, ws):
+    def body(carry, inp):
+      x, y, w = inp
+      nll, carry = models.lm_nll(params, carry, x, y, None, unroll=config.train.unroll,
+                                 compute_dtype=dtype)
+      return carry, (nll * w.T).sum()
+    _, sums = jax.lax.scan(body, carry, (xs, ys, ws))
+    return sums.sum(), ws.sum()
+
+  return jax.jit(eval_split)
+
+
+def evaluate_split(config, eval_fn, params, ids: np.ndarray, batch_size: int, *, full: bool,
+                   mesh) -> float:
+  """Deterministic perplexity of a token stream cut into ``batch_size`` streams (state from 0)."""
+  streams = ptb.batchify(ids, batch_size)
+  xs, ys, ws = ptb.eval_windows(streams, config.eval.seq_length, full=full)
+  data = sharding.put_replicated((xs, ys, ws), mesh)
+  nll, count = eval_fn(params, models.lm_zero_carry(config.model, batch_size), *data)
+  return float(np.exp(float(nll) / float(count)))
+
+
+def deterministic_ppl(config, params, ids: np.ndarray) -> float:
+  """Dropout-approximation perplexity of ``ids`` as one stream (batch 1, state carried)."""
+  mesh = sharding.make_mesh()
+  return evaluate_split(config, make_eval_fn(config), sharding.put_replicated(params, mesh), ids, 1,
+                        full=True, mesh=mesh)
+
+
+def curve_points(samples: int) -> list[int]:
+  """1, 2, 5, 10, 20, 50, ... up to ``samples``, and ``samples`` itself."""
+  pts, p = [], 1
+  while p <= samples:
+    pts += [k for k in (p, 2 * p, 5 * p) if k <= samples]
+    p *= 10
+  return sorted(set(pts + [samples]))
+
+
+def mc_lm(config, params, ids: np.ndarray, *, workdir: Optional[str] = None, split: str = "test",
+          progress: Optional[bool] = None) -> dict:
+  """Deterministic and MC-dropout perplexity of a token stream.
+
+  Uses ``config.eval``: mc_samples (S), mc_chunk, mc_emb_dropout, temperature,
+  rate_multiplier, seed, seq_length. Returns a dict with ``ppl`` (MC, S samples),
+  ``det_ppl``, ``curve`` (perplexity at 1, 2, 5, ... S samples), the settings and timings
+  (``sample_tokens_per_s`` = S * tokens / time of the MC passes, compilation excluded).
+  With ``workdir``, writes ``mc_<split>.json`` (plus ``ppl_by_samples`` for every k) and
+  ``mc_<split>.png``.
+  """
+  e = config.eval
+  progress = config.train.get("progress", True) if progress is None else progress
+  S = int(e.mc_samples)
+  rates = mc_rates(config)
+  res = mc_log_pbar(config, params, ids, samples=S, chunk=int(e.mc_chunk), rates=rates,
+                    temperature=float(e.temperature), progress=progress, desc=f"MC {split}")
+  ppl_k = np.exp(-res["log_pbar"])
+  pts = curve_points(S)
+  result = {"split": split, "ppl": float(ppl_k[-1]), "det_ppl": deterministic_ppl(config, params, ids),
+            "samples": S, "chunk": int(e.mc_chunk), "tokens": res["tokens"],
+            "curve": {"samples": pts, "ppl": [float(ppl_k[k - 1]) for k in pts]},
+            "temperature": float(e.temperature), "rate_multiplier": float(e.rate_multiplier),
+            "emb_dropout": bool(e.mc_emb_dropout), "rates": rates, "scheme": config.model.scheme,
+            "seed": int(e.seed), "compile_s": res["compile_s"], "mc_time_s": res["run_s"],
+            "sample_tokens_per_s": S * res["tokens"] / max(res["run_s"], 1e-9)}
+  if float(e.temperature) != 1.0:
+    zero = {k: 0.0 for k in rates}
+    det_t = mc_log_pbar(config, params, ids, samples=1, chunk=1, rates=zero, temperature=float(e.temperature))
+    result["det_ppl_temperature"] = float(np.exp(-det_t["log_pbar"][-1]))
+  if workdir:
+    result["files"] = write_outputs(workdir, result, ppl_k)
+  return result
+
+
+def write_outputs(workdir: str, result: dict, ppl_k: np.ndarray) -> list[str]:
+  """``mc_<split>.json`` (the result and ``ppl_by_samples``) and ``mc_<split>.png``."""
+  os.makedirs(workdir, exist_ok=True)
+  stem = os.path.join(workdir, f"mc_{result['split']}")
+  with open(stem + ".json", "w") as f:
+    json.dump({**result, "ppl_by_samples": [float(p) for p in ppl_k]}, f, indent=1)
+  plots.mc_curve(stem + ".png", result, ppl_k)
+  return [stem + ".json", stem + ".png"]
