@@ -217,7 +217,9 @@ def _bwd_kernel(dy_ref, dcT_ref, dhT_ref, w_ref, m_ref, v_ref, c_ref, acts_ref, 
       zero = jnp.zeros((bB, BU), jnp.float32)
       accs = jax.lax.fori_loop(0, nU, contract, (zero,) * 4)
       if has_mask and not tied_mask:
-        dh_prev = sum(accs[q] * m_ref[q, :, usl] for q in range(4))
+        dh_prev = accs[0] * m_ref[0, :, usl]
+        for q in range(1, 4):
+          dh_prev = dh_prev + accs[q] * m_ref[q, :, usl]
       else:
         dh_prev = accs[0] + accs[1] + accs[2] + accs[3]
         if has_mask:
