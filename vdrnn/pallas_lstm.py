@@ -32,6 +32,16 @@ Design (Triton lowering, ``jax.experimental.pallas``):
   the gradient of ``gx``); barrier; phase 2 computes ``dh_{t-1} = sum_g (dz_g @ W_g^T) * m_g``
   per unit tile; barrier. ``dW_h`` (one matmul over all ``T*B`` rows per gate) and the
   mask gradient are XLA ops after the kernel, as in the scan's hand-written backward.
+* Budget per program and step (block_b 16, block_h 64; Hp = H rounded up to 64): W_h
+  traffic 4 Hp^2 elements from L2 (medium Hp 704: 7.9 MB float32 / 4.0 MB bfloat16; large
+  Hp 1536: 37.7 / 18.9 MB, all inside the H100's 50 MB L2); per inner iteration one h tile
+  [16, 64] and four W tiles [64, 64] (64 KB float32, 32 KB bfloat16) staged in shared
+  memory, times ``num_stages`` (2: 136 KB float32 of the 228 KB); four [16, 64] float32
+  accumulators in registers. Expected limit: at B = 20 only 2 programs (2 of 132 SMs) run,
+  each bound by its SM's L2 read rate (order 100-200 GB/s), so about 20-40 us per medium
+  and 100-200 us per large bfloat16 step and direction: slower than the scan's cuBLAS
+  steps at B = 20; it pays off only where 4 H^2 fits on chip (H up to ~200 in bfloat16)
+  or launch overhead dominates.
 * Triton needs power-of-2 tensor shapes and matmul dimensions >= 16: B is padded to a
   multiple of ``block_b`` (>= 16) and H to a multiple of ``block_h`` (a power of 2). Padded
   units have zero weights, inputs and state, so their state stays exactly 0 and they
@@ -68,7 +78,7 @@ class Config:
   block_b: int = 16
   block_h: int = 64
   num_warps: Optional[int] = 4
-  num_stages: Optional[int] = None
+  num_stages: Optional[int] = 2
   interpret: Optional[bool] = None
 
 
