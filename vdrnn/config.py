@@ -90,6 +90,7 @@ def lm_base() -> ml_collections.ConfigDict:
   c.train.checkpoint_every_steps = 500  # plus one at every epoch end
   c.train.log_every_steps = 50
   c.train.unroll = 1          # lax.scan unroll
+  c.train.rnn_impl = "scan"   # or pallas: the fused recurrent kernel (vdrnn/pallas_lstm.py; GPU)
   c.train.compute_dtype = "float32"  # or bfloat16 (matmul operands; fp32 accumulation)
   c.train.progress = True
 
@@ -132,6 +133,8 @@ def validate_lm(c) -> None:
       raise UserError(f"train.{name} must be a positive finite number, got {t[name]!r}")
   if t.compute_dtype not in ("float32", "bfloat16"):
     raise UserError(f"train.compute_dtype must be float32 or bfloat16, got {t.compute_dtype!r}")
+  if t.get("rnn_impl", "scan") not in ("scan", "pallas"):
+    raise UserError(f"train.rnn_impl must be scan or pallas, got {t.rnn_impl!r}")
   if c.eval.mc_samples < 0 or c.eval.mc_chunk < 1:
     raise UserError("eval.mc_samples must be >= 0 and eval.mc_chunk >= 1")
 

@@ -111,7 +111,8 @@ def make_step_body(config):
 
     def loss_fn(params, rows=None):
       nll, carry = models.lm_nll(params, state["carry"], x, y, masks, unroll=t.unroll,
-                                 compute_dtype=dtype, embedded=rows)
+                                 compute_dtype=dtype, embedded=rows,
+                                 impl=t.get("rnn_impl", "scan"))
       return nll.mean(axis=1).sum(), (nll, carry)
 
     if m.tie_embeddings:  # the embedding is also the softmax matrix: a dense gradient

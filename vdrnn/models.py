@@ -85,7 +85,7 @@ def lm_rates(cfg) -> dict:
 
 def lm_hidden(params: dict, carry: list, tokens: Array, masks: Optional[dict] = None, *,
               unroll: int = 1, compute_dtype=None, hoist_input: bool = True,
-              embedded: Optional[Array] = None) -> tuple[Array, list]:
+              embedded: Optional[Array] = None, impl: str = "scan") -> tuple[Array, list]:
   """Runs embedding + LSTM stack + output dropout.
 
   Args:
@@ -93,7 +93,8 @@ def lm_hidden(params: dict, carry: list, tokens: Array, masks: Optional[dict] = 
     carry: list over layers of ``(c, h)``, each ``[B, H]``.
     tokens: ``[B, T]`` int token ids.
     masks: from ``lm_masks`` (None = deterministic, the dropout approximation).
-    unroll, compute_dtype, hoist_input: passed to ``rnn.lstm``.
+    unroll, compute_dtype, hoist_input, impl: passed to ``rnn.lstm`` (impl ``"pallas"``: the
+      fused recurrent kernel of ``vdrnn.pallas_lstm``).
     embedded: optional ``[T, B, E]`` rows ``params["embed"][tokens.T]`` gathered by the
       caller (a training step differentiates with respect to these rows only); default:
       gathered here.
@@ -113,7 +114,7 @@ def lm_hidden(params: dict, carry: list, tokens: Array, masks: Optional[dict] = 
     m_x = (masks.get("x") or [None] * len(params["lstm"]))[l]
     m_h = (masks.get("h") or [None] * len(params["lstm"]))[l]
     c, xs = rnn.lstm(p, carry[l], xs, m_x, m_h, unroll=unroll, compute_dtype=compute_dtype,
-                     hoist_input=hoist_input)
+                     hoist_input=hoist_input, impl=impl)
     new_carry.append(c)
   if masks.get("out") is not None:
     xs = xs * masks["out"]  # [B, H] (variational) or [T, B, H] (naive); broadcasts over T
@@ -128,13 +129,15 @@ def lm_logits(params: dict, ys: Array, compute_dtype=None, temperature: float = 
 
 
 def lm_nll(params: dict, carry: list, tokens: Array, targets: Array, masks: Optional[dict] = None, *,
-           unroll: int = 1, compute_dtype=None, embedded: Optional[Array] = None) -> tuple[Array, list]:
+           unroll: int = 1, compute_dtype=None, embedded: Optional[Array] = None,
+           impl: str = "scan") -> tuple[Array, list]:
   """Per-token negative log-likelihood ``[T, B]`` (natural log) and the new carry.
 
   The loss for the gradient (Zaremba's and Gal's code) is ``nll.mean(axis=1).sum()``:
   the sum over time steps of the batch-mean NLL.
   """
-  ys, carry = lm_hidden(params, carry, tokens, masks, unroll=unroll, compute_dtype=compute_dtype, embedded=embedded)
+  ys, carry = lm_hidden(params, carry, tokens, masks, unroll=unroll, compute_dtype=compute_dtype,
+                        embedded=embedded, impl=impl)
   return softmax_nll(lm_logits(params, ys, compute_dtype), targets.T), carry
 
 

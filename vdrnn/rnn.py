@@ -32,6 +32,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from vdrnn import pallas_lstm
+
 Array = jax.Array
 
 
@@ -158,7 +160,8 @@ def _check_valid(valid: Optional[Array], T: int, B: int) -> None:
 
 def lstm(params: dict, carry: tuple[Array, Array], xs: Array, mask_x: Optional[Array] = None,
          mask_h: Optional[Array] = None, *, valid: Optional[Array] = None, unroll: int = 1,
-         compute_dtype=None, hoist_input: bool = True) -> tuple[tuple[Array, Array], Array]:
+         compute_dtype=None, hoist_input: bool = True, impl: str = "scan",
+         pallas_config: Optional[pallas_lstm.Config] = None) -> tuple[tuple[Array, Array], Array]:
   """One LSTM layer over a sequence, gate order (i, f, g, o).
 
   Equations (per step t, masks fixed over t)::
@@ -182,6 +185,11 @@ def lstm(params: dict, carry: tuple[Array, Array], xs: Array, mask_x: Optional[A
       batches, e.g. MC evaluation with thousands of sample rows): each step does one
       fused matmul ``[x_t * m_x, h * m_h] @ [W_x; W_h]``, so no ``[T, B, 4H]``
       intermediate exists (plain autodiff if differentiated). Same values either way.
+    impl: ``"scan"`` (``lax.scan``; the CPU path and the reference) or ``"pallas"``: the
+      time loop as one Pallas kernel with a matching backward kernel
+      (``vdrnn.pallas_lstm``; for the GPU, interpret mode on the CPU). Needs
+      ``hoist_input``; ``unroll`` does not apply to it.
+    pallas_config: kernel parameters for ``impl="pallas"`` (default ``pallas_lstm.Config()``).
   Returns:
     ``((c_T, h_T), ys)`` with ys ``[T, B, H]``.
   """
@@ -196,7 +204,17 @@ def lstm(params: dict, carry: tuple[Array, Array], xs: Array, mask_x: Optional[A
   kind_h = _mask_kind("mask_h", mask_h, B, H, 4)
   _mask_kind("mask_x", mask_x, B, D, 4)
   _check_valid(valid, T, B)
+  if impl not in ("scan", "pallas"):
+    raise ValueError(f"impl must be 'scan' or 'pallas', got {impl!r}")
+  if impl == "pallas" and not hoist_input:
+    raise ValueError("impl='pallas' runs on hoisted input pre-activations: it needs "
+                     "hoist_input=True")
 
+  if impl == "pallas":
+    gx = input_projection(xs, params["w_x"], params["b"], mask_x, 4, compute_dtype, gate_major=True)
+    w_h = _cast(_per_gate(params["w_h"], 4), compute_dtype)
+    return pallas_lstm.lstm_recurrence(gx, w_h, c0, h0, mask_h, valid,
+                                       cfg=pallas_config or pallas_lstm.Config())
   if not hoist_input:
     return _lstm_fused_scan(params, c0, h0, xs, mask_x, mask_h, valid, unroll, compute_dtype)
   # Untied recurrent masks: the recurrence runs gate-major, gx [T, 4, B, H] and W_h [4, H, H],
