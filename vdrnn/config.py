@@ -9,6 +9,7 @@ splits it into known options.
 from __future__ import annotations
 
 import importlib.util
+import json
 import math
 import os
 from typing import Optional, Sequence
@@ -47,6 +48,17 @@ def load_config_file(spec: str) -> ml_collections.ConfigDict:
   module = importlib.util.module_from_spec(module_spec)
   module_spec.loader.exec_module(module)
   return module.get_config(arg) if arg else module.get_config()
+
+
+def load_run_config(workdir: str) -> ml_collections.ConfigDict:
+  """A training run's config, from ``<workdir>/config.json``."""
+  if not os.path.isdir(workdir):
+    raise UserError(f"workdir {workdir} does not exist")
+  path = os.path.join(workdir, "config.json")
+  if not os.path.exists(path):
+    raise UserError(f"{path} not found; is {workdir} a training workdir?")
+  with open(path) as f:
+    return ml_collections.ConfigDict(json.load(f))
 
 
 def compute_dtype(config):

@@ -17,13 +17,12 @@ import os
 import sys
 from typing import Optional
 
-import ml_collections
 from absl import app, flags, logging
 from ml_collections import config_flags
 
 from vdrnn import checkpoint as ckpt_lib
 from vdrnn import lm, lm_eval, population, sentiment
-from vdrnn.config import validate_lm
+from vdrnn.config import load_run_config, validate_lm
 from vdrnn.errors import UserError, parse_flags, run_main
 
 SPLITS = ("test", "valid")
@@ -31,17 +30,6 @@ SPLITS = ("test", "valid")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Training workdir (config.json, checkpoints/).")
 _CHECKPOINT = flags.DEFINE_string("checkpoint", "latest", "latest, best or a step number.")
 _SPLIT = flags.DEFINE_string("split", "test", "test or valid (sentiment: also train).")
-
-
-def load_config(workdir: str) -> ml_collections.ConfigDict:
-  """The run's config from ``<workdir>/config.json``."""
-  if not os.path.isdir(workdir):
-    raise UserError(f"workdir {workdir} does not exist")
-  path = os.path.join(workdir, "config.json")
-  if not os.path.exists(path):
-    raise UserError(f"{path} not found; is {workdir} a training workdir?")
-  with open(path) as f:
-    return ml_collections.ConfigDict(json.load(f))
 
 
 def evaluate_workdir(config, workdir: str, *, checkpoint: str = "latest", split: str = "test",
@@ -52,7 +40,7 @@ def evaluate_workdir(config, workdir: str, *, checkpoint: str = "latest", split:
   settings. PTB: with ``eval.mc_samples == 0`` only the deterministic perplexity; else also
   MC dropout, with ``mc_<split>.json/.png`` written to the workdir.
   """
-  config = load_config(workdir) if config is None else config
+  config = load_run_config(workdir) if config is None else config
   task = config.get("task", "ptb")
   if task in ("sentiment", "imdb"):
     return sentiment.evaluate_workdir(config, workdir, checkpoint=checkpoint, split=split)
@@ -104,7 +92,7 @@ def flags_parser(argv: list[str]) -> list[str]:
     print("error: --workdir is required: the directory a training run wrote", file=sys.stderr)
     sys.exit(2)
   try:
-    config = load_config(_WORKDIR.value)
+    config = load_run_config(_WORKDIR.value)
   except UserError as e:
     print(f"error: {e}", file=sys.stderr)
     sys.exit(2)

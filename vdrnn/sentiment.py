@@ -52,7 +52,7 @@ from tqdm import tqdm
 
 from vdrnn import checkpoint as ckpt_lib
 from vdrnn import loop, models, plots, sharding, uncertainty
-from vdrnn.config import compute_dtype, validate_rates
+from vdrnn.config import compute_dtype, load_run_config, validate_rates
 from vdrnn.data import sentiment as data_lib
 from vdrnn.errors import UserError
 
@@ -411,8 +411,10 @@ def evaluate_workdir(config, workdir: str, checkpoint: str = "latest", split: st
   """Re-evaluates a trained workdir: the dropout approximation and MC dropout
   (``eval.mc_samples``) on ``split`` (train, valid or test) with checkpoint ``latest``,
   ``best`` or a step. Writes ``eval_<checkpoint>_<split>.json`` (and, for classification,
-  ``reliability_<checkpoint>_<split>.png``) in the workdir, prints and returns the metrics.
+  ``reliability_<checkpoint>_<split>.png``) in the workdir and returns the metrics.
+  ``config`` None: the workdir's ``config.json``.
   """
+  config = load_run_config(workdir) if config is None else config
   validate(config)
   mngr, step = ckpt_lib.find(workdir, checkpoint)
   mesh = sharding.make_mesh()
