@@ -97,12 +97,7 @@ def build_torch(cfg, dtype: str = "float32"):
   bfloat16: the forward pass under ``torch.autocast(dtype=torch.bfloat16)``.
   """
   import torch  # noqa: PLC0415 - optional
-  platform_ = jax.devices()[0].platform
-  if platform_ == "gpu" and not torch.cuda.is_available():
-    raise RuntimeError("JAX runs on a GPU but this PyTorch has no CUDA")
-  dev = torch.device("cuda" if platform_ == "gpu" else "cpu")
-  if dev.type == "cpu":
-    torch.set_num_threads(os.cpu_count() or 1)
+  dev = _torch_device(torch)
   torch.manual_seed(0)
   m, t = cfg.model, cfg.train
   B, T, H, L = t.batch_size, t.seq_length, m.hidden, m.num_layers
@@ -142,25 +137,8 @@ def build_torch(cfg, dtype: str = "float32"):
     opt.step()
     return loss
 
-  rng = np.random.RandomState(0)
-  batches = [tuple(torch.from_numpy(rng.randint(0, m.vocab_size, (B, T))).long().to(dev) for _ in range(2))
-             for _ in range(4)]
-  i = 0
-
-  def run(n: int) -> float:
-    nonlocal i
-    t0 = time.perf_counter()
-    for _ in range(n):
-      loss = step(*batches[i % 4])
-      i += 1
-    float(loss.detach())
-    if dev.type == "cuda":
-      torch.cuda.synchronize()
-    return (time.perf_counter() - t0) / n
-
-  t0 = time.perf_counter()
-  run(1)
-  return run, {"compile_s": time.perf_counter() - t0, "gates": "tied", "version": torch.__version__,
+  run, compile_s = _runner(torch, dev, cfg, step)
+  return run, {"compile_s": compile_s, "gates": "tied", "version": torch.__version__,
                "threads": torch.get_num_threads() if dev.type == "cpu" else None,
                "precision": "autocast bfloat16" if dtype == "bfloat16" else "float32"}
 
