@@ -118,7 +118,8 @@ def plan(config, specs: list[str], workdir_root: str) -> list[dict]:
 
 
 def train_command(run: dict, config_spec: str, extra: list[str], module: str = "vdrnn.train") -> list[str]:
-  return [sys.executable, "-m", module, "--config", config_spec, "--workdir", run["workdir"],
+  """The run's command line; a run may carry its own ``config`` (then ``config_spec`` is unused)."""
+  return [sys.executable, "-m", module, "--config", run.get("config") or config_spec, "--workdir", run["workdir"],
           *(f"--config.{p}={v}" for p, v in run["point"].items()), *extra]
 
 
@@ -141,8 +142,10 @@ def detect_gpus() -> list[str]:
 
 
 def run_all(runs: list[dict], config_spec: str, extra: list[str], *, gpus: list[str], parallel: int,
-            module: str = "vdrnn.train", poll_s: float = 0.2) -> dict:
-  """Runs the unfinished runs, one per GPU or ``parallel`` at a time; returns ``{name: exit code}``."""
+            module: str = "vdrnn.train", poll_s: float = 0.2, is_finished=finished) -> dict:
+  """Runs the unfinished runs (``is_finished``), one per GPU or ``parallel`` at a time; returns
+  ``{name: exit code}``."""
+  finished = is_finished
   todo = [r for r in runs if not finished(r)]
   skipped = len(runs) - len(todo)
   slots = [{"gpu": g} for g in gpus] if gpus else [{"gpu": None} for _ in range(max(1, parallel))]

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import ml_collections
 
-from vdrnn import masks
+from vdrnn import masks, rnn
 from vdrnn.errors import UserError
 
 
@@ -68,7 +68,12 @@ def lm_base() -> ml_collections.ConfigDict:
   return c
 
 
+SEQ_CHOICES = {"gate_act": rnn.GATE_ACTS, "candidate_act": rnn.CANDIDATE_ACTS,
+               "dropout_scaling": ("inverted", "keras0")}
+
+
 def validate_rates(model, prefix: str = "model") -> None:
+  """The scheme, the rates and (sequence models) the released-semantics switches."""
   if model.scheme not in masks.SCHEMES:
     raise UserError(f"{prefix}.scheme must be one of {masks.SCHEMES}, got {model.scheme!r}")
   for name in ("p_emb", "p_x", "p_h", "p_out"):
@@ -76,6 +81,11 @@ def validate_rates(model, prefix: str = "model") -> None:
       masks.check_rate(model[name], f"{prefix}.{name}")
     except ValueError as e:
       raise UserError(str(e)) from None
+  for name, choices in SEQ_CHOICES.items():
+    if name in model and model[name] not in choices:
+      raise UserError(f"{prefix}.{name} must be one of {choices}, got {model[name]!r}")
+  if "ortho_scale" in model and not (isinstance(model.ortho_scale, (int, float)) and model.ortho_scale > 0):
+    raise UserError(f"{prefix}.ortho_scale must be a positive number, got {model.ortho_scale!r}")
 
 
 def validate_lm(c) -> None:
@@ -128,6 +138,15 @@ def seq_base() -> ml_collections.ConfigDict:
   c.model.p_h = 0.5            # p_U: recurrent dropout
   c.model.p_out = 0.5          # p_dense: dropout before the dense layer
   c.model.emb_shared_across_batch = True  # Keras Embedding(dropout=p): one mask over the vocabulary per batch
+  # Semantics of the released code's Keras 0.x fork (github.com/yaringal/keras, branch
+  # BayesianRNN, used by Sentiment_analysis_code/*.py). The defaults are the modern ones
+  # (Keras 2 and later, what vdrnn's README compares against); ``released`` in
+  # configs/sentiment_{lstm,gru}.py switches them all.
+  c.model.naive_per_gate = False   # naive: a fresh mask per step *and gate* (NaiveDropoutLSTM/GRU: B_W, B_U)
+  c.model.gate_act = "sigmoid"     # sigmoid | hard_sigmoid (the fork's inner_activation: clip(0.2x + 0.5, 0, 1))
+  c.model.candidate_act = "tanh"   # GRU candidate: tanh | sigmoid (the fork's GRU default activation)
+  c.model.dropout_scaling = "inverted"  # inverted | keras0 (0/1 masks in training, x keep probability at test)
+  c.model.ortho_scale = 1.0        # gain of the orthogonal recurrent init (the fork: orthogonal(scale=1.1))
 
   c.train = ml_collections.ConfigDict()
   c.train.batch_size = 128

@@ -35,7 +35,7 @@ import numpy as np
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from vdrnn import checkpoint, models, sharding
+from vdrnn import checkpoint, metrics, models, sharding
 from vdrnn.config import validate_lm
 from vdrnn.data import ptb
 from vdrnn.errors import UserError, check_finite, config_value, parse_flags, run_main
@@ -155,12 +155,19 @@ def make_eval_fn(config):
   return jax.jit(eval_split)
 
 
-def evaluate_split(config, eval_fn, params, ids: np.ndarray, batch_size: int, *, full: bool, mesh) -> float:
-  """Deterministic perplexity of a token stream cut into ``batch_size`` streams (state from 0)."""
+def evaluate_split(config, eval_fn, params, ids: np.ndarray, batch_size: int, *, full: bool, mesh,
+                   lua: bool = False) -> float:
+  """Deterministic perplexity of a token stream cut into ``batch_size`` streams (state from 0).
+
+  ``lua``: the released Lua code's validation value instead (``metrics.lua_valid_ppl``:
+  windows of ``train.seq_length``, whole windows only, divided by the fractional count)."""
   streams = ptb.batchify(ids, batch_size)
-  xs, ys, ws = ptb.eval_windows(streams, config.eval.seq_length, full=full)
+  T = config.train.seq_length if lua else config.eval.seq_length
+  xs, ys, ws = ptb.eval_windows(streams, T, full=full and not lua)
   data = sharding.put_replicated((xs, ys, ws), mesh)
   nll, count = eval_fn(params, models.lm_zero_carry(config.model, batch_size), *data)
+  if lua:
+    return metrics.lua_valid_ppl_from_sum(float(nll), batch_size, streams.shape[1], T)
   return float(np.exp(float(nll) / float(count)))
 
 
@@ -277,8 +284,10 @@ def train_lm(config, workdir: str) -> dict:
     bar.close()
     elapsed = time.time() - t0
     valid = evaluate_split(config, eval_fn, state["params"], splits["valid"], t.batch_size, full=False, mesh=mesh)
-    record = {"epoch": epoch + 1, "train_ppl": ppl, "valid_ppl": valid, "lr": lr,
-              "time_s": elapsed, "wps": done * tokens_per_step / elapsed}
+    valid_lua = evaluate_split(config, eval_fn, state["params"], splits["valid"], t.batch_size, full=False,
+                               mesh=mesh, lua=True)
+    record = {"epoch": epoch + 1, "train_ppl": ppl, "valid_ppl": valid, "valid_ppl_lua": valid_lua,
+              "lr": lr, "time_s": elapsed, "wps": done * tokens_per_step / elapsed}
     meta["history"].append(record)
     writer.write("epoch", step, **record)
     if primary:
@@ -291,6 +300,7 @@ def train_lm(config, workdir: str) -> dict:
 
   params = state["params"]
   results = {"valid_ppl": meta["history"][-1]["valid_ppl"] if meta["history"] else None,
+             "valid_ppl_lua": meta["history"][-1].get("valid_ppl_lua") if meta["history"] else None,
              "test_ppl": evaluate_split(config, eval_fn, params, splits["test"], 1, full=True, mesh=mesh),
              "best_valid_ppl": meta["best_valid"], "step": step}
   if config.eval.mc_samples:
