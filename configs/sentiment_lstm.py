@@ -45,9 +45,9 @@ def get_config(arg=None):
   c.model.scheme = scheme
   if scheme == "variational":    # p_W, p_U, p_dense, p_emb = 0.5, 0.5, 0.5, 0.5 (script defaults)
     c.model.p_emb, c.model.p_x, c.model.p_h, c.model.p_out = 0.5, 0.5, 0.5, 0.5
-  elif scheme == "naive":        # sentiment_lstm_regression_naive.py: p_W, p_U, p_dense, p_emb = 0.5
+  elif scheme == "naive":        # sentiment_lstm_regression_naive.py: p_W, p_U, p_dense, p_emb
     c.model.p_emb, c.model.p_x, c.model.p_h, c.model.p_out = 0.5, 0.5, 0.5, 0.5
-    c.model.naive_per_gate = True  # NaiveDropoutLSTM: B_W [G, T, B, D], B_U [T, G, B, H], fresh per step
+    c.model.naive_per_gate = True  # NaiveDropoutLSTM: B_W [G, T, B, D], B_U [T, G, B, H] per step
     c.train.num_epochs = 1250    # nb_epoch=1250 (naive script)
   else:
     c.model.p_emb = c.model.p_x = c.model.p_h = c.model.p_out = 0.0

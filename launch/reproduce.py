@@ -2,7 +2,8 @@
 numbers beside the published ones.
 
   python -m launch.reproduce --dry_run                        # every row and its command
-  python -m launch.reproduce --only sentiment_ --epochs 20 --parallel 2 --override eval.mc_samples=10
+  python -m launch.reproduce --only sentiment_ --epochs 20 --parallel 2 \\
+      --override eval.mc_samples=10
   python -m launch.reproduce --only zaremba_small              # the three seeds, one at a time
   python -m launch.reproduce --only large_variational_untied   # on a GPU machine (one run per GPU)
   python -m launch.reproduce --report                         # tables, CSV/JSON and figures
@@ -63,15 +64,16 @@ def _sentiment_rows():
   rows = []
   for cell in ("lstm", "gru"):
     for scheme in ("variational", "naive", "none"):
-      rows.append(Row(f"sentiment_{cell}_{scheme}", f"configs/sentiment_{cell}.py:{scheme},released",
-                      task="sentiment", where="cpu", note="released semantics and split"))
+      spec = f"configs/sentiment_{cell}.py:{scheme},released"
+      rows.append(Row(f"sentiment_{cell}_{scheme}", spec, task="sentiment", where="cpu",
+                      note="released semantics and split"))
   return rows
 
 
 MEDIUM_NOTE = "dropout rates: vdrnn's point on the paper's tied grid (not published)"
 ROWS = (
-    *(Row(f"zaremba_small_seed{s}", "configs/ptb_small.py", (("seed", str(s)),), family="zaremba_small",
-          where="cpu") for s in range(3)),
+    *(Row(f"zaremba_small_seed{s}", "configs/ptb_small.py", (("seed", str(s)),),
+          family="zaremba_small", where="cpu") for s in range(3)),
     Row("medium_naive", "configs/ptb_medium.py:naive"),
     Row("medium_variational_tied", "configs/ptb_medium.py:variational_tied", note=MEDIUM_NOTE),
     Row("medium_variational_untied", "configs/ptb_medium.py:variational_untied", note=MEDIUM_NOTE),
@@ -79,7 +81,8 @@ ROWS = (
     Row("large_variational_tied", "configs/ptb_large.py:tied"),
     Row("large_variational_untied", "configs/ptb_large.py:untied"),
     Row("large_variational_untied_tied_embeddings", "configs/ptb_large.py:untied",
-        (("model.tie_embeddings", "True"),), note="beyond the paper: Press & Wolf's embedding tying"),
+        (("model.tie_embeddings", "True"),),
+        note="beyond the paper: Press & Wolf's embedding tying"),
     *_sentiment_rows(),
 )
 
@@ -95,12 +98,14 @@ def select(rows, only: list[str]) -> list[Row]:
   chosen = [r for r in rows if any(r.name == o or r.name.startswith(o) for o in only)]
   unknown = [o for o in only if not any(r.name == o or r.name.startswith(o) for r in rows)]
   if unknown:
-    raise UserError(f"--only {','.join(unknown)} matches no row; rows: {', '.join(r.name for r in rows)}")
+    raise UserError(f"--only {','.join(unknown)} matches no row; rows: "
+                    f"{', '.join(r.name for r in rows)}")
   return chosen
 
 
 def override_flags(overrides: list[str], epochs: int) -> list[str]:
-  """``["train.lr=0.5"]`` and ``--epochs`` -> ``["--config.train.lr=0.5", "--config.train.num_epochs=N"]``."""
+  """``["train.lr=0.5"]`` and ``--epochs N`` ->
+  ``["--config.train.lr=0.5", "--config.train.num_epochs=N"]``."""
   out = []
   for o in overrides:
     path, sep, value = o.partition("=")
@@ -192,13 +197,14 @@ def collect(row: Row, root: str, extra: list[str]) -> dict:
     rec["wall_s"] = sum(h.get("time_s", 0.0) + h.get("eval_time_s", 0.0) for h in hist)
   num_epochs = cfg.get("train", {}).get("num_epochs")
   rec["seed"] = cfg.get("seed")
-  keys = (("epoch", "test_rmse", "test_rmse_mc", "train_rmse", "train_running_rmse") if row.task == "sentiment"
-          else ("epoch", "train_ppl", "valid_ppl", "valid_ppl_lua"))
+  keys = (("epoch", "test_rmse", "test_rmse_mc", "train_rmse", "train_running_rmse")
+          if row.task == "sentiment" else ("epoch", "train_ppl", "valid_ppl", "valid_ppl_lua"))
   rec["curve"] = [{k: h.get(k) for k in keys if h.get(k) is not None} for h in hist]
   if res is not None:
     rec["status"] = "done"
     rec["epochs"] = num_epochs
-    rec["results"] = {k: v for k, v in res.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+    rec["results"] = {k: v for k, v in res.items()
+                      if isinstance(v, (int, float)) and not isinstance(v, bool)}
   elif hist or sessions:
     rec["status"] = f"partial ({len(hist)}/{num_epochs} epochs)" if num_epochs else "partial"
     rec["epochs"] = len(hist)
@@ -237,7 +243,8 @@ def _mean_sd(xs: list[float]) -> tuple[float, Optional[float]]:
   return m, sd
 
 
-PTB_METRICS = (("valid (Lua formula)", "valid_ppl_lua", "valid"), ("valid (exact)", "valid_ppl", None),
+PTB_METRICS = (("valid (Lua formula)", "valid_ppl_lua", "valid"),
+               ("valid (exact)", "valid_ppl", None),
                ("test", "test_ppl", "test"), ("MC test", "mc_test_ppl", "mc_test"))
 
 
@@ -268,9 +275,11 @@ def ptb_lines(records: list[dict]) -> list[dict]:
     pap = paper.PTB.get(fam, {})
     for label, key, pkey in PTB_METRICS[:3]:
       vals = [r["results"][key] for r in done if r["results"].get(key) is not None]
-      line = {"row": f"{fam} (mean of {len(vals)} seeds)", "metric": label, "paper": pap.get(pkey) if pkey else None,
-              "vdrnn": None, "vdrnn_sd": None, "diff": None,
-              "seeds": ",".join(str(r["seed"]) for r in done), "status": f"{len(done)}/{len(recs)} seeds done",
+      line = {"row": f"{fam} (mean of {len(vals)} seeds)", "metric": label,
+              "paper": pap.get(pkey) if pkey else None, "vdrnn": None, "vdrnn_sd": None,
+              "diff": None,
+              "seeds": ",".join(str(r["seed"]) for r in done),
+              "status": f"{len(done)}/{len(recs)} seeds done",
               "device": ", ".join(sorted({r["device"] for r in done if r["device"]})) or None,
               "wall_s": sum(r["wall_s"] or 0 for r in done) or None, "epochs": None,
               "command": "see the seed rows"}
@@ -286,7 +295,8 @@ def _line(rec: dict, label: str, p, v) -> dict:
   return {"row": rec["row"], "metric": label, "paper": p, "vdrnn": v, "vdrnn_sd": None,
           "diff": (v - p[0]) if (v is not None and p is not None) else None,
           "seeds": None if rec["seed"] is None else str(rec["seed"]), "status": rec["status"],
-          "device": rec["device"], "wall_s": rec["wall_s"], "epochs": rec["epochs"], "command": rec["command"]}
+          "device": rec["device"], "wall_s": rec["wall_s"], "epochs": rec["epochs"],
+          "command": rec["command"]}
 
 
 def sentiment_lines(records: list[dict]) -> list[dict]:
@@ -298,10 +308,12 @@ def sentiment_lines(records: list[dict]) -> list[dict]:
     curve = [c for c in rec["curve"] if c.get("test_rmse") is not None]
     best = min(curve, key=lambda c: c["test_rmse"]) if curve else None
     mc = res.get("mc_samples")
+    mc_label = f"MC test RMSE ({mc} samples), last epoch" if mc else "MC test RMSE"
+    best_label = (f"lowest test RMSE on the curve (epoch {best['epoch']})" if best
+                  else "lowest test RMSE")
     for label, v in (("test RMSE, last epoch", res.get("test_rmse")),
-                     (f"MC test RMSE ({mc} samples), last epoch" if mc else "MC test RMSE", res.get("test_rmse_mc")),
-                     (f"lowest test RMSE on the curve (epoch {best['epoch']})" if best else "lowest test RMSE",
-                      best["test_rmse"] if best else None)):
+                     (mc_label, res.get("test_rmse_mc")),
+                     (best_label, best["test_rmse"] if best else None)):
       if rec["status"] != "done" and label.startswith("MC"):
         continue
       lines.append(_line(rec, label, None, v))
@@ -318,30 +330,34 @@ def markdown(ptb: list[dict], sent: list[dict], records: list[dict]) -> str:
 
   out = ["<!-- generated by `python -m launch.reproduce --report`; do not edit by hand -->", "",
          "### Penn Treebank (perplexity)", "",
-         "Paper: Gal & Ghahramani 2016, Table 1 (Zaremba et al. 2014 for the no-dropout small model, "
-         "Press & Wolf 2016 for tied embeddings). Paper validation numbers are the Lua formula's "
-         "(`valid (Lua formula)`); `valid (exact)` has no paper counterpart.", "",
+         "Paper: Gal & Ghahramani 2016, Table 1 (Zaremba et al. 2014 for the no-dropout small "
+         "model, Press & Wolf 2016 for tied embeddings). Paper validation numbers are the Lua "
+         "formula's (`valid (Lua formula)`); `valid (exact)` has no paper counterpart.", "",
          "| row | metric | paper | vdrnn | difference | seeds | run | device | wall time |",
          "|---|---|---|---|---|---|---|---|---|"]
   for l in ptb:
     v = _fmt(l["vdrnn"]) + ("" if l["vdrnn_sd"] is None else f" ± {l['vdrnn_sd']:.2f}")
-    out.append(f"| {l['row']} | {l['metric']} | {_fmt(l['paper'])} | {v if l['vdrnn'] is not None else 'not run'} "
-               f"| {_fmt(l['diff']) if l['diff'] is not None else '–'} | {l['seeds'] or '–'} | {status(l)} "
-               f"| {l['device'] or '–'} | {wall(l['wall_s'])} |")
+    v = v if l["vdrnn"] is not None else "not run"
+    diff = _fmt(l["diff"]) if l["diff"] is not None else "–"
+    out.append(f"| {l['row']} | {l['metric']} | {_fmt(l['paper'])} | {v} | {diff} "
+               f"| {l['seeds'] or '–'} | {status(l)} | {l['device'] or '–'} "
+               f"| {wall(l['wall_s'])} |")
   out += ["", "### Sentiment regression (Pang & Lee, test RMSE in rating units)", "",
-          "Paper: Gal & Ghahramani 2016, Sec. 5.2, figure only (no published number). All rows use the "
-          "released scripts' semantics and split (`:<scheme>,released`).", "",
-          "| row | metric | vdrnn | seed | run | device | wall time |", "|---|---|---|---|---|---|---|"]
+          "Paper: Gal & Ghahramani 2016, Sec. 5.2, figure only (no published number). All rows "
+          "use the released scripts' semantics and split (`:<scheme>,released`).", "",
+          "| row | metric | vdrnn | seed | run | device | wall time |",
+          "|---|---|---|---|---|---|---|"]
   for l in sent:
     v = _fmt(l["vdrnn"], 4) if l["vdrnn"] is not None else "not run"
-    out.append(f"| {l['row']} | {l['metric']} | {v} | {l['seeds'] or '–'} | {status(l)} | {l['device'] or '–'} "
-               f"| {wall(l['wall_s'])} |")
+    out.append(f"| {l['row']} | {l['metric']} | {v} | {l['seeds'] or '–'} | {status(l)} "
+               f"| {l['device'] or '–'} | {wall(l['wall_s'])} |")
   sent_recs = [r for r in records if r["task"] == "sentiment" and r["curve"]]
   if sent_recs:
     last = max(c["epoch"] for r in sent_recs for c in r["curve"])
     cols = [e for e in SENTIMENT_EPOCHS if e <= last]
     out += ["", "Test RMSE (dropout approximation) at fixed epochs:", "",
-            "| row | " + " | ".join(f"epoch {e}" for e in cols) + " |", "|---|" + "---|" * len(cols)]
+            "| row | " + " | ".join(f"epoch {e}" for e in cols) + " |",
+            "|---|" + "---|" * len(cols)]
     for r in sent_recs:
       at = {c["epoch"]: c.get("test_rmse") for c in r["curve"]}
       out.append(f"| {r['row']} | " + " | ".join(_fmt(at.get(e), 4) for e in cols) + " |")
@@ -360,7 +376,7 @@ def plot_sentiment(records: list[dict], results_dir: str) -> list[str]:
 
   paths = []
   for cell in ("lstm", "gru"):
-    recs = [r for r in records if r["task"] == "sentiment" and r["row"].startswith(f"sentiment_{cell}_")]
+    recs = [r for r in records if r["row"].startswith(f"sentiment_{cell}_")]
     if not any(r["curve"] for r in recs):
       continue
     fig, ax = plt.subplots(figsize=(6, 4))
@@ -393,14 +409,15 @@ def report(root: str, results_dir: str, extra: list[str]) -> list[dict]:
   ptb, sent = ptb_lines(records), sentiment_lines(records)
   with open(os.path.join(results_dir, "results.json"), "w") as f:
     json.dump({"generated": time.strftime("%Y-%m-%d %H:%M:%S"), "rows": records}, f, indent=1)
-  cols = ["row", "metric", "paper", "paper_spread", "vdrnn", "vdrnn_sd", "diff", "seeds", "status", "epochs",
-          "device", "wall_s", "command"]
+  cols = ["row", "metric", "paper", "paper_spread", "vdrnn", "vdrnn_sd", "diff", "seeds", "status",
+          "epochs", "device", "wall_s", "command"]
   with open(os.path.join(results_dir, "results.csv"), "w", newline="") as f:
     w = csv.DictWriter(f, fieldnames=cols, extrasaction="ignore")
     w.writeheader()
     for l in ptb + sent:
       p = l["paper"]
-      w.writerow({**l, "paper": None if p is None else p[0], "paper_spread": None if p is None else p[1]})
+      w.writerow({**l, "paper": None if p is None else p[0],
+                  "paper_spread": None if p is None else p[1]})
   table = markdown(ptb, sent, records)
   with open(os.path.join(results_dir, "README_table.md"), "w") as f:
     f.write(table)
@@ -416,16 +433,20 @@ def report(root: str, results_dir: str, extra: list[str]) -> list[dict]:
 
 _ONLY = flags.DEFINE_list("only", [], "Row names or prefixes to run / list (default: all).")
 _DRY_RUN = flags.DEFINE_bool("dry_run", False, "List the rows and their commands; run nothing.")
-_REPORT = flags.DEFINE_bool("report", False, "Collect the workdirs into tables and figures; run nothing.")
-_ROOT = flags.DEFINE_string("workdir_root", "workdirs/reproduce", "Row <name> runs in <workdir_root>/<name>.")
+_REPORT = flags.DEFINE_bool("report", False,
+                            "Collect the workdirs into tables and figures; run nothing.")
+_ROOT = flags.DEFINE_string("workdir_root", "workdirs/reproduce",
+                            "Row <name> runs in <workdir_root>/<name>.")
 _RESULTS = flags.DEFINE_string("results_dir", "launch/results", "Where --report writes its files.")
 _GPUS = flags.DEFINE_string("gpus", "auto", "Comma-separated GPU ids (one row per GPU); 'auto' "
                             "(CUDA_VISIBLE_DEVICES, else nvidia-smi) or 'none' for the CPU.")
 _PARALLEL = flags.DEFINE_integer("parallel", 1, "Rows at a time on the CPU (no GPUs).")
-_EPOCHS = flags.DEFINE_integer("epochs", 0, "Override train.num_epochs of the selected rows (0: the row's).")
-_OVERRIDE = flags.DEFINE_multi_string("override", [], "CONFIG.PATH=VALUE for every selected row, e.g. "
-                                      "eval.mc_samples=10 (repeatable).")
-_MODULE = flags.DEFINE_string("module", "launch.run_row", "Module each row runs (tests use a stand-in).")
+_EPOCHS = flags.DEFINE_integer("epochs", 0,
+                               "Override train.num_epochs of the selected rows (0: the row's).")
+_OVERRIDE = flags.DEFINE_multi_string("override", [], "CONFIG.PATH=VALUE for every selected row, "
+                                      "e.g. eval.mc_samples=10 (repeatable).")
+_MODULE = flags.DEFINE_string("module", "launch.run_row",
+                              "Module each row runs (tests use a stand-in).")
 
 
 def main(argv):
@@ -444,16 +465,19 @@ def main(argv):
     done = lambda run: is_finished(run, epochs[run["name"]])
     if _DRY_RUN.value:
       for r, run in zip(rows, runs):
-        state = "finished" if done(run) else ("partial" if os.path.isdir(run["workdir"]) else "not run")
-        print(f"{r.name} [{state}; {r.where}; {epochs[r.name]} epochs]\n  {command(r, root, extra)}")
+        state = ("finished" if done(run) else
+                 "partial" if os.path.isdir(run["workdir"]) else "not run")
+        print(f"{r.name} [{state}; {r.where}; {epochs[r.name]} epochs]\n"
+              f"  {command(r, root, extra)}")
       return
     gpus = [] if _GPUS.value == "none" else (sweep.detect_gpus() if _GPUS.value == "auto" else
                                              [g for g in _GPUS.value.split(",") if g.strip()])
-    codes = sweep.run_all(runs, None, extra, gpus=gpus, parallel=_PARALLEL.value, module=_MODULE.value,
-                          poll_s=2.0, is_finished=done)
+    codes = sweep.run_all(runs, None, extra, gpus=gpus, parallel=_PARALLEL.value,
+                          module=_MODULE.value, poll_s=2.0, is_finished=done)
     failed = [n for n, c in codes.items() if c != 0]
     if failed:
-      raise UserError(f"{len(failed)} row(s) failed: {', '.join(failed)} (see train.log in their workdirs)")
+      raise UserError(f"{len(failed)} row(s) failed: {', '.join(failed)} "
+                      "(see train.log in their workdirs)")
 
   run_main(_main)
 

@@ -10,6 +10,7 @@ import json
 import os
 import runpy
 import shlex
+import signal
 import socket
 import sys
 import time
@@ -20,7 +21,8 @@ INFO = "run_info.json"
 
 
 def device_name() -> str:
-  """``jax.devices()[0].device_kind`` (e.g. "NVIDIA H100 80GB HBM3"), with the platform and count."""
+  """``jax.devices()[0].device_kind`` (e.g. "NVIDIA H100 80GB HBM3") with the platform, and the
+  device count when there are several."""
   devs = jax.devices()
   kind = getattr(devs[0], "device_kind", "") or devs[0].platform
   name = f"{kind} ({devs[0].platform})" if kind.lower() != devs[0].platform else devs[0].platform
@@ -55,6 +57,9 @@ def main() -> None:
   write_info(workdir, info)
   code = 0
   sys.argv = ["vdrnn.train", *args]
+  # SIGTERM (the sweep queue stopping its runs) ends the session through ``finally`` below, so
+  # its end time is recorded too.
+  signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
   try:
     runpy.run_module("vdrnn.train", run_name="__main__", alter_sys=True)
   except SystemExit as e:

@@ -119,8 +119,9 @@ def plan(config, specs: list[str], workdir_root: str) -> list[dict]:
 
 def train_command(run: dict, config_spec: str, extra: list[str], module: str = "vdrnn.train") -> list[str]:
   """The run's command line; a run may carry its own ``config`` (then ``config_spec`` is unused)."""
-  return [sys.executable, "-m", module, "--config", run.get("config") or config_spec, "--workdir", run["workdir"],
-          *(f"--config.{p}={v}" for p, v in run["point"].items()), *extra]
+  return [sys.executable, "-m", module, "--config", run.get("config") or config_spec,
+          "--workdir", run["workdir"], *(f"--config.{p}={v}" for p, v in run["point"].items()),
+          *extra]
 
 
 def finished(run: dict) -> bool:

@@ -23,12 +23,14 @@ from vdrnn.errors import UserError
 
 def test_lua_valid_ppl_hand_computation():
   # A stream of rows = 8 tokens per row, T = 3: len = 7/3, the loop runs 2 whole windows.
-  assert metrics.lua_valid_ppl([1.0, 2.0], rows=8, seq_length=3) == pytest.approx(math.exp(3.0 / (7 / 3)))
+  got = metrics.lua_valid_ppl([1.0, 2.0], rows=8, seq_length=3)
+  assert got == pytest.approx(math.exp(3.0 / (7 / 3)))
   assert math.exp(3.0 / (7 / 3)) < math.exp(1.5)  # below the exact exp(mean NLL)
   # rows - 1 divisible by T: no fraction, the exact value.
   assert metrics.lua_valid_ppl([1.0, 2.0], rows=7, seq_length=3) == pytest.approx(math.exp(1.5))
   # From the total NLL of B = 2 rows: windows' means 6/6 and 12/6.
-  assert metrics.lua_valid_ppl_from_sum(18.0, batch=2, rows=8, seq_length=3) == pytest.approx(math.exp(9 / 7))
+  got = metrics.lua_valid_ppl_from_sum(18.0, batch=2, rows=8, seq_length=3)
+  assert got == pytest.approx(math.exp(9 / 7))
   with pytest.raises(ValueError, match="whole windows"):
     metrics.lua_valid_ppl([1.0, 2.0, 3.0], rows=8, seq_length=3)
 
@@ -43,7 +45,8 @@ def test_lua_valid_ppl_of_a_model_matches_the_lua_loop():
   ids = np.asarray(jax.random.randint(jax.random.key(0), (3 * 23 + 2,), 0, 30), np.int32)
   params = models.init_lm(jax.random.key(1), c.model)
   mesh = sharding.make_mesh(jax.devices()[:1])
-  got = train.evaluate_split(c, train.make_eval_fn(c), params, ids, B, full=False, mesh=mesh, lua=True)
+  eval_fn = train.make_eval_fn(c)
+  got = train.evaluate_split(c, eval_fn, params, ids, B, full=False, mesh=mesh, lua=True)
   # Lua: data [rows, B]; len = (rows - 1) / T; whole windows, state carried; fp = window mean.
   streams = ids[: len(ids) // B * B].reshape(B, -1)
   rows, T = streams.shape[1], 4
@@ -55,7 +58,7 @@ def test_lua_valid_ppl_of_a_model_matches_the_lua_loop():
   want = math.exp(perp / ((rows - 1) / T))
   assert (rows - 1) % T != 0  # the fractional case
   assert got == pytest.approx(want, rel=1e-5)
-  exact = train.evaluate_split(c, train.make_eval_fn(c), params, ids, B, full=False, mesh=mesh)
+  exact = train.evaluate_split(c, eval_fn, params, ids, B, full=False, mesh=mesh)
   assert got < exact
 
 
@@ -83,8 +86,9 @@ def np_lstm(p, c, h, xs, mx, mh, gate_act="sigmoid", valid=None):
   w_x, w_h, b = (np.asarray(p[k], np.float64) for k in ("w_x", "w_h", "b"))
   H, sg = h.shape[1], np_act(gate_act)
   for t in range(xs.shape[0]):
-    pre = [(xs[t] * gate_mask(mx, t, k)) @ w_x[:, k * H:(k + 1) * H]
-           + (h * gate_mask(mh, t, k)) @ w_h[:, k * H:(k + 1) * H] + b[k * H:(k + 1) * H] for k in range(4)]
+    sl = [slice(k * H, (k + 1) * H) for k in range(4)]
+    pre = [(xs[t] * gate_mask(mx, t, k)) @ w_x[:, sl[k]] + (h * gate_mask(mh, t, k)) @ w_h[:, sl[k]]
+           + b[sl[k]] for k in range(4)]
     i, f, g, o = pre
     c_new = sg(f) * c + sg(i) * np.tanh(g)
     h_new = sg(o) * np.tanh(c_new)
@@ -122,8 +126,9 @@ def make(G, D=5, H=6, B=3, T=7, seed=0, scale=1.5):
 def step_masks(G, T, B, D, H, per_gate, inverted=True, seed=1):
   kx, kh = jax.random.split(jax.random.key(seed))
   tokens = jnp.zeros((B, T), jnp.int32)
-  m = masks.sample_masks(kx, {"emb": 0.0, "x": 0.4, "h": 0.5, "out": 0.0}, tokens, scheme="naive", tied=False,
-                         layers=[(D, H)], n_gates=G, naive_per_gate=per_gate, inverted=inverted)
+  rates = {"emb": 0.0, "x": 0.4, "h": 0.5, "out": 0.0}
+  m = masks.sample_masks(kx, rates, tokens, scheme="naive", tied=False, layers=[(D, H)], n_gates=G,
+                         naive_per_gate=per_gate, inverted=inverted)
   return m["x_steps"][0], m["h_steps"][0]
 
 
@@ -141,11 +146,13 @@ def test_lstm_per_step_masks_and_gate_activation_match_numpy(per_gate, gate_act)
   (c, h), _ = rnn.lstm(p, (c0, h0), xs, mask_x_steps=mx, mask_h_steps=mh, gate_act=gate_act,
                        valid=jnp.asarray(valid))
   f64 = lambda a: np.asarray(a, np.float64)
-  rc, rh = np_lstm(p, f64(c0), f64(h0), f64(xs), ("steps", f64(mx)), ("steps", f64(mh)), gate_act, valid)
+  rc, rh = np_lstm(p, f64(c0), f64(h0), f64(xs), ("steps", f64(mx)), ("steps", f64(mh)), gate_act,
+                   valid)
   np.testing.assert_allclose(c, rc, rtol=1e-5, atol=1e-5)
   np.testing.assert_allclose(h, rh, rtol=1e-5, atol=1e-5)
   # The masks matter: the same run without the recurrent masks differs.
-  (_, h_no), _ = rnn.lstm(p, (c0, h0), xs, mask_x_steps=mx, gate_act=gate_act, valid=jnp.asarray(valid))
+  (_, h_no), _ = rnn.lstm(p, (c0, h0), xs, mask_x_steps=mx, gate_act=gate_act,
+                          valid=jnp.asarray(valid))
   assert np.abs(np.asarray(h_no) - np.asarray(h)).max() > 1e-3
 
 
@@ -154,8 +161,9 @@ def jnp_lstm(p, c, h, xs, mx, mh, gate_act):
   H, sg = h.shape[1], rnn.activation(gate_act)
   for t in range(xs.shape[0]):
     m = lambda a, k: a[t] if a.ndim == 3 else a[t, k]
-    i, f, g, o = [(xs[t] * m(mx, k)) @ p["w_x"][:, k * H:(k + 1) * H] + (h * m(mh, k)) @ p["w_h"][:, k * H:(k + 1) * H]
-                  + p["b"][k * H:(k + 1) * H] for k in range(4)]
+    sl = [slice(k * H, (k + 1) * H) for k in range(4)]
+    i, f, g, o = [(xs[t] * m(mx, k)) @ p["w_x"][:, sl[k]] + (h * m(mh, k)) @ p["w_h"][:, sl[k]]
+                  + p["b"][sl[k]] for k in range(4)]
     c = sg(f) * c + sg(i) * jnp.tanh(g)
     h = sg(o) * jnp.tanh(c)
   return c, h
@@ -184,7 +192,8 @@ def test_lstm_per_step_masks_hand_written_backward_matches_autodiff(per_gate, ga
   assert float(jnp.abs(g_hand[0]["w_h"]).max()) > 1e-3
 
 
-@pytest.mark.parametrize("acts", [("sigmoid", "tanh"), ("hard_sigmoid", "sigmoid"), ("hard_sigmoid", "tanh")])
+@pytest.mark.parametrize("acts", [("sigmoid", "tanh"), ("hard_sigmoid", "sigmoid"),
+                                  ("hard_sigmoid", "tanh")])
 @pytest.mark.parametrize("per_gate", [False, True])
 def test_gru_per_step_masks_and_activations_match_numpy(per_gate, acts):
   gate_act, candidate_act = acts
@@ -192,7 +201,8 @@ def test_gru_per_step_masks_and_activations_match_numpy(per_gate, acts):
   T, B, D = xs.shape
   H = h0.shape[1]
   mx, mh = step_masks(3, T, B, D, H, per_gate)
-  h, _ = rnn.gru(p, h0, xs, mask_x_steps=mx, mask_h_steps=mh, gate_act=gate_act, candidate_act=candidate_act)
+  h, _ = rnn.gru(p, h0, xs, mask_x_steps=mx, mask_h_steps=mh, gate_act=gate_act,
+                 candidate_act=candidate_act)
   f64 = lambda a: np.asarray(a, np.float64)
   rh = np_gru(p, f64(h0), f64(xs), ("steps", f64(mx)), ("steps", f64(mh)), gate_act, candidate_act)
   np.testing.assert_allclose(h, rh, rtol=1e-5, atol=1e-5)
@@ -298,7 +308,8 @@ def test_ptb_zaremba_naive_masks_are_unchanged():
   for l, d in enumerate([c.emb_dim, c.hidden]):
     want = jnp.swapaxes(masks.per_row(jax.random.fold_in(k_x, l), 4, (6, d), c.p_x), 0, 1)
     np.testing.assert_array_equal(m["x_steps"][l], want)
-  np.testing.assert_array_equal(m["out"], jnp.swapaxes(masks.per_row(k_out, 4, (6, c.hidden), c.p_out), 0, 1))
+  want_out = jnp.swapaxes(masks.per_row(k_out, 4, (6, c.hidden), c.p_out), 0, 1)
+  np.testing.assert_array_equal(m["out"], want_out)
   assert m["emb"] is None and m["h_steps"] == [None, None] and m["h"] == [None, None]
 
 
@@ -309,7 +320,8 @@ def test_ptb_zaremba_naive_masks_are_unchanged():
 def test_non_inverted_masks_are_zero_one():
   m = np.asarray(masks.dropout_mask(jax.random.key(0), (100, 100), 0.3, inverted=False))
   assert set(np.unique(m)) == {0.0, 1.0} and abs(m.mean() - 0.7) < 0.02
-  w = np.asarray(masks.word_type_mask(jax.random.key(0), jnp.ones((4, 5), jnp.int32) * 7, 0.5, inverted=False))
+  tokens = jnp.ones((4, 5), jnp.int32) * 7
+  w = np.asarray(masks.word_type_mask(jax.random.key(0), tokens, 0.5, inverted=False))
   assert set(np.unique(w)) <= {0.0, 1.0}
 
 
@@ -335,16 +347,16 @@ def test_released_deterministic_pass_scales_by_keep_and_training_masks_are_zero_
   z = np.zeros((B, c.hidden))
   valid = tokens.T != 0
   if c.cell == "lstm":
-    _, h = np_lstm(params["rnn"], z, z, xs, 0.75 * np.ones((B, c.emb_dim)), 0.5 * np.ones((B, c.hidden)),
-                   "hard_sigmoid", valid)
+    _, h = np_lstm(params["rnn"], z, z, xs, 0.75 * np.ones((B, c.emb_dim)),
+                   0.5 * np.ones((B, c.hidden)), "hard_sigmoid", valid)
   else:
     h = np_gru(params["rnn"], z, xs, 0.75 * np.ones((B, c.emb_dim)), 0.5 * np.ones((B, c.hidden)),
                "hard_sigmoid", "sigmoid", valid)
   ref = (h * 0.6) @ f64(params["dense"]["w"]) + f64(params["dense"]["b"])
   np.testing.assert_allclose(det, ref, rtol=1e-4, atol=1e-5)
   # The modern (inverted) deterministic pass has no scaling: a different output.
-  modern = np.asarray(models.seq_apply(params, jnp.asarray(tokens), None, cell=c.cell, gate_act="hard_sigmoid",
-                                       candidate_act=c.candidate_act))
+  modern = np.asarray(models.seq_apply(params, jnp.asarray(tokens), None, cell=c.cell,
+                                       gate_act="hard_sigmoid", candidate_act=c.candidate_act))
   assert np.abs(modern - det).max() > 1e-3
 
 
@@ -363,9 +375,11 @@ def test_released_switches_default_to_modern_and_are_validated():
   for module in (sentiment_lstm, sentiment_gru):
     for arg in ("variational", "naive,paper", "none"):
       c = module.get_config(arg).model
-      assert (c.gate_act, c.candidate_act, c.dropout_scaling, c.ortho_scale) == ("sigmoid", "tanh", "inverted", 1.0)
+      got = (c.gate_act, c.candidate_act, c.dropout_scaling, c.ortho_scale)
+      assert got == ("sigmoid", "tanh", "inverted", 1.0)
     r = module.get_config("none,released")
-    assert r.data.split == "paper" and r.data.valid_fraction == 0.0 and r.model.dropout_scaling == "keras0"
+    assert r.data.split == "paper" and r.data.valid_fraction == 0.0
+    assert r.model.dropout_scaling == "keras0"
     assert models.seq_semantics(r.model).get("eval_keep") is None  # no dropout: nothing to scale
   c = sentiment_gru.get_config("released").model
   for field, bad in (("gate_act", "relu"), ("candidate_act", "relu"), ("dropout_scaling", "keras1"),

@@ -84,8 +84,9 @@ def validate_rates(model, prefix: str = "model") -> None:
   for name, choices in SEQ_CHOICES.items():
     if name in model and model[name] not in choices:
       raise UserError(f"{prefix}.{name} must be one of {choices}, got {model[name]!r}")
-  if "ortho_scale" in model and not (isinstance(model.ortho_scale, (int, float)) and model.ortho_scale > 0):
-    raise UserError(f"{prefix}.ortho_scale must be a positive number, got {model.ortho_scale!r}")
+  scale = model.get("ortho_scale", 1.0)
+  if not (isinstance(scale, (int, float)) and scale > 0):
+    raise UserError(f"{prefix}.ortho_scale must be a positive number, got {scale!r}")
 
 
 def validate_lm(c) -> None:
@@ -142,11 +143,14 @@ def seq_base() -> ml_collections.ConfigDict:
   # BayesianRNN, used by Sentiment_analysis_code/*.py). The defaults are the modern ones
   # (Keras 2 and later, what vdrnn's README compares against); ``released`` in
   # configs/sentiment_{lstm,gru}.py switches them all.
-  c.model.naive_per_gate = False   # naive: a fresh mask per step *and gate* (NaiveDropoutLSTM/GRU: B_W, B_U)
-  c.model.gate_act = "sigmoid"     # sigmoid | hard_sigmoid (the fork's inner_activation: clip(0.2x + 0.5, 0, 1))
-  c.model.candidate_act = "tanh"   # GRU candidate: tanh | sigmoid (the fork's GRU default activation)
-  c.model.dropout_scaling = "inverted"  # inverted | keras0 (0/1 masks in training, x keep probability at test)
-  c.model.ortho_scale = 1.0        # gain of the orthogonal recurrent init (the fork: orthogonal(scale=1.1))
+  # naive: a fresh mask per step *and gate* (the fork's NaiveDropoutLSTM/GRU draw B_W, B_U so)
+  c.model.naive_per_gate = False
+  # sigmoid | hard_sigmoid (the fork's inner_activation: clip(0.2 x + 0.5, 0, 1))
+  c.model.gate_act = "sigmoid"
+  c.model.candidate_act = "tanh"   # GRU candidate: tanh | sigmoid (the fork's GRU default)
+  # inverted | keras0 (the fork: 0/1 masks while training, x keep probability at test)
+  c.model.dropout_scaling = "inverted"
+  c.model.ortho_scale = 1.0        # orthogonal recurrent init gain (the fork: scale=1.1)
 
   c.train = ml_collections.ConfigDict()
   c.train.batch_size = 128

@@ -102,7 +102,8 @@ def per_row(key: Array, batch: int, shape: Sequence[int], rate: Any, dtype=jnp.f
     return jnp.ones((batch, *shape), dtype)
   rows = jnp.arange(batch, dtype=jnp.uint32)
   draw = dropout_mask_bytes if byte_draws else dropout_mask
-  return jax.vmap(lambda b: draw(jax.random.fold_in(key, b), shape, rate, dtype, inverted=inverted))(rows)
+  return jax.vmap(lambda b: draw(jax.random.fold_in(key, b), shape, rate, dtype,
+                                 inverted=inverted))(rows)
 
 
 def word_type_mask(key: Array, tokens: Array, rate: Any, *, shared_across_batch: bool = False,
@@ -211,7 +212,8 @@ def sample_masks(key: Array, rates: dict, tokens: Array, *, scheme: str, tied: b
         jax.random.fold_in(k_x, l), d, rates["x"], naive_per_gate, naive_per_gate))
                         for l, (d, _) in enumerate(layers)]
     masks["h_steps"] = [maybe(rates.get("h", 0.0), lambda l=l, h=h: steps(
-        jax.random.fold_in(k_h, l), h, rates["h"], naive_per_gate, True)) for l, (_, h) in enumerate(layers)]
+        jax.random.fold_in(k_h, l), h, rates["h"], naive_per_gate, True))
+                        for l, (_, h) in enumerate(layers)]
     masks["out"] = maybe(rates["out"], lambda: steps(k_out, H_last, rates["out"], False, False))
     return masks
 
@@ -225,5 +227,6 @@ def sample_masks(key: Array, rates: dict, tokens: Array, *, scheme: str, tied: b
                 for l, (d, _) in enumerate(layers)]
   masks["h"] = [maybe(rates["h"], lambda l=l, h=h: const(jax.random.fold_in(k_h, l), h, rates["h"]))
                 for l, (_, h) in enumerate(layers)]
-  masks["out"] = maybe(rates["out"], lambda: per_row(k_out, B, (H_last,), rates["out"], inverted=inverted))
+  masks["out"] = maybe(rates["out"], lambda: per_row(k_out, B, (H_last,), rates["out"],
+                                                     inverted=inverted))
   return masks

@@ -75,8 +75,8 @@ def lua_valid_ppl(window_mean_nll, rows: int, seq_length: int) -> float:
   if rows < 2 or seq_length < 1:
     raise ValueError(f"need rows >= 2 and seq_length >= 1, got {rows}, {seq_length}")
   if len(nll) != (rows - 1) // seq_length:
-    raise ValueError(f"expected (rows - 1) // seq_length = {(rows - 1) // seq_length} whole windows, "
-                     f"got {len(nll)}")
+    raise ValueError(f"expected (rows - 1) // seq_length = {(rows - 1) // seq_length} whole "
+                     f"windows, got {len(nll)}")
   return math.exp(sum(nll) / ((rows - 1) / seq_length))
 
 
@@ -84,5 +84,6 @@ def lua_valid_ppl_from_sum(nll_sum: float, batch: int, rows: int, seq_length: in
   """``lua_valid_ppl`` from the total NLL of the whole windows' ``n * B * T`` tokens: each
   window's mean is its sum over ``B * T``, so the result is ``exp(nll_sum / (B * (rows - 1)))``."""
   if rows < 2 or seq_length < 1 or batch < 1:
-    raise ValueError(f"need rows >= 2, seq_length >= 1 and batch >= 1, got {rows}, {seq_length}, {batch}")
+    raise ValueError(f"need rows >= 2, seq_length >= 1 and batch >= 1, got {rows}, {seq_length}, "
+                     f"{batch}")
   return math.exp(float(nll_sum) / (batch * seq_length) / ((rows - 1) / seq_length))

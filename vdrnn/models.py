@@ -109,7 +109,7 @@ def lm_hidden(params: dict, carry: list, tokens: Array, masks: Optional[dict] = 
   L = len(params["lstm"])
   for l, p in enumerate(params["lstm"]):
     m_steps = (masks.get("x_steps") or [None] * L)[l]
-    if m_steps is not None and m_steps.ndim == 3:  # naive (Zaremba): a fresh mask per step, [T, B, D]
+    if m_steps is not None and m_steps.ndim == 3:  # naive (Zaremba): fresh per step, [T, B, D]
       xs, m_steps = xs * m_steps, None
     m_x = (masks.get("x") or [None] * L)[l]
     m_h = (masks.get("h") or [None] * L)[l]
@@ -235,8 +235,8 @@ def keep_masks(eval_keep: dict, B: int, T: int, D: int, H: int) -> dict:
 
 
 def seq_apply(params: dict, tokens: Array, masks: Optional[dict] = None, *, cell: str = "lstm",
-              unroll: int = 1, compute_dtype=None, gate_act: str = "sigmoid", candidate_act: str = "tanh",
-              eval_keep: Optional[dict] = None) -> Array:
+              unroll: int = 1, compute_dtype=None, gate_act: str = "sigmoid",
+              candidate_act: str = "tanh", eval_keep: Optional[dict] = None) -> Array:
   """Outputs ``[B, K]`` for padded token sequences ``[B, T]`` (id 0 = padding).
 
   Padding: a padded step leaves the recurrent state unchanged (``valid`` in the scans),
@@ -268,8 +268,9 @@ def seq_apply(params: dict, tokens: Array, masks: Optional[dict] = None, *, cell
     (_, h), _ = rnn.lstm(params["rnn"], (z, z), xs, m_x, m_h, valid=valid, unroll=unroll,
                          compute_dtype=compute_dtype, gate_act=gate_act, **steps)
   else:
-    h, _ = rnn.gru(params["rnn"], z, xs, m_x, m_h, valid=valid, unroll=unroll, compute_dtype=compute_dtype,
-                   gate_act=gate_act, candidate_act=candidate_act, **steps)
+    h, _ = rnn.gru(params["rnn"], z, xs, m_x, m_h, valid=valid, unroll=unroll,
+                   compute_dtype=compute_dtype, gate_act=gate_act, candidate_act=candidate_act,
+                   **steps)
   out = masks.get("out")
   if out is not None:
     h = h * (out if out.ndim == 2 else out[-1])  # naive masks are [T, B, H]: use the last step's

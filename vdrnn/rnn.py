@@ -111,8 +111,9 @@ def _step_mask_kind(name: str, mask: Optional[Array], T: int, B: int, D: int, G:
     return "shared"
   if shape == (T, G, B, D):
     return "per_gate"
-  raise ValueError(f"{name} must have shape [T, B, D] = {[T, B, D]} or [T, {G}, B, D] = {[T, G, B, D]} "
-                   f"(a fresh mask per step, shared by the gates or one per gate), got {list(shape)}")
+  raise ValueError(f"{name} must have shape [T, B, D] = {[T, B, D]} or [T, {G}, B, D] = "
+                   f"{[T, G, B, D]} (a fresh mask per step, shared by the gates or one per gate), "
+                   f"got {list(shape)}")
 
 
 def matmul(x: Array, w: Array, compute_dtype=None) -> Array:
@@ -269,7 +270,8 @@ def lstm(params: dict, carry: tuple[Array, Array], xs: Array, mask_x: Optional[A
   _check_acts(gate_act)
 
   if not hoist_input and mask_x_steps is None and mask_h_steps is None:
-    return _lstm_fused_scan(params, c0, h0, xs, mask_x, mask_h, valid, unroll, compute_dtype, gate_act)
+    return _lstm_fused_scan(params, c0, h0, xs, mask_x, mask_h, valid, unroll, compute_dtype,
+                            gate_act)
   # Untied recurrent masks: the recurrence runs gate-major, gx [T, 4, B, H] and W_h [4, H, H],
   # so that each step's batched matmul output feeds the gates without a transpose.
   untied = kind_h == "untied" or kind_h_steps == "per_gate"
@@ -277,11 +279,12 @@ def lstm(params: dict, carry: tuple[Array, Array], xs: Array, mask_x: Optional[A
                         mask_x_steps=mask_x_steps)
   w_h = _cast(_per_gate(params["w_h"], 4) if untied else params["w_h"], compute_dtype)
   steps = mask_h_steps is not None
-  return _lstm_recurrence(gx, w_h, c0, h0, mask_h_steps if steps else mask_h, valid, unroll, compute_dtype,
-                          gate_act, steps)
+  return _lstm_recurrence(gx, w_h, c0, h0, mask_h_steps if steps else mask_h, valid, unroll,
+                          compute_dtype, gate_act, steps)
 
 
-def _lstm_fused_scan(params, c0, h0, xs, mask_x, mask_h, valid, unroll, compute_dtype, gate_act="sigmoid"):
+def _lstm_fused_scan(params, c0, h0, xs, mask_x, mask_h, valid, unroll, compute_dtype,
+                     gate_act="sigmoid"):
   """``lstm(..., hoist_input=False)``: per step ``z = [x_t * m_x, h * m_h] @ [W_x; W_h] + b``
   (tied or no masks: one ``[B, D+H] @ [D+H, 4H]`` matmul; untied: one batched
   ``[4, B, D+H] @ [4, D+H, H]`` matmul, gate-major)."""
@@ -346,7 +349,8 @@ def _lstm_scan(gx, w_h, c0, h0, mask_h, valid, unroll, compute_dtype, gate_act, 
     gx_t, v_t, m_t = inp
     m = m_t if steps else mask_h
     if untied:  # gate-major: gx_t [4, B, H], w_h [4, H, H]
-      z = gx_t + jnp.einsum("gbh,ghk->gbk", _cast(h[None] * m, compute_dtype), w_h, preferred_element_type=pet)
+      hm = _cast(h[None] * m, compute_dtype)
+      z = gx_t + jnp.einsum("gbh,ghk->gbk", hm, w_h, preferred_element_type=pet)
       i, f, g, o = z[0], z[1], z[2], z[3]
     else:
       z = gx_t + _recurrent(h, w_h, m, 4, compute_dtype)
@@ -369,7 +373,8 @@ def _lstm_recurrence(gx, w_h, c0, h0, mask_h, valid, unroll, compute_dtype, gate
 
 
 def _lstm_recurrence_fwd(gx, w_h, c0, h0, mask_h, valid, unroll, compute_dtype, gate_act, steps):
-  carry, ys, (cs, acts) = _lstm_scan(gx, w_h, c0, h0, mask_h, valid, unroll, compute_dtype, gate_act, steps)
+  carry, ys, (cs, acts) = _lstm_scan(gx, w_h, c0, h0, mask_h, valid, unroll, compute_dtype,
+                                     gate_act, steps)
   return (carry, ys), (w_h, c0, h0, mask_h, valid, ys, cs, acts)
 
 
@@ -392,10 +397,11 @@ def _lstm_recurrence_bwd(unroll, compute_dtype, gate_act, steps, res, cts):
     do = dh * tc
     dc_t = dc + dh * o * (1.0 - tc * tc)
     if gate_act == "sigmoid":
-      dzs_ = [dc_t * g * i * (1.0 - i), dc_t * cp * f * (1.0 - f), dc_t * i * (1.0 - g * g), do * o * (1.0 - o)]
+      dzs_ = [dc_t * g * i * (1.0 - i), dc_t * cp * f * (1.0 - f), dc_t * i * (1.0 - g * g),
+              do * o * (1.0 - o)]
     else:
-      dzs_ = [dc_t * g * _dgate(i, gate_act), dc_t * cp * _dgate(f, gate_act), dc_t * i * (1.0 - g * g),
-              do * _dgate(o, gate_act)]
+      dzs_ = [dc_t * g * _dgate(i, gate_act), dc_t * cp * _dgate(f, gate_act),
+              dc_t * i * (1.0 - g * g), do * _dgate(o, gate_act)]
     if untied:  # gate-major [4, B, H], like gx; dhm[k] = dz_k @ W_k^T
       dz = jnp.stack(dzs_)
       if v_t is not None:
@@ -423,9 +429,9 @@ def _lstm_recurrence_bwd(unroll, compute_dtype, gate_act, steps, res, cts):
     dm = dms
   if untied:  # dW_k = sum_t (h_{t-1} * m_k)^T dz_{t,k}; dzs is [T, 4, B, H]
     gate_mask = (lambda k: mask_h[:, k]) if steps else (lambda k: mask_h[k])
-    dw = jnp.stack([jnp.dot(transposed(_cast(h_prev * gate_mask(k), compute_dtype).reshape(T * B, H)),
-                            _cast(dzs[:, k].reshape(T * B, H), compute_dtype), preferred_element_type=pet)
-                    for k in range(4)])
+    hm = [_cast(h_prev * gate_mask(k), compute_dtype).reshape(T * B, H) for k in range(4)]
+    dw = jnp.stack([jnp.dot(transposed(hm[k]), _cast(dzs[:, k].reshape(T * B, H), compute_dtype),
+                            preferred_element_type=pet) for k in range(4)])
   else:
     hm = h_prev if mask_h is None else h_prev * mask_h
     dw = jnp.dot(transposed(_cast(hm, compute_dtype).reshape(T * B, H)),
@@ -438,8 +444,9 @@ _lstm_recurrence.defvjp(_lstm_recurrence_fwd, _lstm_recurrence_bwd)
 
 def gru(params: dict, h: Array, xs: Array, mask_x: Optional[Array] = None,
         mask_h: Optional[Array] = None, *, valid: Optional[Array] = None, unroll: int = 1,
-        compute_dtype=None, mask_x_steps: Optional[Array] = None, mask_h_steps: Optional[Array] = None,
-        gate_act: str = "sigmoid", candidate_act: str = "tanh") -> tuple[Array, Array]:
+        compute_dtype=None, mask_x_steps: Optional[Array] = None,
+        mask_h_steps: Optional[Array] = None, gate_act: str = "sigmoid",
+        candidate_act: str = "tanh") -> tuple[Array, Array]:
   """One GRU layer over a sequence, gate order (z, r, n) (Gal's Keras GRU; reset before W_hn).
 
   Equations (per step t; ``x_k = x_t * m_x[k]``, ``h_k = h_{t-1} * m_h[k]``, or one shared
@@ -481,7 +488,8 @@ def gru(params: dict, h: Array, xs: Array, mask_x: Optional[Array] = None,
   _check_acts(gate_act, candidate_act)
   gate, cand = activation(gate_act), activation(candidate_act)
 
-  gx = input_projection(xs, params["w_x"], params["b"], mask_x, 3, compute_dtype, mask_x_steps=mask_x_steps)
+  gx = input_projection(xs, params["w_x"], params["b"], mask_x, 3, compute_dtype,
+                        mask_x_steps=mask_x_steps)
   w_h = params["w_h"]
   untied = kind_h == "untied" or kind_h_steps == "per_gate"
   if untied:
@@ -504,7 +512,8 @@ def gru(params: dict, h: Array, xs: Array, mask_x: Optional[Array] = None,
     zr = gx_t[:, : 2 * H] + _recurrent(h, w_zr, mzr, 2, compute_dtype)
     z, r = jnp.split(gate(zr), 2, axis=-1)
     h_n = h if mn is None else h * mn
-    n = cand(gx_t[:, 2 * H:] + jnp.dot(_cast(r * h_n, compute_dtype), w_n, preferred_element_type=pet))
+    n = cand(gx_t[:, 2 * H:] + jnp.dot(_cast(r * h_n, compute_dtype), w_n,
+                                       preferred_element_type=pet))
     h_new = z * h + (1.0 - z) * n
     if v_t is not None:
       h_new = jnp.where(v_t[:, None], h_new, h)

@@ -284,8 +284,8 @@ def train_lm(config, workdir: str) -> dict:
     bar.close()
     elapsed = time.time() - t0
     valid = evaluate_split(config, eval_fn, state["params"], splits["valid"], t.batch_size, full=False, mesh=mesh)
-    valid_lua = evaluate_split(config, eval_fn, state["params"], splits["valid"], t.batch_size, full=False,
-                               mesh=mesh, lua=True)
+    valid_lua = evaluate_split(config, eval_fn, state["params"], splits["valid"], t.batch_size,
+                               full=False, mesh=mesh, lua=True)
     record = {"epoch": epoch + 1, "train_ppl": ppl, "valid_ppl": valid, "valid_ppl_lua": valid_lua,
               "lr": lr, "time_s": elapsed, "wps": done * tokens_per_step / elapsed}
     meta["history"].append(record)
