@@ -337,7 +337,7 @@ def markdown(ptb: list[dict], sent: list[dict], records: list[dict]) -> str:
          "|---|---|---|---|---|---|---|---|---|"]
   for l in ptb:
     v = _fmt(l["vdrnn"]) + ("" if l["vdrnn_sd"] is None else f" ± {l['vdrnn_sd']:.2f}")
-    v = v if l["vdrnn"] is not None else "not run"
+    v = v if l["vdrnn"] is not None else _missing(l)
     diff = _fmt(l["diff"]) if l["diff"] is not None else "–"
     out.append(f"| {l['row']} | {l['metric']} | {_fmt(l['paper'])} | {v} | {diff} "
                f"| {l['seeds'] or '–'} | {status(l)} | {l['device'] or '–'} "
@@ -348,7 +348,7 @@ def markdown(ptb: list[dict], sent: list[dict], records: list[dict]) -> str:
           "| row | metric | vdrnn | seed | run | device | wall time |",
           "|---|---|---|---|---|---|---|"]
   for l in sent:
-    v = _fmt(l["vdrnn"], 4) if l["vdrnn"] is not None else "not run"
+    v = _fmt(l["vdrnn"], 4) if l["vdrnn"] is not None else _missing(l)
     out.append(f"| {l['row']} | {l['metric']} | {v} | {l['seeds'] or '–'} | {status(l)} "
                f"| {l['device'] or '–'} | {wall(l['wall_s'])} |")
   sent_recs = [r for r in records if r["task"] == "sentiment" and r["curve"]]
@@ -361,11 +361,15 @@ def markdown(ptb: list[dict], sent: list[dict], records: list[dict]) -> str:
     for r in sent_recs:
       at = {c["epoch"]: c.get("test_rmse") for c in r["curve"]}
       out.append(f"| {r['row']} | " + " | ".join(_fmt(at.get(e), 4) for e in cols) + " |")
-  missing = [r for r in records if r["status"] == "not run"]
-  if missing:
-    out += ["", "Rows not run yet, with their commands:", ""]
-    out += [f"* {r['row']}: `{r['command']}`" for r in missing]
+  out += ["", "Commands (as run, or to run for the rows marked not run):", ""]
+  out += [f"* {r['row']} ({r['status']}): `{r['command']}`" for r in records]
   return "\n".join(out) + "\n"
+
+
+def _missing(line: dict) -> str:
+  """The value cell of a line without a number."""
+  none = line["status"] == "not run" or line["status"].startswith("0/")
+  return "not run" if none else "not finished"
 
 
 def plot_sentiment(records: list[dict], results_dir: str) -> list[str]:

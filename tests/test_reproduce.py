@@ -108,7 +108,9 @@ def test_report_from_fixture_workdirs(tmp_path):
   assert "| 82.7 | not run | – |" in med
   row = next(r for r in reproduce.ROWS if r.name == "medium_naive")
   cmd = reproduce.command(row, str(root), [])
-  assert f"* medium_naive: `{cmd}`" in table
+  assert f"* medium_naive (not run): `{cmd}`" in table
+  partial = next(l for l in lines if l.startswith("| sentiment_lstm_naive | test RMSE, last epoch"))
+  assert "| not finished |" in partial and "partial (2/5 epochs)" in partial
   # Sentiment: final numbers, the fixed-epoch table and one figure per cell with a curve.
   assert "| sentiment_lstm_variational | MC test RMSE (10 samples), last epoch | 0.1490 |" in table
   assert "| sentiment_lstm_variational | 0.1900 | 0.1800 | 0.1500 |" in table  # epochs 1, 2, 5
