@@ -3,18 +3,29 @@ Sentiment_analysis_code/sentiment_lstm_regression{,_naive}.py; configs/PAPER.md)
 
 Arg: comma-separated. Scheme: ``variational`` (default), ``naive`` or ``none``; ``paper``
 uses the released segment-level train/test split instead of the review-level default;
-``tiny`` shrinks the shapes for tests and smoke runs (tests/data). E.g. ``:naive,paper``.
+``released`` turns on everything the released scripts do differently from the modern
+defaults (implies ``paper``); ``tiny`` shrinks the shapes for tests and smoke runs
+(tests/data). E.g. ``:naive,paper`` or ``:naive,released``.
+
+``naive`` is the scheme of ``sentiment_lstm_regression_naive.py`` (``NaiveDropoutLSTM``):
+a fresh mask at every time step and for every gate on the LSTM input (p_W) *and* on its
+recurrent state (p_U), word-type embedding dropout (``DropoutEmbedding``, p_emb) and
+dropout before the dense layer (p_dense), all 0.5.
+
+``released``: the Keras 0.x fork the scripts import (github.com/yaringal/keras, branch
+BayesianRNN; configs/PAPER.md, "Details of the released code"): gates ``hard_sigmoid``
+(the fork's ``inner_activation``), non-inverted dropout (0/1 masks while training,
+times the keep probability at test), orthogonal recurrent init with scale 1.1, and the
+released split. Not reproduced: the fork's padding (its LSTM runs over the zero-padded
+prefix; vdrnn skips padding) and its L2 registration slip (the fork registers ``W_i`` twice,
+so ``W_c, U_c, b_c`` go unregularised).
 """
 
-from vdrnn.config import seq_base, seq_tiny
-
+from vdrnn.config import parse_arg, seq_base, seq_tiny
 
 def get_config(arg=None):
-  opts = [a for a in (arg or "variational").split(",") if a]
-  scheme = next((a for a in opts if a in ("variational", "naive", "none")), "variational")
-  unknown = set(opts) - {"variational", "naive", "none", "paper", "tiny"}
-  if unknown:
-    raise ValueError(f"sentiment_lstm: unknown arg {sorted(unknown)}; use variational|naive|none[,paper][,tiny]")
+  scheme, opts = parse_arg(arg, "sentiment_lstm", ("variational", "naive", "none"), "variational",
+                           flags=("paper", "released", "tiny"))
   c = seq_base()
   c.task = "sentiment"
   c.model.cell = "lstm"
@@ -27,14 +38,17 @@ def get_config(arg=None):
   c.model.scheme = scheme
   if scheme == "variational":    # p_W, p_U, p_dense, p_emb = 0.5, 0.5, 0.5, 0.5 (script defaults)
     c.model.p_emb, c.model.p_x, c.model.p_h, c.model.p_out = 0.5, 0.5, 0.5, 0.5
-  elif scheme == "naive":        # fresh mask per step on the LSTM input (p_W) and before the dense
-    # layer (p_dense); vdrnn's naive scheme (Zaremba) has no recurrent or word-type dropout, so
-    # the naive script's p_U = p_emb = 0.5 have no counterpart here.
-    c.model.p_emb, c.model.p_x, c.model.p_h, c.model.p_out = 0.0, 0.5, 0.0, 0.5
+  elif scheme == "naive":        # sentiment_lstm_regression_naive.py: p_W, p_U, p_dense, p_emb
+    c.model.p_emb, c.model.p_x, c.model.p_h, c.model.p_out = 0.5, 0.5, 0.5, 0.5
+    c.model.naive_per_gate = True  # NaiveDropoutLSTM: B_W [G, T, B, D], B_U [T, G, B, H] per step
     c.train.num_epochs = 1250    # nb_epoch=1250 (naive script)
   else:
     c.model.p_emb = c.model.p_x = c.model.p_h = c.model.p_out = 0.0
-  if "paper" in opts:
+  if "released" in opts:         # the Keras 0.x fork's semantics (see the docstring)
+    c.model.gate_act = "hard_sigmoid"     # inner_activation='hard_sigmoid'
+    c.model.dropout_scaling = "keras0"    # x *= binomial(keep) while training, x *= keep at test
+    c.model.ortho_scale = 1.1             # initializations.orthogonal(shape, scale=1.1)
+  if "paper" in opts or "released" in opts:
     c.data.split = "paper"       # the released protocol: segment-level 80/20 split, no validation
     c.data.valid_fraction = 0.0
   if "tiny" in opts:

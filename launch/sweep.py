@@ -110,8 +110,10 @@ def plan(config, specs: list[str], workdir_root: str) -> list[dict]:
 
 
 def train_command(run: dict, config_spec: str, extra: list[str], module: str = "vdrnn.train") -> list[str]:
-  return [sys.executable, "-m", module, "--config", config_spec, "--workdir", run["workdir"],
-          *(f"--config.{p}={v}" for p, v in run["point"].items()), *extra]
+  """The run's command line; a run may carry its own ``config`` (then ``config_spec`` is unused)."""
+  return [sys.executable, "-m", module, "--config", run.get("config") or config_spec,
+          "--workdir", run["workdir"], *(f"--config.{p}={v}" for p, v in run["point"].items()),
+          *extra]
 
 
 def finished(run: dict) -> bool:
@@ -133,8 +135,10 @@ def detect_gpus() -> list[str]:
 
 
 def run_all(runs: list[dict], config_spec: str, extra: list[str], *, gpus: list[str], parallel: int,
-            module: str = "vdrnn.train", poll_s: float = 0.2) -> dict:
-  """Runs the unfinished runs, one per GPU or ``parallel`` at a time; returns ``{name: exit code}``."""
+            module: str = "vdrnn.train", poll_s: float = 0.2, is_finished=finished) -> dict:
+  """Runs the unfinished runs (``is_finished``), one per GPU or ``parallel`` at a time; returns
+  ``{name: exit code}``."""
+  finished = is_finished
   todo = [r for r in runs if not finished(r)]
   skipped = len(runs) - len(todo)
   slots = [{"gpu": g} for g in gpus] if gpus else [{"gpu": None} for _ in range(max(1, parallel))]
@@ -263,64 +267,68 @@ def slurm_script(runs: list[dict], config_spec: str, extra: list[str], workdir_r
   return "\n".join(lines)
 
 
-_CONFIG = flags.DEFINE_string("config", None, "Config file[:arg], as for vdrnn.train.")
-_GRID = flags.DEFINE_multi_string("grid", [], "One axis, e.g. p_emb,p_h=0,0.1,0.2 (keys joined by a "
-                                  "comma move together).")
-_ROOT = flags.DEFINE_string("workdir_root", None, "Each run gets <workdir_root>/<name>.")
-_GPUS = flags.DEFINE_string("gpus", "auto", "Comma-separated GPU ids, one run per GPU; 'auto' "
-                            "(CUDA_VISIBLE_DEVICES, else nvidia-smi) or 'none' for the CPU.")
-_PARALLEL = flags.DEFINE_integer("parallel", 1, "Runs at a time on the CPU (no GPUs).")
-_SLURM = flags.DEFINE_string("slurm", None, "Write a SLURM array script for the grid and exit.")
-_SLURM_MAX = flags.DEFINE_integer("slurm_max_parallel", 0, "Array tasks running at once (0: no limit).")
-_SBATCH = flags.DEFINE_multi_string("sbatch", [], "Extra #SBATCH line, e.g. --sbatch=--time=24:00:00.")
-_SUMMARY_ONLY = flags.DEFINE_bool("summary_only", False, "Print the table of finished runs and exit.")
-_DRY_RUN = flags.DEFINE_bool("dry_run", False, "Print the commands and exit.")
-_MODULE = flags.DEFINE_string("module", "vdrnn.train", "The training module (tests use a stand-in).")
+def define_flags() -> None:
+  """This tool's flags (defined only when it runs: ``launch.reproduce`` imports this module
+  for its process queue and has flags of its own)."""
+  flags.DEFINE_string("config", None, "Config file[:arg], as for vdrnn.train.")
+  flags.DEFINE_multi_string("grid", [], "One axis, e.g. p_emb,p_h=0,0.1,0.2 (keys joined by a "
+                            "comma move together).")
+  flags.DEFINE_string("workdir_root", None, "Each run gets <workdir_root>/<name>.")
+  flags.DEFINE_string("gpus", "auto", "Comma-separated GPU ids, one run per GPU; 'auto' "
+                      "(CUDA_VISIBLE_DEVICES, else nvidia-smi) or 'none' for the CPU.")
+  flags.DEFINE_integer("parallel", 1, "Runs at a time on the CPU (no GPUs).")
+  flags.DEFINE_string("slurm", None, "Write a SLURM array script for the grid and exit.")
+  flags.DEFINE_integer("slurm_max_parallel", 0, "Array tasks running at once (0: no limit).")
+  flags.DEFINE_multi_string("sbatch", [], "Extra #SBATCH line, e.g. --sbatch=--time=24:00:00.")
+  flags.DEFINE_bool("summary_only", False, "Print the table of finished runs and exit.")
+  flags.DEFINE_bool("dry_run", False, "Print the commands and exit.")
+  flags.DEFINE_string("module", "vdrnn.train", "The training module (tests use a stand-in).")
 
 
 def main(argv) -> int:
   """``argv[1:]`` are the ``--config.FIELD=VALUE`` flags that pass through to every run."""
+  FLAGS = flags.FLAGS
   extra = argv[1:]
   bad = [a for a in extra if not a.startswith("--config.")]
   if bad:
     raise app.UsageError(f"unrecognized arguments: {' '.join(bad)} (only --config.FIELD=VALUE "
                          f"flags pass through)")
-  if not _CONFIG.value or not _ROOT.value:
+  if not FLAGS.config or not FLAGS.workdir_root:
     raise app.UsageError("--config and --workdir_root are required")
-  if not _GRID.value:
+  if not FLAGS.grid:
     raise app.UsageError("give at least one --grid KEYS=VALUES")
   try:
-    config = load_config_file(_CONFIG.value)
+    config = load_config_file(FLAGS.config)
   except UserError as e:
     raise SystemExit(f"error: {e}") from None
-  root = _ROOT.value
-  runs = plan(config, _GRID.value, root)
+  root = FLAGS.workdir_root
+  runs = plan(config, FLAGS.grid, root)
   if len({r["name"] for r in runs}) != len(runs):
     raise app.UsageError("two grid points map to the same run name; check --grid for repeated values")
   os.makedirs(root, exist_ok=True)
   with open(os.path.join(root, "sweep.json"), "w") as f:
-    json.dump({"argv": sys.argv[1:], "config": _CONFIG.value, "extra": extra, "runs": runs}, f,
+    json.dump({"argv": sys.argv[1:], "config": FLAGS.config, "extra": extra, "runs": runs}, f,
               indent=2)
-  if _SLURM.value:
-    with open(_SLURM.value, "w") as f:
-      summary_cmd = shlex.join(["python", "-m", "launch.sweep", "--config", _CONFIG.value,
-                                *(f"--grid={g}" for g in _GRID.value), "--workdir_root", root,
+  if FLAGS.slurm:
+    with open(FLAGS.slurm, "w") as f:
+      summary_cmd = shlex.join(["python", "-m", "launch.sweep", "--config", FLAGS.config,
+                                *(f"--grid={g}" for g in FLAGS.grid), "--workdir_root", root,
                                 *extra, "--summary_only"])
-      f.write(slurm_script(runs, _CONFIG.value, extra, root, summary_cmd,
-                           max_parallel=_SLURM_MAX.value, sbatch=_SBATCH.value, module=_MODULE.value))
-    print(f"wrote {_SLURM.value}: {len(runs)} array tasks; submit with sbatch {_SLURM.value}")
+      f.write(slurm_script(runs, FLAGS.config, extra, root, summary_cmd,
+                           max_parallel=FLAGS.slurm_max_parallel, sbatch=FLAGS.sbatch, module=FLAGS.module))
+    print(f"wrote {FLAGS.slurm}: {len(runs)} array tasks; submit with sbatch {FLAGS.slurm}")
     return 0
-  if _DRY_RUN.value:
+  if FLAGS.dry_run:
     for r in runs:
       print(("# finished: " if finished(r) else "") +
-            shlex.join(train_command(r, _CONFIG.value, extra, _MODULE.value)))
+            shlex.join(train_command(r, FLAGS.config, extra, FLAGS.module)))
     return 0
   codes = {}
-  if not _SUMMARY_ONLY.value:
-    gpus = [] if _GPUS.value == "none" else (detect_gpus() if _GPUS.value == "auto" else
-                                             [g for g in _GPUS.value.split(",") if g.strip()])
-    codes = run_all(runs, _CONFIG.value, extra, gpus=gpus, parallel=_PARALLEL.value,
-                    module=_MODULE.value)
+  if not FLAGS.summary_only:
+    gpus = [] if FLAGS.gpus == "none" else (detect_gpus() if FLAGS.gpus == "auto" else
+                                             [g for g in FLAGS.gpus.split(",") if g.strip()])
+    codes = run_all(runs, FLAGS.config, extra, gpus=gpus, parallel=FLAGS.parallel,
+                    module=FLAGS.module)
   summarize(runs, root, codes)
   failed = [n for n, c in codes.items() if c != 0]
   if failed:
@@ -335,4 +343,5 @@ def parse_known(argv: list[str]) -> list[str]:
 
 
 if __name__ == "__main__":
+  define_flags()
   app.run(main, flags_parser=parse_known)

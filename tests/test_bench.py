@@ -67,6 +67,7 @@ def test_side_by_side_rounds_interleave_and_ratios_are_per_round(monkeypatch):
     return run, {"gates": peers.PEER_GATES[name], "version": "fake"}
 
   monkeypatch.setattr(peers, "start_peer", fake_peer)
+  monkeypatch.setattr(peers, "PEERS", {k: peers.PEERS[k] for k in ("keras", "torch")})
   rows, skipped = peers.side_by_side("tiny", "float32", rounds=3, steps=1, gemm_n=64, isolate=False)
   assert not skipped and [(r["impl"], r["gates"]) for r in rows] == [
       ("vdrnn", "tied"), ("vdrnn", "untied"), ("keras", "untied"), ("torch", "tied")]

@@ -23,7 +23,8 @@ CONFIG_ARGS = {  # every config file and the arguments its docstring names
     "ptb_small": [""], "ptb_tiny": ["", "variational_tied", "naive", "none"],
     "ptb_medium": ["", "variational_untied", "variational_tied", "naive", "none"],
     "ptb_large": ["", "untied", "tied", "zaremba"],
-    "sentiment_lstm": ["", "naive", "none", "naive,paper"], "sentiment_gru": ["", "none,paper"],
+    "sentiment_lstm": ["", "naive", "none", "naive,paper", "naive,released"],
+    "sentiment_gru": ["", "none,paper", "variational,released"],
     "imdb_lstm": ["", "naive", "keras", "keras,tiny"],
 }
 

@@ -17,7 +17,7 @@ from typing import Optional, Sequence
 import jax.numpy as jnp
 import ml_collections
 
-from vdrnn import masks
+from vdrnn import masks, rnn
 from vdrnn.errors import UserError
 
 
@@ -124,7 +124,12 @@ def lm_base() -> ml_collections.ConfigDict:
   return c
 
 
+SEQ_CHOICES = {"gate_act": rnn.GATE_ACTS, "candidate_act": rnn.CANDIDATE_ACTS,
+               "dropout_scaling": ("inverted", "keras0")}
+
+
 def validate_rates(model, prefix: str = "model") -> None:
+  """The scheme, the rates and (sequence models) the released-semantics switches."""
   if model.scheme not in masks.SCHEMES:
     raise UserError(f"{prefix}.scheme must be one of {masks.SCHEMES}, got {model.scheme!r}")
   for name in ("p_emb", "p_x", "p_h", "p_out"):
@@ -132,6 +137,12 @@ def validate_rates(model, prefix: str = "model") -> None:
       masks.check_rate(model[name], f"{prefix}.{name}")
     except ValueError as e:
       raise UserError(str(e)) from None
+  for name, choices in SEQ_CHOICES.items():
+    if name in model and model[name] not in choices:
+      raise UserError(f"{prefix}.{name} must be one of {choices}, got {model[name]!r}")
+  scale = model.get("ortho_scale", 1.0)
+  if not (isinstance(scale, (int, float)) and scale > 0):
+    raise UserError(f"{prefix}.ortho_scale must be a positive number, got {scale!r}")
 
 
 def validate_lm(c) -> None:
@@ -185,6 +196,18 @@ def seq_base() -> ml_collections.ConfigDict:
   c.model.p_h = 0.5            # p_U: recurrent dropout
   c.model.p_out = 0.5          # p_dense: dropout before the dense layer
   c.model.emb_shared_across_batch = True  # Keras Embedding(dropout=p): one mask over the vocabulary per batch
+  # Semantics of the released code's Keras 0.x fork (github.com/yaringal/keras, branch
+  # BayesianRNN, used by Sentiment_analysis_code/*.py). The defaults are the modern ones
+  # (Keras 2 and later, what vdrnn's README compares against); ``released`` in
+  # configs/sentiment_{lstm,gru}.py switches them all.
+  # naive: a fresh mask per step *and gate* (the fork's NaiveDropoutLSTM/GRU draw B_W, B_U so)
+  c.model.naive_per_gate = False
+  # sigmoid | hard_sigmoid (the fork's inner_activation: clip(0.2 x + 0.5, 0, 1))
+  c.model.gate_act = "sigmoid"
+  c.model.candidate_act = "tanh"   # GRU candidate: tanh | sigmoid (the fork's GRU default)
+  # inverted | keras0 (the fork: 0/1 masks while training, x keep probability at test)
+  c.model.dropout_scaling = "inverted"
+  c.model.ortho_scale = 1.0        # orthogonal recurrent init gain (the fork: scale=1.1)
 
   c.train = ml_collections.ConfigDict()
   c.train.batch_size = 128

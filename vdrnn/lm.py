@@ -13,8 +13,10 @@ al. 2014 (``configs/PAPER.md``):
   code divides after finishing epoch ``k > max_epoch`` (1-based), so epoch
   ``max_epoch + 2`` is the first with a smaller rate;
 * validation after every epoch with the dropout approximation (``vdrnn.lm_eval``), state
-  reset, same batching; test at the end on one stream (batch 1), state carried, and the
-  MC-dropout test when ``eval.mc_samples > 0``.
+  reset, same batching: ``valid_ppl`` exact and ``valid_ppl_lua`` as the released Lua
+  ``run_valid`` computed it (the paper's validation numbers; ``metrics.lua_valid_ppl``);
+  test at the end on one stream (batch 1), state carried, and the MC-dropout test when
+  ``eval.mc_samples > 0``.
 
 The step is ``jax.jit``-ted with ``NamedSharding``s over a 1-D device mesh (data parallel).
 """
@@ -201,9 +203,10 @@ def make_task(config, workdir: str) -> loop.Task:
   eval_fn = lm_eval.make_eval_fn(config)
   lr = lr_by_epoch(t)
 
-  def valid(params) -> dict:
-    return {"valid_ppl": lm_eval.evaluate_split(config, eval_fn, params, splits["valid"],
-                                                t.batch_size, full=False, mesh=mesh)}
+  def valid(params) -> dict:  # exact, and as the paper's (Lua) code computed it
+    return {k: lm_eval.evaluate_split(config, eval_fn, params, splits["valid"], t.batch_size,
+                                      full=False, mesh=mesh, lua=lua)
+            for k, lua in (("valid_ppl", False), ("valid_ppl_lua", True))}
 
   def batch(epoch, i):
     x, y = ptb.window(streams, i, t.seq_length)
@@ -221,7 +224,8 @@ def make_task(config, workdir: str) -> loop.Task:
   def finish(state, meta):
     params = state["params"]
     test = lm_eval.evaluate_split(config, eval_fn, params, splits["test"], 1, full=True, mesh=mesh)
-    results = {"valid_ppl": meta["history"][-1]["valid_ppl"] if meta["history"] else None,
+    last = meta["history"][-1] if meta["history"] else {}
+    results = {"valid_ppl": last.get("valid_ppl"), "valid_ppl_lua": last.get("valid_ppl_lua"),
                "test_ppl": test,
                "best_valid_ppl": meta["best"]["value"] if meta["best"] else None,
                "step": loop.current_step(state)}

@@ -48,7 +48,7 @@ import jax.numpy as jnp
 import numpy as np
 from tqdm import tqdm
 
-from vdrnn import models, plots, sharding
+from vdrnn import metrics, models, plots, sharding
 from vdrnn.config import compute_dtype
 from vdrnn.data import ptb
 from vdrnn.errors import UserError
@@ -245,12 +245,18 @@ def make_eval_fn(config):
 
 
 def evaluate_split(config, eval_fn, params, ids: np.ndarray, batch_size: int, *, full: bool,
-                   mesh) -> float:
-  """Deterministic perplexity of a token stream cut into ``batch_size`` streams (state from 0)."""
+                   mesh, lua: bool = False) -> float:
+  """Deterministic perplexity of a token stream cut into ``batch_size`` streams (state from 0).
+
+  ``lua``: the released Lua code's validation value instead (``metrics.lua_valid_ppl``:
+  windows of ``train.seq_length``, whole windows only, divided by the fractional count)."""
   streams = ptb.batchify(ids, batch_size)
-  xs, ys, ws = ptb.eval_windows(streams, config.eval.seq_length, full=full)
+  T = config.train.seq_length if lua else config.eval.seq_length
+  xs, ys, ws = ptb.eval_windows(streams, T, full=full and not lua)
   data = sharding.put_replicated((xs, ys, ws), mesh)
   nll, count = eval_fn(params, models.lm_zero_carry(config.model, batch_size), *data)
+  if lua:
+    return metrics.lua_valid_ppl_from_sum(float(nll), batch_size, streams.shape[1], T)
   return float(np.exp(float(nll) / float(count)))
 
 

@@ -1,8 +1,10 @@
 """Dropout masks drawn from explicit PRNG keys (Gal & Ghahramani 2016, Sec. 4).
 
-Every mask uses inverted scaling: a kept unit is multiplied by ``1 / (1 - p)`` and a
-dropped one by 0, so the deterministic "dropout approximation" at evaluation time is
-simply "no mask" (all ones).
+Every mask uses inverted scaling by default: a kept unit is multiplied by ``1 / (1 - p)``
+and a dropped one by 0, so the deterministic "dropout approximation" at evaluation time is
+simply "no mask" (all ones). ``inverted=False`` gives the Keras 0.x fork's 0/1 masks
+(Sentiment_analysis_code of the released code), whose deterministic pass multiplies by the
+keep probability instead (``vdrnn.models.seq_apply``'s ``eval_keep``).
 
 Variational dropout draws **one mask per sequence** and holds it fixed over time. All
 samplers here draw row ``b`` of a batch from ``fold_in(key, b)``, so a row's mask
@@ -51,13 +53,15 @@ def is_zero(rate: Any) -> bool:
   return bool(np.all(np.asarray(rate) == 0))
 
 
-def dropout_mask(key: Array, shape: Sequence[int], rate: Any, dtype=jnp.float32) -> Array:
+def dropout_mask(key: Array, shape: Sequence[int], rate: Any, dtype=jnp.float32, *,
+                 inverted: bool = True) -> Array:
   """Inverted-dropout mask: entries are 0 (prob. ``rate``) or ``1 / (1 - rate)``.
 
   Args:
     key: PRNG key.
     shape: mask shape.
     rate: drop probability in [0, 1). ``rate == 0`` returns exactly ones.
+    inverted: False: entries 0 or 1 (Keras 0.x, non-inverted dropout).
   Returns:
     ``[*shape]`` array of ``dtype``.
   """
@@ -65,20 +69,45 @@ def dropout_mask(key: Array, shape: Sequence[int], rate: Any, dtype=jnp.float32)
   if is_zero(rate):
     return jnp.ones(shape, dtype)
   keep = 1.0 - jnp.asarray(rate, jnp.float32)
-  return jax.random.bernoulli(key, keep, tuple(shape)).astype(dtype) / keep.astype(dtype)
+  kept = jax.random.bernoulli(key, keep, tuple(shape)).astype(dtype)
+  return kept / keep.astype(dtype) if inverted else kept
 
 
-def per_row(key: Array, batch: int, shape: Sequence[int], rate: Any, dtype=jnp.float32) -> Array:
-  """``[B, *shape]`` masks, row ``b`` drawn from ``fold_in(key, b)`` (one mask per sequence)."""
+def dropout_mask_bytes(key: Array, shape: Sequence[int], rate: Any, dtype=jnp.float32, *,
+                       inverted: bool = True) -> Array:
+  """``dropout_mask`` drawn from 8 random bits per entry (four entries per 32-bit draw), for
+  the large per-step masks of the naive scheme: the threefry draws dominated a sentiment step
+  (1.4 s of masks per batch at [T, G, B, D] = [200, 4, 128, 128] on the 2-core CPU). The keep
+  probability is exact when ``256 * rate`` is an integer (0.5, 0.25, ...); any other rate, or a
+  traced one, falls back to ``dropout_mask``."""
+  check_rate(rate, "rate")
+  if is_zero(rate):
+    return jnp.ones(shape, dtype)
+  if isinstance(rate, jax.core.Tracer) or float(np.asarray(rate)) * 256 % 1 != 0:
+    return dropout_mask(key, shape, rate, dtype, inverted=inverted)
+  keep = 1.0 - float(np.asarray(rate))
+  n = int(np.prod(shape))
+  bits = jax.random.bits(key, (-(-n // 4),), jnp.uint32)
+  byte = jnp.stack([(bits >> (8 * j)) & 0xFF for j in range(4)], axis=-1).reshape(-1)[:n]
+  kept = (byte < round(256 * keep)).reshape(tuple(shape)).astype(dtype)  # P(kept) = keep exactly
+  return kept / jnp.asarray(keep, dtype) if inverted else kept
+
+
+def per_row(key: Array, batch: int, shape: Sequence[int], rate: Any, dtype=jnp.float32, *,
+            inverted: bool = True, byte_draws: bool = False) -> Array:
+  """``[B, *shape]`` masks, row ``b`` drawn from ``fold_in(key, b)`` (one mask per sequence);
+  ``byte_draws``: with ``dropout_mask_bytes``."""
   check_rate(rate, "rate")
   if is_zero(rate):
     return jnp.ones((batch, *shape), dtype)
   rows = jnp.arange(batch, dtype=jnp.uint32)
-  return jax.vmap(lambda b: dropout_mask(jax.random.fold_in(key, b), shape, rate, dtype))(rows)
+  draw = dropout_mask_bytes if byte_draws else dropout_mask
+  return jax.vmap(lambda b: draw(jax.random.fold_in(key, b), shape, rate, dtype,
+                                 inverted=inverted))(rows)
 
 
 def word_type_mask(key: Array, tokens: Array, rate: Any, *, shared_across_batch: bool = False,
-                   dtype=jnp.float32) -> Array:
+                   dtype=jnp.float32, inverted: bool = True) -> Array:
   """Gal's embedding dropout: drop whole word types, not single tokens.
 
   Within one row, every occurrence of the same token id gets the same value: one
@@ -90,6 +119,7 @@ def word_type_mask(key: Array, tokens: Array, rate: Any, *, shared_across_batch:
     key: PRNG key.
     tokens: ``[B, T]`` integer token ids.
     rate: probability of dropping a word type, in [0, 1).
+    inverted: False: entries 0 or 1 (Keras 0.x).
   Returns:
     ``[B, T]`` mask with entries 0 or ``1 / (1 - rate)``; multiply the embeddings by
     ``mask[..., None]``.
@@ -111,12 +141,13 @@ def word_type_mask(key: Array, tokens: Array, rate: Any, *, shared_across_batch:
     return jax.random.bernoulli(jax.random.fold_in(k, tok), keep)
 
   kept = jax.vmap(jax.vmap(draw, (None, 0)), (0, 0))(row_keys, tokens.astype(jnp.uint32))
-  return kept.astype(dtype) / keep.astype(dtype)
+  return kept.astype(dtype) / keep.astype(dtype) if inverted else kept.astype(dtype)
 
 
 def sample_masks(key: Array, rates: dict, tokens: Array, *, scheme: str, tied: bool,
                  layers: Sequence[tuple[int, int]], n_gates: int,
-                 emb_shared_across_batch: bool = False) -> dict:
+                 emb_shared_across_batch: bool = False, naive_per_gate: bool = False,
+                 inverted: bool = True) -> dict:
   """Draws every mask a (stacked) recurrent model needs, from one key, per sequence.
 
   Args:
@@ -125,18 +156,28 @@ def sample_masks(key: Array, rates: dict, tokens: Array, *, scheme: str, tied: b
       word-type embedding dropout, RNN-input dropout (every layer), recurrent dropout
       and dropout before the output layer (Gal's dropout_x / _i / _h / _o).
     tokens: ``[B, T]`` token ids of the window (for the word-type masks).
-    scheme: ``"variational"`` (Gal), ``"naive"`` (Zaremba et al. 2014: fresh mask at
-      every step on non-recurrent connections only; uses ``rates["x"]`` for the
-      embedding output and between layers and ``rates["out"]`` before the softmax) or
-      ``"none"``.
+    scheme: ``"variational"`` (Gal), ``"naive"`` (a fresh mask at every time step) or
+      ``"none"``. Naive uses ``rates["x"]`` for the embedding output and between layers
+      and ``rates["out"]`` before the output layer (Zaremba et al. 2014, whose PTB naive
+      has ``h = emb = 0``); a nonzero ``rates["h"]`` also drops the recurrent state with a
+      fresh mask per step and a nonzero ``rates["emb"]`` drops word types as the
+      variational scheme does: the released sentiment naive scripts
+      (``sentiment_{lstm,gru}_regression_naive.py``: ``NaiveDropoutLSTM`` /
+      ``NaiveDropoutGRU`` with p_U = 0.5 and ``DropoutEmbedding`` with p_emb = 0.5).
     tied: variational only. True: one mask shared by all gates; False: one per gate.
     layers: ``[(D_in, H), ...]`` per recurrent layer.
     n_gates: 4 for the LSTM, 3 for the GRU.
+    emb_shared_across_batch: word-type masks drawn once for the whole batch.
+    naive_per_gate: naive only. False: one mask per step shared by the gates (dropout on
+      the layer's input, Zaremba); True: one mask per step *and gate*, as the Keras fork's
+      ``NaiveDropoutLSTM`` / ``GRU`` draw them (``B_W`` [G, T, B, D], ``B_U`` [T, G, B, H]).
+    inverted: False: 0/1 masks (the Keras 0.x fork's non-inverted dropout).
   Returns:
     A dict; absent masks are ``None``.
     variational: ``emb`` [B, T]; ``x[l]`` [B, D_l] (tied) or [G, B, D_l] (untied);
       ``h[l]`` [B, H_l] or [G, B, H_l]; ``out`` [B, H_L].
-    naive: ``x_steps[l]`` [T, B, D_l]; ``out`` [T, B, H_L].
+    naive: ``emb`` [B, T]; ``x_steps[l]`` [T, B, D_l] or [T, G, B, D_l] (per gate);
+      ``h_steps[l]`` [T, B, H_l] or [T, G, B, H_l]; ``out`` [T, B, H_L].
     none: all ``None``.
   """
   if scheme not in SCHEMES:
@@ -146,7 +187,8 @@ def sample_masks(key: Array, rates: dict, tokens: Array, *, scheme: str, tied: b
   B, T = tokens.shape
   k_emb, k_x, k_h, k_out = jax.random.split(key, 4)
   L = len(layers)
-  masks: dict = {"emb": None, "x": [None] * L, "h": [None] * L, "x_steps": [None] * L, "out": None}
+  masks: dict = {"emb": None, "x": [None] * L, "h": [None] * L, "x_steps": [None] * L,
+                 "h_steps": [None] * L, "out": None}
   if scheme == "none":
     return masks
   H_last = layers[-1][1]
@@ -154,25 +196,37 @@ def sample_masks(key: Array, rates: dict, tokens: Array, *, scheme: str, tied: b
   def maybe(rate, fn):
     return None if is_zero(rate) else fn()
 
+  masks["emb"] = maybe(rates.get("emb", 0.0), lambda: word_type_mask(
+      k_emb, tokens, rates["emb"], shared_across_batch=emb_shared_across_batch, inverted=inverted))
+
   if scheme == "naive":
-    def steps(k, dim, rate):  # [T, B, dim]: a fresh mask at every time step, per row
-      return jnp.swapaxes(per_row(k, B, (T, dim), rate), 0, 1)
-    masks["x_steps"] = [maybe(rates["x"], lambda l=l, d=d: steps(jax.random.fold_in(k_x, l), d, rates["x"]))
+    def steps(k, dim, rate, per_gate, fast):  # a fresh mask at every time step, per row
+      if per_gate:  # [T, G, B, dim]
+        m = per_row(k, B, (T, n_gates, dim), rate, inverted=inverted, byte_draws=fast)
+        return jnp.transpose(m, (1, 2, 0, 3))
+      m = per_row(k, B, (T, dim), rate, inverted=inverted, byte_draws=fast)
+      return jnp.swapaxes(m, 0, 1)  # [T, B, dim]
+    # Zaremba's masks (shared by the gates) keep their threefry draws; the per-gate input masks
+    # and the recurrent ones (the released sentiment naive) use byte draws.
+    masks["x_steps"] = [maybe(rates["x"], lambda l=l, d=d: steps(
+        jax.random.fold_in(k_x, l), d, rates["x"], naive_per_gate, naive_per_gate))
                         for l, (d, _) in enumerate(layers)]
-    masks["out"] = maybe(rates["out"], lambda: steps(k_out, H_last, rates["out"]))
+    masks["h_steps"] = [maybe(rates.get("h", 0.0), lambda l=l, h=h: steps(
+        jax.random.fold_in(k_h, l), h, rates["h"], naive_per_gate, True))
+                        for l, (_, h) in enumerate(layers)]
+    masks["out"] = maybe(rates["out"], lambda: steps(k_out, H_last, rates["out"], False, False))
     return masks
 
   # Variational: one mask per sequence, constant over the window's time steps.
   def const(k, dim, rate):
     if tied:
-      return per_row(k, B, (dim,), rate)  # [B, dim]
-    return jnp.swapaxes(per_row(k, B, (n_gates, dim), rate), 0, 1)  # [G, B, dim]
+      return per_row(k, B, (dim,), rate, inverted=inverted)  # [B, dim]
+    return jnp.swapaxes(per_row(k, B, (n_gates, dim), rate, inverted=inverted), 0, 1)  # [G, B, dim]
 
-  masks["emb"] = maybe(rates["emb"], lambda: word_type_mask(
-      k_emb, tokens, rates["emb"], shared_across_batch=emb_shared_across_batch))
   masks["x"] = [maybe(rates["x"], lambda l=l, d=d: const(jax.random.fold_in(k_x, l), d, rates["x"]))
                 for l, (d, _) in enumerate(layers)]
   masks["h"] = [maybe(rates["h"], lambda l=l, h=h: const(jax.random.fold_in(k_h, l), h, rates["h"]))
                 for l, (_, h) in enumerate(layers)]
-  masks["out"] = maybe(rates["out"], lambda: per_row(k_out, B, (H_last,), rates["out"]))
+  masks["out"] = maybe(rates["out"], lambda: per_row(k_out, B, (H_last,), rates["out"],
+                                                     inverted=inverted))
   return masks

@@ -52,3 +52,39 @@ class MetricsWriter:
 def read_jsonl(path: str) -> list[dict]:
   with open(path) as f:
     return [json.loads(l) for l in f if l.strip()]
+
+
+def lua_valid_ppl(window_mean_nll, rows: int, seq_length: int) -> float:
+  """Validation perplexity as the released Lua code computes it (``run_valid`` in
+  LM_code/main_new_dropout_SOTA_v3.lua and Zaremba's main.lua; configs/PAPER.md)::
+
+    local len = (state_valid.data:size(1) - 1) / params.seq_length  -- fractional
+    for i = 1, len do perp = perp + fp(state_valid) end   -- floor(len) whole windows
+    print(torch.exp(perp / len))                            -- divided by the fraction
+
+  where ``fp`` returns a window's mean NLL over its T steps and B rows. The tokens after the
+  last whole window are never evaluated but count in the divisor, so the value is below the
+  exact perplexity (about 1% at PTB's sizes). The paper's validation numbers are these.
+
+  Args:
+    window_mean_nll: ``[n]`` mean NLL (natural log) of each whole window, in order;
+      ``n = (rows - 1) // seq_length``.
+    rows: tokens per stream of the batched split (``data:size(1)``, i.e. ``N // B``).
+    seq_length: the window length T (the training ``seq_length`` in the Lua code).
+  """
+  nll = [float(v) for v in window_mean_nll]
+  if rows < 2 or seq_length < 1:
+    raise ValueError(f"need rows >= 2 and seq_length >= 1, got {rows}, {seq_length}")
+  if len(nll) != (rows - 1) // seq_length:
+    raise ValueError(f"expected (rows - 1) // seq_length = {(rows - 1) // seq_length} whole "
+                     f"windows, got {len(nll)}")
+  return math.exp(sum(nll) / ((rows - 1) / seq_length))
+
+
+def lua_valid_ppl_from_sum(nll_sum: float, batch: int, rows: int, seq_length: int) -> float:
+  """``lua_valid_ppl`` from the total NLL of the whole windows' ``n * B * T`` tokens: each
+  window's mean is its sum over ``B * T``, so the result is ``exp(nll_sum / (B * (rows - 1)))``."""
+  if rows < 2 or seq_length < 1 or batch < 1:
+    raise ValueError(f"need rows >= 2, seq_length >= 1 and batch >= 1, got {rows}, {seq_length}, "
+                     f"{batch}")
+  return math.exp(float(nll_sum) / (batch * seq_length) / ((rows - 1) / seq_length))

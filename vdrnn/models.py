@@ -107,14 +107,17 @@ def lm_hidden(params: dict, carry: list, tokens: Array, masks: Optional[dict] = 
   if masks.get("emb") is not None:
     xs = xs * masks["emb"].T[..., None]  # word-type dropout, [B, T] -> [T, B, 1]
   new_carry = []
+  L = len(params["lstm"])
   for l, p in enumerate(params["lstm"]):
-    m_steps = (masks.get("x_steps") or [None] * len(params["lstm"]))[l]
-    if m_steps is not None:  # naive (Zaremba) dropout: a fresh mask per step, [T, B, D]
-      xs = xs * m_steps
-    m_x = (masks.get("x") or [None] * len(params["lstm"]))[l]
-    m_h = (masks.get("h") or [None] * len(params["lstm"]))[l]
+    m_steps = (masks.get("x_steps") or [None] * L)[l]
+    if m_steps is not None and m_steps.ndim == 3:  # naive (Zaremba): fresh per step, [T, B, D]
+      xs, m_steps = xs * m_steps, None
+    m_x = (masks.get("x") or [None] * L)[l]
+    m_h = (masks.get("h") or [None] * L)[l]
+    h_steps = (masks.get("h_steps") or [None] * L)[l]
     c, xs = rnn.lstm(p, carry[l], xs, m_x, m_h, unroll=unroll, compute_dtype=compute_dtype,
-                     hoist_input=hoist_input, impl=impl)
+                     hoist_input=hoist_input, mask_x_steps=m_steps, mask_h_steps=h_steps,
+                     impl=impl)
     new_carry.append(c)
   if masks.get("out") is not None:
     xs = xs * masks["out"]  # [B, H] (variational) or [T, B, H] (naive); broadcasts over T
@@ -176,16 +179,18 @@ softmax_nll.defvjp(_softmax_nll_fwd, _softmax_nll_bwd)
 def init_seq(key: Array, cfg) -> dict:
   """Sentiment-model parameters, initialised as Keras 1 (the paper's sentiment code).
 
-  ``cfg`` fields: vocab_size, emb_dim, hidden, cell ("lstm" | "gru"), out_dim.
+  ``cfg`` fields: vocab_size, emb_dim, hidden, cell ("lstm" | "gru"), out_dim, and
+  optionally ortho_scale (default 1.0).
   Embedding U(-0.05, 0.05); input kernels Glorot-uniform; recurrent kernels orthogonal
-  (per gate); biases 0 except the LSTM forget gate, 1.
+  (per gate) times ortho_scale (the Keras 0.x fork's ``orthogonal`` uses 1.1; Keras 1
+  and later 1.0); biases 0 except the LSTM forget gate, 1.
   Returns ``{"embed": [V, E], "rnn": {"w_x", "w_h", "b"}, "dense": {"w": [H, K], "b": [K]}}``.
   """
   G = GATES[cfg.cell]
   H, E = cfg.hidden, cfg.emb_dim
   k_e, k_x, k_h, k_d = jax.random.split(key, 4)
   glorot = jax.nn.initializers.glorot_uniform()
-  ortho = jax.nn.initializers.orthogonal()
+  ortho = jax.nn.initializers.orthogonal(scale=cfg.get("ortho_scale", 1.0))
   w_x = jnp.concatenate([glorot(k, (E, H)) for k in jax.random.split(k_x, G)], axis=1)
   w_h = jnp.concatenate([ortho(k, (H, H)) for k in jax.random.split(k_h, G)], axis=1)
   b = jnp.zeros((G * H,), jnp.float32)
@@ -197,40 +202,79 @@ def init_seq(key: Array, cfg) -> dict:
 
 
 def seq_masks(key: Array, cfg, tokens: Array, rates: Optional[dict] = None) -> dict:
-  """Masks for one batch of the sequence model (same structure as ``lm_masks``, one layer)."""
+  """Masks for one batch of the sequence model (same structure as ``lm_masks``, one layer).
+
+  Optional ``cfg`` fields: ``naive_per_gate`` (naive: one mask per gate and step) and
+  ``dropout_scaling`` (``inverted``, or ``keras0``: 0/1 masks), see ``vdrnn.config.seq_base``.
+  """
   if rates is None:
     rates = {"emb": cfg.p_emb, "x": cfg.p_x, "h": cfg.p_h, "out": cfg.p_out}
   return masks_lib.sample_masks(key, rates, tokens, scheme=cfg.scheme, tied=cfg.tied_gates,
                                 layers=[(cfg.emb_dim, cfg.hidden)], n_gates=GATES[cfg.cell],
-                                emb_shared_across_batch=cfg.get("emb_shared_across_batch", False))
+                                emb_shared_across_batch=cfg.get("emb_shared_across_batch", False),
+                                naive_per_gate=cfg.get("naive_per_gate", False),
+                                inverted=cfg.get("dropout_scaling", "inverted") == "inverted")
+
+
+def seq_semantics(cfg) -> dict:
+  """``seq_apply``'s keyword arguments for the model config ``cfg``: ``cell``, ``gate_act``,
+  ``candidate_act`` and, with ``dropout_scaling = "keras0"``, ``eval_keep`` (the keep
+  probability of every dropout site, applied in the deterministic pass)."""
+  out = {"cell": cfg.cell, "gate_act": cfg.get("gate_act", "sigmoid"),
+         "candidate_act": cfg.get("candidate_act", "tanh")}
+  if cfg.get("dropout_scaling", "inverted") == "keras0" and cfg.scheme != "none":
+    out["eval_keep"] = {k: 1.0 - float(cfg[f"p_{k}"]) for k in ("emb", "x", "h", "out")}
+  return out
+
+
+def keep_masks(eval_keep: dict, B: int, T: int, D: int, H: int) -> dict:
+  """The deterministic pass of non-inverted (Keras 0.x) dropout as constant masks: every
+  dropout site multiplied by its keep probability (``{"emb", "x", "h", "out"}``); a keep of 1
+  gives no mask. A constant mask is the same for every gate and step, so one tied mask
+  stands for the naive and the untied schemes too."""
+  def full(k, shape):
+    return None if eval_keep.get(k, 1.0) == 1.0 else jnp.full(shape, eval_keep[k], jnp.float32)
+  return {"emb": full("emb", (B, T)), "x": [full("x", (B, D))], "h": [full("h", (B, H))],
+          "out": full("out", (B, H))}
 
 
 def seq_apply(params: dict, tokens: Array, masks: Optional[dict] = None, *, cell: str = "lstm",
-              unroll: int = 1, compute_dtype=None) -> Array:
+              unroll: int = 1, compute_dtype=None, gate_act: str = "sigmoid",
+              candidate_act: str = "tanh", eval_keep: Optional[dict] = None) -> Array:
   """Outputs ``[B, K]`` for padded token sequences ``[B, T]`` (id 0 = padding).
 
   Padding: a padded step leaves the recurrent state unchanged (``valid`` in the scans),
   so left- or right-padded sequences give exactly the output of the unpadded sequence;
   the last state is the one after the last real token. (The original Keras code fed the
   zero-padded prefix through the LSTM; we do not.)
+
+  ``gate_act`` / ``candidate_act``: see ``rnn.lstm`` / ``rnn.gru``. ``eval_keep``: non-inverted
+  (Keras 0.x) dropout: with ``masks=None`` (the deterministic pass) every dropout site is
+  multiplied by its keep probability (``keep_masks``). ``seq_semantics(cfg)`` gives all three.
   """
-  masks = masks or {}
   B, T = tokens.shape
+  H = params["rnn"]["w_h"].shape[0]
+  if masks is None and eval_keep is not None:
+    masks = keep_masks(eval_keep, B, T, params["embed"].shape[1], H)
+  masks = masks or {}
   valid = (tokens != 0).T  # [T, B]
   xs = jnp.take(params["embed"], tokens.T, axis=0)
   if masks.get("emb") is not None:
     xs = xs * masks["emb"].T[..., None]
   x_steps = (masks.get("x_steps") or [None])[0]
-  if x_steps is not None:
-    xs = xs * x_steps
+  if x_steps is not None and x_steps.ndim == 3:  # [T, B, D]: on the input, shared by the gates
+    xs, x_steps = xs * x_steps, None
+  h_steps = (masks.get("h_steps") or [None])[0]
   m_x, m_h = (masks.get("x") or [None])[0], (masks.get("h") or [None])[0]
-  H = params["rnn"]["w_h"].shape[0]
   z = jnp.zeros((B, H), jnp.float32)
+  steps = {"mask_x_steps": x_steps, "mask_h_steps": h_steps}
   if cell == "lstm":
     (_, h), _ = rnn.lstm(params["rnn"], (z, z), xs, m_x, m_h, valid=valid, unroll=unroll,
-                         compute_dtype=compute_dtype)
+                         compute_dtype=compute_dtype, gate_act=gate_act, **steps)
   else:
-    h, _ = rnn.gru(params["rnn"], z, xs, m_x, m_h, valid=valid, unroll=unroll, compute_dtype=compute_dtype)
+    h, _ = rnn.gru(params["rnn"], z, xs, m_x, m_h, valid=valid, unroll=unroll,
+                   compute_dtype=compute_dtype, gate_act=gate_act, candidate_act=candidate_act,
+                   **steps)
   out = masks.get("out")
   if out is not None:
     h = h * (out if out.ndim == 2 else out[-1])  # naive masks are [T, B, H]: use the last step's

@@ -16,6 +16,11 @@ stays inside it.
 ``compute_dtype`` (e.g. ``jnp.bfloat16``) casts matmul operands and accumulates in
 float32; the state and gate non-linearities stay float32.
 
+Per-step masks (``mask_x_steps`` / ``mask_h_steps``, a fresh mask at every time step: the
+released sentiment code's naive dropout) and the Keras 0.x fork's non-linearities
+(``gate_act="hard_sigmoid"``; the GRU's ``candidate_act="sigmoid"``) are options; the
+defaults are the modern ones (sigmoid gates, tanh candidate).
+
 The LSTM's backward pass is written by hand (``jax.custom_vjp``): plain autodiff of
 ``lax.scan`` adds the recurrent-weight gradient ``(h_{t-1} * m_h)^T dz_t`` into a ``[H, 4H]``
 accumulator at every step (T rank-B updates); here the backward scan only carries
@@ -61,6 +66,56 @@ def _check_params(params: dict, D: int, H: int, G: int) -> None:
 
 def _cast(a: Array, dtype) -> Array:
   return a if dtype is None else a.astype(dtype)
+
+
+GATE_ACTS = ("sigmoid", "hard_sigmoid")
+CANDIDATE_ACTS = ("tanh", "sigmoid")
+
+
+def hard_sigmoid(x: Array) -> Array:
+  """Theano's / Keras 0.x ``hard_sigmoid``: ``clip(0.2 x + 0.5, 0, 1)`` (the released sentiment
+  code's gate activation, the fork's default ``inner_activation``)."""
+  return jnp.clip(0.2 * x + 0.5, 0.0, 1.0)
+
+
+def activation(name: str):
+  """``sigmoid`` | ``hard_sigmoid`` | ``tanh`` as a function."""
+  acts = {"sigmoid": jax.nn.sigmoid, "hard_sigmoid": hard_sigmoid, "tanh": jnp.tanh}
+  if name not in acts:
+    raise ValueError(f"activation must be one of {sorted(acts)}, got {name!r}")
+  return acts[name]
+
+
+def _dgate(a: Array, name: str) -> Array:
+  """Derivative of gate activation ``name`` at the point where it took the value ``a``."""
+  if name == "sigmoid":
+    return a * (1.0 - a)
+  return jnp.where((a > 0.0) & (a < 1.0), 0.2, 0.0).astype(a.dtype)  # hard_sigmoid
+
+
+def _check_acts(gate_act: str, candidate_act: str = "tanh") -> None:
+  if gate_act not in GATE_ACTS:
+    raise ValueError(f"gate_act must be one of {GATE_ACTS}, got {gate_act!r}")
+  if candidate_act not in CANDIDATE_ACTS:
+    raise ValueError(f"candidate_act must be one of {CANDIDATE_ACTS}, got {candidate_act!r}")
+
+
+def _step_mask_kind(name: str, mask: Optional[Array], T: int, B: int, D: int, G: int,
+                    const: Optional[Array]) -> Optional[str]:
+  """'shared' ([T, B, D]), 'per_gate' ([T, G, B, D]) or None; ValueError for other shapes or
+  when the time-constant mask ``const`` is given too."""
+  if mask is None:
+    return None
+  if const is not None:
+    raise ValueError(f"give {name} or its time-constant counterpart, not both")
+  shape = tuple(mask.shape)
+  if shape == (T, B, D):
+    return "shared"
+  if shape == (T, G, B, D):
+    return "per_gate"
+  raise ValueError(f"{name} must have shape [T, B, D] = {[T, B, D]} or [T, {G}, B, D] = "
+                   f"{[T, G, B, D]} (a fresh mask per step, shared by the gates or one per gate), "
+                   f"got {list(shape)}")
 
 
 def matmul(x: Array, w: Array, compute_dtype=None) -> Array:
@@ -115,19 +170,25 @@ _matmul.defvjp(_matmul_fwd, _matmul_bwd)
 
 
 def input_projection(xs: Array, w_x: Array, b: Array, mask_x: Optional[Array], G: int,
-                     compute_dtype=None, gate_major: bool = False) -> Array:
+                     compute_dtype=None, gate_major: bool = False,
+                     mask_x_steps: Optional[Array] = None) -> Array:
   """All-steps input pre-activations ``[T, B, G*H]``, or ``[T, G, B, H]`` with ``gate_major``.
 
   tied / none: ``(x_t * m) @ W_x + b``; untied: gate k uses ``(x_t * m[k]) @ W_x[:, kH:(k+1)H]``.
+  ``mask_x_steps`` (instead of ``mask_x``): ``[T, B, D]`` multiplies ``x_t`` by its step's mask;
+  ``[T, G, B, D]`` gives gate k the mask ``mask_x_steps[t, k]``.
   """
   T, B, D = xs.shape
   H = w_x.shape[1] // G
-  if mask_x is None or mask_x.ndim == 2:
+  if mask_x_steps is not None and mask_x_steps.ndim == 3:
+    xs, mask_x_steps = xs * mask_x_steps, None
+  if mask_x_steps is None and (mask_x is None or mask_x.ndim == 2):
     out = matmul(xs if mask_x is None else xs * mask_x, w_x, compute_dtype).astype(jnp.float32) + b
     return out.reshape(T, B, G, H).transpose(0, 2, 1, 3) if gate_major else out
-  # untied: one [T*B, D] @ [D, H] matmul per gate
-  outs = [matmul(xs * mask_x[k], w_x[:, k * H:(k + 1) * H], compute_dtype).astype(jnp.float32) + b[k * H:(k + 1) * H]
-          for k in range(G)]
+  # untied or per gate and step: one [T*B, D] @ [D, H] matmul per gate
+  gate_mask = (lambda k: mask_x[k]) if mask_x_steps is None else (lambda k: mask_x_steps[:, k])
+  outs = [matmul(xs * gate_mask(k), w_x[:, k * H:(k + 1) * H], compute_dtype).astype(jnp.float32)
+          + b[k * H:(k + 1) * H] for k in range(G)]
   return jnp.stack(outs, axis=1) if gate_major else jnp.concatenate(outs, axis=-1)
 
 
@@ -160,7 +221,8 @@ def _check_valid(valid: Optional[Array], T: int, B: int) -> None:
 
 def lstm(params: dict, carry: tuple[Array, Array], xs: Array, mask_x: Optional[Array] = None,
          mask_h: Optional[Array] = None, *, valid: Optional[Array] = None, unroll: int = 1,
-         compute_dtype=None, hoist_input: bool = True, impl: str = "scan",
+         compute_dtype=None, hoist_input: bool = True, mask_x_steps: Optional[Array] = None,
+         mask_h_steps: Optional[Array] = None, gate_act: str = "sigmoid", impl: str = "scan",
          pallas_config: Optional[pallas_lstm.Config] = None) -> tuple[tuple[Array, Array], Array]:
   """One LSTM layer over a sequence, gate order (i, f, g, o).
 
@@ -185,6 +247,12 @@ def lstm(params: dict, carry: tuple[Array, Array], xs: Array, mask_x: Optional[A
       batches, e.g. MC evaluation with thousands of sample rows): each step does one
       fused matmul ``[x_t * m_x, h * m_h] @ [W_x; W_h]``, so no ``[T, B, 4H]``
       intermediate exists (plain autodiff if differentiated). Same values either way.
+    mask_x_steps: instead of ``mask_x``, a fresh input mask per step: ``[T, B, D]`` or one
+      per gate ``[T, 4, B, D]`` (the hoisted input projection is always used).
+    mask_h_steps: instead of ``mask_h``, a fresh recurrent mask per step: ``[T, B, H]`` or
+      ``[T, 4, B, H]`` (released sentiment code, ``NaiveDropoutLSTM``); scanned with the
+      inputs, through the same hand-written backward pass.
+    gate_act: ``sigmoid`` or ``hard_sigmoid`` (Keras 0.x) for the i, f, o gates.
     impl: ``"scan"`` (``lax.scan``; the CPU path and the reference) or ``"pallas"``: the
       time loop as one Pallas kernel with a matching backward kernel
       (``vdrnn.pallas_lstm``; for the GPU, interpret mode on the CPU). Needs
@@ -203,29 +271,36 @@ def lstm(params: dict, carry: tuple[Array, Array], xs: Array, mask_x: Optional[A
   _check_params(params, D, H, 4)
   kind_h = _mask_kind("mask_h", mask_h, B, H, 4)
   _mask_kind("mask_x", mask_x, B, D, 4)
+  _step_mask_kind("mask_x_steps", mask_x_steps, T, B, D, 4, mask_x)
+  kind_h_steps = _step_mask_kind("mask_h_steps", mask_h_steps, T, B, H, 4, mask_h)
   _check_valid(valid, T, B)
+  _check_acts(gate_act)
   if impl not in ("scan", "pallas"):
     raise ValueError(f"impl must be 'scan' or 'pallas', got {impl!r}")
-  if impl == "pallas" and not hoist_input:
-    raise ValueError("impl='pallas' runs on hoisted input pre-activations: it needs "
-                     "hoist_input=True")
-
   if impl == "pallas":
+    if not hoist_input or mask_x_steps is not None or mask_h_steps is not None or gate_act != "sigmoid":
+      raise ValueError("impl='pallas' runs on hoisted input pre-activations with sigmoid gates and "
+                       "per-sequence masks: it needs hoist_input=True, no per-step masks")
     gx = input_projection(xs, params["w_x"], params["b"], mask_x, 4, compute_dtype, gate_major=True)
     w_h = _cast(_per_gate(params["w_h"], 4), compute_dtype)
     return pallas_lstm.lstm_recurrence(gx, w_h, c0, h0, mask_h, valid,
                                        cfg=pallas_config or pallas_lstm.Config())
-  if not hoist_input:
-    return _lstm_fused_scan(params, c0, h0, xs, mask_x, mask_h, valid, unroll, compute_dtype)
+  if not hoist_input and mask_x_steps is None and mask_h_steps is None:
+    return _lstm_fused_scan(params, c0, h0, xs, mask_x, mask_h, valid, unroll, compute_dtype,
+                            gate_act)
   # Untied recurrent masks: the recurrence runs gate-major, gx [T, 4, B, H] and W_h [4, H, H],
   # so that each step's batched matmul output feeds the gates without a transpose.
-  untied = kind_h == "untied"
-  gx = input_projection(xs, params["w_x"], params["b"], mask_x, 4, compute_dtype, gate_major=untied)
-  w_h = _per_gate(params["w_h"], 4) if untied else params["w_h"]
-  return _lstm_recurrence(gx, _cast(w_h, compute_dtype), c0, h0, mask_h, valid, unroll, compute_dtype)
+  untied = kind_h == "untied" or kind_h_steps == "per_gate"
+  gx = input_projection(xs, params["w_x"], params["b"], mask_x, 4, compute_dtype, gate_major=untied,
+                        mask_x_steps=mask_x_steps)
+  w_h = _cast(_per_gate(params["w_h"], 4) if untied else params["w_h"], compute_dtype)
+  steps = mask_h_steps is not None
+  return _lstm_recurrence(gx, w_h, c0, h0, mask_h_steps if steps else mask_h, valid, unroll,
+                          compute_dtype, gate_act, steps)
 
 
-def _lstm_fused_scan(params, c0, h0, xs, mask_x, mask_h, valid, unroll, compute_dtype):
+def _lstm_fused_scan(params, c0, h0, xs, mask_x, mask_h, valid, unroll, compute_dtype,
+                     gate_act="sigmoid"):
   """``lstm(..., hoist_input=False)``: per step ``z = [x_t * m_x, h * m_h] @ [W_x; W_h] + b``
   (tied or no masks: one ``[B, D+H] @ [D+H, 4H]`` matmul; untied: one batched
   ``[4, B, D+H] @ [4, D+H, H]`` matmul, gate-major)."""
@@ -253,17 +328,18 @@ def _lstm_fused_scan(params, c0, h0, xs, mask_x, mask_h, valid, unroll, compute_
       xh = jnp.concatenate([x_t if mask_x is None else x_t * mask_x, h if mask_h is None else h * mask_h], -1)
       z = jnp.dot(_cast(xh, compute_dtype), w, preferred_element_type=pet)
       i, f, g, o = jnp.split(z.astype(jnp.float32) + params["b"], 4, axis=-1)
-    c_new, h_new, _ = _lstm_cell(i, f, g, o, c, h, v_t)
+    c_new, h_new, _ = _lstm_cell(i, f, g, o, c, h, v_t, gate_act)
     return (c_new, h_new), h_new
 
   return jax.lax.scan(step, (c0, h0), (xs, valid), unroll=unroll)
 
 
-def _lstm_cell(i, f, g, o, c, h, v_t):
+def _lstm_cell(i, f, g, o, c, h, v_t, gate_act="sigmoid"):
   """The LSTM cell from gate pre-activations (each ``[B, H]``): ``(c_new, h_new, acts)`` with
-  ``acts`` the activations ``(sigmoid(i), sigmoid(f), tanh(g), sigmoid(o))``; where ``v_t``
-  ``[B]`` is False the state is left unchanged."""
-  i, f, g, o = jax.nn.sigmoid(i), jax.nn.sigmoid(f), jnp.tanh(g), jax.nn.sigmoid(o)
+  ``acts`` the activations ``(sigmoid(i), sigmoid(f), tanh(g), sigmoid(o))`` (``gate_act``
+  in place of sigmoid); where ``v_t`` ``[B]`` is False the state is left unchanged."""
+  act = activation(gate_act)
+  i, f, g, o = act(i), act(f), jnp.tanh(g), act(o)
   c_new = f * c + i * g
   h_new = o * jnp.tanh(c_new)
   if v_t is not None:
@@ -272,86 +348,106 @@ def _lstm_cell(i, f, g, o, c, h, v_t):
   return c_new, h_new, (i, f, g, o)
 
 
-def _lstm_scan(gx, w_h, c0, h0, mask_h, valid, unroll, compute_dtype):
-  """Forward scan; also returns what the backward pass needs: cell states ``[T, B, H]`` and
-  gate activations ``(i, f, g, o)``, each ``[T, B, H]``."""
+def _untied(mask_h, steps: bool) -> bool:
+  return mask_h is not None and mask_h.ndim == (4 if steps else 3)
 
-  untied = mask_h is not None and mask_h.ndim == 3
+
+def _lstm_scan(gx, w_h, c0, h0, mask_h, valid, unroll, compute_dtype, gate_act, steps):
+  """Forward scan; also returns what the backward pass needs: cell states ``[T, B, H]`` and
+  gate activations ``(i, f, g, o)``, each ``[T, B, H]``. ``steps``: ``mask_h`` holds one mask
+  per step (``[T, B, H]`` or ``[T, 4, B, H]``), scanned with the inputs."""
+
+  untied = _untied(mask_h, steps)
   pet = jnp.float32 if compute_dtype is not None else None
 
   def step(carry, inp):
     c, h = carry
-    gx_t, v_t = inp
+    gx_t, v_t, m_t = inp
+    m = m_t if steps else mask_h
     if untied:  # gate-major: gx_t [4, B, H], w_h [4, H, H]
-      z = gx_t + jnp.einsum("gbh,ghk->gbk", _cast(h[None] * mask_h, compute_dtype), w_h, preferred_element_type=pet)
+      hm = _cast(h[None] * m, compute_dtype)
+      z = gx_t + jnp.einsum("gbh,ghk->gbk", hm, w_h, preferred_element_type=pet)
       i, f, g, o = z[0], z[1], z[2], z[3]
     else:
-      z = gx_t + _recurrent(h, w_h, mask_h, 4, compute_dtype)
+      z = gx_t + _recurrent(h, w_h, m, 4, compute_dtype)
       i, f, g, o = jnp.split(z, 4, axis=-1)
-    c_new, h_new, acts = _lstm_cell(i, f, g, o, c, h, v_t)
+    c_new, h_new, acts = _lstm_cell(i, f, g, o, c, h, v_t, gate_act)
     return (c_new, h_new), (h_new, c_new, acts)
 
-  (c, h), (ys, cs, acts) = jax.lax.scan(step, (c0, h0), (gx, valid), unroll=unroll)
+  xs = (gx, valid, mask_h if steps else None)
+  (c, h), (ys, cs, acts) = jax.lax.scan(step, (c0, h0), xs, unroll=unroll)
   return (c, h), ys, (cs, acts)
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(6, 7))
-def _lstm_recurrence(gx, w_h, c0, h0, mask_h, valid, unroll, compute_dtype):
+@functools.partial(jax.custom_vjp, nondiff_argnums=(6, 7, 8, 9))
+def _lstm_recurrence(gx, w_h, c0, h0, mask_h, valid, unroll, compute_dtype, gate_act, steps):
   """``((c_T, h_T), ys)`` from input pre-activations ``gx``: ``[T, B, 4H]`` with ``w_h [H, 4H]``
   (tied / no mask), or gate-major ``[T, 4, B, H]`` with ``w_h [4, H, H]`` (untied);
-  ``w_h`` already in ``compute_dtype``."""
-  carry, ys, _ = _lstm_scan(gx, w_h, c0, h0, mask_h, valid, unroll, compute_dtype)
+  ``w_h`` already in ``compute_dtype``; ``steps``: a recurrent mask per step (``_lstm_scan``)."""
+  carry, ys, _ = _lstm_scan(gx, w_h, c0, h0, mask_h, valid, unroll, compute_dtype, gate_act, steps)
   return carry, ys
 
 
-def _lstm_recurrence_fwd(gx, w_h, c0, h0, mask_h, valid, unroll, compute_dtype):
-  carry, ys, (cs, acts) = _lstm_scan(gx, w_h, c0, h0, mask_h, valid, unroll, compute_dtype)
+def _lstm_recurrence_fwd(gx, w_h, c0, h0, mask_h, valid, unroll, compute_dtype, gate_act, steps):
+  carry, ys, (cs, acts) = _lstm_scan(gx, w_h, c0, h0, mask_h, valid, unroll, compute_dtype,
+                                     gate_act, steps)
   return (carry, ys), (w_h, c0, h0, mask_h, valid, ys, cs, acts)
 
 
-def _lstm_recurrence_bwd(unroll, compute_dtype, res, cts):
+def _lstm_recurrence_bwd(unroll, compute_dtype, gate_act, steps, res, cts):
   """Reverse scan over ``(dc, dh)`` emitting ``dz_t``; then ``dW_h`` as one matmul."""
   w_h, c0, h0, mask_h, valid, ys, cs, acts = res
   (dc_T, dh_T), dys = cts
   T, B, H = ys.shape
   pet = jnp.float32 if compute_dtype is not None else None
-  untied = mask_h is not None and mask_h.ndim == 3
+  untied = _untied(mask_h, steps)
   c_prev = jnp.concatenate([c0[None], cs[:-1]])
   h_prev = jnp.concatenate([h0[None], ys[:-1]])
 
   def step(carry, inp):
     dc, dh, dm = carry
-    dy, c, cp, hp, (i, f, g, o), v_t = inp
+    dy, c, cp, hp, (i, f, g, o), v_t, m_t = inp
+    m = m_t if steps else mask_h
     dh = dh + dy
     tc = jnp.tanh(c)
     do = dh * tc
     dc_t = dc + dh * o * (1.0 - tc * tc)
-    dzs_ = [dc_t * g * i * (1.0 - i), dc_t * cp * f * (1.0 - f), dc_t * i * (1.0 - g * g), do * o * (1.0 - o)]
+    if gate_act == "sigmoid":
+      dzs_ = [dc_t * g * i * (1.0 - i), dc_t * cp * f * (1.0 - f), dc_t * i * (1.0 - g * g),
+              do * o * (1.0 - o)]
+    else:
+      dzs_ = [dc_t * g * _dgate(i, gate_act), dc_t * cp * _dgate(f, gate_act),
+              dc_t * i * (1.0 - g * g), do * _dgate(o, gate_act)]
     if untied:  # gate-major [4, B, H], like gx; dhm[k] = dz_k @ W_k^T
       dz = jnp.stack(dzs_)
       if v_t is not None:
         dz = jnp.where(v_t[None, :, None], dz, 0.0)
       dhm = jnp.einsum("gbk,ghk->gbh", _cast(dz, compute_dtype), w_h, preferred_element_type=pet)
-      dh_prev, dm = (dhm * mask_h).sum(0), dm + dhm * hp
+      dh_prev, dm_t = (dhm * m).sum(0), dhm * hp
     else:
       dz = jnp.concatenate(dzs_, axis=-1)
       if v_t is not None:
         dz = jnp.where(v_t[:, None], dz, 0.0)
       dhm = jnp.einsum("bk,hk->bh", _cast(dz, compute_dtype), w_h, preferred_element_type=pet)
-      dh_prev, dm = (dhm, dm) if mask_h is None else (dhm * mask_h, dm + dhm * hp)
+      dh_prev, dm_t = (dhm, None) if m is None else (dhm * m, dhm * hp)
+    if not steps and dm_t is not None:  # a constant mask: its cotangent sums over the steps
+      dm, dm_t = dm + dm_t, None
     dc_prev = dc_t * f
     if v_t is not None:
       dc_prev = jnp.where(v_t[:, None], dc_prev, dc)
       dh_prev = jnp.where(v_t[:, None], dh_prev, dh)
-    return (dc_prev, dh_prev, dm), dz
+    return (dc_prev, dh_prev, dm), (dz, dm_t)
 
-  dm = jnp.zeros((), jnp.float32) if mask_h is None else jnp.zeros_like(mask_h)
-  (dc0, dh0, dm), dzs = jax.lax.scan(step, (dc_T, dh_T, dm), (dys, cs, c_prev, h_prev, acts, valid),
-                                     reverse=True, unroll=unroll)
+  dm = jnp.zeros((), jnp.float32) if mask_h is None or steps else jnp.zeros_like(mask_h)
+  xs = (dys, cs, c_prev, h_prev, acts, valid, mask_h if steps else None)
+  (dc0, dh0, dm), (dzs, dms) = jax.lax.scan(step, (dc_T, dh_T, dm), xs, reverse=True, unroll=unroll)
+  if steps:
+    dm = dms
   if untied:  # dW_k = sum_t (h_{t-1} * m_k)^T dz_{t,k}; dzs is [T, 4, B, H]
-    dw = jnp.stack([jnp.dot(transposed(_cast(h_prev * mask_h[k], compute_dtype).reshape(T * B, H)),
-                            _cast(dzs[:, k].reshape(T * B, H), compute_dtype), preferred_element_type=pet)
-                    for k in range(4)])
+    gate_mask = (lambda k: mask_h[:, k]) if steps else (lambda k: mask_h[k])
+    hm = [_cast(h_prev * gate_mask(k), compute_dtype).reshape(T * B, H) for k in range(4)]
+    dw = jnp.stack([jnp.dot(transposed(hm[k]), _cast(dzs[:, k].reshape(T * B, H), compute_dtype),
+                            preferred_element_type=pet) for k in range(4)])
   else:
     hm = h_prev if mask_h is None else h_prev * mask_h
     dw = jnp.dot(transposed(_cast(hm, compute_dtype).reshape(T * B, H)),
@@ -364,7 +460,9 @@ _lstm_recurrence.defvjp(_lstm_recurrence_fwd, _lstm_recurrence_bwd)
 
 def gru(params: dict, h: Array, xs: Array, mask_x: Optional[Array] = None,
         mask_h: Optional[Array] = None, *, valid: Optional[Array] = None, unroll: int = 1,
-        compute_dtype=None) -> tuple[Array, Array]:
+        compute_dtype=None, mask_x_steps: Optional[Array] = None,
+        mask_h_steps: Optional[Array] = None, gate_act: str = "sigmoid",
+        candidate_act: str = "tanh") -> tuple[Array, Array]:
   """One GRU layer over a sequence, gate order (z, r, n) (Gal's Keras GRU; reset before W_hn).
 
   Equations (per step t; ``x_k = x_t * m_x[k]``, ``h_k = h_{t-1} * m_h[k]``, or one shared
@@ -375,6 +473,8 @@ def gru(params: dict, h: Array, xs: Array, mask_x: Optional[Array] = None,
     n = tanh(x_n W_xn + (r * h_n) W_hn + b_n)
     h_t = z * h_{t-1} + (1 - z) * n
 
+  (``gate_act`` in place of the sigmoids, ``candidate_act`` in place of the tanh.)
+
   Args:
     params: ``{"w_x": [D, 3H], "w_h": [H, 3H], "b": [3H]}``.
     h: ``[B, H]`` initial state.
@@ -382,6 +482,10 @@ def gru(params: dict, h: Array, xs: Array, mask_x: Optional[Array] = None,
     mask_x: ``None``, ``[B, D]`` or ``[3, B, D]``.
     mask_h: ``None``, ``[B, H]`` or ``[3, B, H]``.
     valid, unroll, compute_dtype: as in ``lstm``.
+    mask_x_steps, mask_h_steps: fresh masks per step instead of ``mask_x`` / ``mask_h``:
+      ``[T, B, .]`` or one per gate ``[T, 3, B, .]`` (``NaiveDropoutGRU`` of the released code).
+    gate_act: ``sigmoid`` or ``hard_sigmoid`` (Keras 0.x) for z and r.
+    candidate_act: ``tanh`` or ``sigmoid`` (the Keras 0.x fork's GRU default ``activation``).
   Returns:
     ``(h_T, ys)`` with ys ``[T, B, H]``.
   """
@@ -394,28 +498,41 @@ def gru(params: dict, h: Array, xs: Array, mask_x: Optional[Array] = None,
   _check_params(params, D, H, 3)
   kind_h = _mask_kind("mask_h", mask_h, B, H, 3)
   _mask_kind("mask_x", mask_x, B, D, 3)
+  _step_mask_kind("mask_x_steps", mask_x_steps, T, B, D, 3, mask_x)
+  kind_h_steps = _step_mask_kind("mask_h_steps", mask_h_steps, T, B, H, 3, mask_h)
   _check_valid(valid, T, B)
+  _check_acts(gate_act, candidate_act)
+  gate, cand = activation(gate_act), activation(candidate_act)
 
-  gx = input_projection(xs, params["w_x"], params["b"], mask_x, 3, compute_dtype)
+  gx = input_projection(xs, params["w_x"], params["b"], mask_x, 3, compute_dtype,
+                        mask_x_steps=mask_x_steps)
   w_h = params["w_h"]
-  if kind_h == "untied":
+  untied = kind_h == "untied" or kind_h_steps == "per_gate"
+  if untied:
     wg = _cast(_per_gate(w_h, 3), compute_dtype)
     w_zr, w_n = wg[:2], wg[2]
-    m_zr, m_n = mask_h[:2], mask_h[2]
   else:
     w_zr, w_n = _cast(w_h[:, : 2 * H], compute_dtype), _cast(w_h[:, 2 * H:], compute_dtype)
-    m_zr = m_n = mask_h
+
+  def split_mask(m):  # (mask of z and r, mask of the candidate's h)
+    if m is None:
+      return None, None
+    return (m[:2], m[2]) if untied else (m, m)
+
+  m_zr, m_n = split_mask(mask_h)
   pet = jnp.float32 if compute_dtype is not None else None
 
   def step(h, inp):
-    gx_t, v_t = inp
-    zr = gx_t[:, : 2 * H] + _recurrent(h, w_zr, m_zr, 2, compute_dtype)
-    z, r = jnp.split(jax.nn.sigmoid(zr), 2, axis=-1)
-    h_n = h if m_n is None else h * m_n
-    n = jnp.tanh(gx_t[:, 2 * H:] + jnp.dot(_cast(r * h_n, compute_dtype), w_n, preferred_element_type=pet))
+    gx_t, mh_t, v_t = inp
+    mzr, mn = (m_zr, m_n) if mh_t is None else split_mask(mh_t)
+    zr = gx_t[:, : 2 * H] + _recurrent(h, w_zr, mzr, 2, compute_dtype)
+    z, r = jnp.split(gate(zr), 2, axis=-1)
+    h_n = h if mn is None else h * mn
+    n = cand(gx_t[:, 2 * H:] + jnp.dot(_cast(r * h_n, compute_dtype), w_n,
+                                       preferred_element_type=pet))
     h_new = z * h + (1.0 - z) * n
     if v_t is not None:
       h_new = jnp.where(v_t[:, None], h_new, h)
     return h_new, h_new
 
-  return jax.lax.scan(step, h, (gx, valid), unroll=unroll)
+  return jax.lax.scan(step, h, (gx, mask_h_steps, valid), unroll=unroll)

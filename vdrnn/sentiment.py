@@ -158,7 +158,8 @@ def make_train_step(config):
     masks = models.seq_masks(jax.random.fold_in(base_key, step), m, x)
 
     def loss_fn(params):
-      out = models.seq_apply(params, x, masks, cell=m.cell, unroll=t.unroll, compute_dtype=dtype)
+      out = models.seq_apply(params, x, masks, **models.seq_semantics(m), unroll=t.unroll,
+                             compute_dtype=dtype)
       per = per_example_loss(config, out, y)
       loss = jnp.sum(w * per) / jnp.maximum(jnp.sum(w), 1.0)
       return loss + t.weight_decay * l2(params), (per, out)
@@ -201,12 +202,14 @@ def make_predict_fns(config):
   dtype = compute_dtype(config)
 
   def det(params, x):
-    return models.seq_apply(params, x, None, cell=m.cell, unroll=t.unroll, compute_dtype=dtype)
+    return models.seq_apply(params, x, None, **models.seq_semantics(m), unroll=t.unroll,
+                            compute_dtype=dtype)
 
   def mc(params, x, key, ids):
     def one(s):
       masks = models.seq_masks(jax.random.fold_in(key, s), m, x)
-      return models.seq_apply(params, x, masks, cell=m.cell, unroll=t.unroll, compute_dtype=dtype)
+      return models.seq_apply(params, x, masks, **models.seq_semantics(m), unroll=t.unroll,
+                              compute_dtype=dtype)
     return jax.vmap(one)(ids)
 
   return jax.jit(det), jax.jit(mc)

@@ -1,0 +1,491 @@
+"""The paper's experiments as named rows, one command each, and a report that sets vdrnn's
+numbers beside the published ones.
+
+  python -m launch.reproduce --dry_run                        # every row and its command
+  python -m launch.reproduce --only sentiment_ --epochs 20 --parallel 2 \\
+      --override eval.mc_samples=10
+  python -m launch.reproduce --only zaremba_small              # the three seeds, one at a time
+  python -m launch.reproduce --only large_variational_untied   # on a GPU machine (one run per GPU)
+  python -m launch.reproduce --report                         # tables, CSV/JSON and figures
+
+A row is one config plus overrides (``ROWS``) with the paper's value(s) (``launch/paper.py``).
+Rows run as ``python -m vdrnn.train --config ... --workdir <workdir_root>/<row>`` through the
+process queue of ``launch/sweep.py`` (one process per GPU, or ``--parallel`` on the CPU),
+wrapped by ``launch/run_row.py``, which records the device and the wall time in the workdir's
+``run_info.json``. Re-running the same command resumes unfinished rows from their checkpoints
+and skips finished ones (a ``results.json`` from a run with the requested number of epochs;
+asking for more epochs extends a finished row from its last checkpoint).
+
+``--report`` reads every row's workdir (``results.json``, ``config.json``, ``metrics.jsonl``,
+``run_info.json``), merges them with the records already in ``--results_dir``
+(``results.json``: rows run elsewhere, e.g. on a GPU machine, keep their committed numbers),
+and writes ``results.json``, ``results.csv``, ``README_table.md`` (the README's results
+section) and the sentiment learning curves (``sentiment_{lstm,gru}.png``: test RMSE against
+epochs, one figure per cell type, the three schemes). Rows without a result show "not run"
+and their command, never a number.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import json
+import math
+import os
+import shlex
+import sys
+import time
+from typing import Optional
+
+from absl import app, flags
+
+from launch import paper, sweep
+from vdrnn.config import load_config_file
+from vdrnn.errors import UserError, run_main
+
+SENTIMENT_EPOCHS = (1, 2, 5, 10, 20, 50, 100, 250, 500, 1250)  # the fixed-epoch table's columns
+
+
+@dataclasses.dataclass(frozen=True)
+class Row:
+  name: str
+  config: str                      # config file[:arg], as for vdrnn.train
+  overrides: tuple = ()            # ((config path, value), ...) -> --config.PATH=VALUE
+  family: str = ""                 # rows aggregated in the report (one experiment's seeds)
+  task: str = "ptb"                # ptb | sentiment
+  where: str = "gpu"               # where the row is meant to run (informational): cpu | gpu
+  note: str = ""
+
+  @property
+  def paper(self) -> Optional[dict]:
+    return paper.PTB.get(self.family or self.name) if self.task == "ptb" else None
+
+
+def _sentiment_rows():
+  rows = []
+  for cell in ("lstm", "gru"):
+    for scheme in ("variational", "naive", "none"):
+      spec = f"configs/sentiment_{cell}.py:{scheme},released"
+      rows.append(Row(f"sentiment_{cell}_{scheme}", spec, task="sentiment", where="cpu",
+                      note="released semantics and split"))
+  return rows
+
+
+MEDIUM_NOTE = "dropout rates: vdrnn's point on the paper's tied grid (not published)"
+ROWS = (
+    *(Row(f"zaremba_small_seed{s}", "configs/ptb_small.py", (("seed", str(s)),),
+          family="zaremba_small", where="cpu") for s in range(3)),
+    Row("medium_naive", "configs/ptb_medium.py:naive"),
+    Row("medium_variational_tied", "configs/ptb_medium.py:variational_tied", note=MEDIUM_NOTE),
+    Row("medium_variational_untied", "configs/ptb_medium.py:variational_untied", note=MEDIUM_NOTE),
+    Row("large_zaremba", "configs/ptb_large.py:zaremba"),
+    Row("large_variational_tied", "configs/ptb_large.py:tied"),
+    Row("large_variational_untied", "configs/ptb_large.py:untied"),
+    Row("large_variational_untied_tied_embeddings", "configs/ptb_large.py:untied",
+        (("model.tie_embeddings", "True"),),
+        note="beyond the paper: Press & Wolf's embedding tying"),
+    *_sentiment_rows(),
+)
+
+
+# ----------------------------------------------------------------------------------------
+# Planning and running.
+
+
+def select(rows, only: list[str]) -> list[Row]:
+  """Rows whose name equals or starts with one of ``only`` (all rows when empty)."""
+  if not only:
+    return list(rows)
+  chosen = [r for r in rows if any(r.name == o or r.name.startswith(o) for o in only)]
+  unknown = [o for o in only if not any(r.name == o or r.name.startswith(o) for r in rows)]
+  if unknown:
+    raise UserError(f"--only {','.join(unknown)} matches no row; rows: "
+                    f"{', '.join(r.name for r in rows)}")
+  return chosen
+
+
+def override_flags(overrides: list[str], epochs: int) -> list[str]:
+  """``["train.lr=0.5"]`` and ``--epochs N`` ->
+  ``["--config.train.lr=0.5", "--config.train.num_epochs=N"]``."""
+  out = []
+  for o in overrides:
+    path, sep, value = o.partition("=")
+    if not sep or not path:
+      raise UserError(f"--override {o!r}: expected CONFIG.PATH=VALUE, e.g. train.num_epochs=20")
+    out.append(f"--config.{path.removeprefix('--config.')}={value}")
+  if epochs:
+    out.append(f"--config.train.num_epochs={epochs}")
+  return out
+
+
+def as_run(row: Row, root: str) -> dict:
+  """The row as a ``launch/sweep.py`` run."""
+  return {"name": row.name, "workdir": os.path.join(root, row.name), "config": row.config,
+          "point": dict(row.overrides)}
+
+
+def command(row: Row, root: str, extra: list[str]) -> str:
+  """The row's ``python -m vdrnn.train ...`` command line."""
+  argv = sweep.train_command(as_run(row, root), row.config, extra)
+  return shlex.join(["python", *argv[1:]])
+
+
+def requested_epochs(row: Row, extra: list[str]) -> int:
+  """``train.num_epochs`` the row runs with (its config, then its overrides, then ``extra``)."""
+  n = None
+  for flag in [f"--config.{p}={v}" for p, v in row.overrides] + list(extra):
+    if flag.startswith("--config.train.num_epochs="):
+      n = int(flag.split("=", 1)[1])
+  if n is None:
+    n = int(load_config_file(row.config).train.num_epochs)
+  return n
+
+
+def _read_json(path: str):
+  if not os.path.exists(path):
+    return None
+  with open(path) as f:
+    return json.load(f)
+
+
+def is_finished(run: dict, epochs: Optional[int] = None) -> bool:
+  """A ``results.json`` from a run with ``epochs`` epochs (any number when None)."""
+  if not os.path.exists(os.path.join(run["workdir"], "results.json")):
+    return False
+  cfg = _read_json(os.path.join(run["workdir"], "config.json")) or {}
+  return epochs is None or int(cfg.get("train", {}).get("num_epochs", -1)) == epochs
+
+
+# ----------------------------------------------------------------------------------------
+# Collecting a workdir.
+
+
+def _history(workdir: str) -> list[dict]:
+  """The per-epoch records of ``metrics.jsonl`` (the last record of each epoch)."""
+  path = os.path.join(workdir, "metrics.jsonl")
+  if not os.path.exists(path):
+    return []
+  by_epoch = {}
+  with open(path) as f:
+    for line in f:
+      if line.strip():
+        r = json.loads(line)
+        if r.get("event") == "epoch":
+          by_epoch[r["epoch"]] = r
+  return [by_epoch[e] for e in sorted(by_epoch)]
+
+
+def collect(row: Row, root: str, extra: list[str]) -> dict:
+  """The row's record: status, numbers, epochs, seed, device, wall time, command, curves."""
+  workdir = os.path.join(root, row.name)
+  rec = {"row": row.name, "family": row.family, "task": row.task, "config": row.config,
+         "overrides": [f"--config.{p}={v}" for p, v in row.overrides], "note": row.note,
+         "status": "not run", "command": command(row, root, extra), "device": None, "wall_s": None,
+         "epochs": None, "seed": None, "results": None, "curve": []}
+  if not os.path.isdir(workdir):
+    return rec
+  info = _read_json(os.path.join(workdir, "run_info.json")) or {"sessions": []}
+  cfg = _read_json(os.path.join(workdir, "config.json")) or {}
+  res = _read_json(os.path.join(workdir, "results.json"))
+  hist = _history(workdir)
+  sessions = info.get("sessions", [])
+  if sessions:
+    rec["command"] = sessions[-1]["command"]
+    rec["device"] = sessions[-1]["device"]
+    ended = [s["end"] - s["start"] for s in sessions if s.get("end")]
+    rec["wall_s"] = sum(ended) if ended else None
+  if rec["wall_s"] is None and hist:
+    rec["wall_s"] = sum(h.get("time_s", 0.0) + h.get("eval_time_s", 0.0) for h in hist)
+  num_epochs = cfg.get("train", {}).get("num_epochs")
+  rec["seed"] = cfg.get("seed")
+  keys = (("epoch", "test_rmse", "test_rmse_mc", "train_rmse", "train_running_rmse")
+          if row.task == "sentiment" else ("epoch", "train_ppl", "valid_ppl", "valid_ppl_lua"))
+  rec["curve"] = [{k: h.get(k) for k in keys if h.get(k) is not None} for h in hist]
+  if res is not None:
+    rec["status"] = "done"
+    rec["epochs"] = num_epochs
+    rec["results"] = {k: v for k, v in res.items()
+                      if isinstance(v, (int, float)) and not isinstance(v, bool)}
+  elif hist or sessions:
+    rec["status"] = f"partial ({len(hist)}/{num_epochs} epochs)" if num_epochs else "partial"
+    rec["epochs"] = len(hist)
+  return rec
+
+
+def merge(collected: list[dict], committed: Optional[dict]) -> list[dict]:
+  """Each row's record from its workdir, or the committed one when the workdir has no result
+  and the committed record does."""
+  old = {r["row"]: r for r in (committed or {}).get("rows", [])}
+  out = []
+  for rec in collected:
+    prev = old.get(rec["row"])
+    if rec["status"] != "done" and prev is not None and prev.get("status") == "done":
+      out.append(prev)
+    else:
+      out.append(rec)
+  return out
+
+
+# ----------------------------------------------------------------------------------------
+# Tables.
+
+
+def _fmt(v, digits=2) -> str:
+  if v is None:
+    return "–"
+  if isinstance(v, tuple):
+    return _fmt(v[0], 1) + ("" if v[1] is None else f" ± {v[1]:.1f}")
+  return f"{v:.{digits}f}"
+
+
+def _mean_sd(xs: list[float]) -> tuple[float, Optional[float]]:
+  m = sum(xs) / len(xs)
+  sd = math.sqrt(sum((x - m) ** 2 for x in xs) / (len(xs) - 1)) if len(xs) > 1 else None
+  return m, sd
+
+
+PTB_METRICS = (("valid (Lua formula)", "valid_ppl_lua", "valid"),
+               ("valid (exact)", "valid_ppl", None),
+               ("test", "test_ppl", "test"), ("MC test", "mc_test_ppl", "mc_test"))
+
+
+def ptb_lines(records: list[dict]) -> list[dict]:
+  """One line per (row or seed family, metric): paper value, vdrnn value, difference."""
+  lines = []
+  families = {}
+  for rec in records:
+    if rec["task"] != "ptb":
+      continue
+    row = next(r for r in ROWS if r.name == rec["row"])
+    pap = row.paper or {}
+    res = rec["results"] or {}
+    for label, key, pkey in PTB_METRICS:
+      p = pap.get(pkey) if pkey else None
+      v = res.get(key)
+      if v is None and p is None and rec["status"] == "done":
+        continue  # e.g. no MC test in this row and none in the paper
+      if key == "mc_test_ppl" and p is None and v is None:
+        continue
+      if key == "valid_ppl" and rec["status"] != "done":
+        continue
+      lines.append(_line(rec, label, p, v))
+    if rec["family"]:
+      families.setdefault(rec["family"], []).append(rec)
+  for fam, recs in families.items():
+    done = [r for r in recs if r["status"] == "done"]
+    pap = paper.PTB.get(fam, {})
+    for label, key, pkey in PTB_METRICS[:3]:
+      vals = [r["results"][key] for r in done if r["results"].get(key) is not None]
+      line = {"row": f"{fam} (mean of {len(vals)} seeds)", "metric": label,
+              "paper": pap.get(pkey) if pkey else None, "vdrnn": None, "vdrnn_sd": None,
+              "diff": None,
+              "seeds": ",".join(str(r["seed"]) for r in done),
+              "status": f"{len(done)}/{len(recs)} seeds done",
+              "device": ", ".join(sorted({r["device"] for r in done if r["device"]})) or None,
+              "wall_s": sum(r["wall_s"] or 0 for r in done) or None, "epochs": None,
+              "command": "see the seed rows"}
+      if vals:
+        line["vdrnn"], line["vdrnn_sd"] = _mean_sd(vals)
+        if line["paper"] is not None:
+          line["diff"] = line["vdrnn"] - line["paper"][0]
+      lines.append(line)
+  return lines
+
+
+def _line(rec: dict, label: str, p, v) -> dict:
+  return {"row": rec["row"], "metric": label, "paper": p, "vdrnn": v, "vdrnn_sd": None,
+          "diff": (v - p[0]) if (v is not None and p is not None) else None,
+          "seeds": None if rec["seed"] is None else str(rec["seed"]), "status": rec["status"],
+          "device": rec["device"], "wall_s": rec["wall_s"], "epochs": rec["epochs"],
+          "command": rec["command"]}
+
+
+def sentiment_lines(records: list[dict]) -> list[dict]:
+  lines = []
+  for rec in records:
+    if rec["task"] != "sentiment":
+      continue
+    res = rec["results"] or {}
+    curve = [c for c in rec["curve"] if c.get("test_rmse") is not None]
+    best = min(curve, key=lambda c: c["test_rmse"]) if curve else None
+    mc = res.get("mc_samples")
+    mc_label = f"MC test RMSE ({mc} samples), last epoch" if mc else "MC test RMSE"
+    best_label = (f"lowest test RMSE on the curve (epoch {best['epoch']})" if best
+                  else "lowest test RMSE")
+    for label, v in (("test RMSE, last epoch", res.get("test_rmse")),
+                     (mc_label, res.get("test_rmse_mc")),
+                     (best_label, best["test_rmse"] if best else None)):
+      if rec["status"] != "done" and label.startswith("MC"):
+        continue
+      lines.append(_line(rec, label, None, v))
+  return lines
+
+
+def markdown(ptb: list[dict], sent: list[dict], records: list[dict]) -> str:
+  """The README's results section (tables only; the figures are separate PNGs)."""
+  def wall(s):
+    return "–" if not s else (f"{s / 3600:.1f} h" if s >= 3600 else f"{s / 60:.0f} min")
+
+  def status(line):
+    return line["status"] if line["status"] != "done" else f"{line['epochs']} epochs"
+
+  out = ["<!-- generated by `python -m launch.reproduce --report`; do not edit by hand -->", "",
+         "### Penn Treebank (perplexity)", "",
+         "Paper: Gal & Ghahramani 2016, Table 1 (Zaremba et al. 2014 for the no-dropout small "
+         "model, Press & Wolf 2016 for tied embeddings). Paper validation numbers are the Lua "
+         "formula's (`valid (Lua formula)`); `valid (exact)` has no paper counterpart.", "",
+         "| row | metric | paper | vdrnn | difference | seeds | run | device | wall time |",
+         "|---|---|---|---|---|---|---|---|---|"]
+  for l in ptb:
+    v = _fmt(l["vdrnn"]) + ("" if l["vdrnn_sd"] is None else f" ± {l['vdrnn_sd']:.2f}")
+    v = v if l["vdrnn"] is not None else _missing(l)
+    diff = _fmt(l["diff"]) if l["diff"] is not None else "–"
+    out.append(f"| {l['row']} | {l['metric']} | {_fmt(l['paper'])} | {v} | {diff} "
+               f"| {l['seeds'] or '–'} | {status(l)} | {l['device'] or '–'} "
+               f"| {wall(l['wall_s'])} |")
+  out += ["", "### Sentiment regression (Pang & Lee, test RMSE in rating units)", "",
+          "Paper: Gal & Ghahramani 2016, Sec. 5.2, figure only (no published number). All rows "
+          "use the released scripts' semantics and split (`:<scheme>,released`).", "",
+          "| row | metric | vdrnn | seed | run | device | wall time |",
+          "|---|---|---|---|---|---|---|"]
+  for l in sent:
+    v = _fmt(l["vdrnn"], 4) if l["vdrnn"] is not None else _missing(l)
+    out.append(f"| {l['row']} | {l['metric']} | {v} | {l['seeds'] or '–'} | {status(l)} "
+               f"| {l['device'] or '–'} | {wall(l['wall_s'])} |")
+  sent_recs = [r for r in records if r["task"] == "sentiment" and r["curve"]]
+  if sent_recs:
+    last = max(c["epoch"] for r in sent_recs for c in r["curve"])
+    cols = [e for e in SENTIMENT_EPOCHS if e <= last]
+    out += ["", "Test RMSE (dropout approximation) at fixed epochs:", "",
+            "| row | " + " | ".join(f"epoch {e}" for e in cols) + " |",
+            "|---|" + "---|" * len(cols)]
+    for r in sent_recs:
+      at = {c["epoch"]: c.get("test_rmse") for c in r["curve"]}
+      out.append(f"| {r['row']} | " + " | ".join(_fmt(at.get(e), 4) for e in cols) + " |")
+  out += ["", "Commands (as run, or to run for the rows marked not run):", ""]
+  out += [f"* {r['row']} ({r['status']}): `{r['command']}`" for r in records]
+  return "\n".join(out) + "\n"
+
+
+def _missing(line: dict) -> str:
+  """The value cell of a line without a number."""
+  none = line["status"] == "not run" or line["status"].startswith("0/")
+  return "not run" if none else "not finished"
+
+
+def plot_sentiment(records: list[dict], results_dir: str) -> list[str]:
+  """``sentiment_<cell>.png``: test RMSE against epochs for the three schemes of each cell."""
+  import matplotlib
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+
+  paths = []
+  for cell in ("lstm", "gru"):
+    recs = [r for r in records if r["row"].startswith(f"sentiment_{cell}_")]
+    if not any(r["curve"] for r in recs):
+      continue
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for r in recs:
+      pts = [(c["epoch"], c["test_rmse"]) for c in r["curve"] if c.get("test_rmse") is not None]
+      if not pts:
+        continue
+      scheme = r["row"].rsplit("_", 1)[-1]
+      line, = ax.plot(*zip(*pts), marker="o" if len(pts) < 30 else None, ms=3, label=scheme)
+      mc = (r["results"] or {}).get("test_rmse_mc")
+      if mc is not None:
+        ax.plot([pts[-1][0]], [mc], "*", color=line.get_color(), ms=9)
+    ax.set_title(f"{cell.upper()}, released semantics (star: MC dropout at the end)")
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("test RMSE (rating units)")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    path = os.path.join(results_dir, f"sentiment_{cell}.png")
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    paths.append(path)
+  return paths
+
+
+def report(root: str, results_dir: str, extra: list[str]) -> list[dict]:
+  os.makedirs(results_dir, exist_ok=True)
+  committed = _read_json(os.path.join(results_dir, "results.json"))
+  records = merge([collect(r, root, extra) for r in ROWS], committed)
+  ptb, sent = ptb_lines(records), sentiment_lines(records)
+  with open(os.path.join(results_dir, "results.json"), "w") as f:
+    json.dump({"generated": time.strftime("%Y-%m-%d %H:%M:%S"), "rows": records}, f, indent=1)
+  cols = ["row", "metric", "paper", "paper_spread", "vdrnn", "vdrnn_sd", "diff", "seeds", "status",
+          "epochs", "device", "wall_s", "command"]
+  with open(os.path.join(results_dir, "results.csv"), "w", newline="") as f:
+    w = csv.DictWriter(f, fieldnames=cols, extrasaction="ignore")
+    w.writeheader()
+    for l in ptb + sent:
+      p = l["paper"]
+      w.writerow({**l, "paper": None if p is None else p[0],
+                  "paper_spread": None if p is None else p[1]})
+  table = markdown(ptb, sent, records)
+  with open(os.path.join(results_dir, "README_table.md"), "w") as f:
+    f.write(table)
+  figures = plot_sentiment(records, results_dir)
+  print(table)
+  print(f"wrote {results_dir}/results.json, results.csv, README_table.md" +
+        "".join(f", {os.path.basename(p)}" for p in figures))
+  return records
+
+
+# ----------------------------------------------------------------------------------------
+# Command line.
+
+_ONLY = flags.DEFINE_list("only", [], "Row names or prefixes to run / list (default: all).")
+_DRY_RUN = flags.DEFINE_bool("dry_run", False, "List the rows and their commands; run nothing.")
+_REPORT = flags.DEFINE_bool("report", False,
+                            "Collect the workdirs into tables and figures; run nothing.")
+_ROOT = flags.DEFINE_string("workdir_root", "workdirs/reproduce",
+                            "Row <name> runs in <workdir_root>/<name>.")
+_RESULTS = flags.DEFINE_string("results_dir", "launch/results", "Where --report writes its files.")
+_GPUS = flags.DEFINE_string("gpus", "auto", "Comma-separated GPU ids (one row per GPU); 'auto' "
+                            "(CUDA_VISIBLE_DEVICES, else nvidia-smi) or 'none' for the CPU.")
+_PARALLEL = flags.DEFINE_integer("parallel", 1, "Rows at a time on the CPU (no GPUs).")
+_EPOCHS = flags.DEFINE_integer("epochs", 0,
+                               "Override train.num_epochs of the selected rows (0: the row's).")
+_OVERRIDE = flags.DEFINE_multi_string("override", [], "CONFIG.PATH=VALUE for every selected row, "
+                                      "e.g. eval.mc_samples=10 (repeatable).")
+_MODULE = flags.DEFINE_string("module", "launch.run_row",
+                              "Module each row runs (tests use a stand-in).")
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+
+  def _main():
+    extra = override_flags(_OVERRIDE.value, _EPOCHS.value)
+    root = _ROOT.value
+    if _REPORT.value:
+      report(root, _RESULTS.value, extra)
+      return
+    rows = select(ROWS, _ONLY.value)
+    epochs = {r.name: requested_epochs(r, extra) for r in rows}
+    runs = [as_run(r, root) for r in rows]
+    done = lambda run: is_finished(run, epochs[run["name"]])
+    if _DRY_RUN.value:
+      for r, run in zip(rows, runs):
+        state = ("finished" if done(run) else
+                 "partial" if os.path.isdir(run["workdir"]) else "not run")
+        print(f"{r.name} [{state}; {r.where}; {epochs[r.name]} epochs]\n"
+              f"  {command(r, root, extra)}")
+      return
+    gpus = [] if _GPUS.value == "none" else (sweep.detect_gpus() if _GPUS.value == "auto" else
+                                             [g for g in _GPUS.value.split(",") if g.strip()])
+    codes = sweep.run_all(runs, None, extra, gpus=gpus, parallel=_PARALLEL.value,
+                          module=_MODULE.value, poll_s=2.0, is_finished=done)
+    failed = [n for n, c in codes.items() if c != 0]
+    if failed:
+      raise UserError(f"{len(failed)} row(s) failed: {', '.join(failed)} "
+                      "(see train.log in their workdirs)")
+
+  run_main(_main)
+
+
+if __name__ == "__main__":
+  app.run(main)

@@ -1,0 +1,182 @@
+"""launch/reproduce.py: --dry_run lists every row with its command; the report is built from
+fixture workdirs (missing rows "not run" with their command, seeds aggregated, committed rows
+kept); rows run, skip and extend through the sweep queue; launch/run_row.py records the device."""
+
+import csv
+import json
+import os
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from launch import paper, reproduce
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def cli(*args, env=None, timeout=300):
+  return subprocess.run([sys.executable, "-m", "launch.reproduce", *args], cwd=ROOT,
+                        capture_output=True, text=True, timeout=timeout, env=env)
+
+
+def test_dry_run_lists_every_row_and_its_command(tmp_path):
+  out = cli("--dry_run", "--workdir_root", str(tmp_path / "r"))
+  assert out.returncode == 0, out.stderr
+  for row in reproduce.ROWS:
+    overrides = [f"--config.{p}={v}" for p, v in row.overrides]
+    want = shlex.join(["python", "-m", "vdrnn.train", "--config", row.config, "--workdir",
+                       str(tmp_path / "r" / row.name), *overrides])
+    assert f"{row.name} [not run" in out.stdout and want in out.stdout, row.name
+  names = {r.name for r in reproduce.ROWS}
+  schemes = ("variational", "naive", "none")
+  sentiment = [f"sentiment_{c}_{s}" for c in ("lstm", "gru") for s in schemes]
+  for required in ("zaremba_small_seed0", "zaremba_small_seed1", "zaremba_small_seed2",
+                   "medium_naive", "medium_variational_tied", "medium_variational_untied",
+                   "large_variational_tied", "large_variational_untied", "large_zaremba",
+                   "large_variational_untied_tied_embeddings", *sentiment):
+    assert required in names
+  # --only with a prefix, and overrides passed through to the commands.
+  out = cli("--dry_run", "--only", "sentiment_gru", "--epochs", "7", "--override",
+            "eval.mc_samples=10", "--workdir_root", str(tmp_path / "r"))
+  assert out.returncode == 0, out.stderr
+  assert out.stdout.count("python -m vdrnn.train") == 3 and "sentiment_lstm" not in out.stdout
+  assert "--config.eval.mc_samples=10 --config.train.num_epochs=7" in out.stdout
+  assert "7 epochs" in out.stdout
+  bad = cli("--dry_run", "--only", "nope")
+  assert bad.returncode == 2 and "matches no row" in bad.stderr
+
+
+def write(path: Path, obj) -> None:
+  path.parent.mkdir(parents=True, exist_ok=True)
+  if isinstance(obj, list):
+    path.write_text("".join(json.dumps(r) + "\n" for r in obj))
+  else:
+    path.write_text(json.dumps(obj))
+
+
+def fake_workdir(root: Path, name: str, *, seed=0, epochs=13, results=None, history=(),
+                 device="cpu", wall=(100.0,)):
+  wd = root / name
+  write(wd / "config.json", {"seed": seed, "train": {"num_epochs": epochs}})
+  write(wd / "metrics.jsonl", [{"event": "train", "step": 1, "epoch": 1}] +
+        [{"event": "epoch", "step": i + 1, **h} for i, h in enumerate(history)])
+  start = 1000.0
+  sessions = []
+  for w in wall:
+    sessions.append({"command": f"python -m vdrnn.train --workdir {wd}", "device": device,
+                     "start": start, "end": start + w, "exit": 0})
+    start += w + 10
+  write(wd / "run_info.json", {"sessions": sessions})
+  if results is not None:
+    write(wd / "results.json", results)
+
+
+def test_report_from_fixture_workdirs(tmp_path):
+  root, out = tmp_path / "root", tmp_path / "results"
+  fake_workdir(root, "zaremba_small_seed0", seed=0, wall=(50.0, 70.0),
+               results={"valid_ppl": 122.0, "valid_ppl_lua": 121.0, "test_ppl": 117.0})
+  fake_workdir(root, "zaremba_small_seed1", seed=1,
+               results={"valid_ppl": 120.0, "valid_ppl_lua": 119.0, "test_ppl": 115.0})
+  fake_workdir(root, "large_variational_untied", results={"valid_ppl": 79.0, "valid_ppl_lua": 78.0,
+                                                          "test_ppl": 75.5, "mc_test_ppl": 73.6},
+               device="NVIDIA H100 80GB HBM3 (gpu)", epochs=55)
+  hist = [{"epoch": e, "test_rmse": 0.2 - 0.01 * e, "train_rmse": 0.1} for e in range(1, 6)]
+  fake_workdir(root, "sentiment_lstm_variational", epochs=5, history=hist,
+               results={"test_rmse": 0.15, "test_rmse_mc": 0.149, "mc_samples": 10})
+  fake_workdir(root, "sentiment_lstm_naive", epochs=5, history=hist[:2])  # still running
+
+  recs = {r["row"]: r for r in reproduce.report(str(root), str(out), [])}
+  assert recs["zaremba_small_seed0"]["wall_s"] == 120.0
+  assert recs["zaremba_small_seed0"]["status"] == "done"
+  assert recs["sentiment_lstm_naive"]["status"] == "partial (2/5 epochs)"
+  assert recs["medium_naive"]["status"] == "not run"
+
+  table = (out / "README_table.md").read_text()
+  lines = table.splitlines()
+  # Seeds aggregated: mean 116 +- sd 1.41 against 114.5.
+  fam = next(l for l in lines if l.startswith("| zaremba_small (mean of 2 seeds) | test "))
+  assert "| 114.5 | 116.00 ± 1.41 | 1.50 | 0,1 |" in fam
+  lua = next(l for l in lines if l.startswith("| large_variational_untied | valid (Lua formula)"))
+  assert "| 77.9 ± 0.3 | 78.00 | 0.10 |" in lua and "NVIDIA H100 80GB HBM3 (gpu)" in lua
+  mc = "| large_variational_untied | MC test | 73.4 ± 0.0 | 73.60 | 0.20 |"
+  assert any(l.startswith(mc) for l in lines)
+  # Rows without a result: "not run" with their command, never a number.
+  med = next(l for l in lines if l.startswith("| medium_naive | test "))
+  assert "| 82.7 | not run | – |" in med
+  row = next(r for r in reproduce.ROWS if r.name == "medium_naive")
+  cmd = reproduce.command(row, str(root), [])
+  assert f"* medium_naive (not run): `{cmd}`" in table
+  partial = next(l for l in lines if l.startswith("| sentiment_lstm_naive | test RMSE, last epoch"))
+  assert "| not finished |" in partial and "partial (2/5 epochs)" in partial
+  # Sentiment: final numbers, the fixed-epoch table and one figure per cell with a curve.
+  assert "| sentiment_lstm_variational | MC test RMSE (10 samples), last epoch | 0.1490 |" in table
+  assert "| sentiment_lstm_variational | 0.1900 | 0.1800 | 0.1500 |" in table  # epochs 1, 2, 5
+  assert (out / "sentiment_lstm.png").stat().st_size > 1000
+  assert not (out / "sentiment_gru.png").exists()
+  with open(out / "results.csv") as f:
+    rows = list(csv.DictReader(f))
+  assert {r["row"] for r in rows} >= {"medium_naive", "sentiment_gru_none",
+                                      "zaremba_small (mean of 2 seeds)"}
+
+  # Regenerated from the committed results alone (no workdirs): the done rows are kept.
+  recs2 = {r["row"]: r for r in reproduce.report(str(tmp_path / "empty"), str(out), [])}
+  assert recs2["large_variational_untied"]["results"]["mc_test_ppl"] == 73.6
+  assert recs2["sentiment_lstm_naive"]["status"] == "not run"
+  assert (out / "README_table.md").read_text().count("NVIDIA H100") >= 3
+
+
+def test_paper_values_are_the_papers():
+  assert paper.PTB["zaremba_small"]["test"] == (114.5, None)
+  assert paper.PTB["large_variational_untied"]["mc_test"] == (73.4, 0.0)
+  assert paper.PTB["large_variational_untied_tied_embeddings"]["test"] == (73.2, None)
+  for row in reproduce.ROWS:
+    assert (row.paper is not None) == (row.task == "ptb"), row.name
+
+
+FAKE_TRAIN = '''
+import json, os, sys
+args = sys.argv[1:]
+wd = args[args.index("--workdir") + 1]
+ov = dict(a[len("--config."):].split("=", 1) for a in args if a.startswith("--config."))
+calls = os.path.join(wd, "calls")
+n = (int(open(calls).read()) if os.path.exists(calls) else 0) + 1
+open(calls, "w").write(str(n))
+cfg = {"seed": 0, "train": {"num_epochs": int(ov["train.num_epochs"])}}
+json.dump(cfg, open(os.path.join(wd, "config.json"), "w"))
+json.dump({"test_rmse": 0.2}, open(os.path.join(wd, "results.json"), "w"))
+'''
+
+
+def test_rows_run_skip_and_extend(tmp_path):
+  (tmp_path / "fake_train.py").write_text(FAKE_TRAIN)
+  env = {**os.environ, "PYTHONPATH": f"{tmp_path}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
+  args = ["--only", "sentiment_lstm", "--gpus", "none", "--parallel", "2", "--module", "fake_train",
+          "--workdir_root", str(tmp_path / "r")]
+  first = cli(*args, "--epochs", "2", env=env)
+  assert first.returncode == 0, first.stdout + first.stderr
+  assert "3 runs: 0 finished, 3 to run on the CPU, 2 at a time" in first.stdout
+  again = cli(*args, "--epochs", "2", env=env)
+  assert "3 runs: 3 finished, 0 to run" in again.stdout
+  more = cli(*args, "--epochs", "3", env=env)  # more epochs: the rows run again (resume and extend)
+  assert "3 runs: 0 finished, 3 to run" in more.stdout
+  assert (tmp_path / "r" / "sentiment_lstm_none" / "calls").read_text() == "2"
+
+
+def test_run_row_records_the_device_and_runs_vdrnn_train(tmp_path):
+  wd = tmp_path / "tiny"
+  env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=1",
+         "JAX_PLATFORMS": "cpu"}
+  args = ["--config", "configs/ptb_tiny.py:none", "--workdir", str(wd),
+          "--config.train.num_epochs=1", "--config.data_limit=1500"]
+  out = subprocess.run([sys.executable, "-m", "launch.run_row", *args], cwd=ROOT,
+                       capture_output=True, text=True, timeout=300, env=env)
+  assert out.returncode == 0, out.stderr[-2000:]
+  info = json.loads((wd / "run_info.json").read_text())
+  (s,) = info["sessions"]
+  assert s["device"] == "cpu" and s["exit"] == 0 and s["end"] > s["start"]
+  assert s["command"].startswith("python -m vdrnn.train --config configs/ptb_tiny.py:none")
+  res = json.loads((wd / "results.json").read_text())
+  assert 0 < res["valid_ppl_lua"] < res["valid_ppl"]  # the Lua formula divides by more tokens
