@@ -104,7 +104,8 @@ class DropoutLSTMCell(nnx.OptimizedLSTMCell):
       dt = self.dtype or x.dtype
       w_i = self.dense_i.kernel[...].reshape(D, 4, H).astype(dt)
       w_h = self.dense_h.kernel[...].reshape(H, 4, H).astype(dt)
-      z = (jnp.einsum("gbd,dgk->bgk", xm.astype(dt), w_i) + jnp.einsum("gbh,hgk->bgk", hm.astype(dt), w_h))
+      z = (jnp.einsum("gbd,dgk->bgk", xm.astype(dt), w_i)
+           + jnp.einsum("gbh,hgk->bgk", hm.astype(dt), w_h))
       z = z.reshape(x.shape[0], 4 * H) + self.dense_h.bias[...].astype(dt)
     i, f, g, o = jnp.split(z, 4, axis=-1)
     i, f, g, o = jax.nn.sigmoid(i), jax.nn.sigmoid(f), jnp.tanh(g), jax.nn.sigmoid(o)
@@ -118,14 +119,17 @@ class FlaxRNNLM(nnx.Module):
     init = _uniform(m.init_scale)
     self.tied = m.tied_gates
     self.embed = nnx.Embed(m.vocab_size, m.emb_dim, embedding_init=init, rngs=rngs)
-    self.drop_x = nnx.List([nnx.Dropout(m.p_x, broadcast_dims=(1,), rngs=rngs) for _ in range(m.num_layers)])
+    L = m.num_layers
+    self.drop_x = nnx.List([nnx.Dropout(m.p_x, broadcast_dims=(1,), rngs=rngs) for _ in range(L)])
     self.rnns = nnx.List([
-        nnx.RNN(DropoutLSTMCell(m.emb_dim if l == 0 else m.hidden, m.hidden, p_x=m.p_x, p_h=m.p_h, tied=m.tied_gates,
-                                kernel_init=init, recurrent_kernel_init=init, bias_init=init, dtype=dtype, rngs=rngs),
+        nnx.RNN(DropoutLSTMCell(m.emb_dim if l == 0 else m.hidden, m.hidden, p_x=m.p_x, p_h=m.p_h,
+                                tied=m.tied_gates, kernel_init=init, recurrent_kernel_init=init,
+                                bias_init=init, dtype=dtype, rngs=rngs),
                 return_carry=True, broadcast_rngs="recurrent_dropout")
-        for l in range(m.num_layers)])
+        for l in range(L)])
     self.drop_out = nnx.Dropout(m.p_out, broadcast_dims=(1,), rngs=rngs)
-    self.out = nnx.Linear(m.hidden, m.vocab_size, kernel_init=init, bias_init=init, dtype=dtype, rngs=rngs)
+    self.out = nnx.Linear(m.hidden, m.vocab_size, kernel_init=init, bias_init=init, dtype=dtype,
+                          rngs=rngs)
 
   def __call__(self, tokens, carry):  # tokens [B, T]; carry: per layer (c, h)
     x = self.embed(tokens)
@@ -145,8 +149,8 @@ def build_flax_rnn(cfg, dtype: str = "float32"):
   B, T = t.batch_size, t.seq_length
   cdt = jnp.bfloat16 if dtype == "bfloat16" else None
   model = FlaxRNNLM(m, cdt, rngs=nnx.Rngs(params=0, dropout=1, recurrent_dropout=2))
-  optimizer = nnx.Optimizer(model, optax.chain(optax.clip_by_global_norm(t.max_grad_norm), optax.sgd(1.0)),
-                            wrt=nnx.Param)
+  tx = optax.chain(optax.clip_by_global_norm(t.max_grad_norm), optax.sgd(1.0))
+  optimizer = nnx.Optimizer(model, tx, wrt=nnx.Param)
 
   @nnx.jit
   def step(model, optimizer, carry, x, y):
@@ -180,12 +184,14 @@ class VariationalLM(nnx.Module):
     init = _uniform(m.init_scale)
     self.compute_dtype = compute_dtype
     self.embed = nnx.Param(init(rngs.params(), (m.vocab_size, m.emb_dim)))
-    self.emb_drop = vnn.WordTypeDropout(m.p_emb, time_major=True,
-                                        shared_across_batch=m.get("emb_shared_across_batch", False), rngs=rngs)
+    shared = m.get("emb_shared_across_batch", False)
+    self.emb_drop = vnn.WordTypeDropout(m.p_emb, time_major=True, shared_across_batch=shared,
+                                        rngs=rngs)
     self.lstms = nnx.List([
-        vnn.VariationalLSTM(m.emb_dim if l == 0 else m.hidden, m.hidden, rate_x=m.p_x, rate_h=m.p_h,
-                            tied_gates=m.tied_gates, unroll=unroll, compute_dtype=compute_dtype, time_major=True,
-                            return_carry=True, kernel_init=init, recurrent_kernel_init=init, bias_init=init,
+        vnn.VariationalLSTM(m.emb_dim if l == 0 else m.hidden, m.hidden, rate_x=m.p_x,
+                            rate_h=m.p_h, tied_gates=m.tied_gates, unroll=unroll,
+                            compute_dtype=compute_dtype, time_major=True, return_carry=True,
+                            kernel_init=init, recurrent_kernel_init=init, bias_init=init,
                             rngs=rngs)
         for l in range(m.num_layers)])
     self.out_drop = vnn.LockedDropout(m.p_out, time_major=True, rngs=rngs)
@@ -253,7 +259,8 @@ def build_nnx_variational(cfg, dtype: str = "float32", rows_only: bool = True):
   """``(run, info)``: the PTB step of an NNX model built from ``vdrnn.nn`` layers."""
   m = cfg.model
   cdt = jnp.bfloat16 if dtype == "bfloat16" else None
-  model = VariationalLM(m, cdt, cfg.train.unroll, rngs=nnx.Rngs(params=cfg.seed, dropout=cfg.seed + 1))
+  rngs = nnx.Rngs(params=cfg.seed, dropout=cfg.seed + 1)
+  model = VariationalLM(m, cdt, cfg.train.unroll, rngs=rngs)
   step, state = make_variational_step(cfg, model, rows_only)
   run, compile_s = _runner(step, state, _batches(cfg), lambda s: bool(jnp.isfinite(s["loss"])))
   return run, {"compile_s": compile_s, "gates": "tied" if m.tied_gates else "untied",

@@ -118,7 +118,8 @@ def _constant(value: Array) -> Initializer:
 
 class _RandomLayer(nnx.Module):
   """Resolution of ``deterministic`` and of the key source, as in ``nnx.Dropout``. Subclasses
-  set ``rates`` (a tuple), ``deterministic``, ``rng_collection`` and call ``_init_rngs``."""
+  set ``deterministic`` and ``rng_collection`` and call ``_init_rngs``; ``rates`` (all drop
+  probabilities) is ``(self.rate,)`` unless overridden."""
 
   def _init_rngs(self, rngs) -> None:
     if isinstance(rngs, nnx.Rngs):
@@ -157,6 +158,10 @@ class _RandomLayer(nnx.Module):
     raise TypeError(f"rngs must be an nnx.Rngs, an nnx.RngStream or a key, "
                     f"got {type(rngs).__name__}")
 
+  @property
+  def rates(self) -> tuple:
+    return (self.rate,)
+
   def set_view(self, deterministic: Optional[bool] = None):
     """``nnx.view`` hook. Args: deterministic: True for the dropout approximation."""
     if deterministic is not None:
@@ -182,7 +187,6 @@ class _VariationalRNN(_RandomLayer):
     self.in_features, self.hidden_features = in_features, hidden_features
     self.rate_x = masks_lib.check_rate(rate_x, "rate_x")
     self.rate_h = masks_lib.check_rate(rate_h, "rate_h")
-    self.rates = (rate_x, rate_h)
     self.tied_gates, self.unroll, self.compute_dtype = tied_gates, unroll, compute_dtype
     self.time_major, self.return_carry = time_major, return_carry
     self.deterministic, self.rng_collection = deterministic, rng_collection
@@ -192,6 +196,10 @@ class _VariationalRNN(_RandomLayer):
     self.w_h = nnx.Param(recurrent_kernel_init(rngs.params(), (H, G * H), param_dtype))
     self.b = nnx.Param(bias_init(rngs.params(), (G * H,), param_dtype))
     self._init_rngs(rngs)
+
+  @property
+  def rates(self) -> tuple:
+    return (self.rate_x, self.rate_h)
 
   def params(self) -> dict:
     """The core's parameter dict ``{"w_x", "w_h", "b"}`` (the variables' current arrays)."""
@@ -324,7 +332,6 @@ class WordTypeDropout(_RandomLayer):
                deterministic: Optional[bool] = False, rng_collection: str = "dropout",
                rngs: nnx.Rngs | nnx.RngStream | None = None):
     self.rate = masks_lib.check_rate(rate, "rate")
-    self.rates = (rate,)
     self.shared_across_batch, self.time_major = shared_across_batch, time_major
     self.deterministic, self.rng_collection = deterministic, rng_collection
     self._init_rngs(rngs)
@@ -360,7 +367,6 @@ class LockedDropout(_RandomLayer):
                deterministic: Optional[bool] = False, rng_collection: str = "dropout",
                rngs: nnx.Rngs | nnx.RngStream | None = None):
     self.rate = masks_lib.check_rate(rate, "rate")
-    self.rates = (rate,)
     self.time_major = time_major
     self.deterministic, self.rng_collection = deterministic, rng_collection
     self._init_rngs(rngs)
