@@ -436,22 +436,27 @@ def report(root: str, results_dir: str, extra: list[str]) -> list[dict]:
 # ----------------------------------------------------------------------------------------
 # Command line.
 
-_ONLY = flags.DEFINE_list("only", [], "Row names or prefixes to run / list (default: all).")
-_DRY_RUN = flags.DEFINE_bool("dry_run", False, "List the rows and their commands; run nothing.")
-_REPORT = flags.DEFINE_bool("report", False,
-                            "Collect the workdirs into tables and figures; run nothing.")
-_ROOT = flags.DEFINE_string("workdir_root", "workdirs/reproduce",
-                            "Row <name> runs in <workdir_root>/<name>.")
-_RESULTS = flags.DEFINE_string("results_dir", "launch/results", "Where --report writes its files.")
-_GPUS = flags.DEFINE_string("gpus", "auto", "Comma-separated GPU ids (one row per GPU); 'auto' "
-                            "(CUDA_VISIBLE_DEVICES, else nvidia-smi) or 'none' for the CPU.")
-_PARALLEL = flags.DEFINE_integer("parallel", 1, "Rows at a time on the CPU (no GPUs).")
-_EPOCHS = flags.DEFINE_integer("epochs", 0,
-                               "Override train.num_epochs of the selected rows (0: the row's).")
-_OVERRIDE = flags.DEFINE_multi_string("override", [], "CONFIG.PATH=VALUE for every selected row, "
-                                      "e.g. eval.mc_samples=10 (repeatable).")
-_MODULE = flags.DEFINE_string("module", "launch.run_row",
-                              "Module each row runs (tests use a stand-in).")
+def define_flags() -> None:
+  """The command line's flags, defined when it runs (this module is also imported as a
+  library, beside other tools with flags of their own)."""
+  if "results_dir" in flags.FLAGS:
+    return
+  flags.DEFINE_list("only", [], "Row names or prefixes to run / list (default: all).")
+  flags.DEFINE_bool("dry_run", False, "List the rows and their commands; run nothing.")
+  flags.DEFINE_bool("report", False,
+                    "Collect the workdirs into tables and figures; run nothing.")
+  flags.DEFINE_string("workdir_root", "workdirs/reproduce",
+                      "Row <name> runs in <workdir_root>/<name>.")
+  flags.DEFINE_string("results_dir", "launch/results", "Where --report writes its files.")
+  flags.DEFINE_string("gpus", "auto", "Comma-separated GPU ids (one row per GPU); 'auto' "
+                      "(CUDA_VISIBLE_DEVICES, else nvidia-smi) or 'none' for the CPU.")
+  flags.DEFINE_integer("parallel", 1, "Rows at a time on the CPU (no GPUs).")
+  flags.DEFINE_integer("epochs", 0,
+                       "Override train.num_epochs of the selected rows (0: the row's).")
+  flags.DEFINE_multi_string("override", [], "CONFIG.PATH=VALUE for every selected row, "
+                            "e.g. eval.mc_samples=10 (repeatable).")
+  flags.DEFINE_string("module", "launch.run_row",
+                      "Module each row runs (tests use a stand-in).")
 
 
 def main(argv):
@@ -459,26 +464,27 @@ def main(argv):
     raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
 
   def _main():
-    extra = override_flags(_OVERRIDE.value, _EPOCHS.value)
-    root = _ROOT.value
-    if _REPORT.value:
-      report(root, _RESULTS.value, extra)
+    extra = override_flags(flags.FLAGS.override, flags.FLAGS.epochs)
+    root = flags.FLAGS.workdir_root
+    if flags.FLAGS.report:
+      report(root, flags.FLAGS.results_dir, extra)
       return
-    rows = select(ROWS, _ONLY.value)
+    rows = select(ROWS, flags.FLAGS.only)
     epochs = {r.name: requested_epochs(r, extra) for r in rows}
     runs = [as_run(r, root) for r in rows]
     done = lambda run: is_finished(run, epochs[run["name"]])
-    if _DRY_RUN.value:
+    if flags.FLAGS.dry_run:
       for r, run in zip(rows, runs):
         state = ("finished" if done(run) else
                  "partial" if os.path.isdir(run["workdir"]) else "not run")
         print(f"{r.name} [{state}; {r.where}; {epochs[r.name]} epochs]\n"
               f"  {command(r, root, extra)}")
       return
-    gpus = [] if _GPUS.value == "none" else (sweep.detect_gpus() if _GPUS.value == "auto" else
-                                             [g for g in _GPUS.value.split(",") if g.strip()])
-    codes = sweep.run_all(runs, None, extra, gpus=gpus, parallel=_PARALLEL.value,
-                          module=_MODULE.value, poll_s=2.0, is_finished=done)
+    g = flags.FLAGS.gpus
+    gpus = [] if g == "none" else (sweep.detect_gpus() if g == "auto" else
+                                   [x for x in g.split(",") if x.strip()])
+    codes = sweep.run_all(runs, None, extra, gpus=gpus, parallel=flags.FLAGS.parallel,
+                          module=flags.FLAGS.module, poll_s=2.0, is_finished=done)
     failed = [n for n, c in codes.items() if c != 0]
     if failed:
       raise UserError(f"{len(failed)} row(s) failed: {', '.join(failed)} "
@@ -488,4 +494,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+  define_flags()
   app.run(main)

@@ -89,6 +89,7 @@ def test_missing_peer_is_skipped_with_a_message(monkeypatch):
     return real_import(name, *args, **kwargs)
 
   monkeypatch.setattr(builtins, "__import__", fake_import)
+  monkeypatch.setattr(peers, "PEERS", {k: peers.PEERS[k] for k in ("keras", "torch")})
   report = driver.run(["peers"], tiny=True, dtypes=["float32"], log=lambda m: None, isolate_peers=False)
   assert not report["results"]
   reasons = " ".join(s["reason"] for s in report["skipped"])
@@ -102,6 +103,7 @@ def test_flop_count_of_medium():
 
 def test_cli_rejects_unknown_section():
   from absl import app, flags
+  driver.define_flags()
   flags.FLAGS(["bench", "--only", "nope"])
   try:
     with pytest.raises(app.UsageError, match="unknown section"):

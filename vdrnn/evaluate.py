@@ -27,9 +27,14 @@ from vdrnn.errors import UserError, parse_flags, run_main
 
 SPLITS = ("test", "valid")
 
-_WORKDIR = flags.DEFINE_string("workdir", None, "Training workdir (config.json, checkpoints/).")
-_CHECKPOINT = flags.DEFINE_string("checkpoint", "latest", "latest, best or a step number.")
-_SPLIT = flags.DEFINE_string("split", "test", "test or valid (sentiment: also train).")
+def define_flags() -> None:
+  """The command line's flags, defined when it runs (this module is also imported as a
+  library, beside other tools with flags of their own)."""
+  if "checkpoint" in flags.FLAGS:
+    return
+  flags.DEFINE_string("workdir", None, "Training workdir (config.json, checkpoints/).")
+  flags.DEFINE_string("checkpoint", "latest", "latest, best or a step number.")
+  flags.DEFINE_string("split", "test", "test or valid (sentiment: also train).")
 
 
 def evaluate_workdir(config, workdir: str, *, checkpoint: str = "latest", split: str = "test",
@@ -83,16 +88,17 @@ def summary(result: dict) -> str:
 def flags_parser(argv: list[str]) -> list[str]:
   """Parses ``--workdir`` first, makes that run's ``config.json`` the ``--config`` flag
   (``config_flags.DEFINE_config_dict``), then parses everything with one-line errors."""
+  define_flags()
   try:
     flags.FLAGS(argv, known_only=True)
   except flags.Error as e:
     print(f"error: {' '.join(str(e).split())}", file=sys.stderr)
     sys.exit(2)
-  if not _WORKDIR.value:
+  if not flags.FLAGS.workdir:
     print("error: --workdir is required: the directory a training run wrote", file=sys.stderr)
     sys.exit(2)
   try:
-    config = load_run_config(_WORKDIR.value)
+    config = load_run_config(flags.FLAGS.workdir)
   except UserError as e:
     print(f"error: {e}", file=sys.stderr)
     sys.exit(2)
@@ -111,8 +117,8 @@ def main(argv):
 
   def _main():
     config = flags.FLAGS.config
-    result = evaluate_workdir(config, _WORKDIR.value, checkpoint=_CHECKPOINT.value,
-                              split=_SPLIT.value)
+    result = evaluate_workdir(config, flags.FLAGS.workdir, checkpoint=flags.FLAGS.checkpoint,
+                              split=flags.FLAGS.split)
     print(json.dumps({k: v for k, v in result.items() if k != "data"}))
     if config.get("task", "ptb") == "ptb":
       print(summary(result), file=sys.stderr)

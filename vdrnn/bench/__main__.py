@@ -2,7 +2,8 @@
 
 from absl import app
 
-from vdrnn.bench.driver import main
+from vdrnn.bench.driver import define_flags, main
 
 if __name__ == "__main__":
+  define_flags()
   app.run(main)

@@ -180,37 +180,42 @@ def format_table(report: dict) -> str:
   return "\n".join(lines)
 
 
-_QUICK = flags.DEFINE_bool("quick", False, "Fewer shapes and repetitions (about 2 minutes on a CPU).")
-_TINY = flags.DEFINE_bool("tiny", False, "Toy shapes: a smoke test of every section in seconds.")
-_JSON = flags.DEFINE_string("json", None, "Write the full report as JSON to this path.")
-_TABLE = flags.DEFINE_string("table", None, "Also write the table (with the command) to this path, "
-                             "e.g. vdrnn/bench/results/<machine>.txt.")
-_ONLY = flags.DEFINE_list("only", list(SECTIONS), f"Sections, from {','.join(SECTIONS)}.")
-_DTYPES = flags.DEFINE_list("dtypes", [], "e.g. float32 (default: float32 and bfloat16 where the "
-                            "device supports it).")
-_PEER_WORKER = flags.DEFINE_string("peer_worker", None, "Internal: NAME,SHAPE,DTYPE of a peer worker.")
+def define_flags() -> None:
+  """The command line's flags, defined when it runs (this module is also imported as a
+  library, beside other tools with flags of their own)."""
+  if "peer_worker" in flags.FLAGS:
+    return
+  flags.DEFINE_bool("quick", False, "Fewer shapes and repetitions (about 2 minutes on a CPU).")
+  flags.DEFINE_bool("tiny", False, "Toy shapes: a smoke test of every section in seconds.")
+  flags.DEFINE_string("json", None, "Write the full report as JSON to this path.")
+  flags.DEFINE_string("table", None, "Also write the table (with the command) to this path, "
+                      "e.g. vdrnn/bench/results/<machine>.txt.")
+  flags.DEFINE_list("only", list(SECTIONS), f"Sections, from {','.join(SECTIONS)}.")
+  flags.DEFINE_list("dtypes", [], "e.g. float32 (default: float32 and bfloat16 where the "
+                    "device supports it).")
+  flags.DEFINE_string("peer_worker", None, "Internal: NAME,SHAPE,DTYPE of a peer worker.")
 
 
 def main(argv) -> None:
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments {argv[1:]}")
-  if _PEER_WORKER.value:
-    peers.peer_worker(_PEER_WORKER.value)
+  if flags.FLAGS.peer_worker:
+    peers.peer_worker(flags.FLAGS.peer_worker)
     return
-  bad = [s for s in _ONLY.value if s not in SECTIONS]
+  bad = [s for s in flags.FLAGS.only if s not in SECTIONS]
   if bad:
     raise app.UsageError(f"unknown section(s) {bad}; choose from {list(SECTIONS)}")
-  report = run(_ONLY.value, quick=_QUICK.value, tiny=_TINY.value, dtypes=_DTYPES.value or None,
-               json_path=_JSON.value)
+  f = flags.FLAGS
+  report = run(f.only, quick=f.quick, tiny=f.tiny, dtypes=f.dtypes or None, json_path=f.json)
   table = format_table(report)
   print(table)
-  if _TABLE.value:
-    os.makedirs(os.path.dirname(os.path.abspath(_TABLE.value)), exist_ok=True)
-    with open(_TABLE.value, "w") as f:
+  if flags.FLAGS.table:
+    os.makedirs(os.path.dirname(os.path.abspath(flags.FLAGS.table)), exist_ok=True)
+    with open(flags.FLAGS.table, "w") as f:
       f.write(f"# python -m vdrnn.bench {' '.join(sys.argv[1:])}\n{table}\n")
-  if _JSON.value:
-    write_json(report, _JSON.value)
-    print(f"wrote {_JSON.value}", file=sys.stderr)
+  if flags.FLAGS.json:
+    write_json(report, flags.FLAGS.json)
+    print(f"wrote {flags.FLAGS.json}", file=sys.stderr)
 
 
 def write_json(report: dict, path: str) -> None:

@@ -3,6 +3,8 @@ in a worker process, timed in interleaved rounds with vdrnn.
 
 * ``keras``: ``LSTM(dropout, recurrent_dropout)`` (untied per-sequence masks);
 * ``torch``: an ``LSTMCell`` loop with per-sequence masks (tied);
+* ``flax``: ``nnx.RNN(OptimizedLSTMCell)`` with recurrent dropout assembled the documented
+  Flax way (``vdrnn.bench.flax_peer``; tied);
 * ``cudnn`` (``build_torch_cudnn``): one ``nn.LSTM(num_layers=L, dropout=p_x)``: standard dropout
   (a fresh mask per element and step) on the embedded input, between layers and on the
   output; no recurrent dropout. The speed ceiling of an LSTM: cuDNN cannot drop ``h``.
@@ -28,6 +30,7 @@ import jax
 import numpy as np
 
 from vdrnn import lm
+from vdrnn.bench import flax_peer
 from vdrnn.bench.common import (_fraction, _random_batches, _shape_str, gemm_probe, lm_config, matmul_params,
                                 step_runner)
 
@@ -301,11 +304,12 @@ def build_torch_awd(cfg, dtype: str = "float32"):
 
 
 PEERS = {"keras": build_keras, "torch": build_torch, "cudnn": build_torch_cudnn,
-         "awd": build_torch_awd}
+         "awd": build_torch_awd, "flax": flax_peer.build_flax_rnn}
 # The vdrnn row each peer is compared with: the gate masks it implements (keras: untied;
 # torch: tied); cudnn and awd do no per-sequence recurrent masks and are held against the
 # paper's untied step.
-PEER_GATES = {"keras": "untied", "torch": "tied", "cudnn": "untied", "awd": "untied"}
+PEER_GATES = {"keras": "untied", "torch": "tied", "cudnn": "untied", "awd": "untied",
+              "flax": "tied"}  # flax: the natural Flax idiom, one mask for all gates
 
 
 def build_peer(name: str, shape: str, dtype: str):
