@@ -38,7 +38,8 @@ def get_config(arg=None):
   elif scheme == "none":
     c.model.p_emb = c.model.p_x = c.model.p_h = c.model.p_out = 0.0
   else:                          # Keras examples/imdb_lstm.py
-    c.model.p_emb, c.model.p_x, c.model.p_h, c.model.p_out = 0.0, 0.2, 0.2, 0.0  # dropout=0.2, recurrent_dropout=0.2
+    # dropout=0.2, recurrent_dropout=0.2
+    c.model.p_emb, c.model.p_x, c.model.p_h, c.model.p_out = 0.0, 0.2, 0.2, 0.0
     c.data.maxlen = 80           # maxlen = 80
     c.data.valid_fraction = 0.0  # validation_data=(x_test, y_test): all 25k reviews train
     c.train.batch_size = 32      # batch_size = 32

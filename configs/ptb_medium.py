@@ -2,7 +2,7 @@
 
   variational_untied (default)  Gal & Ghahramani, untied gates: 81.9 val / 79.7 test, MC 78.6
   variational_tied               tied gates: 81.8 / 79.7, MC 79.0
-  naive                          Zaremba et al.: dropout 0.5 on non-recurrent connections: 86.2 / 82.7
+  naive                          Zaremba et al.: dropout 0.5, non-recurrent: 86.2 / 82.7
   none                           no dropout (over-fits)
 (configs/PAPER.md, Table 1.)
 

@@ -2,7 +2,8 @@
 
   python -m launch.sweep --config configs/ptb_medium.py \\
       --grid p_emb,p_h=0,0.1,0.2,0.3 --grid p_x,p_out=0.3,0.4,0.5 \\
-      --workdir_root workdirs/sweep_medium [--gpus 0,1,2,3 | --parallel 2] [--config.train.num_epochs=20]
+      --workdir_root workdirs/sweep_medium [--gpus 0,1,2,3 | --parallel 2] \\
+      [--config.train.num_epochs=20]
 
 Each ``--grid KEYS=VALUES`` is one axis: keys joined by a comma move together (the paper
 tied the embedding rate to the recurrent one and the input rate to the output one), and
@@ -62,8 +63,12 @@ def resolve_key(config, key: str) -> str:
     return key
   found = [f"{s}.{key}" for s in SECTIONS[1:] if has(f"{s}.{key}")]
   if len(found) != 1:
-    where = f"in {' and '.join(found)}" if found else "not a field of the config, " + ", ".join(SECTIONS[1:])
-    raise SystemExit(f"error: --grid key {key!r} is {where}; give its full path, e.g. {(found or ['model.' + key])[0]}")
+    where = f"in {' and '.join(found)}" if found else "not a field of the config, " + ", ".join(
+        SECTIONS[1:])
+    raise SystemExit(
+        f"error: --grid key {key!r} is {where}; give its full path, e.g. "
+        f"{(found or ['model.' + key])[0]}"
+    )
   return found[0]
 
 
@@ -109,7 +114,10 @@ def plan(config, specs: list[str], workdir_root: str) -> list[dict]:
   return runs
 
 
-def train_command(run: dict, config_spec: str, extra: list[str], module: str = "vdrnn.train") -> list[str]:
+def train_command(run: dict,
+                  config_spec: str,
+                  extra: list[str],
+                  module: str = "vdrnn.train") -> list[str]:
   """The run's command line; a run may carry its own ``config`` (then ``config_spec`` is unused)."""
   return [sys.executable, "-m", module, "--config", run.get("config") or config_spec,
           "--workdir", run["workdir"], *(f"--config.{p}={v}" for p, v in run["point"].items()),
@@ -127,8 +135,11 @@ def detect_gpus() -> list[str]:
   if shutil.which("nvidia-smi") is None:
     return []
   try:
-    out = subprocess.run(["nvidia-smi", "--query-gpu=index", "--format=csv,noheader"], capture_output=True,
-                         text=True, timeout=30, check=True).stdout
+    out = subprocess.run(["nvidia-smi", "--query-gpu=index", "--format=csv,noheader"],
+                         capture_output=True,
+                         text=True,
+                         timeout=30,
+                         check=True).stdout
   except (subprocess.SubprocessError, OSError):
     return []
   return [l.strip() for l in out.splitlines() if l.strip()]
@@ -164,7 +175,8 @@ def run_all(runs: list[dict], config_spec: str, extra: list[str], *, gpus: list[
         proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
         active[i] = (run, proc, log)
         ckpts = os.path.join(run["workdir"], "checkpoints")
-        resumed = " (resuming)" if os.path.isdir(ckpts) and any(d.isdigit() for d in os.listdir(ckpts)) else ""
+        resumed = " (resuming)" if os.path.isdir(ckpts) and any(
+            d.isdigit() for d in os.listdir(ckpts)) else ""
         on = f"GPU {slot['gpu']}" if slot["gpu"] is not None else "CPU"
         print(f"[{n}/{len(runs) - skipped}] start {run['name']} on {on}{resumed}", flush=True)
       for i, (run, proc, log) in list(active.items()):
@@ -194,7 +206,8 @@ def _interrupt(signum, frame):
 
 def summarize(runs: list[dict], workdir_root: str, codes: dict | None = None) -> list[dict]:
   """Rows with the grid values and final perplexities, best validation first; prints them as a
-  table and writes ``<workdir_root>/summary.csv``. ``codes``: exit codes of this invocation's runs."""
+  table and writes ``<workdir_root>/summary.csv``. ``codes``: exit codes of this invocation's
+  runs."""
   rows = []
   for run in runs:
     row = {p.rsplit(".", 1)[-1]: v for p, v in run["point"].items()}
@@ -205,7 +218,8 @@ def summarize(runs: list[dict], workdir_root: str, codes: dict | None = None) ->
     for k in ("valid_ppl", "test_ppl", "best_valid_ppl", "mc_test_ppl"):
       row[k] = res.get(k)
     failed = (codes or {}).get(run["name"], 0) != 0
-    row["status"] = "done" if res else "failed" if failed else "partial" if os.path.isdir(run["workdir"]) else "pending"
+    row["status"] = "done" if res else "failed" if failed else "partial" if os.path.isdir(
+        run["workdir"]) else "pending"
     row["workdir"] = run["workdir"]
     rows.append(row)
 
@@ -214,7 +228,9 @@ def summarize(runs: list[dict], workdir_root: str, codes: dict | None = None) ->
     ok = isinstance(v, (int, float)) and math.isfinite(v)
     return (not ok, v if ok else 0.0)
   rows.sort(key=key)
-  cols = [c for c in rows[0] if c != "mc_test_ppl" or any(r["mc_test_ppl"] is not None for r in rows)] if rows else []
+  cols = [
+      c for c in rows[0] if c != "mc_test_ppl" or any(r["mc_test_ppl"] is not None for r in rows)
+  ] if rows else []
   os.makedirs(workdir_root, exist_ok=True)
   with open(os.path.join(workdir_root, "summary.csv"), "w", newline="") as f:
     w = csv.DictWriter(f, fieldnames=cols, extrasaction="ignore")
@@ -223,7 +239,9 @@ def summarize(runs: list[dict], workdir_root: str, codes: dict | None = None) ->
 
   def fmt(v):
     return f"{v:.2f}" if isinstance(v, float) else ("-" if v is None else str(v))
-  table = [[c for c in cols if c != "workdir"]] + [[fmt(r[c]) for c in cols if c != "workdir"] for r in rows]
+
+  table = [[c for c in cols if c != "workdir"]
+          ] + [[fmt(r[c]) for c in cols if c != "workdir"] for r in rows]
   widths = [max(len(line[i]) for line in table) for i in range(len(table[0]))] if rows else []
   for line in table:
     print("  ".join(s.rjust(w) for s, w in zip(line, widths)))
@@ -231,8 +249,15 @@ def summarize(runs: list[dict], workdir_root: str, codes: dict | None = None) ->
   return rows
 
 
-def slurm_script(runs: list[dict], config_spec: str, extra: list[str], workdir_root: str, summary_cmd: str, *,
-                 max_parallel: int = 0, sbatch: list[str] = (), module: str = "vdrnn.train") -> str:
+def slurm_script(runs: list[dict],
+                 config_spec: str,
+                 extra: list[str],
+                 workdir_root: str,
+                 summary_cmd: str,
+                 *,
+                 max_parallel: int = 0,
+                 sbatch: list[str] = (),
+                 module: str = "vdrnn.train") -> str:
   """A SLURM array script, one task per run (``--gres=gpu:1`` each); a task whose run has a
   ``results.json`` exits at once, the others start or resume their run."""
   cases = []
@@ -304,7 +329,8 @@ def main(argv) -> int:
   root = FLAGS.workdir_root
   runs = plan(config, FLAGS.grid, root)
   if len({r["name"] for r in runs}) != len(runs):
-    raise app.UsageError("two grid points map to the same run name; check --grid for repeated values")
+    raise app.UsageError(
+        "two grid points map to the same run name; check --grid for repeated values")
   os.makedirs(root, exist_ok=True)
   with open(os.path.join(root, "sweep.json"), "w") as f:
     json.dump({"argv": sys.argv[1:], "config": FLAGS.config, "extra": extra, "runs": runs}, f,
@@ -314,8 +340,15 @@ def main(argv) -> int:
       summary_cmd = shlex.join(["python", "-m", "launch.sweep", "--config", FLAGS.config,
                                 *(f"--grid={g}" for g in FLAGS.grid), "--workdir_root", root,
                                 *extra, "--summary_only"])
-      f.write(slurm_script(runs, FLAGS.config, extra, root, summary_cmd,
-                           max_parallel=FLAGS.slurm_max_parallel, sbatch=FLAGS.sbatch, module=FLAGS.module))
+      f.write(
+          slurm_script(runs,
+                       FLAGS.config,
+                       extra,
+                       root,
+                       summary_cmd,
+                       max_parallel=FLAGS.slurm_max_parallel,
+                       sbatch=FLAGS.sbatch,
+                       module=FLAGS.module))
     print(f"wrote {FLAGS.slurm}: {len(runs)} array tasks; submit with sbatch {FLAGS.slurm}")
     return 0
   if FLAGS.dry_run:

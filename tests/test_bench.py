@@ -28,27 +28,82 @@ def test_tiny_benchmark_runs_and_reports(tmp_path):
 
 
 def test_table_with_peers_mc_population_and_skips():
-  row = {"impl": "vdrnn", "shape": "medium", "dims": "2x650 B20 T35", "dtype": "float32", "load": 0.1}
-  report = {"device": common.device_info(), "dtypes": ["float32"], "load_start": 0.1, "load_end": 0.2, "seconds": 1.0,
-            "gemm": {"float32": 100e9}, "skipped": [{"section": "peers", "reason": "torch peer skipped: torch is "
-                                                                                     "not installed"}],
-            "results": [{**row, "section": "train", "gates": "tied", "tokens_per_s": 2000.0, "seconds_per_step": 0.35,
-                         "flops_per_s": 70e9},
-                        {**row, "section": "train", "gates": "untied", "tokens_per_s": 1800.0, "seconds_per_step": 0.39,
-                         "flops_per_s": 63e9},
-                        {**row, "section": "mc", "gates": "untied", "samples": 1000, "sample_tokens_per_s": 9e3,
-                         "seconds": 3.9, "flops_per_s": 80e9},
-                        {**row, "section": "population", "gates": "untied", "K": 4, "tokens_per_s": 5000.0,
-                         "seconds_per_step": 0.56, "flops_per_s": 90e9},
-                        {**row, "section": "side", "gates": "untied", "tokens_per_s": 1700.0, "seconds_per_step": 0.41,
-                         "flops_per_s": 60e9, "gemm_fraction": 0.55},
-                        {**row, "section": "peer", "impl": "keras", "gates": "untied", "tokens_per_s": 600.0,
-                         "seconds_per_step": 1.2, "flops_per_s": 20e9, "gemm_fraction": 0.2, "vdrnn_speedup": 2.9}]}
+  row = {
+      "impl": "vdrnn",
+      "shape": "medium",
+      "dims": "2x650 B20 T35",
+      "dtype": "float32",
+      "load": 0.1
+  }
+  report = {
+      "device":
+          common.device_info(),
+      "dtypes": ["float32"],
+      "load_start":
+          0.1,
+      "load_end":
+          0.2,
+      "seconds":
+          1.0,
+      "gemm": {
+          "float32": 100e9
+      },
+      "skipped": [{
+          "section": "peers",
+          "reason": "torch peer skipped: torch is "
+                    "not installed"
+      }],
+      "results": [{
+          **row, "section": "train",
+          "gates": "tied",
+          "tokens_per_s": 2000.0,
+          "seconds_per_step": 0.35,
+          "flops_per_s": 70e9
+      }, {
+          **row, "section": "train",
+          "gates": "untied",
+          "tokens_per_s": 1800.0,
+          "seconds_per_step": 0.39,
+          "flops_per_s": 63e9
+      }, {
+          **row, "section": "mc",
+          "gates": "untied",
+          "samples": 1000,
+          "sample_tokens_per_s": 9e3,
+          "seconds": 3.9,
+          "flops_per_s": 80e9
+      }, {
+          **row, "section": "population",
+          "gates": "untied",
+          "K": 4,
+          "tokens_per_s": 5000.0,
+          "seconds_per_step": 0.56,
+          "flops_per_s": 90e9
+      }, {
+          **row, "section": "side",
+          "gates": "untied",
+          "tokens_per_s": 1700.0,
+          "seconds_per_step": 0.41,
+          "flops_per_s": 60e9,
+          "gemm_fraction": 0.55
+      }, {
+          **row, "section": "peer",
+          "impl": "keras",
+          "gates": "untied",
+          "tokens_per_s": 600.0,
+          "seconds_per_step": 1.2,
+          "flops_per_s": 20e9,
+          "gemm_fraction": 0.2,
+          "vdrnn_speedup": 2.9
+      }]
+  }
   report["summary"] = driver.summarize(report, "medium")
   s = report["summary"]
   assert s["untied_slowdown_float32"] == pytest.approx(2000 / 1800)
-  assert s["speedup_vs_keras_medium_float32"] == pytest.approx(2.9)  # the per-round median, not 1700 / 600
-  assert s["side_by_side_medium_untied_float32_gemm_fraction"] == pytest.approx(0.55)  # kept, not recomputed
+  assert s["speedup_vs_keras_medium_float32"] == pytest.approx(
+      2.9)  # the per-round median, not 1700 / 600
+  assert s["side_by_side_medium_untied_float32_gemm_fraction"] == pytest.approx(
+      0.55)  # kept, not recomputed
   assert s["mc_S1000_gemm_fraction"] == pytest.approx(0.8)
   table = driver.format_table(report)
   assert "2.90x keras" in table and "skipped: torch peer skipped" in table
@@ -90,7 +145,11 @@ def test_missing_peer_is_skipped_with_a_message(monkeypatch):
 
   monkeypatch.setattr(builtins, "__import__", fake_import)
   monkeypatch.setattr(peers, "PEERS", {k: peers.PEERS[k] for k in ("keras", "torch")})
-  report = driver.run(["peers"], tiny=True, dtypes=["float32"], log=lambda m: None, isolate_peers=False)
+  report = driver.run(["peers"],
+                      tiny=True,
+                      dtypes=["float32"],
+                      log=lambda m: None,
+                      isolate_peers=False)
   assert not report["results"]
   reasons = " ".join(s["reason"] for s in report["skipped"])
   assert "keras" in reasons and "torch" in reasons and "not installed" in reasons
@@ -170,7 +229,8 @@ def test_lstm_backward_matches_autodiff(kind, padded):
   args = (p, c0, h0, xs, mx, mh)
   ref = jax.jit(jax.value_and_grad(lambda *a: loss(_reference_lstm(), *a), argnums))(*args)
   new = jax.jit(jax.value_and_grad(lambda *a: loss(rnn.lstm, *a), argnums))(*args)
-  np.testing.assert_allclose(float(new[0]), float(ref[0]), rtol=1e-6)  # same function, float op order may differ
+  np.testing.assert_allclose(float(new[0]), float(ref[0]),
+                             rtol=1e-6)  # same function, float op order may differ
   for a, b in zip(jax.tree.leaves(ref[1]), jax.tree.leaves(new[1])):
     np.testing.assert_allclose(b, a, rtol=1e-5, atol=1e-5)
 
@@ -193,7 +253,9 @@ def test_matmul_vjp_matches_autodiff(dtype):
   """``rnn.matmul``'s backward (``dw`` from a materialised ``x^T``) against autodiff of the
   plain product; bfloat16 against the same product of operands rounded to bfloat16."""
   k = jax.random.split(jax.random.key(0), 3)
-  x, w, g = jax.random.normal(k[0], (7, 3, 16)), jax.random.normal(k[1], (16, 40)), jax.random.normal(k[2], (7, 3, 40))
+  x, w, g = jax.random.normal(k[0], (7, 3, 16)), jax.random.normal(k[1],
+                                                                   (16, 40)), jax.random.normal(
+                                                                       k[2], (7, 3, 40))
   rnd = (lambda a: a) if dtype is None else (lambda a: a.astype(dtype).astype(jnp.float32))
   ref = lambda x, w: (jnp.einsum("tbk,kn->tbn", rnd(x), rnd(w)) * g).sum()
   new = lambda x, w: (rnn.matmul(x, w, dtype) * g).sum()

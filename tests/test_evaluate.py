@@ -68,22 +68,43 @@ def loop_reference(cfg, params, ids, samples, rates, temperature):
   logps = np.stack(logps)  # [S, N - 1]
   assert logps.shape == (samples, len(ids) - 1)
   k = np.arange(1, samples + 1)[:, None]
-  return (np.logaddexp.accumulate(logps, axis=0) - np.log(k)).mean(1), (np.cumsum(logps, 0) / k).mean(1)
+  return (np.logaddexp.accumulate(logps, axis=0) - np.log(k)).mean(1), (np.cumsum(logps, 0) /
+                                                                        k).mean(1)
 
 
 CASES = {
     # untied variational masks, word-type embedding dropout on, both Melis et al. knobs
-    "variational_untied": dict(arg="variational_untied", emb=True, mult=1.2, temp=0.8,
-                               rates={"emb": 0.36, "x": 0.6, "h": 0.36, "out": 0.6}),
+    "variational_untied":
+        dict(arg="variational_untied",
+             emb=True,
+             mult=1.2,
+             temp=0.8,
+             rates={
+                 "emb": 0.36,
+                 "x": 0.6,
+                 "h": 0.36,
+                 "out": 0.6
+             }),
     # naive (Zaremba) masks: fresh at every step, per window from fold_in(k_s, window)
-    "naive": dict(arg="naive", emb=False, mult=1.0, temp=1.0, rates={"emb": 0.0, "x": 0.5, "h": 0.0, "out": 0.5}),
+    "naive":
+        dict(arg="naive",
+             emb=False,
+             mult=1.0,
+             temp=1.0,
+             rates={
+                 "emb": 0.0,
+                 "x": 0.5,
+                 "h": 0.0,
+                 "out": 0.5
+             }),
 }
 
 
 def case_setup(name):
   c = CASES[name]
   cfg = tiny_config(c["arg"])
-  cfg.eval.mc_emb_dropout, cfg.eval.rate_multiplier, cfg.eval.temperature = c["emb"], c["mult"], c["temp"]
+  cfg.eval.mc_emb_dropout, cfg.eval.rate_multiplier, cfg.eval.temperature = c["emb"], c["mult"], c[
+      "temp"]
   return cfg, models.init_lm(jax.random.key(0), cfg.model), tiny_stream()
 
 
@@ -100,7 +121,8 @@ def vectorised(name, chunk):
 @pytest.mark.parametrize("name", list(CASES))
 def test_vectorised_matches_loop_over_samples(name):
   cfg, params, ids = case_setup(name)
-  ref, ref_mean_logp = loop_reference(cfg, params, ids, S, CASES[name]["rates"], cfg.eval.temperature)
+  ref, ref_mean_logp = loop_reference(cfg, params, ids, S, CASES[name]["rates"],
+                                      cfg.eval.temperature)
   got = vectorised(name, 3)
   np.testing.assert_allclose(got, ref, rtol=1e-5, atol=1e-5)
   # The test can tell the mean of probabilities from the mean of log-probabilities.
@@ -121,7 +143,8 @@ def test_segments_of_windows_do_not_change_the_result(name, monkeypatch):
   got = {}
   for seconds in (0.0, 1e9):  # one window per call after the first; all windows in one call
     monkeypatch.setattr(lm_eval, "PROGRESS_SECONDS", seconds)
-    got[seconds] = lm_eval.mc_log_pbar(cfg, params, ids, samples=4, chunk=2, rates=rates)["log_pbar"]
+    got[seconds] = lm_eval.mc_log_pbar(cfg, params, ids, samples=4, chunk=2,
+                                       rates=rates)["log_pbar"]
   assert len(lm_eval.stream_windows(ids, cfg.eval.seq_length)[0]) >= 3
   np.testing.assert_allclose(got[0.0], got[1e9], rtol=1e-6, atol=1e-6)
 
@@ -188,7 +211,8 @@ def test_training_runs_mc_at_the_end(workdir):
   wd, results = workdir
   with open(os.path.join(wd, "mc_test.json")) as f:
     mc = json.load(f)
-  assert results["mc_test_ppl"] == mc["ppl"] and mc["samples"] == 3 and len(mc["ppl_by_samples"]) == 3
+  assert results["mc_test_ppl"] == mc["ppl"] and mc["samples"] == 3 and len(
+      mc["ppl_by_samples"]) == 3
   assert mc["det_ppl"] == pytest.approx(results["test_ppl"], rel=1e-6)
   assert os.path.getsize(os.path.join(wd, "mc_test.png")) > 1000
 
@@ -203,13 +227,16 @@ def test_evaluate_workdir_reproduces_training(workdir):
 
 def test_cli_overrides(workdir, capsys):
   wd, results = workdir
-  evaluate.cli(["evaluate", f"--workdir={wd}", "--config.eval.mc_samples=4", "--config.eval.mc_chunk=4",
-                "--checkpoint", "best", "--split=valid"])
+  evaluate.cli([
+      "evaluate", f"--workdir={wd}", "--config.eval.mc_samples=4", "--config.eval.mc_chunk=4",
+      "--checkpoint", "best", "--split=valid"
+  ])
   out, err = capsys.readouterr()
   r = json.loads(out)
   assert r["samples"] == 4 and r["split"] == "valid" and r["checkpoint"] == "best"
   assert "MC dropout" in err
-  assert os.path.exists(os.path.join(wd, "mc_valid.json")) and os.path.exists(os.path.join(wd, "mc_valid.png"))
+  assert os.path.exists(os.path.join(wd, "mc_valid.json")) and os.path.exists(
+      os.path.join(wd, "mc_valid.png"))
 
 
 @pytest.mark.parametrize("kwargs, match", [
@@ -242,8 +269,14 @@ def test_cli_missing_workdir_is_one_line(tmp_path):
 def test_sentiment_workdirs_go_to_vdrnn_sentiment(tmp_path, monkeypatch):
   from vdrnn import sentiment
   calls = []
-  monkeypatch.setattr(sentiment, "evaluate_workdir", lambda *a, **k: calls.append((a, k)) or {"ok": 1})
+  monkeypatch.setattr(sentiment, "evaluate_workdir", lambda *a, **k: calls.append(
+      (a, k)) or {"ok": 1})
   (tmp_path / "config.json").write_text(json.dumps({"task": "imdb", "eval": {"mc_samples": 3}}))
-  assert evaluate.evaluate_workdir(None, str(tmp_path), checkpoint="best", split="train") == {"ok": 1}
+  assert evaluate.evaluate_workdir(None, str(tmp_path), checkpoint="best", split="train") == {
+      "ok": 1
+  }
   (config, wd), kwargs = calls[0]
-  assert config.task == "imdb" and wd == str(tmp_path) and kwargs == {"checkpoint": "best", "split": "train"}
+  assert config.task == "imdb" and wd == str(tmp_path) and kwargs == {
+      "checkpoint": "best",
+      "split": "train"
+  }

@@ -31,8 +31,12 @@ CONFIG_ARGS = {  # every config file and the arguments its docstring names
 
 def cli(*args, cwd=ROOT, module="vdrnn.train"):
   env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=1", JAX_PLATFORMS="cpu")
-  return subprocess.run([sys.executable, "-m", module, *args], cwd=cwd, env=env, capture_output=True,
-                        text=True, timeout=300)
+  return subprocess.run([sys.executable, "-m", module, *args],
+                        cwd=cwd,
+                        env=env,
+                        capture_output=True,
+                        text=True,
+                        timeout=300)
 
 
 @pytest.mark.parametrize("name", sorted(CONFIG_ARGS))
@@ -58,8 +62,8 @@ def test_train_cli_writes_to_the_documented_workdir(tmp_path):
 
 
 def test_unknown_field_is_named_after_other_overrides(tmp_path):
-  p = cli("--config", "configs/ptb_tiny.py", f"--config.data_dir={tmp_path}", "--config.model.p_hh=0.3",
-          "--workdir", str(tmp_path / "w"))
+  p = cli("--config", "configs/ptb_tiny.py", f"--config.data_dir={tmp_path}",
+          "--config.model.p_hh=0.3", "--workdir", str(tmp_path / "w"))
   lines = p.stderr.strip().splitlines()
   assert p.returncode == 2 and len(lines) == 1, p.stderr
   assert "--config.model.p_hh" in lines[0] and "p_hh" in lines[0] and "data_dir" not in lines[0]
@@ -76,9 +80,12 @@ def test_non_finite_before_any_checkpoint_says_so(tmp_path, monkeypatch):
 
 
 def _tiny_ptb_args(workdir, epochs):
-  return ["--config", "configs/ptb_tiny.py", "--config.data_limit=2000", "--config.train.progress=False",
-          f"--config.train.num_epochs={epochs}", "--config.train.checkpoint_every_steps=2",
-          "--workdir", str(workdir)]
+  return [
+      "--config", "configs/ptb_tiny.py", "--config.data_limit=2000",
+      "--config.train.progress=False", f"--config.train.num_epochs={epochs}",
+      "--config.train.checkpoint_every_steps=2", "--workdir",
+      str(workdir)
+  ]
 
 
 def test_damaged_newest_checkpoint_resumes_from_the_previous_one(tmp_path):

@@ -17,7 +17,8 @@ def test_dropout_mask_values_and_mean():
 
 def test_rate_zero_is_exactly_ones():
   np.testing.assert_array_equal(masks.dropout_mask(jax.random.key(0), (4, 5), 0.0), np.ones((4, 5)))
-  np.testing.assert_array_equal(masks.word_type_mask(jax.random.key(0), jnp.ones((2, 3), jnp.int32), 0), np.ones((2, 3)))
+  np.testing.assert_array_equal(
+      masks.word_type_mask(jax.random.key(0), jnp.ones((2, 3), jnp.int32), 0), np.ones((2, 3)))
   # A traced rate of 0 (population training) also gives exact ones.
   f = jax.jit(lambda r: masks.dropout_mask(jax.random.key(0), (4, 5), r))
   np.testing.assert_array_equal(f(0.0), np.ones((4, 5)))
@@ -33,8 +34,17 @@ def test_bad_rate_raises_naming_it(rate):
 
 def test_bad_rate_in_sample_masks_names_the_entry():
   with pytest.raises(ValueError, match=r"rates\['h'\]"):
-    masks.sample_masks(jax.random.key(0), {"emb": 0, "x": 0.1, "h": 1.2, "out": 0}, jnp.zeros((2, 3), jnp.int32),
-                       scheme="variational", tied=True, layers=[(4, 4)], n_gates=4)
+    masks.sample_masks(jax.random.key(0), {
+        "emb": 0,
+        "x": 0.1,
+        "h": 1.2,
+        "out": 0
+    },
+                       jnp.zeros((2, 3), jnp.int32),
+                       scheme="variational",
+                       tied=True,
+                       layers=[(4, 4)],
+                       n_gates=4)
 
 
 def test_per_row_rows_differ_and_do_not_depend_on_batch_size():
@@ -74,28 +84,62 @@ def test_sample_masks_shapes_and_determinism():
   tokens = jax.random.randint(jax.random.key(0), (5, 7), 0, 30)
   rates = {"emb": 0.3, "x": 0.5, "h": 0.3, "out": 0.5}
   layers = [(8, 6), (6, 6)]
-  tied = masks.sample_masks(jax.random.key(9), rates, tokens, scheme="variational", tied=True, layers=layers, n_gates=4)
+  tied = masks.sample_masks(jax.random.key(9),
+                            rates,
+                            tokens,
+                            scheme="variational",
+                            tied=True,
+                            layers=layers,
+                            n_gates=4)
   assert tied["emb"].shape == (5, 7)
   assert [m.shape for m in tied["x"]] == [(5, 8), (5, 6)]
   assert [m.shape for m in tied["h"]] == [(5, 6), (5, 6)]
   assert tied["out"].shape == (5, 6)
-  untied = masks.sample_masks(jax.random.key(9), rates, tokens, scheme="variational", tied=False, layers=layers, n_gates=4)
+  untied = masks.sample_masks(jax.random.key(9),
+                              rates,
+                              tokens,
+                              scheme="variational",
+                              tied=False,
+                              layers=layers,
+                              n_gates=4)
   assert [m.shape for m in untied["x"]] == [(4, 5, 8), (4, 5, 6)]
   # gates get different masks when untied
   assert not np.array_equal(untied["h"][0][0], untied["h"][0][1])
-  again = masks.sample_masks(jax.random.key(9), rates, tokens, scheme="variational", tied=True, layers=layers, n_gates=4)
+  again = masks.sample_masks(jax.random.key(9),
+                             rates,
+                             tokens,
+                             scheme="variational",
+                             tied=True,
+                             layers=layers,
+                             n_gates=4)
   for a, b in zip(jax.tree.leaves(tied), jax.tree.leaves(again)):
     np.testing.assert_array_equal(a, b)
-  naive = masks.sample_masks(jax.random.key(9), rates, tokens, scheme="naive", tied=True, layers=layers, n_gates=4)
+  naive = masks.sample_masks(jax.random.key(9),
+                             rates,
+                             tokens,
+                             scheme="naive",
+                             tied=True,
+                             layers=layers,
+                             n_gates=4)
   assert [m.shape for m in naive["x_steps"]] == [(7, 5, 8), (7, 5, 6)]
   assert naive["out"].shape == (7, 5, 6) and naive["h"] == [None, None]
   # naive masks change over time
   assert not np.array_equal(naive["x_steps"][0][0], naive["x_steps"][0][1])
-  zero = masks.sample_masks(jax.random.key(9), dict.fromkeys(rates, 0.0), tokens, scheme="variational", tied=True,
-                            layers=layers, n_gates=4)
+  zero = masks.sample_masks(jax.random.key(9),
+                            dict.fromkeys(rates, 0.0),
+                            tokens,
+                            scheme="variational",
+                            tied=True,
+                            layers=layers,
+                            n_gates=4)
   assert jax.tree.leaves(zero) == []
 
 
 def test_unknown_scheme():
   with pytest.raises(ValueError, match="scheme"):
-    masks.sample_masks(jax.random.key(0), {}, jnp.zeros((1, 1), jnp.int32), scheme="gal", tied=True, layers=[(1, 1)], n_gates=4)
+    masks.sample_masks(jax.random.key(0), {},
+                       jnp.zeros((1, 1), jnp.int32),
+                       scheme="gal",
+                       tied=True,
+                       layers=[(1, 1)],
+                       n_gates=4)

@@ -52,7 +52,11 @@ def test_dropout_changes_the_loss_and_depends_on_key():
 @pytest.mark.parametrize("tied", [True, False])
 def test_variational_input_mask_is_constant_over_time(tied):
   """A dropped input unit of a row has zero influence at every time step of that row."""
-  cfg = tiny("variational_tied" if tied else "variational_untied", p_emb=0.0, p_h=0.0, p_out=0.0, p_x=0.5)
+  cfg = tiny("variational_tied" if tied else "variational_untied",
+             p_emb=0.0,
+             p_h=0.0,
+             p_out=0.0,
+             p_x=0.5)
   params = models.init_lm(jax.random.key(0), cfg)
   x, y = data(B=3, T=8)
   masks = models.lm_masks(jax.random.key(4), cfg, x)
@@ -90,7 +94,9 @@ def test_loss_is_sum_over_time_of_batch_mean():
   params = models.init_lm(jax.random.key(0), cfg)
   x, y = data()
   nll, _ = models.lm_nll(params, models.lm_zero_carry(cfg, 4), x, y)
-  logits = np.asarray(models.lm_logits(params, models.lm_hidden(params, models.lm_zero_carry(cfg, 4), x)[0]))
+  logits = np.asarray(
+      models.lm_logits(params,
+                       models.lm_hidden(params, models.lm_zero_carry(cfg, 4), x)[0]))
   logp = logits - np.log(np.exp(logits).sum(-1, keepdims=True))
   ref = -np.take_along_axis(logp, np.asarray(y).T[..., None], -1)[..., 0]
   np.testing.assert_allclose(nll, ref, rtol=1e-5)
@@ -102,7 +108,9 @@ def test_tied_embeddings_share_the_matrix():
   params = models.init_lm(jax.random.key(0), cfg)
   assert "w" not in params["softmax"]
   ys = jnp.ones((2, 3, cfg.hidden))
-  np.testing.assert_allclose(models.lm_logits(params, ys), ys @ params["embed"].T + params["softmax"]["b"], rtol=1e-6)
+  np.testing.assert_allclose(models.lm_logits(params, ys),
+                             ys @ params["embed"].T + params["softmax"]["b"],
+                             rtol=1e-6)
 
 
 def test_init_is_uniform_in_scale():
@@ -114,8 +122,18 @@ def test_init_is_uniform_in_scale():
 
 def test_seq_model_padding_is_ignored():
   import ml_collections
-  cfg = ml_collections.ConfigDict(dict(vocab_size=30, emb_dim=8, hidden=6, cell="lstm", out_dim=2, scheme="none",
-                                       tied_gates=True, p_emb=0.0, p_x=0.0, p_h=0.0, p_out=0.0))
+  cfg = ml_collections.ConfigDict(
+      dict(vocab_size=30,
+           emb_dim=8,
+           hidden=6,
+           cell="lstm",
+           out_dim=2,
+           scheme="none",
+           tied_gates=True,
+           p_emb=0.0,
+           p_x=0.0,
+           p_h=0.0,
+           p_out=0.0))
   for cell in ("lstm", "gru"):
     cfg.cell = cell
     params = models.init_seq(jax.random.key(0), cfg)

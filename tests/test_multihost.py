@@ -15,8 +15,10 @@ from configs import ptb_tiny
 from vdrnn import checkpoint, lm
 
 ROOT = Path(__file__).resolve().parents[1]
-ARGS = ["--config", "configs/ptb_tiny.py", "--config.train.num_epochs=1", "--config.data_limit=1000",
-        "--config.train.checkpoint_every_steps=0"]
+ARGS = [
+    "--config", "configs/ptb_tiny.py", "--config.train.num_epochs=1", "--config.data_limit=1000",
+    "--config.train.checkpoint_every_steps=0"
+]
 
 
 def free_port() -> int:
@@ -29,8 +31,14 @@ def launch(workdir, devices: int, *extra):
   # Unoptimised XLA code (both sides alike): compiled several times faster.
   env = {**os.environ, "JAX_PLATFORMS": "cpu", "JAX_DISABLE_MOST_OPTIMIZATIONS": "1",
          "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}"}
-  return subprocess.Popen([sys.executable, "-m", "vdrnn.train", *ARGS, "--workdir", str(workdir), *extra],
-                          cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+  return subprocess.Popen(
+      [sys.executable, "-m", "vdrnn.train", *ARGS, "--workdir",
+       str(workdir), *extra],
+      cwd=ROOT,
+      env=env,
+      stdout=subprocess.PIPE,
+      stderr=subprocess.STDOUT,
+      text=True)
 
 
 def finish(procs, timeout=400):
@@ -49,14 +57,17 @@ def finish(procs, timeout=400):
 
 def final_params(workdir, step):
   target = lm.init_state(ptb_tiny.get_config(), 8)
-  state, _ = checkpoint.restore(checkpoint.manager(os.path.join(workdir, "checkpoints")), step, target)
+  state, _ = checkpoint.restore(checkpoint.manager(os.path.join(workdir, "checkpoints")), step,
+                                target)
   return state["params"]
 
 
 def test_two_processes_match_one(tmp_path):
   port = free_port()
-  multi = [launch(tmp_path / "multi", 1, f"--coordinator_address=127.0.0.1:{port}", "--num_processes=2",
-                  f"--process_id={i}") for i in range(2)]
+  multi = [
+      launch(tmp_path / "multi", 1, f"--coordinator_address=127.0.0.1:{port}", "--num_processes=2",
+             f"--process_id={i}") for i in range(2)
+  ]
   single = launch(tmp_path / "single", 2)
   out0, out1, _ = finish([*multi, single])
   assert "2 device(s), 2 process(es)" in out0

@@ -337,7 +337,11 @@ def test_bad_input_is_one_clear_error():
 
 
 def test_flax_example_trains_and_mc_evaluates():
-  r = flax_sentiment.train_and_evaluate(data_dir=TINY, steps=40, mc_samples=4, tiny=True, verify=False)
+  r = flax_sentiment.train_and_evaluate(data_dir=TINY,
+                                        steps=40,
+                                        mc_samples=4,
+                                        tiny=True,
+                                        verify=False)
   assert len(r["losses"]) == 40 and np.all(np.isfinite(r["losses"]))
   # the deterministic training-set loss falls (0.645 -> 0.451 at this seed)
   assert r["train_loss_after"] < 0.8 * r["train_loss_before"], r

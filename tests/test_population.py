@@ -59,7 +59,8 @@ def test_parse_members():
   m = population.member_config(c, members[1])
   assert (m.seed, m.model.p_h, m.model.p_emb, m.population.p_h) == (7, 0.25, 0.2, "")
   c.population.seed = "1,2,3"
-  with pytest.raises(UserError, match=r"population.p_emb has 2.*population.p_h has 2.*population.seed has 3"):
+  with pytest.raises(UserError,
+                     match=r"population.p_emb has 2.*population.p_h has 2.*population.seed has 3"):
     population.parse_members(c)
   c.population.seed = "1,2"
   c.population.p_h = "0,1.0"
@@ -131,7 +132,8 @@ def test_train_population_resumes_and_members_match_single_runs(tmp_path):
   assert events.count("epoch") == 2 and events[-1] == "test"
   target = lm.init_state(population.member_config(c, members[k]), c.train.batch_size)
   mine, _ = checkpoint.restore(checkpoint.manager(os.path.join(mdir, "checkpoints")), 24, target)
-  theirs, _ = checkpoint.restore(checkpoint.manager(os.path.join(single_wd, "checkpoints")), 24, target)
+  theirs, _ = checkpoint.restore(checkpoint.manager(os.path.join(single_wd, "checkpoints")), 24,
+                                 target)
   d = max_diff(mine["params"], theirs["params"])
   print("population member vs single train_lm run after 2 epochs, max abs param diff:", d)
   assert d < 1e-4  # the single run is data parallel over 8 devices: other summation order

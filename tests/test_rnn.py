@@ -13,7 +13,8 @@ def sigmoid(x):
 
 
 def np_lstm(p, c, h, xs, mx, mh, valid=None):
-  """Obvious reference: gate k's pre-activation is (x*mx[k]) W_x[:, k] + (h*mh[k]) W_h[:, k] + b[k]."""
+  """Obvious reference: gate k's pre-activation is
+  (x*mx[k]) W_x[:, k] + (h*mh[k]) W_h[:, k] + b[k]."""
   w_x, w_h, b = (np.asarray(p[k], np.float64) for k in ("w_x", "w_h", "b"))
   H = h.shape[1]
   ys = []
@@ -22,7 +23,8 @@ def np_lstm(p, c, h, xs, mx, mh, valid=None):
     for k in range(4):
       xk = xs[t] * (mx[k] if mx is not None else 1.0)
       hk = h * (mh[k] if mh is not None else 1.0)
-      pre.append(xk @ w_x[:, k * H:(k + 1) * H] + hk @ w_h[:, k * H:(k + 1) * H] + b[k * H:(k + 1) * H])
+      pre.append(xk @ w_x[:, k * H:(k + 1) * H] + hk @ w_h[:, k * H:(k + 1) * H] +
+                 b[k * H:(k + 1) * H])
     i, f, g, o = pre
     c_new = sigmoid(f) * c + sigmoid(i) * np.tanh(g)
     h_new = sigmoid(o) * np.tanh(c_new)
@@ -84,7 +86,8 @@ def test_lstm_matches_numpy(kind, hoist_input):
   H = h0.shape[1]
   mx, mh, rmx, rmh = make_masks(kind, 4, B, D, H)
   (c, h), ys = rnn.lstm(p, (c0, h0), xs, mx, mh, hoist_input=hoist_input)
-  rc, rh, rys = np_lstm(p, np.asarray(c0, np.float64), np.asarray(h0, np.float64), np.asarray(xs, np.float64), rmx, rmh)
+  rc, rh, rys = np_lstm(p, np.asarray(c0, np.float64), np.asarray(h0, np.float64),
+                        np.asarray(xs, np.float64), rmx, rmh)
   np.testing.assert_allclose(ys, rys, rtol=1e-5, atol=1e-5)
   np.testing.assert_allclose(c, rc, rtol=1e-5, atol=1e-5)
   np.testing.assert_allclose(h, rh, rtol=1e-5, atol=1e-5)

@@ -34,7 +34,8 @@ def tiny(module, arg, **train):
 
 def test_tokenize_styles():
   assert data.tokenize("A  Fine\tfilm .\n") == ["a", "fine", "film", "."]
-  assert data.tokenize("Great movie!<br /><br />It's GOOD.", "words") == ["great", "movie", "!", "it's", "good", "."]
+  assert data.tokenize("Great movie!<br /><br />It's GOOD.",
+                       "words") == ["great", "movie", "!", "it's", "good", "."]
 
 
 def test_vocab_most_frequent_first_ties_by_first_occurrence_offset_3():
@@ -60,14 +61,22 @@ def test_shuffle_is_the_released_scripts_numpy_shuffle():
 
 def _texts():
   # 5 reviews: 4 train / 1 test at test_fraction 0.2; "zebra" appears only in review 4.
-  texts = ["good good film", "bad film", "good plot good cast fine", "bad bad bad plot", "zebra zebra film"]
+  texts = [
+      "good good film", "bad film", "good plot good cast fine", "bad bad bad plot",
+      "zebra zebra film"
+  ]
   return texts, np.asarray([0.9, 0.1, 0.8, 0.2, 0.5], np.float32)
 
 
 @pytest.mark.parametrize("split", ["paper", "review"])
 def test_scaledata_segments_carry_their_review_rating(split):
   texts, ratings = _texts()
-  splits, info = data.scaledata_splits(texts, ratings, num_words=10, maxlen=3, split=split, shuffle_seed=0)
+  splits, info = data.scaledata_splits(texts,
+                                       ratings,
+                                       num_words=10,
+                                       maxlen=3,
+                                       split=split,
+                                       shuffle_seed=0)
   order = data.shuffled(5, 0)
   n_segments = sum(len(data.segment([0] * (len(t.split()) + 1), 3)) for t in texts)
   assert sum(len(s["y"]) for s in splits.values()) == n_segments
@@ -100,7 +109,12 @@ def test_paper_split_cuts_segments_review_split_cuts_reviews():
 
 def test_review_split_holds_out_validation_reviews():
   texts, ratings = _texts()
-  splits, info = data.scaledata_splits(texts, ratings, num_words=10, maxlen=2, split="review", valid_fraction=0.25)
+  splits, info = data.scaledata_splits(texts,
+                                       ratings,
+                                       num_words=10,
+                                       maxlen=2,
+                                       split="review",
+                                       valid_fraction=0.25)
   assert set(splits["valid"]["review"]) == {3} and set(splits["train"]["review"]) == {0, 1, 2}
   with pytest.raises(UserError, match="valid_fraction"):
     data.scaledata_splits(texts, ratings, num_words=10, maxlen=2, split="paper", valid_fraction=0.1)
@@ -113,11 +127,17 @@ def test_tiny_scaledata_and_imdb_files_read():
   folder = data.locate.find("imdb", data.IMDB_FILES, TINY, verify=False)
   train, test = data.read_imdb(folder, "train"), data.read_imdb(folder, "test")
   assert len(train[0]) == 24 and len(test[0]) == 16 and set(train[1]) == {0, 1}
-  splits, info = data.imdb_splits(train, test, num_words=30, maxlen=6, valid_fraction=0.25, truncating="pre")
+  splits, info = data.imdb_splits(train,
+                                  test,
+                                  num_words=30,
+                                  maxlen=6,
+                                  valid_fraction=0.25,
+                                  truncating="pre")
   assert info["train_reviews"] == 18 and info["valid_reviews"] == 6 and info["test_reviews"] == 16
   assert set(splits["train"]["y"][:8]) == {0, 1}  # shuffled: the file is sorted by label
   # "pre" keeps the end of a long review: every tiny review ends with "highly" / "poorly" and ".".
-  vocab = data.build_vocab([data.tokenize(train[0][i], "words") for i in data.shuffled(24, 0)[:18]], 30)
+  vocab = data.build_vocab([data.tokenize(train[0][i], "words") for i in data.shuffled(24, 0)[:18]],
+                           30)
   assert (splits["test"]["x"][:, -1] == vocab["."]).all()
   post, _ = data.imdb_splits(train, test, num_words=30, maxlen=6, truncating="post")
   assert (post["test"]["x"][:, 0] == data.START).all()
@@ -148,7 +168,8 @@ def test_configs_read_like_the_paper():
   m = c.model
   assert (m.emb_dim, m.hidden, m.cell, m.out_dim, m.scheme) == (128, 128, "lstm", 1, "variational")
   assert (m.p_emb, m.p_x, m.p_h, m.p_out) == (0.5, 0.5, 0.5, 0.5)
-  assert (c.train.batch_size, c.train.weight_decay, c.train.num_epochs, c.data.split) == (128, 1e-6, 250, "review")
+  assert (c.train.batch_size, c.train.weight_decay, c.train.num_epochs,
+          c.data.split) == (128, 1e-6, 250, "review")
   assert sentiment_lstm.get_config("naive,paper").data.split == "paper"
   assert sentiment_gru.get_config().model.cell == "gru"
   k = imdb_lstm.get_config("keras")
@@ -167,7 +188,8 @@ def test_regression_predictive_mean_std_and_log_likelihood():
   np.testing.assert_allclose(std, [math.sqrt(1 + 2), math.sqrt(1 + 2)])  # var 1 + 1/tau
   ll = uncertainty.gaussian_mc_log_likelihood([2.0], [[1.0], [3.0]], tau=1.0)
   np.testing.assert_allclose(ll, [-0.5 - 0.5 * math.log(2 * math.pi)])
-  ll = uncertainty.gaussian_mc_log_likelihood([0.0], [[0.0]], tau=4.0)  # one sample: a Gaussian density
+  ll = uncertainty.gaussian_mc_log_likelihood([0.0], [[0.0]],
+                                              tau=4.0)  # one sample: a Gaussian density
   np.testing.assert_allclose(ll, [math.log(math.sqrt(4 / (2 * math.pi)))])
   s = uncertainty.regression_summary([0.0, 0.0], [[1.0, -1.0], [1.0, -1.0]], tau=1.0)
   np.testing.assert_allclose([s["rmse"], s["pred_std"]], [1.0, 1.0])
@@ -183,7 +205,8 @@ def test_classification_entropy_mutual_information_nll_ece():
   y = np.array([0, 1, 1, 1])  # correct, wrong, correct, correct
   np.testing.assert_allclose(uncertainty.nll(p, y), -np.mean(np.log([0.95, 0.15, 0.65, 0.75])))
   assert uncertainty.accuracy(p, y) == 0.75
-  # 5 bins: (0.8, 1] holds 0.95, 0.85 (acc 0.5, conf 0.9); (0.6, 0.8] holds 0.65, 0.75 (acc 1, conf 0.7).
+  # 5 bins: (0.8, 1] holds 0.95, 0.85 (acc 0.5, conf 0.9);
+  # (0.6, 0.8] holds 0.65, 0.75 (acc 1, conf 0.7).
   np.testing.assert_allclose(uncertainty.ece(p, y, n_bins=5), 0.5 * 0.4 + 0.5 * 0.3)
   s = uncertainty.classification_summary(p[None], y, n_bins=5)
   np.testing.assert_allclose(s["mi"], 0.0, atol=1e-12)
@@ -206,8 +229,9 @@ def test_reliability_diagram_png(tmp_path):
 
 def _epochs(workdir):
   drop = ("time_s", "eval_time_s", "examples_per_s")
-  return [{k: v for k, v in r.items() if k not in drop} for r in read_jsonl(os.path.join(workdir, "metrics.jsonl"))
-          if r["event"] == "epoch"]
+  return [{
+      k: v for k, v in r.items() if k not in drop
+  } for r in read_jsonl(os.path.join(workdir, "metrics.jsonl")) if r["event"] == "epoch"]
 
 
 @pytest.fixture(scope="module")
@@ -226,7 +250,8 @@ def test_sentiment_lstm_trains_and_reports(lstm_run):
   for f in ("results.json", "metrics.jsonl", "config.json", "learning_curve.png"):
     assert os.path.exists(os.path.join(workdir, f)), f
   hist = _epochs(workdir)
-  assert [h["epoch"] for h in hist] == [1, 2] and all("test_rmse" in h and "valid_rmse" in h for h in hist)
+  assert [h["epoch"] for h in hist] == [1, 2] and all(
+      "test_rmse" in h and "valid_rmse" in h for h in hist)
 
 
 def test_resume_mid_epoch_is_exact(lstm_run, tmp_path):
@@ -248,7 +273,8 @@ def test_evaluate_workdir_matches_training(lstm_run):
   latest = sentiment.evaluate_workdir(None, workdir, checkpoint="latest")
   assert latest["test_rmse"] == r["test_rmse"] and latest["test_rmse_mc"] == r["test_rmse_mc"]
   best = sentiment.evaluate_workdir(c, workdir, checkpoint="best", split="valid")
-  assert math.isfinite(best["valid_rmse_mc"]) and os.path.exists(os.path.join(workdir, "eval_best_valid.json"))
+  assert math.isfinite(best["valid_rmse_mc"]) and os.path.exists(
+      os.path.join(workdir, "eval_best_valid.json"))
   with pytest.raises(UserError, match="split"):
     sentiment.evaluate_workdir(c, workdir, split="nope")
 
@@ -268,8 +294,8 @@ def test_other_configs_train(module, arg, tmp_path):
     assert math.isfinite(r["test_rmse"]) and math.isfinite(r["test_rmse_mc"])
     assert r["best"]["metric"] == "train_rmse"  # the paper split has no validation set
   else:
-    for k in ("test_acc", "test_nll", "test_ece", "test_acc_mc", "test_nll_mc", "test_ece_mc", "test_mi_mc",
-              "test_entropy_mc"):
+    for k in ("test_acc", "test_nll", "test_ece", "test_acc_mc", "test_nll_mc", "test_ece_mc",
+              "test_mi_mc", "test_entropy_mc"):
       assert math.isfinite(r[k]), k
     assert 0 <= r["test_acc"] <= 1 and r["test_mi_mc"] >= 0
     assert os.path.exists(os.path.join(str(tmp_path), "reliability_test.png"))

@@ -43,16 +43,25 @@ GRID = ["--grid", "p_emb,p_h=0,0.1,0.2", "--grid", "p_x,p_out=0.3,0.5"]
 def run_sweep(tmp_path, *extra):
   (tmp_path / "fake_train.py").write_text(FAKE_TRAIN)
   env = {**os.environ, "PYTHONPATH": f"{tmp_path}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
-  cmd = [sys.executable, "-m", "launch.sweep", "--config", "configs/ptb_tiny.py", *GRID,
-         "--workdir_root", str(tmp_path / "sweep"), "--module", "fake_train", "--config.train.num_epochs=2", *extra]
+  cmd = [
+      sys.executable, "-m", "launch.sweep", "--config", "configs/ptb_tiny.py", *GRID,
+      "--workdir_root",
+      str(tmp_path / "sweep"), "--module", "fake_train", "--config.train.num_epochs=2", *extra
+  ]
   return subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
 
 
 def test_plan_ties_keys_and_takes_the_product():
-  runs = sweep.plan(ptb_tiny.get_config(), ["p_emb,p_h=0,0.1", "p_x,p_out=0.3,0.5", "train.lr=1"], "root")
+  runs = sweep.plan(ptb_tiny.get_config(), ["p_emb,p_h=0,0.1", "p_x,p_out=0.3,0.5", "train.lr=1"],
+                    "root")
   assert len(runs) == 4
-  assert runs[1]["point"] == {"model.p_emb": "0", "model.p_h": "0", "model.p_x": "0.5", "model.p_out": "0.5",
-                              "train.lr": "1"}
+  assert runs[1]["point"] == {
+      "model.p_emb": "0",
+      "model.p_h": "0",
+      "model.p_x": "0.5",
+      "model.p_out": "0.5",
+      "train.lr": "1"
+  }
   assert runs[1]["workdir"] == os.path.join("root", "p_emb=0_p_h=0_p_x=0.5_p_out=0.5_lr=1")
   assert sweep.resolve_key(ptb_tiny.get_config(), "seed") == "seed"
   for bad in ["seq_length=5", "p_q=1", "p_h=x", "p_h"]:
@@ -64,11 +73,17 @@ def test_sweep_runs_queues_skips_resumes_and_summarizes(tmp_path):
   first = run_sweep(tmp_path, "--gpus", "none", "--parallel", "2")
   assert first.returncode == 1, first.stdout + first.stderr  # the simulated crash
   assert "6 runs: 0 finished, 6 to run on the CPU, 2 at a time" in first.stdout
-  assert "FAILED (exit 1" in first.stdout and "1 run(s) failed: p_emb=0.2_p_h=0.2_p_x=0.5_p_out=0.5" in first.stderr
+  assert "FAILED (exit 1" in first.stdout
+  assert "1 run(s) failed: p_emb=0.2_p_h=0.2_p_x=0.5_p_out=0.5" in first.stderr
   root = tmp_path / "sweep"
   res = json.loads((root / "p_emb=0.1_p_h=0.1_p_x=0.3_p_out=0.3" / "results.json").read_text())
-  assert res["overrides"] == {"model.p_emb": "0.1", "model.p_h": "0.1", "model.p_x": "0.3", "model.p_out": "0.3",
-                              "train.num_epochs": "2"}
+  assert res["overrides"] == {
+      "model.p_emb": "0.1",
+      "model.p_h": "0.1",
+      "model.p_x": "0.3",
+      "model.p_out": "0.3",
+      "train.num_epochs": "2"
+  }
 
   second = run_sweep(tmp_path, "--gpus", "none", "--parallel", "2")
   assert second.returncode == 0, second.stdout + second.stderr

@@ -21,7 +21,9 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def run_cli(*args, devices=1, **popen):
-  env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}", JAX_PLATFORMS="cpu")
+  env = dict(os.environ,
+             XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}",
+             JAX_PLATFORMS="cpu")
   return subprocess.Popen([sys.executable, "-m", "vdrnn.train", *args], cwd=ROOT, env=env,
                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **popen)
 
@@ -88,17 +90,23 @@ def _final_params(workdir):
   meta = checkpoint.read_meta(mngr)
   from ml_collections import ConfigDict
   config = ConfigDict(meta["config"])
-  state, _ = checkpoint.restore(mngr, mngr.latest_step(), lm.init_state(config, config.train.batch_size))
+  state, _ = checkpoint.restore(mngr, mngr.latest_step(),
+                                lm.init_state(config, config.train.batch_size))
   return state
 
 
 def _epoch_records(workdir):
   recs = [json.loads(l) for l in open(os.path.join(workdir, "metrics.jsonl"))]
-  return [{k: v for k, v in r.items() if k not in ("time_s", "wps")} for r in recs if r["event"] in ("epoch", "test")]
+  return [{
+      k: v for k, v in r.items() if k not in ("time_s", "wps")
+  } for r in recs if r["event"] in ("epoch", "test")]
 
 
 def test_sigkill_and_resume_equals_uninterrupted(tmp_path):
-  args = ["--config", "configs/ptb_tiny.py", "--config.data_limit=20000", "--config.train.checkpoint_every_steps=40"]
+  args = [
+      "--config", "configs/ptb_tiny.py", "--config.data_limit=20000",
+      "--config.train.checkpoint_every_steps=40"
+  ]
   full, resumed = tmp_path / "full", tmp_path / "resumed"
   p = run_cli(*args, "--workdir", str(full))
   out, err = p.communicate(timeout=300)
@@ -123,7 +131,8 @@ def test_sigkill_and_resume_equals_uninterrupted(tmp_path):
   out, err = p.communicate(timeout=300)
   assert p.returncode == 0, err[-2000:]
   assert "resuming from step" in err
-  assert json.loads((full / "results.json").read_text()) == json.loads((resumed / "results.json").read_text())
+  assert json.loads((full / "results.json").read_text()) == json.loads(
+      (resumed / "results.json").read_text())
   assert _epoch_records(full) == _epoch_records(resumed)
   a, b = _final_params(full), _final_params(resumed)
   for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
@@ -158,7 +167,8 @@ def test_corrupt_data_and_incompatible_checkpoint(tmp_path):
   bad.mkdir(parents=True)
   for f in ("ptb.train.txt", "ptb.valid.txt", "ptb.test.txt"):
     (bad / f).write_text("a b c\n")
-  p = run_cli("--config", "configs/ptb_tiny.py", "--workdir", str(tmp_path / "w"), f"--config.data_dir={tmp_path / 'data'}")
+  p = run_cli("--config", "configs/ptb_tiny.py", "--workdir", str(tmp_path / "w"),
+              f"--config.data_dir={tmp_path / 'data'}")
   err = p.communicate(timeout=120)[1]
   assert p.returncode != 0 and "wrong sha256" in err and len(err.strip().splitlines()) == 1, err
 
@@ -168,7 +178,8 @@ def test_corrupt_data_and_incompatible_checkpoint(tmp_path):
   before = sorted(os.listdir(w / "checkpoints"))
   p = run_cli("--config", "configs/ptb_tiny.py", "--workdir", str(w), "--config.model.hidden=32")
   err = p.communicate(timeout=120)[1]
-  assert p.returncode != 0 and "incompatible config (model" in err and len(err.strip().splitlines()) == 1, err
+  assert p.returncode != 0 and "incompatible config (model" in err and len(
+      err.strip().splitlines()) == 1, err
   assert sorted(os.listdir(w / "checkpoints")) == before  # nothing lost
 
 
@@ -178,10 +189,13 @@ def test_non_finite_loss_stops_and_names_the_step(tmp_path, monkeypatch):
   from vdrnn.errors import UserError
   config = ptb_tiny.get_config()
   monkeypatch.setattr(lm, "lr_for_epoch", lambda t, e: 1.0 if e == 0 else float("nan"))
-  monkeypatch.setattr(sharding, "make_mesh", lambda devices=None: sharding.Mesh(np.asarray(jax.devices()[:1]), ("data",)))
+  monkeypatch.setattr(sharding,
+                      "make_mesh",
+                      lambda devices=None: sharding.Mesh(np.asarray(jax.devices()[:1]), ("data",)))
   with pytest.raises(UserError) as e:
     lm.train_lm(config, str(tmp_path))
-  epoch_size = ptb.num_windows(ptb.batchify(np.zeros(config.data_limit), config.train.batch_size), config.train.seq_length)
+  epoch_size = ptb.num_windows(ptb.batchify(np.zeros(config.data_limit), config.train.batch_size),
+                               config.train.seq_length)
   # step epoch_size (0-based) is the first with the NaN rate; its loss is finite, its update is not,
   # so the first non-finite loss is at the next step.
   assert f"non-finite loss or gradient at step {epoch_size + 1} (epoch 2)" in str(e.value)
@@ -190,7 +204,8 @@ def test_non_finite_loss_stops_and_names_the_step(tmp_path, monkeypatch):
   assert all(np.isfinite(np.asarray(l)).all() for l in jax.tree.leaves(state["params"]))
 
 
-@pytest.mark.parametrize("clip,lr", [(5.0, 0.7), (1e-3, 50.0)])  # unclipped; clipped (the norm sets the step)
+@pytest.mark.parametrize("clip,lr", [(5.0, 0.7),
+                                     (1e-3, 50.0)])  # unclipped; clipped (the norm sets the step)
 def test_sparse_embedding_step_equals_a_dense_autodiff_step(clip, lr):
   """The step updates only the looked-up embedding rows (no dense [V, E] gradient) and
   computes the clipping norm without forming it; a plain dense autodiff step is the reference.
@@ -209,7 +224,8 @@ def test_sparse_embedding_step_equals_a_dense_autodiff_step(clip, lr):
   masks = models.lm_masks(jax.random.fold_in(jax.random.key(config.seed), 0), m, x)
   loss = lambda p: models.lm_nll(p, state["carry"], x, y, masks)[0].mean(axis=1).sum()
   grads = jax.grad(loss)(state["params"])
-  assert float(jnp.abs(grads["embed"][12:]).max()) == 0.0 and float(jnp.abs(grads["embed"][:12]).max()) > 0
+  assert float(jnp.abs(grads["embed"][12:]).max()) == 0.0 and float(
+      jnp.abs(grads["embed"][:12]).max()) > 0
   norm = jnp.sqrt(sum(jnp.sum(g * g) for g in jax.tree.leaves(grads)))
   scale = jnp.minimum(1.0, clip / norm)
   assert (clip < norm) == (clip == 1e-3)

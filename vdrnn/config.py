@@ -85,7 +85,7 @@ def lm_base() -> ml_collections.ConfigDict:
   c.model.scheme = "none"          # variational | naive | none
   c.model.tied_gates = False       # variational: one mask for all gates (True) or one per gate
   c.model.p_emb = 0.0              # word-type embedding dropout (dropout_x)
-  c.model.p_x = 0.0                # LSTM-input dropout, every layer (dropout_i); naive: all non-recurrent
+  c.model.p_x = 0.0  # LSTM-input dropout, every layer (dropout_i); naive: all non-recurrent
   c.model.p_h = 0.0                # recurrent dropout (dropout_h)
   c.model.p_out = 0.0              # dropout before the softmax (dropout_o)
   c.model.emb_shared_across_batch = False  # AWD-LSTM embedding dropout: one draw per type per batch
@@ -109,7 +109,7 @@ def lm_base() -> ml_collections.ConfigDict:
   c.eval = ml_collections.ConfigDict()
   c.eval.seq_length = 35       # window for the deterministic valid/test passes (state carried)
   c.eval.mc_samples = 0        # >0: MC-dropout test at the end of training
-  c.eval.mc_chunk = 250        # samples evaluated together (bounds memory: ~0.6 GB at medium shapes)
+  c.eval.mc_chunk = 250  # samples evaluated together (bounds memory: ~0.6 GB at medium shapes)
   c.eval.mc_emb_dropout = False  # released code: embedding dropout off in MC evaluation
   c.eval.temperature = 1.0     # Melis et al. 2018: softmax temperature at evaluation
   c.eval.rate_multiplier = 1.0  # Melis et al. 2018: multiply every dropout rate at evaluation
@@ -173,13 +173,17 @@ def seq_base() -> ml_collections.ConfigDict:
   c.verify_checksums = True  # False: accept data of your own under scaledata/ or imdb/
 
   c.data = ml_collections.ConfigDict()
-  c.data.num_words = 20000     # vocabulary: the most frequent words; ids offset by 3 (0 pad, 1 start, 2 OOV)
+  # vocabulary: the most frequent words; ids offset by 3 (0 pad, 1 start, 2 OOV)
+  c.data.num_words = 20000
   c.data.maxlen = 200          # segment length (sentiment) / cut-or-pad length (imdb)
-  c.data.split = "review"      # sentiment: review (no review in two splits) | paper (the released split)
+  # sentiment: review (no review in two splits) | paper (the released split)
+  c.data.split = "review"
   c.data.test_fraction = 0.2   # 80/20 train/test
-  c.data.valid_fraction = 0.1  # of the training reviews, held out to pick the best checkpoint (0: none)
+  # of the training reviews, held out to pick the best checkpoint (0: none)
+  c.data.valid_fraction = 0.1
   c.data.shuffle_seed = 0      # np.random.seed(0); np.random.shuffle
-  c.data.truncating = "pre"    # imdb: keep the last maxlen tokens (Keras pad_sequences) | post: the first
+  # imdb: keep the last maxlen tokens (Keras pad_sequences) | post: the first
+  c.data.truncating = "pre"
   c.data.max_train = 0         # >0: keep only the first max_train training examples (smoke runs)
   c.data.max_test = 0          # >0: likewise for test
 
@@ -195,7 +199,8 @@ def seq_base() -> ml_collections.ConfigDict:
   c.model.p_x = 0.5            # p_W: RNN-input dropout
   c.model.p_h = 0.5            # p_U: recurrent dropout
   c.model.p_out = 0.5          # p_dense: dropout before the dense layer
-  c.model.emb_shared_across_batch = True  # Keras Embedding(dropout=p): one mask over the vocabulary per batch
+  # Keras Embedding(dropout=p): one mask over the vocabulary per batch
+  c.model.emb_shared_across_batch = True
   # Semantics of the released code's Keras 0.x fork (github.com/yaringal/keras, branch
   # BayesianRNN, used by Sentiment_analysis_code/*.py). The defaults are the modern ones
   # (Keras 2 and later, what vdrnn's README compares against); ``released`` in
@@ -212,13 +217,14 @@ def seq_base() -> ml_collections.ConfigDict:
   c.train = ml_collections.ConfigDict()
   c.train.batch_size = 128
   c.train.num_epochs = 250
-  c.train.lr = 1e-3            # Keras 'adam' defaults: lr 0.001, beta_1 0.9, beta_2 0.999, epsilon 1e-8
+  c.train.lr = 1e-3  # Keras 'adam' defaults: lr 0.001, beta_1 0.9, beta_2 0.999, epsilon 1e-8
   c.train.b1 = 0.9
   c.train.b2 = 0.999
   c.train.eps = 1e-8
   c.train.weight_decay = 1e-6  # Keras l2(1e-6) on every weight: 1e-6 * sum(w^2) added to the loss
   c.train.max_grad_norm = 0.0  # >0: clip the global gradient norm (the released code does not)
-  c.train.checkpoint_every_steps = 0  # >0: also checkpoint within an epoch (always at every epoch end)
+  # >0: also checkpoint within an epoch (always at every epoch end)
+  c.train.checkpoint_every_steps = 0
   c.train.log_every_steps = 10
   c.train.unroll = 1           # lax.scan unroll
   c.train.compute_dtype = "float32"  # or bfloat16 (matmul operands; fp32 accumulation)
@@ -228,9 +234,11 @@ def seq_base() -> ml_collections.ConfigDict:
   c.eval.batch_size = 256      # rows per evaluation batch (the released code: 500)
   c.eval.mc_samples = 50       # MC-dropout samples at the end (the script's T = 50)
   c.eval.mc_chunk = 5          # samples evaluated together (bounds memory)
-  c.eval.mc_every_epochs = 0   # >0: also MC-evaluate the test set every that many epochs (ModelTest: 1, T = 10)
+  # >0: also MC-evaluate the test set every that many epochs (ModelTest: 1, T = 10)
+  c.eval.mc_every_epochs = 0
   c.eval.tau = 0.1             # model precision in the test log-likelihood (ModelTest(tau=0.1))
-  c.eval.train_examples = 1000  # training examples evaluated (dropout approximation) after every epoch
+  # training examples evaluated (dropout approximation) after every epoch
+  c.eval.train_examples = 1000
   c.eval.ece_bins = 15         # classification: equal-width confidence bins
   c.eval.seed = 1
   return c

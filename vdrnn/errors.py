@@ -20,8 +20,10 @@ def run_main(main) -> None:
     print(f"error: {e}", file=sys.stderr)
     sys.exit(2)
   except KeyboardInterrupt:
-    print("interrupted: the last checkpoint in the workdir is intact; re-run the same command to resume",
-          file=sys.stderr)
+    print(
+        "interrupted: the last checkpoint in the workdir is intact; re-run the same command to "
+        "resume",
+        file=sys.stderr)
     sys.exit(130)
 
 

@@ -295,16 +295,36 @@ def mc_lm(config, params, ids: np.ndarray, *, workdir: Optional[str] = None, spl
                     temperature=float(e.temperature), progress=progress, desc=f"MC {split}")
   ppl_k = np.exp(-res["log_pbar"])
   pts = curve_points(S)
-  result = {"split": split, "ppl": float(ppl_k[-1]), "det_ppl": deterministic_ppl(config, params, ids),
-            "samples": S, "chunk": int(e.mc_chunk), "tokens": res["tokens"],
-            "curve": {"samples": pts, "ppl": [float(ppl_k[k - 1]) for k in pts]},
-            "temperature": float(e.temperature), "rate_multiplier": float(e.rate_multiplier),
-            "emb_dropout": bool(e.mc_emb_dropout), "rates": rates, "scheme": config.model.scheme,
-            "seed": int(e.seed), "compile_s": res["compile_s"], "mc_time_s": res["run_s"],
-            "sample_tokens_per_s": S * res["tokens"] / max(res["run_s"], 1e-9)}
+  result = {
+      "split": split,
+      "ppl": float(ppl_k[-1]),
+      "det_ppl": deterministic_ppl(config, params, ids),
+      "samples": S,
+      "chunk": int(e.mc_chunk),
+      "tokens": res["tokens"],
+      "curve": {
+          "samples": pts,
+          "ppl": [float(ppl_k[k - 1]) for k in pts]
+      },
+      "temperature": float(e.temperature),
+      "rate_multiplier": float(e.rate_multiplier),
+      "emb_dropout": bool(e.mc_emb_dropout),
+      "rates": rates,
+      "scheme": config.model.scheme,
+      "seed": int(e.seed),
+      "compile_s": res["compile_s"],
+      "mc_time_s": res["run_s"],
+      "sample_tokens_per_s": S * res["tokens"] / max(res["run_s"], 1e-9)
+  }
   if float(e.temperature) != 1.0:
     zero = {k: 0.0 for k in rates}
-    det_t = mc_log_pbar(config, params, ids, samples=1, chunk=1, rates=zero, temperature=float(e.temperature))
+    det_t = mc_log_pbar(config,
+                        params,
+                        ids,
+                        samples=1,
+                        chunk=1,
+                        rates=zero,
+                        temperature=float(e.temperature))
     result["det_ppl_temperature"] = float(np.exp(-det_t["log_pbar"][-1]))
   if workdir:
     result["files"] = write_outputs(workdir, result, ppl_k)

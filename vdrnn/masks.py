@@ -127,7 +127,8 @@ def word_type_mask(key: Array, tokens: Array, rate: Any, *, shared_across_batch:
   check_rate(rate, "rate")
   tokens = jnp.asarray(tokens)
   if tokens.ndim != 2 or not jnp.issubdtype(tokens.dtype, jnp.integer):
-    raise ValueError(f"tokens must be an integer array of shape [B, T], got {tokens.dtype}{list(tokens.shape)}")
+    raise ValueError(
+        f"tokens must be an integer array of shape [B, T], got {tokens.dtype}{list(tokens.shape)}")
   if is_zero(rate):
     return jnp.ones(tokens.shape, dtype)
   keep = 1.0 - jnp.asarray(rate, jnp.float32)

@@ -20,7 +20,11 @@ def _finite_or_none(v):
 class MetricsWriter:
   """Appends ``{"event": ..., "step": ..., **values}`` records; scalars also go to TensorBoard."""
 
-  def __init__(self, workdir: str, *, tensorboard: bool = True, truncate_after_step: Optional[int] = None):
+  def __init__(self,
+               workdir: str,
+               *,
+               tensorboard: bool = True,
+               truncate_after_step: Optional[int] = None):
     os.makedirs(workdir, exist_ok=True)
     self.path = os.path.join(workdir, "metrics.jsonl")
     if truncate_after_step is not None and os.path.exists(self.path):
@@ -35,7 +39,13 @@ class MetricsWriter:
       self._tb = SummaryWriter(os.path.join(workdir, "tb"))
 
   def write(self, event: str, step: int, **values) -> None:
-    record = {"event": event, "step": int(step), **{k: _finite_or_none(v) for k, v in values.items()}}
+    record = {
+        "event": event,
+        "step": int(step),
+        **{
+            k: _finite_or_none(v) for k, v in values.items()
+        }
+    }
     self._file.write(json.dumps(record) + "\n")
     self._file.flush()
     if self._tb is not None:

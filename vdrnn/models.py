@@ -41,7 +41,8 @@ def init_lm(key: Array, cfg) -> dict:
   """Language-model parameters, every entry ~ U(-init_scale, init_scale) (Zaremba; Gal).
 
   ``cfg`` fields: vocab_size, emb_dim, hidden, num_layers, init_scale, tie_embeddings.
-  Returns ``{"embed": [V, E], "lstm": [{"w_x", "w_h", "b"}] * L, "softmax": {"w": [H, V], "b": [V]}}``
+  Returns ``{"embed": [V, E], "lstm": [{"w_x", "w_h", "b"}] * L,
+  "softmax": {"w": [H, V], "b": [V]}}``
   (no ``softmax.w`` when ``tie_embeddings``, Press & Wolf 2016: logits use ``embed.T``).
   """
   if cfg.tie_embeddings and cfg.emb_dim != cfg.hidden:
@@ -63,7 +64,9 @@ def init_lm(key: Array, cfg) -> dict:
 def lm_zero_carry(cfg, batch: int) -> list:
   """Zero LSTM state: a list over layers of ``(c, h)``, each ``[B, H]``."""
   shape = (batch, cfg.hidden)
-  return [(jnp.zeros(shape, jnp.float32), jnp.zeros(shape, jnp.float32)) for _ in range(cfg.num_layers)]
+  return [
+      (jnp.zeros(shape, jnp.float32), jnp.zeros(shape, jnp.float32)) for _ in range(cfg.num_layers)
+  ]
 
 
 def lm_masks(key: Array, cfg, tokens: Array, rates: Optional[dict] = None) -> dict:
@@ -131,8 +134,15 @@ def lm_logits(params: dict, ys: Array, compute_dtype=None, temperature: float = 
   return logits if temperature == 1.0 else logits / temperature
 
 
-def lm_nll(params: dict, carry: list, tokens: Array, targets: Array, masks: Optional[dict] = None, *,
-           unroll: int = 1, compute_dtype=None, embedded: Optional[Array] = None,
+def lm_nll(params: dict,
+           carry: list,
+           tokens: Array,
+           targets: Array,
+           masks: Optional[dict] = None,
+           *,
+           unroll: int = 1,
+           compute_dtype=None,
+           embedded: Optional[Array] = None,
            impl: str = "scan") -> tuple[Array, list]:
   """Per-token negative log-likelihood ``[T, B]`` (natural log) and the new carry.
 
@@ -196,9 +206,18 @@ def init_seq(key: Array, cfg) -> dict:
   b = jnp.zeros((G * H,), jnp.float32)
   if cfg.cell == "lstm":
     b = b.at[H:2 * H].set(1.0)
-  return {"embed": _uniform(k_e, (cfg.vocab_size, E), 0.05),
-          "rnn": {"w_x": w_x, "w_h": w_h, "b": b},
-          "dense": {"w": glorot(k_d, (H, cfg.out_dim)), "b": jnp.zeros((cfg.out_dim,), jnp.float32)}}
+  return {
+      "embed": _uniform(k_e, (cfg.vocab_size, E), 0.05),
+      "rnn": {
+          "w_x": w_x,
+          "w_h": w_h,
+          "b": b
+      },
+      "dense": {
+          "w": glorot(k_d, (H, cfg.out_dim)),
+          "b": jnp.zeros((cfg.out_dim,), jnp.float32)
+      }
+  }
 
 
 def seq_masks(key: Array, cfg, tokens: Array, rates: Optional[dict] = None) -> dict:

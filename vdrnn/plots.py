@@ -22,10 +22,21 @@ def mc_curve(path: str, result: dict, ppl_k: np.ndarray) -> None:
   fig, ax = plt.subplots(figsize=(6, 4))
   k = np.arange(1, len(ppl_k) + 1)
   ax.plot(k, ppl_k, label=f"MC dropout ({len(ppl_k)} samples: {ppl_k[-1]:.2f})")
-  ax.axhline(result["det_ppl"], color="k", ls="--", lw=1, label=f"dropout approximation ({result['det_ppl']:.2f})")
+  ax.axhline(result["det_ppl"],
+             color="k",
+             ls="--",
+             lw=1,
+             label=f"dropout approximation ({result['det_ppl']:.2f})")
   if "det_ppl_temperature" in result:
-    ax.axhline(result["det_ppl_temperature"], color="k", ls=":", lw=1,
-               label=f"dropout approximation at T={result['temperature']:g} ({result['det_ppl_temperature']:.2f})")
+    ax.axhline(
+        result["det_ppl_temperature"],
+        color="k",
+        ls=":",
+        lw=1,
+        label=
+        f"dropout approximation at T={result['temperature']:g} "
+        f"({result['det_ppl_temperature']:.2f})"
+    )
   ax.set_xscale("log")
   ax.xaxis.set_major_locator(ticker.LogLocator(subs=(1, 2, 5)))
   ax.xaxis.set_major_formatter(ticker.FuncFormatter(lambda v, _: f"{v:g}"))
@@ -41,15 +52,19 @@ def mc_curve(path: str, result: dict, ppl_k: np.ndarray) -> None:
   plt.close(fig)
 
 
-def learning_curve(path: str, history: list[dict], regression: bool, final: Optional[dict] = None) -> None:
+def learning_curve(path: str,
+                   history: list[dict],
+                   regression: bool,
+                   final: Optional[dict] = None) -> None:
   """PNG of the per-epoch metric (RMSE in rating units, or accuracy) on every split; the
   end-of-training MC-dropout test value (``final``) as a star at the last epoch."""
   metric = "rmse" if regression else "acc"
   fig, ax = plt.subplots(figsize=(6, 4))
   epochs = [r["epoch"] for r in history]
-  for key, label, style in ((f"train_running_{metric}", "train (running, with dropout)", ":"),
-                            (f"train_{metric}", "train subset", "-"), (f"valid_{metric}", "valid", "-"),
-                            (f"test_{metric}", "test", "-"), (f"test_{metric}_mc", "test, MC dropout", "--")):
+  for key, label, style in ((f"train_running_{metric}", "train (running, with dropout)",
+                             ":"), (f"train_{metric}", "train subset", "-"),
+                            (f"valid_{metric}", "valid", "-"), (f"test_{metric}", "test", "-"),
+                            (f"test_{metric}_mc", "test, MC dropout", "--")):
     pts = [(e, r[key]) for e, r in zip(epochs, history) if r.get(key) is not None]
     if pts:
       ax.plot(*zip(*pts), style, marker="o" if len(pts) < 30 else None, ms=3, label=label)
@@ -70,16 +85,26 @@ def reliability_diagram(path: str, curves: dict, labels, n_bins: int = 15) -> No
   """Writes a PNG: accuracy against confidence per bin for each ``name -> probs [N, K]``
   in ``curves`` (e.g. dropout approximation and MC), with the diagonal and ECE in the legend,
   and the share of points per bin below."""
-  fig, (ax, hx) = plt.subplots(2, 1, figsize=(5, 6), sharex=True, gridspec_kw={"height_ratios": [3, 1]})
+  fig, (ax, hx) = plt.subplots(2,
+                               1,
+                               figsize=(5, 6),
+                               sharex=True,
+                               gridspec_kw={"height_ratios": [3, 1]})
   ax.plot([0, 1], [0, 1], "k--", lw=1, label="perfect calibration")
   width = 1.0 / n_bins
   for i, (name, probs) in enumerate(curves.items()):
     b = uncertainty.calibration_bins(probs, labels, n_bins)
     keep = b["count"] > 0
     centers = b["edges"][:-1] + width / 2
-    ax.plot(b["confidence"][keep], b["accuracy"][keep], "o-", label=f"{name} (ECE {uncertainty.ece(probs, labels, n_bins):.3f})")
+    ax.plot(b["confidence"][keep],
+            b["accuracy"][keep],
+            "o-",
+            label=f"{name} (ECE {uncertainty.ece(probs, labels, n_bins):.3f})")
     off = (i - (len(curves) - 1) / 2) * width / max(len(curves), 1)
-    hx.bar(centers + off, b["count"] / b["count"].sum(), width=width / max(len(curves), 1), label=name)
+    hx.bar(centers + off,
+           b["count"] / b["count"].sum(),
+           width=width / max(len(curves), 1),
+           label=name)
   ax.set_ylabel("accuracy")
   ax.set_xlim(0, 1)
   ax.set_ylim(0, 1)

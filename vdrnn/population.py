@@ -69,7 +69,9 @@ def parse_members(config) -> list[dict]:
       try:
         m[name] = int(v) if name == "seed" else float(v)
       except ValueError:
-        raise UserError(f"population.{name}: {v!r} is not {'an integer' if name == 'seed' else 'a number'}") from None
+        raise UserError(
+            f"population.{name}: {v!r} is not {'an integer' if name == 'seed' else 'a number'}"
+        ) from None
     if not 0 <= m["seed"] < 2 ** 31:
       raise UserError(f"population.seed: {m['seed']} is not in [0, 2**31)")
     for name in RATES:
@@ -103,8 +105,12 @@ def init_population_state(config, members: list[dict], batch_size: int | None = 
   batch_size = config.train.batch_size if batch_size is None else batch_size
   states = jax.device_get([lm.init_state(member_config(config, m), batch_size) for m in members])
   state = jax.tree.map(lambda *xs: np.stack(xs), *states)  # stacked on the host: no compiles
-  state["member"] = {"seed": np.asarray([m["seed"] for m in members], np.int32),
-                     "rates": {r: np.asarray([m[n] for m in members], np.float32) for n, r in RATES.items()}}
+  state["member"] = {
+      "seed": np.asarray([m["seed"] for m in members], np.int32),
+      "rates": {
+          r: np.asarray([m[n] for m in members], np.float32) for n, r in RATES.items()
+      }
+  }
   return jax.device_put(state)
 
 
@@ -180,7 +186,8 @@ def make_task(config, workdir: str) -> loop.Task:
     return x, y, lr(epoch)
 
   def start_epoch(state, epoch):  # zero state, fresh accumulators
-    state["carry"] = jax.device_put(jax.tree.map(lambda a: np.zeros(a.shape, a.dtype), state["carry"]))
+    state["carry"] = jax.device_put(
+        jax.tree.map(lambda a: np.zeros(a.shape, a.dtype), state["carry"]))
     zero = jax.device_get(lm.zero_acc())
     state["acc"] = jax.device_put(jax.tree.map(lambda a: np.stack([a] * K), zero))
     return state
@@ -205,14 +212,22 @@ def make_task(config, workdir: str) -> loop.Task:
         host = jax.device_get(state) if host is None else host
         record = {"epoch": epoch + 1, "step": step, "metric": "valid_ppl", "value": valid[k]}
         mmeta = {**member_meta(meta, k), "best": record}
-        checkpoint.save(_member_ckpts(mdirs[k]), step, member_state(host, k), mmeta, metric=valid[k])
+        checkpoint.save(_member_ckpts(mdirs[k]),
+                        step,
+                        member_state(host, k),
+                        mmeta,
+                        metric=valid[k])
     return {"valid_ppl": valid}
 
   def after_epoch(meta):
     r = meta["history"][-1]
     for k in range(K):
-      writers[k].write("epoch", r["epoch"] * epoch_size, epoch=r["epoch"], train_ppl=r["train_ppl"][k],
-                       valid_ppl=r["valid_ppl"][k], lr=r["lr"])
+      writers[k].write("epoch",
+                       r["epoch"] * epoch_size,
+                       epoch=r["epoch"],
+                       train_ppl=r["train_ppl"][k],
+                       valid_ppl=r["valid_ppl"][k],
+                       lr=r["lr"])
 
   def finish(state, meta):
     step = loop.current_step(state)

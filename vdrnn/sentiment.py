@@ -57,7 +57,9 @@ from vdrnn.data import sentiment as data_lib
 from vdrnn.errors import UserError
 
 # Config fields that must match for a workdir's checkpoint to be resumed.
-RESUME_KEYS = ["task", "seed", "data", "model", "train.batch_size", "train.lr", "train.weight_decay"]
+RESUME_KEYS = [
+    "task", "seed", "data", "model", "train.batch_size", "train.lr", "train.weight_decay"
+]
 
 
 def is_regression(config) -> bool:
@@ -76,14 +78,17 @@ def validate(config) -> None:
     raise UserError(f"model.out_dim must be 1 for the sentiment regression, got {m.out_dim}")
   if not is_regression(config) and m.out_dim < 2:
     raise UserError(f"model.out_dim must be >= 2 (classes) for imdb, got {m.out_dim}")
-  for name, v in (("data.num_words", d.num_words), ("data.maxlen", d.maxlen), ("model.emb_dim", m.emb_dim),
-                  ("model.hidden", m.hidden), ("train.batch_size", t.batch_size), ("train.num_epochs", t.num_epochs),
+  for name, v in (("data.num_words", d.num_words), ("data.maxlen", d.maxlen),
+                  ("model.emb_dim", m.emb_dim), ("model.hidden", m.hidden),
+                  ("train.batch_size", t.batch_size), ("train.num_epochs", t.num_epochs),
                   ("eval.batch_size", e.batch_size), ("eval.mc_chunk", e.mc_chunk)):
     if int(v) < 1:
       raise UserError(f"{name} must be a positive integer, got {v!r}")
   if m.vocab_size != d.num_words + data_lib.OFFSET:
-    raise UserError(f"model.vocab_size must be data.num_words + {data_lib.OFFSET} = {d.num_words + data_lib.OFFSET} "
-                    f"(ids 0, 1, 2 are pad, start, OOV), got {m.vocab_size}")
+    raise UserError(
+        f"model.vocab_size must be data.num_words + {data_lib.OFFSET} = {d.num_words + "
+        "data_lib.OFFSET} "
+        f"(ids 0, 1, 2 are pad, start, OOV), got {m.vocab_size}")
   for name in ("test_fraction", "valid_fraction"):
     if not 0 <= d[name] < 1:
       raise UserError(f"data.{name} must be in [0, 1), got {d[name]!r}")
@@ -102,7 +107,10 @@ def validate(config) -> None:
 
 
 def load_data(config) -> tuple[dict, dict]:
-  splits, info = data_lib.load(config.task, config.data, config.data_dir or None, verify=config.verify_checksums)
+  splits, info = data_lib.load(config.task,
+                               config.data,
+                               config.data_dir or None,
+                               verify=config.verify_checksums)
   if len(splits["train"]["y"]) == 0 or len(splits["test"]["y"]) == 0:
     raise UserError(f"the {config.task} data gives an empty train or test split ({info})")
   return splits, info
@@ -228,8 +236,12 @@ def predict(config, fns, params, x: np.ndarray, mesh, *, samples: int = 0, progr
   n = len(x)
   dets, mcs = [], []
   n_batches = -(-n // B)
-  bar = tqdm(total=n_batches, desc=f"MC x{samples}" if samples else "eval", disable=not progress, leave=False,
-             dynamic_ncols=True, file=sys.stderr)
+  bar = tqdm(total=n_batches,
+             desc=f"MC x{samples}" if samples else "eval",
+             disable=not progress,
+             leave=False,
+             dynamic_ncols=True,
+             file=sys.stderr)
   for j in range(n_batches):
     rows = x[j * B:(j + 1) * B]
     k = len(rows)
@@ -237,8 +249,10 @@ def predict(config, fns, params, x: np.ndarray, mesh, *, samples: int = 0, progr
     dets.append(sharding.to_host(det_fn(params, xb))[:k])
     if samples:
       key = jax.random.fold_in(base, j)
-      outs = [sharding.to_host(mc_fn(params, xb, key, jnp.arange(s, s + C, dtype=jnp.uint32)))[:, :k]
-              for s in range(0, samples, C)]
+      outs = [
+          sharding.to_host(mc_fn(params, xb, key, jnp.arange(s, s + C, dtype=jnp.uint32)))[:, :k]
+          for s in range(0, samples, C)
+      ]
       mcs.append(np.concatenate(outs)[:samples])
     bar.update(1)
   bar.close()
@@ -251,19 +265,36 @@ def summarize(config, info: dict, y: np.ndarray, det: np.ndarray, mc: Optional[n
   e = config.eval
   if is_regression(config):
     scale = lambda o: o[..., 0].astype(np.float64) * info["y_std"] + info["y_mean"]
-    out = {k: v for k, v in uncertainty.regression_summary(y, scale(det)[None], e.tau).items() if k != "pred_std"}
+    out = {
+        k: v
+        for k, v in uncertainty.regression_summary(y,
+                                                   scale(det)[None], e.tau).items()
+        if k != "pred_std"
+    }
     if mc is not None:
-      out.update({f"{k}_mc": v for k, v in uncertainty.regression_summary(y, scale(mc), e.tau).items()})
+      out.update({
+          f"{k}_mc": v for k, v in uncertainty.regression_summary(y, scale(mc), e.tau).items()
+      })
     return out
   out = uncertainty.classification_summary(uncertainty.softmax(det)[None], y, e.ece_bins)
   out = {k: v for k, v in out.items() if not k.startswith("mi")}  # 0 for a single pass
   if mc is not None:
-    out.update({f"{k}_mc": v for k, v in uncertainty.classification_summary(uncertainty.softmax(mc), y,
-                                                                            e.ece_bins).items()})
+    out.update({
+        f"{k}_mc": v for k, v in uncertainty.classification_summary(uncertainty.softmax(mc), y,
+                                                                    e.ece_bins).items()
+    })
   return out
 
 
-def evaluate(config, fns, params, split: dict, info: dict, mesh, *, samples: int = 0, progress: bool = False,
+def evaluate(config,
+             fns,
+             params,
+             split: dict,
+             info: dict,
+             mesh,
+             *,
+             samples: int = 0,
+             progress: bool = False,
              reliability_png: Optional[str] = None) -> dict:
   det, mc = predict(config, fns, params, split["x"], mesh, samples=samples, progress=progress)
   out = summarize(config, info, split["y"], det, mc)
@@ -359,10 +390,14 @@ def make_task(config, workdir: str) -> loop.Task:
     t0 = time.time()
     params, record = state["params"], {}
     if sub is not None:
-      record.update({f"train_{k}": v for k, v in evaluate(config, fns, params, sub, info, mesh).items()})
+      record.update({
+          f"train_{k}": v for k, v in evaluate(config, fns, params, sub, info, mesh).items()
+      })
     if "valid" in splits:
-      record.update({f"valid_{k}": v
-                     for k, v in evaluate(config, fns, params, splits["valid"], info, mesh).items()})
+      record.update({
+          f"valid_{k}": v
+          for k, v in evaluate(config, fns, params, splits["valid"], info, mesh).items()
+      })
     mc_now = e.mc_every_epochs and e.mc_samples and (epoch + 1) % e.mc_every_epochs == 0
     test = evaluate(config, fns, params, splits["test"], info, mesh,
                     samples=e.mc_samples if mc_now else 0)
@@ -372,8 +407,10 @@ def make_task(config, workdir: str) -> loop.Task:
 
   def epoch_line(r) -> str:
     metric = "rmse" if regression else "acc"
-    shown = [(k, r.get(k)) for k in (f"train_running_{metric}", f"train_{metric}", f"valid_{metric}",
-                                     f"test_{metric}", f"test_{metric}_mc") if r.get(k) is not None]
+    shown = [(k, r.get(k))
+             for k in (f"train_running_{metric}", f"train_{metric}", f"valid_{metric}",
+                       f"test_{metric}", f"test_{metric}_mc")
+             if r.get(k) is not None]
     return (f"epoch {r['epoch']:4d}  " + "  ".join(f"{k} {v:.4f}" for k, v in shown) +
             f"  {r['time_s']:5.0f}s (+{r['eval_time_s']:.0f}s eval)")
 

@@ -36,8 +36,9 @@ def replicated(mesh: Mesh) -> NamedSharding:
 def check_batch(batch_size: int, mesh: Mesh, name: str = "train.batch_size") -> None:
   n = mesh.devices.size
   if batch_size % n:
-    raise UserError(f"{name}={batch_size} is not divisible by the {n} devices; choose a multiple of {n} "
-                    f"or limit the devices (e.g. CUDA_VISIBLE_DEVICES)")
+    raise UserError(
+        f"{name}={batch_size} is not divisible by the {n} devices; choose a multiple of {n} "
+        f"or limit the devices (e.g. CUDA_VISIBLE_DEVICES)")
   if batch_size % jax.process_count():
     raise UserError(f"{name}={batch_size} is not divisible by the {jax.process_count()} processes")
 

@@ -1,4 +1,4 @@
-"""Training entry point: ``python -m vdrnn.train --config configs/ptb_large.py[:arg] [--workdir DIR]``.
+"""Training entry point: ``python -m vdrnn.train --config configs/ptb_large.py[:arg]``.
 
 Flags only; the work is ``vdrnn.experiment.train_and_evaluate``. Re-running the same command
 on the same workdir resumes exactly.
@@ -15,12 +15,16 @@ from ml_collections import config_flags
 from vdrnn.experiment import default_workdir, train_and_evaluate
 from vdrnn.errors import UserError, config_value, parse_flags, run_main
 
-_CONFIG = config_flags.DEFINE_config_file("config", None, "Config file, e.g. configs/ptb_large.py[:arg].")
-_WORKDIR = flags.DEFINE_string("workdir", None, "Output directory (default: workdirs/<config>[_<arg>]).")
-_DISTRIBUTED = flags.DEFINE_bool("distributed", False, "Multi-host: call jax.distributed.initialize() "
-                                 "and let it detect the cluster (SLURM, Open MPI, Cloud TPU).")
-_COORDINATOR = flags.DEFINE_string("coordinator_address", None, "Multi-host: host:port of process 0 "
-                                   "(give --num_processes and --process_id too).")
+_CONFIG = config_flags.DEFINE_config_file("config", None,
+                                          "Config file, e.g. configs/ptb_large.py[:arg].")
+_WORKDIR = flags.DEFINE_string("workdir", None,
+                               "Output directory (default: workdirs/<config>[_<arg>]).")
+_DISTRIBUTED = flags.DEFINE_bool(
+    "distributed", False, "Multi-host: call jax.distributed.initialize() "
+    "and let it detect the cluster (SLURM, Open MPI, Cloud TPU).")
+_COORDINATOR = flags.DEFINE_string(
+    "coordinator_address", None, "Multi-host: host:port of process 0 "
+    "(give --num_processes and --process_id too).")
 _NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Multi-host: number of processes.")
 _PROCESS_ID = flags.DEFINE_integer("process_id", None, "Multi-host: this process's index.")
 
@@ -52,7 +56,8 @@ def main(argv):
     if config is None:
       raise UserError("--config is required, e.g. --config configs/ptb_small.py")
     init_distributed()
-    workdir = _WORKDIR.value or default_workdir(config_flags.get_config_filename(flags.FLAGS["config"]))
+    workdir = _WORKDIR.value or default_workdir(
+        config_flags.get_config_filename(flags.FLAGS["config"]))
     train_and_evaluate(config, workdir)
 
   run_main(_main)

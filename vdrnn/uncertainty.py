@@ -110,7 +110,9 @@ def calibration_bins(probs, labels, n_bins: int = 15) -> dict:
 def ece(probs, labels, n_bins: int = 15) -> float:
   b = calibration_bins(probs, labels, n_bins)
   keep = b["count"] > 0
-  return float(np.sum(b["count"][keep] / b["count"].sum() * np.abs(b["accuracy"][keep] - b["confidence"][keep])))
+  return float(
+      np.sum(b["count"][keep] / b["count"].sum() *
+             np.abs(b["accuracy"][keep] - b["confidence"][keep])))
 
 
 def classification_summary(probs_samples, labels, n_bins: int = 15) -> dict:
@@ -125,6 +127,14 @@ def classification_summary(probs_samples, labels, n_bins: int = 15) -> dict:
   def mean(v, m):
     return float(v[m].mean()) if m.any() else float("nan")
 
-  return {"acc": accuracy(p, labels), "nll": nll(p, labels), "ece": ece(p, labels, n_bins),
-          "entropy": float(h.mean()), "entropy_correct": mean(h, right), "entropy_wrong": mean(h, ~right),
-          "mi": float(mi.mean()), "mi_correct": mean(mi, right), "mi_wrong": mean(mi, ~right)}
+  return {
+      "acc": accuracy(p, labels),
+      "nll": nll(p, labels),
+      "ece": ece(p, labels, n_bins),
+      "entropy": float(h.mean()),
+      "entropy_correct": mean(h, right),
+      "entropy_wrong": mean(h, ~right),
+      "mi": float(mi.mean()),
+      "mi_correct": mean(mi, right),
+      "mi_wrong": mean(mi, ~right)
+  }

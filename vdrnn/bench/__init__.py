@@ -1,4 +1,4 @@
-"""Throughput benchmark: ``python -m vdrnn.bench [--quick] [--json PATH] [--table PATH] [--only S]``.
+"""Throughput benchmark: ``python -m vdrnn.bench [--quick] [--json P] [--table P] [--only S]``.
 
 Measures, on the default JAX device (CPU or one accelerator):
 

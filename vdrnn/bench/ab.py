@@ -43,8 +43,8 @@ def _api():
     lm_config = importlib.import_module("vdrnn.bench.common").lm_config
     return lm_config, importlib.import_module("vdrnn.lm"), importlib.import_module("vdrnn.lm_eval")
   except ImportError:  # revisions before the one-loop layout
-    return (importlib.import_module("vdrnn.bench").lm_config, importlib.import_module("vdrnn.train"),
-            importlib.import_module("vdrnn.evaluate"))
+    return (importlib.import_module("vdrnn.bench").lm_config,
+            importlib.import_module("vdrnn.train"), importlib.import_module("vdrnn.evaluate"))
 
 
 def worker(spec: dict) -> None:
@@ -95,8 +95,13 @@ def checkout(rev: str, into: str) -> str:
 
 def start(tree: str, spec: dict):
   env = {**os.environ, "PYTHONPATH": tree}
-  proc = subprocess.Popen([sys.executable, os.path.abspath(__file__), f"--worker={json.dumps(spec)}"],
-                          cwd=tree, env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+  proc = subprocess.Popen(
+      [sys.executable, os.path.abspath(__file__), f"--worker={json.dumps(spec)}"],
+      cwd=tree,
+      env=env,
+      stdin=subprocess.PIPE,
+      stdout=subprocess.PIPE,
+      text=True)
   for line in proc.stdout:
     if line.startswith("{"):
       return proc
@@ -116,7 +121,9 @@ def main(argv) -> None:
     procs, checks = {}, {}
     for name, rev in (("base", _BASE.value), ("new", _NEW.value)):
       checks[name] = os.path.join(tmp, f"{name}.npy")
-      procs[name] = start(checkout(rev, os.path.join(tmp, name)), {**spec, "check_path": checks[name]})
+      procs[name] = start(checkout(rev, os.path.join(tmp, name)), {
+          **spec, "check_path": checks[name]
+      })
     diff = float(np.max(np.abs(np.load(checks["new"]) - np.load(checks["base"]))))
     times = {name: [] for name in procs}
     for _ in range(_ROUNDS.value):

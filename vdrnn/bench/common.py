@@ -34,7 +34,8 @@ def lm_config(shape: str, gates: str, dtype: str = "float32", unroll: int = 1):
 def matmul_params(cfg) -> int:
   """LSTM input + recurrent kernels and the softmax matrix: the parameters used in matmuls."""
   m = cfg.model
-  lstm = sum(4 * h * (d + h) for d, h in ((m.emb_dim if l == 0 else m.hidden, m.hidden) for l in range(m.num_layers)))
+  lstm = sum(4 * h * (d + h) for d, h in ((m.emb_dim if l == 0 else m.hidden, m.hidden)
+                                          for l in range(m.num_layers)))
   return lstm + m.hidden * m.vocab_size
 
 
@@ -62,7 +63,8 @@ def _median_rate(run, reps: int, min_time: float, max_time: float = 8.0, probe=N
     if probe is not None:
       rates.append(probe())
     spent = time.perf_counter() - t0
-    if len(times) >= 20 * reps or (len(times) >= reps and spent >= min_time) or (len(times) >= 2 and spent >= max_time):
+    if len(times) >= 20 * reps or (len(times) >= reps and spent >= min_time) or (len(times) >= 2 and
+                                                                                 spent >= max_time):
       break
   return float(np.median(times)), times, rates
 
@@ -164,4 +166,3 @@ def time_train(step_fn, state, batches, steps: int, reps: int, min_time: float, 
   run, compile_s = step_runner(step_fn, state, batches)
   t, times, rates = _median_rate(lambda: run(steps), reps, min_time, probe=probe)
   return t, compile_s, run.state(), times, rates
-

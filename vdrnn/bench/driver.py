@@ -12,7 +12,8 @@ import jax
 from absl import app, flags
 
 from vdrnn.bench import peers
-from vdrnn.bench.common import _load, _shape_str, device_info, gemm_probe, lm_config, matmul_params, supports_bf16
+from vdrnn.bench.common import (_load, _shape_str, device_info, gemm_probe, lm_config,
+                                matmul_params, supports_bf16)
 from vdrnn.bench.sections import bench_gemm, bench_mc, bench_population, bench_train
 
 SECTIONS = ("gemm", "train", "mc", "population", "peers")
@@ -24,18 +25,53 @@ SECTIONS = ("gemm", "train", "mc", "population", "peers")
 def plan(quick: bool, tiny: bool) -> dict:
   """What to run: shapes, repetitions and sample counts."""
   if tiny:  # the smoke test: every section at toy size
-    return {"shapes": ["tiny"], "gemm_sizes": [256], "steps": 1, "reps": 1, "min_time": 0.0,
-            "mc_shape": "tiny", "mc_samples": [4, 8], "mc_windows": 1, "pop_shape": "tiny", "pop_k": [1, 2],
-            "peer_shapes": ["tiny"], "rounds": 2, "target_shape": "tiny"}
+    return {
+        "shapes": ["tiny"],
+        "gemm_sizes": [256],
+        "steps": 1,
+        "reps": 1,
+        "min_time": 0.0,
+        "mc_shape": "tiny",
+        "mc_samples": [4, 8],
+        "mc_windows": 1,
+        "pop_shape": "tiny",
+        "pop_k": [1, 2],
+        "peer_shapes": ["tiny"],
+        "rounds": 2,
+        "target_shape": "tiny"
+    }
   gpu = jax.devices()[0].platform != "cpu"
   if quick:
-    return {"shapes": ["small", "medium"], "gemm_sizes": [2048], "steps": 2, "reps": 3, "min_time": 0.5,
-            "mc_shape": "medium", "mc_samples": [100], "mc_windows": 1, "pop_shape": "small", "pop_k": [1, 4],
-            "peer_shapes": ["medium"], "rounds": 3, "target_shape": "medium"}
-  return {"shapes": ["small", "medium", "large"], "gemm_sizes": [4096, 8192] if gpu else [2048, 4096],
-          "steps": 10 if gpu else 3, "reps": 5 if gpu else 3, "min_time": 1.0,
-          "mc_shape": "medium", "mc_samples": [100, 1000], "mc_windows": 1, "pop_shape": "medium",
-          "pop_k": [1, 4, 16], "peer_shapes": ["small", "medium"], "rounds": 7, "target_shape": "medium"}
+    return {
+        "shapes": ["small", "medium"],
+        "gemm_sizes": [2048],
+        "steps": 2,
+        "reps": 3,
+        "min_time": 0.5,
+        "mc_shape": "medium",
+        "mc_samples": [100],
+        "mc_windows": 1,
+        "pop_shape": "small",
+        "pop_k": [1, 4],
+        "peer_shapes": ["medium"],
+        "rounds": 3,
+        "target_shape": "medium"
+    }
+  return {
+      "shapes": ["small", "medium", "large"],
+      "gemm_sizes": [4096, 8192] if gpu else [2048, 4096],
+      "steps": 10 if gpu else 3,
+      "reps": 5 if gpu else 3,
+      "min_time": 1.0,
+      "mc_shape": "medium",
+      "mc_samples": [100, 1000],
+      "mc_windows": 1,
+      "pop_shape": "medium",
+      "pop_k": [1, 4, 16],
+      "peer_shapes": ["small", "medium"],
+      "rounds": 7,
+      "target_shape": "medium"
+  }
 
 
 def _log(msg: str) -> None:
@@ -59,7 +95,8 @@ def run(only=SECTIONS, quick: bool = False, tiny: bool = False, dtypes=None, log
     report["results"].append(r)
     if json_path:
       write_json(report, json_path)
-    log(f"  {r['section']:10s} {r.get('shape', ''):6s} {r.get('impl', ''):6s} {r.get('gates', ''):6s} "
+    log(f"  {r['section']:10s} {r.get('shape', ''):6s} {r.get('impl', ''):6s} "
+        f"{r.get('gates', ''):6s} "
         f"{r.get('dtype', ''):8s} {r.get('K', r.get('samples', '')) or '':>5} "
         f"{r.get('tokens_per_s', r.get('sample_tokens_per_s', 0)):10.0f}/s  load {r['load']}")
 
@@ -67,34 +104,60 @@ def run(only=SECTIONS, quick: bool = False, tiny: bool = False, dtypes=None, log
     log(f"GEMM {p['gemm_sizes']} ...")
     report["gemm"] = bench_gemm(p["gemm_sizes"], dtypes, p["reps"])
   # The yardstick timed after every repetition: a GEMM of the size that ran fastest above.
-  best_n = {dt: max(p["gemm_sizes"], key=lambda n: report["gemm"].get(f"{dt}_{n}", 0.0)) for dt in dtypes}
-  probes = {dt: gemm_probe(dt, best_n[dt]) for dt in dtypes} if {"train", "mc", "population"} & set(only) else {}
+  best_n = {
+      dt: max(p["gemm_sizes"], key=lambda n: report["gemm"].get(f"{dt}_{n}", 0.0)) for dt in dtypes
+  }
+  probes = {
+      dt: gemm_probe(dt, best_n[dt]) for dt in dtypes
+  } if {"train", "mc", "population"} & set(only) else {}
   if "train" in only:
     for shape in p["shapes"]:
       for dt in dtypes:
         for gates in ("tied", "untied"):
           cfg = lm_config(shape, gates, dt)
           r = bench_train(cfg, p["steps"], p["reps"], p["min_time"], probes[dt])
-          add(section="train", impl="vdrnn", shape=shape, gates=gates, dtype=dt, dims=_shape_str(cfg),
-              matmul_params=matmul_params(cfg), **r)
+          add(section="train",
+              impl="vdrnn",
+              shape=shape,
+              gates=gates,
+              dtype=dt,
+              dims=_shape_str(cfg),
+              matmul_params=matmul_params(cfg),
+              **r)
   if "mc" in only:
     for S in p["mc_samples"]:
       cfg = lm_config(p["mc_shape"], "untied", "float32")
       r = bench_mc(cfg, S, p["mc_windows"], p["reps"], p["min_time"], probes["float32"])
-      add(section="mc", impl="vdrnn", shape=p["mc_shape"], gates="untied", dtype="float32", samples=S,
-          dims=_shape_str(cfg), matmul_params=matmul_params(cfg), **r)
+      add(section="mc",
+          impl="vdrnn",
+          shape=p["mc_shape"],
+          gates="untied",
+          dtype="float32",
+          samples=S,
+          dims=_shape_str(cfg),
+          matmul_params=matmul_params(cfg),
+          **r)
   if "population" in only:
     for K in p["pop_k"]:
       cfg = lm_config(p["pop_shape"], "untied", "float32")
-      r = bench_population(cfg, K, max(1, p["steps"] // 2) if K > 4 else p["steps"], p["reps"], p["min_time"],
-                           probes["float32"])
-      add(section="population", impl="vdrnn", shape=p["pop_shape"], gates="untied", dtype="float32", K=K,
-          dims=_shape_str(cfg), matmul_params=matmul_params(cfg), **r)
+      r = bench_population(cfg, K,
+                           max(1, p["steps"] // 2) if K > 4 else p["steps"], p["reps"],
+                           p["min_time"], probes["float32"])
+      add(section="population",
+          impl="vdrnn",
+          shape=p["pop_shape"],
+          gates="untied",
+          dtype="float32",
+          K=K,
+          dims=_shape_str(cfg),
+          matmul_params=matmul_params(cfg),
+          **r)
   if "peers" in only:
     for dt in dtypes:
       for shape in p["peer_shapes"]:
         log(f"side by side: {shape} {dt}, {p['rounds']} interleaved rounds ...")
-        rows, skipped = peers.side_by_side(shape, dt, p["rounds"], p["steps"], best_n[dt], isolate_peers, log)
+        rows, skipped = peers.side_by_side(shape, dt, p["rounds"], p["steps"], best_n[dt],
+                                           isolate_peers, log)
         for r in rows:
           add(**r)
         report["skipped"] += [s for s in skipped if s not in report["skipped"]]
@@ -145,14 +208,18 @@ def summarize(report: dict, shape: str) -> dict:
 
 def format_table(report: dict) -> str:
   d = report["device"]
-  lines = [f"device: {d['platform']} ({d['device_kind']}; {d['processor']}; {d['cpu_count']} CPUs), "
-           f"jax {d['jax']}; load average {report['load_start']} at start, {report['load_end']} at end; "
-           f"{report['seconds']:.0f} s"]
+  lines = [
+      f"device: {d['platform']} ({d['device_kind']}; {d['processor']}; {d['cpu_count']} CPUs), "
+      f"jax {d['jax']}; load average {report['load_start']} at start, {report['load_end']} at end; "
+      f"{report['seconds']:.0f} s"
+  ]
   g = report["gemm"]
   if g:
-    lines.append("large-GEMM rate: " + ", ".join(f"{dt} {g[dt] / 1e9:.0f} GFLOP/s" for dt in report["dtypes"] if dt in g)
-                 + "  (bfloat16: bf16 operands, float32 accumulation)")
-  hdr = f"{'section':10s} {'impl':6s} {'shape':7s} {'dims':17s} {'gates':6s} {'dtype':8s} {'K/S':>5s} " \
+    lines.append("large-GEMM rate: " + ", ".join(
+        f"{dt} {g[dt] / 1e9:.0f} GFLOP/s" for dt in report["dtypes"] if dt in g) +
+                 "  (bfloat16: bf16 operands, float32 accumulation)")
+  hdr = f"{'section':10s} {'impl':6s} {'shape':7s} {'dims':17s} {'gates':6s} {'dtype':8s} " \
+        f"{'K/S':>5s} " \
         f"{'tokens/s':>10s} {'ms/step':>9s} {'GFLOP/s':>8s} {'%GEMM':>6s}  vs peer"
   lines += ["", hdr, "-" * len(hdr)]
   res = report["results"]
@@ -162,17 +229,22 @@ def format_table(report: dict) -> str:
     frac = r.get("gemm_fraction")
     vs = ""
     if r["section"] == "side":
-      peers = [p for p in res if p["section"] == "peer" and p["shape"] == r["shape"] and p["dtype"] == r["dtype"]
-               and p["gates"] == r["gates"]]
+      peers = [
+          p for p in res if p["section"] == "peer" and p["shape"] == r["shape"] and
+          p["dtype"] == r["dtype"] and p["gates"] == r["gates"]
+      ]
       vs = "  ".join(f"{p['vdrnn_speedup']:.2f}x {p['impl']}" for p in peers)
     kS = r.get("K", r.get("samples", ""))
-    lines.append(f"{r['section']:10s} {r['impl']:6s} {r['shape']:7s} {r.get('dims', ''):17s} {r.get('gates', ''):6s} "
-                 f"{r['dtype']:8s} {kS!s:>5s} {rate:10.0f} {ms:9.1f} {r['flops_per_s'] / 1e9:8.1f} "
-                 f"{'' if frac is None else f'{100 * frac:5.1f}%':>6s}  {vs}")
-  lines.append("(mc: tokens/s is sample-tokens/s and ms/step the time of one chunk of S samples; "
-               "population: tokens/s counts all K members; side/peer: vdrnn and the peers in interleaved "
-               "rounds, medians over rounds, %GEMM against a GEMM timed in the same rounds, 'vs peer' the "
-               "median of the per-round speed ratios at the same gates and precision)")
+    lines.append(
+        f"{r['section']:10s} {r['impl']:6s} {r['shape']:7s} {r.get('dims', ''):17s} "
+        f"{r.get('gates', ''):6s} "
+        f"{r['dtype']:8s} {kS!s:>5s} {rate:10.0f} {ms:9.1f} {r['flops_per_s'] / 1e9:8.1f} "
+        f"{'' if frac is None else f'{100 * frac:5.1f}%':>6s}  {vs}")
+  lines.append(
+      "(mc: tokens/s is sample-tokens/s and ms/step the time of one chunk of S samples; "
+      "population: tokens/s counts all K members; side/peer: vdrnn and the peers in interleaved "
+      "rounds, medians over rounds, %GEMM against a GEMM timed in the same rounds, 'vs peer' the "
+      "median of the per-round speed ratios at the same gates and precision)")
   for k, v in report["summary"].items():
     lines.append(f"{k}: {v:.2f}")
   for s in report["skipped"]:

@@ -58,7 +58,8 @@ _APPEND = flags.DEFINE_bool("append", False, "add to the results already in --js
 
 def _config(shape: str, gates: str, dtype: str, unroll: int = 1, impl: str = "scan"):
   """The recipe's config (medium, large; tiny: ptb_tiny with vocabulary 50, for smoke runs)."""
-  c = load_config_file(f"configs/ptb_{shape}.py:" + (gates if shape == "large" else f"variational_{gates}"))
+  c = load_config_file(f"configs/ptb_{shape}.py:" +
+                       (gates if shape == "large" else f"variational_{gates}"))
   if shape == "tiny":
     c.model.vocab_size = 50
   c.train.compute_dtype, c.train.unroll, c.train.progress = dtype, unroll, False

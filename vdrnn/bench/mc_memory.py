@@ -28,7 +28,8 @@ from vdrnn.errors import UserError
 
 _SAMPLES = flags.DEFINE_list("samples", ["100", "1000"], "Sample counts, one subprocess each.")
 _CHUNK = flags.DEFINE_integer("chunk", 100, "Samples per chunk (eval.mc_chunk).")
-_TOKENS = flags.DEFINE_integer("tokens", 141, "Tokens of the test stream (predictions = tokens - 1).")
+_TOKENS = flags.DEFINE_integer("tokens", 141,
+                               "Tokens of the test stream (predictions = tokens - 1).")
 _CHILD = flags.DEFINE_integer("child", 0, "Internal: run S samples in this process.")
 
 
@@ -37,7 +38,8 @@ def child(samples: int, chunk: int, tokens: int) -> dict:
   try:
     ids, source = ptb.load()[0]["test"][:tokens], "PTB test"
   except UserError:
-    ids, source = np.random.RandomState(0).randint(0, 10000, tokens).astype(np.int32), "random tokens"
+    ids, source = np.random.RandomState(0).randint(0, 10000,
+                                                   tokens).astype(np.int32), "random tokens"
   params = models.init_lm(jax.random.key(0), cfg.model)
   rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
   r = lm_eval.mc_log_pbar(cfg, params, ids, samples=samples, chunk=chunk,

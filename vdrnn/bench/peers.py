@@ -8,8 +8,9 @@ in a worker process, timed in interleaved rounds with vdrnn.
 * ``cudnn`` (``build_torch_cudnn``): one ``nn.LSTM(num_layers=L, dropout=p_x)``: standard dropout
   (a fresh mask per element and step) on the embedded input, between layers and on the
   output; no recurrent dropout. The speed ceiling of an LSTM: cuDNN cannot drop ``h``.
-* ``awd`` (``build_torch_awd``): AWD-LSTM (Merity et al. 2018): one ``nn.LSTM`` per layer; DropConnect
-  on each layer's ``W_hh`` once per batch (``F.dropout`` of the raw weight, rate ``p_h``),
+* ``awd`` (``build_torch_awd``): AWD-LSTM (Merity et al. 2018): one ``nn.LSTM`` per layer;
+  DropConnect on each layer's ``W_hh`` once per batch (``F.dropout`` of the raw weight,
+  rate ``p_h``),
   the dropped weight passed to the cuDNN call with ``torch.func.functional_call`` (no
   ``flatten_parameters`` hack: the module's own ``weight_hh_l0`` is left out of the
   optimiser; the gradient reaches the raw weight through the dropout); locked
@@ -31,8 +32,8 @@ import numpy as np
 
 from vdrnn import lm
 from vdrnn.bench import flax_peer
-from vdrnn.bench.common import (_fraction, _random_batches, _shape_str, gemm_probe, lm_config, matmul_params,
-                                step_runner)
+from vdrnn.bench.common import (_fraction, _random_batches, _shape_str, gemm_probe, lm_config,
+                                matmul_params, step_runner)
 
 # ----------------------------------------------------------------------------------------
 # Peers: the same model, dropout semantics, loss, clipping and SGD update. Each builder
@@ -53,7 +54,8 @@ def build_keras(cfg, dtype: str = "float32"):
   os.environ.setdefault("KERAS_BACKEND", "jax")
   import keras  # noqa: PLC0415 - optional
   if keras.backend.backend() != "jax":
-    raise RuntimeError(f"keras is using the {keras.backend.backend()} backend; set KERAS_BACKEND=jax")
+    raise RuntimeError(
+        f"keras is using the {keras.backend.backend()} backend; set KERAS_BACKEND=jax")
   keras.mixed_precision.set_global_policy("mixed_bfloat16" if dtype == "bfloat16" else "float32")
   m, t = cfg.model, cfg.train
   B, T = t.batch_size, t.seq_length
@@ -62,17 +64,27 @@ def build_keras(cfg, dtype: str = "float32"):
   inputs = keras.Input((T,), batch_size=B, dtype="int32")
   x = keras.layers.Embedding(m.vocab_size, m.emb_dim, embeddings_initializer=init)(inputs)
   for _ in range(m.num_layers):
-    x = keras.layers.LSTM(m.hidden, dropout=m.p_x, recurrent_dropout=m.p_h, return_sequences=True, stateful=True,
-                          kernel_initializer=init, recurrent_initializer=init, bias_initializer=init,
+    x = keras.layers.LSTM(m.hidden,
+                          dropout=m.p_x,
+                          recurrent_dropout=m.p_h,
+                          return_sequences=True,
+                          stateful=True,
+                          kernel_initializer=init,
+                          recurrent_initializer=init,
+                          bias_initializer=init,
                           unit_forget_bias=False)(x)
   x = keras.layers.Dropout(m.p_out, noise_shape=(B, 1, m.hidden))(x)
-  logits = keras.layers.Dense(m.vocab_size, kernel_initializer=init, bias_initializer=init, dtype="float32")(x)
+  logits = keras.layers.Dense(m.vocab_size,
+                              kernel_initializer=init,
+                              bias_initializer=init,
+                              dtype="float32")(x)
   model = keras.Model(inputs, logits)
 
   def loss(y, z):
     return T * keras.losses.sparse_categorical_crossentropy(y, z, from_logits=True)
 
-  model.compile(optimizer=keras.optimizers.SGD(learning_rate=1.0, global_clipnorm=t.max_grad_norm), loss=loss)
+  model.compile(optimizer=keras.optimizers.SGD(learning_rate=1.0, global_clipnorm=t.max_grad_norm),
+                loss=loss)
   rng = np.random.RandomState(0)
   batches = [(rng.randint(0, m.vocab_size, (B, T)).astype(np.int32),) * 2 for _ in range(4)]
   i = 0
@@ -88,8 +100,12 @@ def build_keras(cfg, dtype: str = "float32"):
 
   t0 = time.perf_counter()
   run(1)
-  return run, {"compile_s": time.perf_counter() - t0, "gates": "untied", "version": keras.__version__,
-               "precision": "mixed_bfloat16" if dtype == "bfloat16" else "float32"}
+  return run, {
+      "compile_s": time.perf_counter() - t0,
+      "gates": "untied",
+      "version": keras.__version__,
+      "precision": "mixed_bfloat16" if dtype == "bfloat16" else "float32"
+  }
 
 
 def build_torch(cfg, dtype: str = "float32"):
@@ -318,7 +334,9 @@ def build_peer(name: str, shape: str, dtype: str):
   try:
     return PEERS[name](cfg, dtype)
   except ImportError as e:
-    return None, {"skipped": f"{name} peer skipped: {e.name or e} is not installed (pip install -e .[bench])"}
+    return None, {
+        "skipped": f"{name} peer skipped: {e.name or e} is not installed (pip install -e .[bench])"
+    }
   except RuntimeError as e:
     return None, {"skipped": f"{name} peer skipped: {e}"}
 
@@ -342,8 +360,13 @@ def start_peer(name: str, shape: str, dtype: str, isolate: bool = True):
   if not isolate:
     return build_peer(name, shape, dtype)
   env = {**os.environ, "KERAS_BACKEND": "jax"} if name == "keras" else dict(os.environ)
-  proc = subprocess.Popen([sys.executable, "-m", "vdrnn.bench", f"--peer_worker={name},{shape},{dtype}"],
-                          stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+  proc = subprocess.Popen(
+      [sys.executable, "-m", "vdrnn.bench", f"--peer_worker={name},{shape},{dtype}"],
+      stdin=subprocess.PIPE,
+      stdout=subprocess.PIPE,
+      stderr=subprocess.PIPE,
+      text=True,
+      env=env)
 
   def reply() -> dict:
     for line in proc.stdout:
@@ -390,7 +413,8 @@ def side_by_side(shape: str, dtype: str, rounds: int, steps: int, gemm_n: int, i
   for gates in ("tied", "untied"):
     cfg = lm_config(shape, gates, dtype)
     step_fn = jax.jit(lm.make_train_step(cfg), donate_argnums=0)
-    ours[("vdrnn", gates)], compile_s = step_runner(step_fn, lm.init_state(cfg, cfg.train.batch_size),
+    ours[("vdrnn", gates)], compile_s = step_runner(step_fn,
+                                                    lm.init_state(cfg, cfg.train.batch_size),
                                                     _random_batches(cfg, 4))
     infos[("vdrnn", gates)] = {"compile_s": compile_s, "gates": gates}
   runs = {**ours, **runs}
@@ -408,13 +432,26 @@ def side_by_side(shape: str, dtype: str, rounds: int, steps: int, gemm_n: int, i
   rows = []
   for (impl, gates), ts in times.items():
     ts = np.array(ts)
-    r = {"section": "side" if impl == "vdrnn" else "peer", "impl": impl, "shape": shape, "gates": gates,
-         "dtype": dtype, "dims": _shape_str(cfg), "matmul_params": matmul_params(cfg),
-         "seconds_per_step": float(np.median(ts)), "tokens_per_s": float(tokens / np.median(ts)),
-         "flops_per_s": float(flops_tok * tokens / np.median(ts)), "rounds": ts.tolist(),
-         "gemm_rates": gemm_rates, "gemm_fraction": _fraction(flops_tok * tokens, ts, gemm_rates),
-         **{k: v for k, v in infos[(impl, gates)].items() if k != "gates"}}
-    if impl != "vdrnn":  # vdrnn's speed-up over this peer, same gates, median of the per-round ratios
+    r = {
+        "section": "side" if impl == "vdrnn" else "peer",
+        "impl": impl,
+        "shape": shape,
+        "gates": gates,
+        "dtype": dtype,
+        "dims": _shape_str(cfg),
+        "matmul_params": matmul_params(cfg),
+        "seconds_per_step": float(np.median(ts)),
+        "tokens_per_s": float(tokens / np.median(ts)),
+        "flops_per_s": float(flops_tok * tokens / np.median(ts)),
+        "rounds": ts.tolist(),
+        "gemm_rates": gemm_rates,
+        "gemm_fraction": _fraction(flops_tok * tokens, ts, gemm_rates),
+        **{
+            k: v for k, v in infos[(impl, gates)].items() if k != "gates"
+        }
+    }
+    # vdrnn's speed-up over this peer, same gates, median of the per-round ratios
+    if impl != "vdrnn":
       r["vdrnn_speedup"] = float(np.median(ts / np.array(times[("vdrnn", gates)])))
     rows.append(r)
   return rows, skipped

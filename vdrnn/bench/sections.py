@@ -9,8 +9,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from vdrnn import lm, lm_eval, models, population
-from vdrnn.bench.common import (_block, _fraction, _median_rate, _random_batches, gemm_probe, matmul_params,
-                                time_train)
+from vdrnn.bench.common import (_block, _fraction, _median_rate, _random_batches, gemm_probe,
+                                matmul_params, time_train)
 
 def bench_gemm(sizes, dtypes, reps: int) -> dict:
   """Best rate over ``sizes`` of an ``n x n`` by ``n x n`` matmul per dtype, FLOP/s."""
@@ -29,14 +29,23 @@ def bench_train(cfg, steps: int, reps: int, min_time: float, probe=None) -> dict
   step_fn = jax.jit(lm.make_train_step(cfg), donate_argnums=0)
   state = lm.init_state(cfg, cfg.train.batch_size)
   batches = _random_batches(cfg, 4)
-  t, compile_s, state, times, rates = time_train(step_fn, state, batches, steps, reps, min_time, probe)
+  t, compile_s, state, times, rates = time_train(step_fn, state, batches, steps, reps, min_time,
+                                                 probe)
   if not bool(jnp.isfinite(state["acc"]["nll_sum"])):
     raise RuntimeError("the benchmarked training step produced a non-finite loss")
   tokens = cfg.train.batch_size * cfg.train.seq_length
   cache = getattr(step_fn, "_cache_size", lambda: None)()
   flops = 6 * matmul_params(cfg) * tokens
-  return {"seconds_per_step": t, "tokens_per_s": tokens / t, "flops_per_s": flops / t, "compile_s": compile_s,
-          "times": times, "gemm_rates": rates, "gemm_fraction": _fraction(flops, times, rates), "compilations": cache}
+  return {
+      "seconds_per_step": t,
+      "tokens_per_s": tokens / t,
+      "flops_per_s": flops / t,
+      "compile_s": compile_s,
+      "times": times,
+      "gemm_rates": rates,
+      "gemm_fraction": _fraction(flops, times, rates),
+      "compilations": cache
+  }
 
 
 def bench_mc(cfg, samples: int, windows: int, reps: int, min_time: float, probe=None) -> dict:
@@ -61,18 +70,39 @@ def bench_mc(cfg, samples: int, windows: int, reps: int, min_time: float, probe=
   t, times, rates = _median_rate(run, reps, min_time, probe=probe)
   st = samples * windows * T
   flops = 2 * matmul_params(cfg) * st
-  return {"seconds": t, "sample_tokens_per_s": st / t, "flops_per_s": flops / t, "compile_s": compile_s,
-          "times": times, "gemm_rates": rates, "gemm_fraction": _fraction(flops, times, rates)}
+  return {
+      "seconds": t,
+      "sample_tokens_per_s": st / t,
+      "flops_per_s": flops / t,
+      "compile_s": compile_s,
+      "times": times,
+      "gemm_rates": rates,
+      "gemm_fraction": _fraction(flops, times, rates)
+  }
 
 
 def bench_population(cfg, K: int, steps: int, reps: int, min_time: float, probe=None) -> dict:
   m = cfg.model
-  members = [{"seed": k, "p_emb": m.p_emb, "p_x": m.p_x, "p_h": m.p_h, "p_out": m.p_out} for k in range(K)]
+  members = [{
+      "seed": k,
+      "p_emb": m.p_emb,
+      "p_x": m.p_x,
+      "p_h": m.p_h,
+      "p_out": m.p_out
+  } for k in range(K)]
   state = population.init_population_state(cfg, members)
   step_fn = jax.jit(population.make_population_train_step(cfg), donate_argnums=0)
   batches = _random_batches(cfg, 4)
-  t, compile_s, state, times, rates = time_train(step_fn, state, batches, steps, reps, min_time, probe)
+  t, compile_s, state, times, rates = time_train(step_fn, state, batches, steps, reps, min_time,
+                                                 probe)
   tokens = K * cfg.train.batch_size * cfg.train.seq_length
   flops = 6 * matmul_params(cfg) * tokens
-  return {"seconds_per_step": t, "tokens_per_s": tokens / t, "flops_per_s": flops / t, "compile_s": compile_s,
-          "times": times, "gemm_rates": rates, "gemm_fraction": _fraction(flops, times, rates)}
+  return {
+      "seconds_per_step": t,
+      "tokens_per_s": tokens / t,
+      "flops_per_s": flops / t,
+      "compile_s": compile_s,
+      "times": times,
+      "gemm_rates": rates,
+      "gemm_fraction": _fraction(flops, times, rates)
+  }

@@ -60,16 +60,20 @@ def find(name: str, files: dict[str, str], data_dir: Optional[str], *, verify: b
   if data_dir and not all((Path(data_dir).expanduser() / name / f).is_file() for f in files):
     # An explicit data_dir that lacks the files is an error, not something to look past.
     missing = [f for f in files if not (Path(data_dir).expanduser() / name / f).is_file()]
-    raise UserError(f"data_dir={data_dir!r} has no {name}/{missing[0]}; put the files "
-                    f"{', '.join(files)} under {Path(data_dir).expanduser() / name}/ or unset data_dir")
+    raise UserError(
+        f"data_dir={data_dir!r} has no {name}/{missing[0]}; put the files "
+        f"{', '.join(files)} under {Path(data_dir).expanduser() / name}/ or unset data_dir")
   for root in roots:
     folder = root / name
     if all((folder / f).is_file() for f in files):
       if verify:
         for f, digest in files.items():
           if digest and sha256(folder / f) != digest:
-            raise UserError(f"{folder / f} has the wrong sha256 (expected {digest}): the file is corrupt or a "
-                            f"different corpus; replace it, or pass --config.verify_checksums=False to use your own")
+            raise UserError(
+                f"{folder / f} has the wrong sha256 (expected {digest}): the file is corrupt or a "
+                "different corpus; replace it, or pass --config.verify_checksums=False to use "
+                "your own"
+            )
       return folder
   if urls:
     folder = download(name, files, urls)
@@ -81,11 +85,15 @@ def find(name: str, files: dict[str, str], data_dir: Optional[str], *, verify: b
 
 
 def download(name: str, files: dict[str, str], urls: dict[str, str]) -> Optional[Path]:
-  """Fetches ``files`` into ``cache_dir()/name`` with pooch (sha256-checked); None without a network."""
+  """Fetches ``files`` into ``cache_dir()/name`` with pooch (sha256-checked); None without a
+  network."""
   folder = cache_dir() / name
   try:
     for f, digest in files.items():
-      pooch.retrieve(urls[f], known_hash=f"sha256:{digest}" if digest else None, fname=f, path=folder,
+      pooch.retrieve(urls[f],
+                     known_hash=f"sha256:{digest}" if digest else None,
+                     fname=f,
+                     path=folder,
                      progressbar=True)
   except ValueError as e:  # pooch: hash mismatch
     raise UserError(f"download of {name} failed its checksum ({str(e).splitlines()[0]})") from None

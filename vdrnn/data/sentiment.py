@@ -62,14 +62,22 @@ OFFSET = 3  # ids 0, 1, 2 are reserved
 AUTHORS = ("Dennis+Schwartz", "James+Berardinelli", "Scott+Renshaw", "Steve+Rhodes")
 # sha256 of the files the reader uses (../shared/data/SOURCES.md, section 2).
 SCALEDATA_FILES = {
-    "Dennis+Schwartz/subj.Dennis+Schwartz": "cb26f952c091c510c786627a45a5af3fb5c87a986f9aa3eb7eef6e4ed1797a02",
-    "Dennis+Schwartz/rating.Dennis+Schwartz": "b9057227d5b1324f49d5f402f1cad0ae472f3d130f35a24a5334ab7db6726be7",
-    "James+Berardinelli/subj.James+Berardinelli": "1b612ca24494cc675f5e58c1fc320501446da2ed2520a00edb3522b565640658",
-    "James+Berardinelli/rating.James+Berardinelli": "91abefa233432a2b92a82e0cb40706bd38e48e1ce4165e7a16584a6ec1dd8ed0",
-    "Scott+Renshaw/subj.Scott+Renshaw": "c1b0b7b80fa4161053fee1125e7fb7bfba987fcfa08a8ab525504eff4c988cec",
-    "Scott+Renshaw/rating.Scott+Renshaw": "cbe4f07da184e0c68a1051503c91c2474bb23c8d6b433e57d99dc2a8ae43760c",
-    "Steve+Rhodes/subj.Steve+Rhodes": "33ef24625d183f6f9ecf03f356e055e9ff998ac7773f48939a364e9900bbf10a",
-    "Steve+Rhodes/rating.Steve+Rhodes": "bbbe28efbe998827cfe2737a25d19977091a2deea141461eb8e241ce6f5bc03d",
+    "Dennis+Schwartz/subj.Dennis+Schwartz":
+        "cb26f952c091c510c786627a45a5af3fb5c87a986f9aa3eb7eef6e4ed1797a02",
+    "Dennis+Schwartz/rating.Dennis+Schwartz":
+        "b9057227d5b1324f49d5f402f1cad0ae472f3d130f35a24a5334ab7db6726be7",
+    "James+Berardinelli/subj.James+Berardinelli":
+        "1b612ca24494cc675f5e58c1fc320501446da2ed2520a00edb3522b565640658",
+    "James+Berardinelli/rating.James+Berardinelli":
+        "91abefa233432a2b92a82e0cb40706bd38e48e1ce4165e7a16584a6ec1dd8ed0",
+    "Scott+Renshaw/subj.Scott+Renshaw":
+        "c1b0b7b80fa4161053fee1125e7fb7bfba987fcfa08a8ab525504eff4c988cec",
+    "Scott+Renshaw/rating.Scott+Renshaw":
+        "cbe4f07da184e0c68a1051503c91c2474bb23c8d6b433e57d99dc2a8ae43760c",
+    "Steve+Rhodes/subj.Steve+Rhodes":
+        "33ef24625d183f6f9ecf03f356e055e9ff998ac7773f48939a364e9900bbf10a",
+    "Steve+Rhodes/rating.Steve+Rhodes":
+        "bbbe28efbe998827cfe2737a25d19977091a2deea141461eb8e241ce6f5bc03d",
 }
 # sha256 of the repackaged files (../shared/data/SOURCES.md, section 3). No public URL
 # serves these exact bytes, so there is no download: a missing file is one clear error.
@@ -92,7 +100,8 @@ def read_scaledata(folder: Path) -> tuple[list[str], np.ndarray]:
     with open(folder / a / f"rating.{a}", encoding="latin-1") as f:
       r = [float(line) for line in f.read().splitlines() if line.strip()]
     if len(t) != len(r):
-      raise UserError(f"{folder / a}: subj.{a} has {len(t)} reviews but rating.{a} has {len(r)} ratings")
+      raise UserError(
+          f"{folder / a}: subj.{a} has {len(t)} reviews but rating.{a} has {len(r)} ratings")
     texts += t
     ratings += r
   return texts, np.asarray(ratings, np.float32)
@@ -192,7 +201,10 @@ def scaledata_splits(texts: Sequence[str], ratings: np.ndarray, *, num_words: in
   if split not in ("paper", "review"):
     raise UserError(f"data.split must be paper or review, got {split!r}")
   if split == "paper" and valid_fraction:
-    raise UserError("data.valid_fraction must be 0 with data.split=paper (the released protocol has no validation set)")
+    raise UserError(
+        "data.valid_fraction must be 0 with data.split=paper (the released protocol has no "
+        "validation set)"
+    )
   order = shuffled(len(texts), shuffle_seed)
   docs = [tokenize(texts[i]) for i in order]
   ys = ratings[order]
@@ -206,20 +218,42 @@ def scaledata_splits(texts: Sequence[str], ratings: np.ndarray, *, num_words: in
     n_valid_rev = int(n_train_rev * valid_fraction)
     fit = n_train_rev - n_valid_rev
     vocab = build_vocab(docs[:fit], num_words)
-    ranges = {"train": range(0, fit), "valid": range(fit, n_train_rev), "test": range(n_train_rev, len(docs))}
+    ranges = {
+        "train": range(0, fit),
+        "valid": range(fit, n_train_rev),
+        "test": range(n_train_rev, len(docs))
+    }
     parts = {k: [(s, ys[r], r) for r in rs for s in segment(encode(docs[r], vocab), maxlen)]
              for k, rs in ranges.items() if len(rs)}
-  splits = {k: _split(pad([p[0] for p in v], maxlen), np.asarray([p[1] for p in v], np.float32), [p[2] for p in v])
-            for k, v in parts.items()}
+  splits = {
+      k:
+          _split(pad([p[0]
+                      for p in v], maxlen), np.asarray([p[1]
+                                                        for p in v], np.float32), [p[2]
+                                                                                   for p in v])
+      for k, v in parts.items()
+  }
   y_train = splits["train"]["y"]
-  info = {"y_mean": float(np.mean(y_train)), "y_std": float(np.std(y_train)), "vocab_words": len(vocab),
-          "reviews": len(docs), **{f"{k}_segments": len(v["y"]) for k, v in splits.items()},
-          "straddling": len(set(splits["train"]["review"].tolist()) & set(splits["test"]["review"].tolist()))}
+  info = {
+      "y_mean": float(np.mean(y_train)),
+      "y_std": float(np.std(y_train)),
+      "vocab_words": len(vocab),
+      "reviews": len(docs),
+      **{
+          f"{k}_segments": len(v["y"]) for k, v in splits.items()
+      }, "straddling":
+          len(set(splits["train"]["review"].tolist()) & set(splits["test"]["review"].tolist()))
+  }
   return splits, info
 
 
-def imdb_splits(train: tuple[list[str], np.ndarray], test: tuple[list[str], np.ndarray], *, num_words: int,
-                maxlen: int, truncating: str = "pre", valid_fraction: float = 0.0,
+def imdb_splits(train: tuple[list[str], np.ndarray],
+                test: tuple[list[str], np.ndarray],
+                *,
+                num_words: int,
+                maxlen: int,
+                truncating: str = "pre",
+                valid_fraction: float = 0.0,
                 shuffle_seed: int = 0) -> tuple[dict, dict]:
   """IMDB train / valid / test arrays (see the module docstring); ``y`` int32 labels."""
   order = shuffled(len(train[0]), shuffle_seed)
@@ -231,15 +265,22 @@ def imdb_splits(train: tuple[list[str], np.ndarray], test: tuple[list[str], np.n
   labels = {"train": train[1][fit], "valid": train[1][held], "test": test[1]}
   index = {"train": fit, "valid": held, "test": np.arange(len(test[0]))}
   vocab = build_vocab(tok["train"], num_words)
-  splits = {k: _split(pad([encode(d, vocab) for d in docs], maxlen, truncating), labels[k], index[k])
-            for k, docs in tok.items() if len(docs)}
+  splits = {
+      k: _split(pad([encode(d, vocab) for d in docs], maxlen, truncating), labels[k], index[k])
+      for k, docs in tok.items()
+      if len(docs)
+  }
   lengths = np.asarray([len(d) + 1 for d in tok["train"]])
   info = {"vocab_words": len(vocab), **{f"{k}_reviews": len(v["y"]) for k, v in splits.items()},
           "train_truncated_fraction": float(np.mean(lengths > maxlen)) if len(lengths) else 0.0}
   return splits, info
 
 
-def load(task: str, data, data_dir: Optional[str] = None, *, verify: bool = True) -> tuple[dict, dict]:
+def load(task: str,
+         data,
+         data_dir: Optional[str] = None,
+         *,
+         verify: bool = True) -> tuple[dict, dict]:
   """``(splits, info)`` for ``task`` ``"sentiment"`` (Pang & Lee) or ``"imdb"``.
 
   ``data`` is the config's ``data`` block: num_words, maxlen, split, test_fraction,
@@ -248,13 +289,21 @@ def load(task: str, data, data_dir: Optional[str] = None, *, verify: bool = True
   """
   if task == "sentiment":
     folder = locate.find("scaledata", SCALEDATA_FILES, data_dir, verify=verify)
-    splits, info = scaledata_splits(*read_scaledata(folder), num_words=data.num_words, maxlen=data.maxlen,
-                                    split=data.split, test_fraction=data.test_fraction,
-                                    valid_fraction=data.valid_fraction, shuffle_seed=data.shuffle_seed)
+    splits, info = scaledata_splits(*read_scaledata(folder),
+                                    num_words=data.num_words,
+                                    maxlen=data.maxlen,
+                                    split=data.split,
+                                    test_fraction=data.test_fraction,
+                                    valid_fraction=data.valid_fraction,
+                                    shuffle_seed=data.shuffle_seed)
   elif task == "imdb":
     folder = locate.find("imdb", IMDB_FILES, data_dir, verify=verify)
-    splits, info = imdb_splits(read_imdb(folder, "train"), read_imdb(folder, "test"), num_words=data.num_words,
-                               maxlen=data.maxlen, truncating=data.truncating, valid_fraction=data.valid_fraction,
+    splits, info = imdb_splits(read_imdb(folder, "train"),
+                               read_imdb(folder, "test"),
+                               num_words=data.num_words,
+                               maxlen=data.maxlen,
+                               truncating=data.truncating,
+                               valid_fraction=data.valid_fraction,
                                shuffle_seed=data.shuffle_seed)
   else:
     raise UserError(f"unknown task {task!r}; use sentiment or imdb")
@@ -262,6 +311,7 @@ def load(task: str, data, data_dir: Optional[str] = None, *, verify: bool = True
     if limit and k in splits:
       splits[k] = {f: v[:limit] for f, v in splits[k].items()}
   if task == "sentiment":  # the standardisation always uses the training segments in use
-    info["y_mean"], info["y_std"] = float(np.mean(splits["train"]["y"])), float(np.std(splits["train"]["y"]))
+    info["y_mean"], info["y_std"] = float(np.mean(splits["train"]["y"])), float(
+        np.std(splits["train"]["y"]))
   info["folder"] = str(folder)
   return splits, info
