@@ -367,6 +367,56 @@ def markdown(ptb: list[dict], sent: list[dict], records: list[dict]) -> str:
   return "\n".join(out) + "\n"
 
 
+README_START, README_END = "<!-- results:start -->", "<!-- results:end -->"
+
+
+def readme_summary(ptb: list[dict], sent: list[dict]) -> str:
+  """The README's results table: one line per row, every metric in one cell each
+  (the full tables, commands and figures are in launch/results/)."""
+  def cells(lines, metrics, digits):
+    by = {l["metric"]: l for l in lines}
+    paper_ = " / ".join(_fmt(by[m]["paper"]) for m in metrics if m in by and by[m]["paper"])
+    ours = [by[m] for m in metrics if m in by]
+    if ours and all(l["vdrnn"] is None for l in ours):
+      return paper_ or "–", _missing(ours[0])
+    return paper_ or "–", " / ".join(_fmt(l["vdrnn"], digits) for l in ours)
+
+  out = [README_START,
+         "| row | paper (valid Lua / test / MC test) | vdrnn (same) | run | device |",
+         "|---|---|---|---|---|"]
+  rows = dict.fromkeys(l["row"] for l in ptb)
+  for row in rows:
+    lines = [l for l in ptb if l["row"] == row]
+    pap, ours = cells(lines, ("valid (Lua formula)", "test", "MC test"), 1)
+    first = lines[0]
+    run = first["status"] if first["status"] != "done" else f"{first['epochs']} epochs"
+    out.append(f"| {row} | {pap} | {ours} | {run} | {first['device'] or '–'} |")
+  out += ["", "| sentiment row (released semantics) | test RMSE: last epoch / MC / lowest | run | "
+          "device |", "|---|---|---|---|"]
+  for row in dict.fromkeys(l["row"] for l in sent):
+    lines = [l for l in sent if l["row"] == row]
+    pick = lambda prefix: next((l["vdrnn"] for l in lines if l["metric"].startswith(prefix)), None)
+    vals = " / ".join(_fmt(pick(p), 4) for p in ("test RMSE, last", "MC test", "lowest"))
+    first = lines[0]
+    run = first["status"] if first["status"] != "done" else f"{first['epochs']} epochs"
+    out.append(f"| {row} | {vals} | {run} | {first['device'] or '–'} |")
+  return "\n".join(out + [README_END])
+
+
+def update_readme(path: str, summary: str) -> bool:
+  """Replaces the text between the results markers of ``path``; False without markers."""
+  if not os.path.exists(path):
+    return False
+  text = open(path).read()
+  if README_START not in text or README_END not in text:
+    return False
+  head, rest = text.split(README_START, 1)
+  tail = rest.split(README_END, 1)[1]
+  with open(path, "w") as f:
+    f.write(head + summary + tail)
+  return True
+
+
 def _missing(line: dict) -> str:
   """The value cell of a line without a number."""
   none = line["status"] == "not run" or line["status"].startswith("0/")
@@ -427,6 +477,10 @@ def report(root: str, results_dir: str, extra: list[str]) -> list[dict]:
   with open(os.path.join(results_dir, "README_table.md"), "w") as f:
     f.write(table)
   figures = plot_sentiment(records, results_dir)
+  root_dir = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  if os.path.abspath(results_dir) == os.path.join(root_dir, "launch", "results"):
+    if update_readme(os.path.join(root_dir, "README.md"), readme_summary(ptb, sent)):
+      print("updated the results table in README.md")
   print(table)
   print(f"wrote {results_dir}/results.json, results.csv, README_table.md" +
         "".join(f", {os.path.basename(p)}" for p in figures))

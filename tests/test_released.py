@@ -13,7 +13,7 @@ import pytest
 
 from configs import ptb_tiny, sentiment_gru, sentiment_lstm
 from vdrnn import config as config_lib
-from vdrnn import masks, metrics, models, rnn, sharding, train
+from vdrnn import lm_eval, masks, metrics, models, rnn, sharding
 from vdrnn.errors import UserError
 
 

@@ -180,3 +180,24 @@ def test_run_row_records_the_device_and_runs_vdrnn_train(tmp_path):
   assert s["command"].startswith("python -m vdrnn.train --config configs/ptb_tiny.py:none")
   res = json.loads((wd / "results.json").read_text())
   assert 0 < res["valid_ppl_lua"] < res["valid_ppl"]  # the Lua formula divides by more tokens
+
+
+def test_report_rewrites_only_the_readme_results_block(tmp_path):
+  """``--report`` writes the README's results table between its markers and nothing else."""
+  readme = tmp_path / "README.md"
+  readme.write_text(f"# title\n\n{reproduce.README_START}\nold table\n{reproduce.README_END}\n\nrest\n")
+  root = tmp_path / "runs"
+  fake_workdir(root, "large_variational_untied", results={"valid_ppl": 79.0, "valid_ppl_lua": 78.0,
+                                                          "test_ppl": 75.5, "mc_test_ppl": 73.6},
+               device="NVIDIA H100 80GB HBM3 (gpu)", epochs=55)
+  records = reproduce.merge([reproduce.collect(r, str(root), []) for r in reproduce.ROWS], None)
+  summary = reproduce.readme_summary(reproduce.ptb_lines(records),
+                                     reproduce.sentiment_lines(records))
+  assert reproduce.update_readme(str(readme), summary)
+  text = readme.read_text()
+  assert text.startswith("# title\n\n") and text.endswith("\n\nrest\n") and "old table" not in text
+  row = next(l for l in text.splitlines() if l.startswith("| large_variational_untied |"))
+  assert "77.9 ± 0.3 / 75.2 ± 0.2 / 73.4 ± 0.0" in row and "78.0 / 75.5 / 73.6" in row
+  assert "55 epochs" in row and "H100" in row
+  assert "| medium_naive | 86.2 / 82.7 | not run | not run |" in text
+  assert not reproduce.update_readme(str(tmp_path / "missing.md"), summary)

@@ -86,9 +86,8 @@ def validate(config) -> None:
       raise UserError(f"{name} must be a positive integer, got {v!r}")
   if m.vocab_size != d.num_words + data_lib.OFFSET:
     raise UserError(
-        f"model.vocab_size must be data.num_words + {data_lib.OFFSET} = {d.num_words + "
-        "data_lib.OFFSET} "
-        f"(ids 0, 1, 2 are pad, start, OOV), got {m.vocab_size}")
+        f"model.vocab_size must be data.num_words + {data_lib.OFFSET} = "
+        f"{d.num_words + data_lib.OFFSET} (ids 0, 1, 2 are pad, start, OOV), got {m.vocab_size}")
   for name in ("test_fraction", "valid_fraction"):
     if not 0 <= d[name] < 1:
       raise UserError(f"data.{name} must be in [0, 1), got {d[name]!r}")

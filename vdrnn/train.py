@@ -15,18 +15,18 @@ from ml_collections import config_flags
 from vdrnn.experiment import default_workdir, train_and_evaluate
 from vdrnn.errors import UserError, config_value, parse_flags, run_main
 
-_CONFIG = config_flags.DEFINE_config_file("config", None,
-                                          "Config file, e.g. configs/ptb_large.py[:arg].")
-_WORKDIR = flags.DEFINE_string("workdir", None,
-                               "Output directory (default: workdirs/<config>[_<arg>]).")
-_DISTRIBUTED = flags.DEFINE_bool(
-    "distributed", False, "Multi-host: call jax.distributed.initialize() "
-    "and let it detect the cluster (SLURM, Open MPI, Cloud TPU).")
-_COORDINATOR = flags.DEFINE_string(
-    "coordinator_address", None, "Multi-host: host:port of process 0 "
-    "(give --num_processes and --process_id too).")
-_NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Multi-host: number of processes.")
-_PROCESS_ID = flags.DEFINE_integer("process_id", None, "Multi-host: this process's index.")
+def define_flags() -> None:
+  """The command line's flags, defined when it runs."""
+  if "distributed" in flags.FLAGS:
+    return
+  config_flags.DEFINE_config_file("config", None, "Config file, e.g. configs/ptb_large.py[:arg].")
+  flags.DEFINE_string("workdir", None, "Output directory (default: workdirs/<config>[_<arg>]).")
+  flags.DEFINE_bool("distributed", False, "Multi-host: call jax.distributed.initialize() and let "
+                    "it detect the cluster (SLURM, Open MPI, Cloud TPU).")
+  flags.DEFINE_string("coordinator_address", None, "Multi-host: host:port of process 0 (give "
+                      "--num_processes and --process_id too).")
+  flags.DEFINE_integer("num_processes", None, "Multi-host: number of processes.")
+  flags.DEFINE_integer("process_id", None, "Multi-host: this process's index.")
 
 
 def init_distributed() -> None:
@@ -35,8 +35,9 @@ def init_distributed() -> None:
   Each process then feeds its share of the global batch (``vdrnn.sharding.put_batch``).
   On CPU the cross-process collectives are gloo's (TCP).
   """
-  explicit = (_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
-  if not _DISTRIBUTED.value and all(v is None for v in explicit):
+  f = flags.FLAGS
+  explicit = (f.coordinator_address, f.num_processes, f.process_id)
+  if not f.distributed and all(v is None for v in explicit):
     return
   if any(v is not None for v in explicit) and any(v is None for v in explicit):
     raise UserError("--coordinator_address, --num_processes and --process_id go together; "
@@ -52,11 +53,11 @@ def main(argv):
   logging.set_verbosity(logging.WARNING)  # orbax logs every save at INFO
 
   def _main():
-    config = config_value(_CONFIG)
+    config = config_value(flags.FLAGS["config"])
     if config is None:
       raise UserError("--config is required, e.g. --config configs/ptb_small.py")
     init_distributed()
-    workdir = _WORKDIR.value or default_workdir(
+    workdir = flags.FLAGS.workdir or default_workdir(
         config_flags.get_config_filename(flags.FLAGS["config"]))
     train_and_evaluate(config, workdir)
 
@@ -64,4 +65,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+  define_flags()
   app.run(main, flags_parser=parse_flags)
