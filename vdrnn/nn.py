@@ -240,6 +240,23 @@ class _VariationalRNN(_RandomLayer):
     return (carry, ys) if return_carry else ys
 
 
+def _lstm_scan(layer, params, carry, xs, mask_x, mask_h, valid, B):
+  """The LSTM layers' (NNX and Linen) scan: ``rnn.lstm`` from a zero carry by default."""
+  if carry is None:
+    z = jnp.zeros((B, layer.hidden_features), jnp.float32)
+    carry = (z, z)
+  return rnn.lstm(params, carry, xs, mask_x, mask_h, valid=valid, unroll=layer.unroll,
+                  compute_dtype=layer.compute_dtype, hoist_input=layer.hoist_input)
+
+
+def _gru_scan(layer, params, carry, xs, mask_x, mask_h, valid, B):
+  """The GRU layers' (NNX and Linen) scan: ``rnn.gru`` from a zero carry by default."""
+  if carry is None:
+    carry = jnp.zeros((B, layer.hidden_features), jnp.float32)
+  return rnn.gru(params, carry, xs, mask_x, mask_h, valid=valid, unroll=layer.unroll,
+                 compute_dtype=layer.compute_dtype)
+
+
 class VariationalLSTM(_VariationalRNN):
   """LSTM layer with variational dropout (Gal & Ghahramani 2016), on ``vdrnn.rnn.lstm``.
 
@@ -265,12 +282,7 @@ class VariationalLSTM(_VariationalRNN):
     super().__init__(in_features, hidden_features, **kwargs)
     self.hoist_input = hoist_input
 
-  def _scan(self, params, carry, xs, mask_x, mask_h, valid, B):
-    if carry is None:
-      z = jnp.zeros((B, self.hidden_features), jnp.float32)
-      carry = (z, z)
-    return rnn.lstm(params, carry, xs, mask_x, mask_h, valid=valid, unroll=self.unroll,
-                    compute_dtype=self.compute_dtype, hoist_input=self.hoist_input)
+  _scan = _lstm_scan
 
   @classmethod
   def from_cell(cls, cell: nnx.OptimizedLSTMCell, *, rngs: Optional[nnx.Rngs] = None,
@@ -305,11 +317,7 @@ class VariationalGRU(_VariationalRNN):
 
   n_gates = 3
 
-  def _scan(self, params, carry, xs, mask_x, mask_h, valid, B):
-    if carry is None:
-      carry = jnp.zeros((B, self.hidden_features), jnp.float32)
-    return rnn.gru(params, carry, xs, mask_x, mask_h, valid=valid, unroll=self.unroll,
-                   compute_dtype=self.compute_dtype)
+  _scan = _gru_scan
 
 
 # ----------------------------------------------------------------------------------------
@@ -448,12 +456,7 @@ class VariationalLSTMLinen(_LinenVariationalRNN):
   hoist_input: bool = True
   n_gates = 4
 
-  def _scan(self, params, carry, xs, mask_x, mask_h, valid, B):
-    if carry is None:
-      z = jnp.zeros((B, self.hidden_features), jnp.float32)
-      carry = (z, z)
-    return rnn.lstm(params, carry, xs, mask_x, mask_h, valid=valid, unroll=self.unroll,
-                    compute_dtype=self.compute_dtype, hoist_input=self.hoist_input)
+  _scan = _lstm_scan
 
 
 class VariationalGRULinen(_LinenVariationalRNN):
@@ -461,8 +464,4 @@ class VariationalGRULinen(_LinenVariationalRNN):
 
   n_gates = 3
 
-  def _scan(self, params, carry, xs, mask_x, mask_h, valid, B):
-    if carry is None:
-      carry = jnp.zeros((B, self.hidden_features), jnp.float32)
-    return rnn.gru(params, carry, xs, mask_x, mask_h, valid=valid, unroll=self.unroll,
-                   compute_dtype=self.compute_dtype)
+  _scan = _gru_scan

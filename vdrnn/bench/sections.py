@@ -25,6 +25,14 @@ def bench_gemm(sizes, dtypes, reps: int) -> dict:
 
 
 
+def _step_rates(cfg, tokens: int, t: float, compile_s: float, times, rates) -> dict:
+  """A training step's record: ``tokens`` per step done in median ``t`` seconds."""
+  flops = 6 * matmul_params(cfg) * tokens
+  return {"seconds_per_step": t, "tokens_per_s": tokens / t, "flops_per_s": flops / t,
+          "compile_s": compile_s, "times": times, "gemm_rates": rates,
+          "gemm_fraction": _fraction(flops, times, rates)}
+
+
 def bench_train(cfg, steps: int, reps: int, min_time: float, probe=None) -> dict:
   step_fn = jax.jit(lm.make_train_step(cfg), donate_argnums=0)
   state = lm.init_state(cfg, cfg.train.batch_size)
@@ -35,17 +43,7 @@ def bench_train(cfg, steps: int, reps: int, min_time: float, probe=None) -> dict
     raise RuntimeError("the benchmarked training step produced a non-finite loss")
   tokens = cfg.train.batch_size * cfg.train.seq_length
   cache = getattr(step_fn, "_cache_size", lambda: None)()
-  flops = 6 * matmul_params(cfg) * tokens
-  return {
-      "seconds_per_step": t,
-      "tokens_per_s": tokens / t,
-      "flops_per_s": flops / t,
-      "compile_s": compile_s,
-      "times": times,
-      "gemm_rates": rates,
-      "gemm_fraction": _fraction(flops, times, rates),
-      "compilations": cache
-  }
+  return {**_step_rates(cfg, tokens, t, compile_s, times, rates), "compilations": cache}
 
 
 def bench_mc(cfg, samples: int, windows: int, reps: int, min_time: float, probe=None) -> dict:
@@ -96,13 +94,4 @@ def bench_population(cfg, K: int, steps: int, reps: int, min_time: float, probe=
   t, compile_s, state, times, rates = time_train(step_fn, state, batches, steps, reps, min_time,
                                                  probe)
   tokens = K * cfg.train.batch_size * cfg.train.seq_length
-  flops = 6 * matmul_params(cfg) * tokens
-  return {
-      "seconds_per_step": t,
-      "tokens_per_s": tokens / t,
-      "flops_per_s": flops / t,
-      "compile_s": compile_s,
-      "times": times,
-      "gemm_rates": rates,
-      "gemm_fraction": _fraction(flops, times, rates)
-  }
+  return _step_rates(cfg, tokens, t, compile_s, times, rates)
