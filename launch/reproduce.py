@@ -201,6 +201,8 @@ def collect(row: Row, root: str, extra: list[str]) -> dict:
   keys = (("epoch", "test_rmse", "test_rmse_mc", "train_rmse", "train_running_rmse")
           if row.task == "sentiment" else ("epoch", "train_ppl", "valid_ppl", "valid_ppl_lua"))
   rec["curve"] = [{k: h.get(k) for k in keys if h.get(k) is not None} for h in hist]
+  if res is not None and hist and len(hist) > res.get("epochs", len(hist)):
+    res = None  # results.json of the shorter run this one extends: not this run's end
   if res is not None:
     rec["status"] = "done"
     rec["epochs"] = num_epochs
@@ -442,7 +444,7 @@ def plot_sentiment(records: list[dict], results_dir: str) -> list[str]:
       scheme = r["row"].rsplit("_", 1)[-1]
       line, = ax.plot(*zip(*pts), marker="o" if len(pts) < 30 else None, ms=3, label=scheme)
       mc = (r["results"] or {}).get("test_rmse_mc")
-      if mc is not None:
+      if mc is not None and (r["results"] or {}).get("epochs") == pts[-1][0]:  # this run's end
         ax.plot([pts[-1][0]], [mc], "*", color=line.get_color(), ms=9)
     ax.set_title(f"{cell.upper()}, released semantics (star: MC dropout at the end)")
     ax.set_xlabel("epoch")
