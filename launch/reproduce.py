@@ -33,7 +33,6 @@ import json
 import math
 import os
 import shlex
-import sys
 import time
 from typing import Optional
 

@@ -35,7 +35,7 @@ import jax.numpy as jnp
 import numpy as np
 from absl import app, flags
 
-from vdrnn import lm, models, pallas_lstm, rnn
+from vdrnn import lm, pallas_lstm, rnn
 from vdrnn import masks as masks_lib
 from vdrnn.bench import peers
 from vdrnn.config import load_config_file
