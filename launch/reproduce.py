@@ -42,6 +42,7 @@ from launch import paper, sweep
 from vdrnn.config import load_config_file
 from vdrnn.errors import UserError, run_main
 
+DEFAULT_ROOT = "workdirs/reproduce"  # where rows run unless --workdir_root says otherwise
 SENTIMENT_EPOCHS = (1, 2, 5, 10, 20, 50, 100, 250, 500, 1250)  # the fixed-epoch table's columns
 
 
@@ -175,11 +176,15 @@ def _history(workdir: str) -> list[dict]:
 
 
 def collect(row: Row, root: str, extra: list[str]) -> dict:
-  """The row's record: status, numbers, epochs, seed, device, wall time, command, curves."""
+  """The row's record: status, numbers, epochs, seed, device, wall time, command, curves.
+
+  A row that ran shows the command it ran with; one that did not, the command that runs it
+  in the default workdir root (what a reader would type), whatever ``root`` the report reads."""
   workdir = os.path.join(root, row.name)
   rec = {"row": row.name, "family": row.family, "task": row.task, "config": row.config,
          "overrides": [f"--config.{p}={v}" for p, v in row.overrides], "note": row.note,
-         "status": "not run", "command": command(row, root, extra), "device": None, "wall_s": None,
+         "status": "not run", "command": command(row, DEFAULT_ROOT, extra), "device": None,
+         "wall_s": None,
          "epochs": None, "seed": None, "results": None, "curve": []}
   if not os.path.isdir(workdir):
     return rec
@@ -500,7 +505,7 @@ def define_flags() -> None:
   flags.DEFINE_bool("dry_run", False, "List the rows and their commands; run nothing.")
   flags.DEFINE_bool("report", False,
                     "Collect the workdirs into tables and figures; run nothing.")
-  flags.DEFINE_string("workdir_root", "workdirs/reproduce",
+  flags.DEFINE_string("workdir_root", DEFAULT_ROOT,
                       "Row <name> runs in <workdir_root>/<name>.")
   flags.DEFINE_string("results_dir", "launch/results", "Where --report writes its files.")
   flags.DEFINE_string("gpus", "auto", "Comma-separated GPU ids (one row per GPU); 'auto' "

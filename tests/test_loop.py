@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from configs import ptb_tiny, sentiment_lstm
-from vdrnn import experiment, lm, sentiment, sharding
+from vdrnn import experiment, lm, loop, sentiment, sharding
 from vdrnn.config import load_config_file
 from vdrnn.errors import UserError
 
@@ -136,3 +136,9 @@ def test_sentiment_loop_writes_files_on_process_0_only(tmp_path, monkeypatch):
   assert np.isfinite(r["test_rmse"])
   written = sorted(f for f in os.listdir(tmp_path) if f != "checkpoints")
   assert written == [], written
+
+
+def test_progress_bar_values_are_short_for_one_run_and_a_population():
+  assert loop._short(598.4321) == "598.4"
+  assert loop._short([905.1728515625, 927.3117065429688]) == "[905.2, 927.3]"
+  assert loop._short("x") == "x"

@@ -120,7 +120,7 @@ def test_train_population_resumes_and_members_match_single_runs(tmp_path):
   single_wd = str(tmp_path / "single")
   single = lm.train_lm(population.member_config(c, members[k]), single_wd)
   got = res["members"][k]
-  for name in ("valid_ppl", "test_ppl", "best_valid_ppl"):
+  for name in ("valid_ppl", "valid_ppl_lua", "test_ppl", "best_valid_ppl"):
     np.testing.assert_allclose(got[name], single[name], rtol=1e-5)
   # Member k's workdir reads like the single run's: results, metrics and checkpoint.
   mdir = os.path.join(wd, population.member_name(k))

@@ -182,4 +182,7 @@ def run(task: Task, config, workdir: str) -> dict:
 
 
 def _short(v):
+  """A progress-bar value: floats to 4 digits, a population's list as ``[a, b, ...]``."""
+  if isinstance(v, (list, tuple)):
+    return "[" + ", ".join(str(_short(x)) for x in v) + "]"
   return f"{v:.4g}" if isinstance(v, float) else v

@@ -33,7 +33,7 @@ import sys
 import jax
 import numpy as np
 
-from vdrnn import checkpoint, lm, lm_eval, loop, masks, models
+from vdrnn import checkpoint, lm, lm_eval, loop, masks, metrics, models
 from vdrnn.config import validate_lm
 from vdrnn.data import ptb
 from vdrnn.errors import UserError
@@ -171,9 +171,15 @@ def make_task(config, workdir: str) -> loop.Task:
   writers = {}  # opened at the first epoch end (truncated to the resumed epoch's start)
   reported_bad = set()
 
-  def evaluate_ppl(params, ids, batch_size, full) -> list[float]:
-    xs, ys, ws = ptb.eval_windows(ptb.batchify(ids, batch_size), config.eval.seq_length, full=full)
+  def evaluate_ppl(params, ids, batch_size, full, lua=False) -> list[float]:
+    """Each member's perplexity, as ``lm_eval.evaluate_split`` computes a single run's."""
+    streams = ptb.batchify(ids, batch_size)
+    T = t.seq_length if lua else config.eval.seq_length
+    xs, ys, ws = ptb.eval_windows(streams, T, full=full and not lua)
     nll, count = eval_fn(params, models.lm_zero_carry(config.model, batch_size), xs, ys, ws)
+    if lua:
+      cols = streams.shape[1]
+      return [metrics.lua_valid_ppl_from_sum(float(n), batch_size, cols, T) for n in nll]
     return [float(np.exp(float(n) / float(c))) for n, c in zip(nll, count)]
 
   def member_meta(meta, k):
@@ -217,7 +223,9 @@ def make_task(config, workdir: str) -> loop.Task:
                         member_state(host, k),
                         mmeta,
                         metric=valid[k])
-    return {"valid_ppl": valid}
+    return {"valid_ppl": valid,
+            "valid_ppl_lua": evaluate_ppl(state["params"], splits["valid"], t.batch_size,
+                                          full=False, lua=True)}
 
   def after_epoch(meta):
     r = meta["history"][-1]
@@ -227,6 +235,7 @@ def make_task(config, workdir: str) -> loop.Task:
                        epoch=r["epoch"],
                        train_ppl=r["train_ppl"][k],
                        valid_ppl=r["valid_ppl"][k],
+                       valid_ppl_lua=r["valid_ppl_lua"][k],
                        lr=r["lr"])
 
   def finish(state, meta):
@@ -236,7 +245,9 @@ def make_task(config, workdir: str) -> loop.Task:
     out = []
     for k, m in enumerate(members):
       best = _member_best(meta["history"], k)
-      res = {"valid_ppl": meta["history"][-1]["valid_ppl"][k] if meta["history"] else None,
+      last = meta["history"][-1] if meta["history"] else {}
+      res = {"valid_ppl": last["valid_ppl"][k] if last else None,
+             "valid_ppl_lua": last["valid_ppl_lua"][k] if "valid_ppl_lua" in last else None,
              "test_ppl": test[k], "best_valid_ppl": best["value"] if best else None, "step": step}
       if config.eval.mc_samples:
         mc = lm_eval.mc_lm(mconfigs[k], member_state(host, k)["params"], splits["test"],
