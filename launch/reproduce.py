@@ -198,8 +198,9 @@ def collect(row: Row, root: str, extra: list[str]) -> dict:
     rec["device"] = sessions[-1]["device"]
     ended = [s["end"] - s["start"] for s in sessions if s.get("end")]
     rec["wall_s"] = sum(ended) if ended else None
-  if rec["wall_s"] is None and hist:
-    rec["wall_s"] = sum(h.get("time_s", 0.0) + h.get("eval_time_s", 0.0) for h in hist)
+  if hist:  # an interrupted session has no end: its epochs' own times still count
+    epochs_s = sum(h.get("time_s", 0.0) + h.get("eval_time_s", 0.0) for h in hist)
+    rec["wall_s"] = max(rec["wall_s"] or 0.0, epochs_s)
   num_epochs = cfg.get("train", {}).get("num_epochs")
   rec["seed"] = cfg.get("seed")
   keys = (("epoch", "test_rmse", "test_rmse_mc", "train_rmse", "train_running_rmse")

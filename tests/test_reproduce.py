@@ -85,12 +85,15 @@ def test_report_from_fixture_workdirs(tmp_path):
   hist = [{"epoch": e, "test_rmse": 0.2 - 0.01 * e, "train_rmse": 0.1} for e in range(1, 6)]
   fake_workdir(root, "sentiment_lstm_variational", epochs=5, history=hist,
                results={"test_rmse": 0.15, "test_rmse_mc": 0.149, "mc_samples": 10})
-  fake_workdir(root, "sentiment_lstm_naive", epochs=5, history=hist[:2])  # still running
+  # Still running, its current session not ended: the epochs' times count toward its wall time.
+  fake_workdir(root, "sentiment_lstm_naive", epochs=5, wall=(20.0,),
+               history=[{**h, "time_s": 25.0, "eval_time_s": 5.0} for h in hist[:2]])
 
   recs = {r["row"]: r for r in reproduce.report(str(root), str(out), [])}
   assert recs["zaremba_small_seed0"]["wall_s"] == 120.0
   assert recs["zaremba_small_seed0"]["status"] == "done"
   assert recs["sentiment_lstm_naive"]["status"] == "partial (2/5 epochs)"
+  assert recs["sentiment_lstm_naive"]["wall_s"] == 60.0
   assert recs["medium_naive"]["status"] == "not run"
 
   table = (out / "README_table.md").read_text()
