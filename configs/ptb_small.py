@@ -1,5 +1,6 @@
 """Zaremba et al. 2014 "small" PTB model: no dropout. Reference 120.7 val / 114.5 test
-(configs/PAPER.md, Zaremba recipes table)."""
+(configs/PAPER.md, Zaremba recipes table). ``--config.model.lua_biases=True`` gives each
+gate the two biases of Zaremba's ``main.lua`` (configs/PAPER.md, details of the released code)."""
 
 from vdrnn.config import lm_base, parse_arg
 

@@ -52,13 +52,15 @@ class Row:
   config: str                      # config file[:arg], as for vdrnn.train
   overrides: tuple = ()            # ((config path, value), ...) -> --config.PATH=VALUE
   family: str = ""                 # rows aggregated in the report (one experiment's seeds)
+  paper_row: str = ""              # the paper row it is held against (default: family or name)
   task: str = "ptb"                # ptb | sentiment
   where: str = "gpu"               # where the row is meant to run (informational): cpu | gpu
   note: str = ""
 
   @property
   def paper(self) -> Optional[dict]:
-    return paper.PTB.get(self.family or self.name) if self.task == "ptb" else None
+    key = self.paper_row or self.family or self.name
+    return paper.PTB.get(key) if self.task == "ptb" else None
 
 
 def _sentiment_rows():
@@ -75,6 +77,11 @@ MEDIUM_NOTE = "dropout rates: vdrnn's point on the paper's tied grid (not publis
 ROWS = (
     *(Row(f"zaremba_small_seed{s}", "configs/ptb_small.py", (("seed", str(s)),),
           family="zaremba_small", where="cpu") for s in range(3)),
+    *(Row(f"zaremba_small_lua_biases_seed{s}", "configs/ptb_small.py",
+          (("seed", str(s)), ("model.lua_biases", "True")), family="zaremba_small_lua_biases",
+          paper_row="zaremba_small", where="cpu",
+          note="the Lua code's two biases per gate (i2h and h2h), as Zaremba's main.lua")
+      for s in range(3)),
     Row("medium_naive", "configs/ptb_medium.py:naive"),
     Row("medium_variational_tied", "configs/ptb_medium.py:variational_tied", note=MEDIUM_NOTE),
     Row("medium_variational_untied", "configs/ptb_medium.py:variational_untied", note=MEDIUM_NOTE),
@@ -280,7 +287,7 @@ def ptb_lines(records: list[dict]) -> list[dict]:
       families.setdefault(rec["family"], []).append(rec)
   for fam, recs in families.items():
     done = [r for r in recs if r["status"] == "done"]
-    pap = paper.PTB.get(fam, {})
+    pap = next(r for r in ROWS if r.family == fam).paper or {}
     for label, key, pkey in PTB_METRICS[:3]:
       vals = [r["results"][key] for r in done if r["results"].get(key) is not None]
       line = {"row": f"{fam} (mean of {len(vals)} seeds)", "metric": label,

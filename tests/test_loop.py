@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from configs import ptb_tiny, sentiment_lstm
-from vdrnn import experiment, lm, loop, sentiment, sharding
+from vdrnn import checkpoint, experiment, lm, loop, sentiment, sharding
 from vdrnn.config import load_config_file
 from vdrnn.errors import UserError
 
@@ -141,3 +141,21 @@ def test_progress_bar_values_are_short_for_one_run_and_a_population():
   assert loop._short(598.4321) == "598.4"
   assert loop._short([905.1728515625, 927.3117065429688]) == "[905.2, 927.3]"
   assert loop._short("x") == "x"
+
+
+def test_a_field_added_since_the_checkpoint_reads_as_its_default():
+  """A checkpoint from before ``model.lua_biases`` existed resumes when the run keeps the
+  field's default; any other difference is named field by field."""
+  saved = {"task": "ptb", "model": {"hidden": 16}}
+  now = {"task": "ptb", "model": {"hidden": 16, "lua_biases": False}}
+  defaults = {"task": "ptb", "model": {"hidden": 200, "lua_biases": False}}
+  checkpoint.check_compatible(saved, now, ["task", "model"], "w", defaults)
+  changed = {"task": "ptb", "model": {"hidden": 16, "lua_biases": True}}
+  with pytest.raises(UserError, match=r"\(model.lua_biases: False there, True now\)"):
+    checkpoint.check_compatible(saved, changed, ["task", "model"], "w", defaults)
+  wider = {"task": "ptb", "model": {"hidden": 32, "lua_biases": False}}
+  with pytest.raises(UserError, match=r"\(model.hidden: 16 there, 32 now\)"):
+    checkpoint.check_compatible(saved, wider, ["task", "model"], "w", defaults)
+  with pytest.raises(UserError, match=r"model.lua_biases: '<absent>' there"):
+    checkpoint.check_compatible(saved, now, ["task", "model"], "w")  # no defaults given
+  assert lm.RESUME_DEFAULTS["model"]["lua_biases"] is False

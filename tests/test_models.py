@@ -119,6 +119,31 @@ def test_tied_embeddings_share_the_matrix():
                              rtol=1e-6)
 
 
+def test_lua_biases_are_two_trained_copies_of_one_bias():
+  """``lua_biases``: the gates see ``b + b_h`` (the Lua code's i2h and h2h biases); each copy
+  gets the single-bias model's bias gradient, so an SGD step moves their sum twice as far."""
+  cfg1, cfg2 = tiny("none"), tiny("none", lua_biases=True)
+  p1, p2 = models.init_lm(jax.random.key(0), cfg1), models.init_lm(jax.random.key(0), cfg2)
+  b_h = [layer.pop("b_h") for layer in p2["lstm"]]
+  jax.tree.map(np.testing.assert_array_equal, p2, p1)  # the rest: as without the switch
+  for layer, extra in zip(p1["lstm"], b_h):
+    assert extra.shape == layer["b"].shape and float(jnp.abs(extra).max()) <= cfg2.init_scale
+    assert not np.allclose(extra, layer["b"])
+    layer["b_h"] = extra
+  merged = jax.tree.map(lambda a: a, p1)
+  for layer in merged["lstm"]:
+    layer["b"] = layer.pop("b") + layer.pop("b_h")
+  x, y = data()
+  carry = models.lm_zero_carry(cfg1, 4)
+  loss = lambda p: models.lm_nll(p, carry, x, y)[0].mean(axis=1).sum()
+  np.testing.assert_allclose(loss(p1), loss(merged), rtol=1e-6)
+  g, gm = jax.grad(loss)(p1), jax.grad(loss)(merged)
+  for l in range(cfg1.num_layers):
+    for name, ref in (("b", "b"), ("b_h", "b"), ("w_h", "w_h"), ("w_x", "w_x")):
+      np.testing.assert_allclose(g["lstm"][l][name], gm["lstm"][l][ref], rtol=1e-5, atol=1e-7)
+  assert float(jnp.abs(g["lstm"][0]["b"]).max()) > 0
+
+
 def test_init_is_uniform_in_scale():
   cfg = tiny()
   params = models.init_lm(jax.random.key(0), cfg)

@@ -77,6 +77,8 @@ def test_report_from_fixture_workdirs(tmp_path):
   root, out = tmp_path / "root", tmp_path / "results"
   fake_workdir(root, "zaremba_small_seed0", seed=0, wall=(50.0, 70.0),
                results={"valid_ppl": 122.0, "valid_ppl_lua": 121.0, "test_ppl": 117.0})
+  fake_workdir(root, "zaremba_small_lua_biases_seed2", seed=2,
+               results={"valid_ppl": 121.0, "valid_ppl_lua": 120.0, "test_ppl": 116.0})
   fake_workdir(root, "zaremba_small_seed1", seed=1,
                results={"valid_ppl": 120.0, "valid_ppl_lua": 119.0, "test_ppl": 115.0})
   fake_workdir(root, "large_variational_untied", results={"valid_ppl": 79.0, "valid_ppl_lua": 78.0,
@@ -101,6 +103,9 @@ def test_report_from_fixture_workdirs(tmp_path):
   # Seeds aggregated: mean 116 +- sd 1.41 against 114.5.
   fam = next(l for l in lines if l.startswith("| zaremba_small (mean of 2 seeds) | test "))
   assert "| 114.5 | 116.00 ± 1.41 | 1.50 | 0,1 |" in fam
+  lua = next(l for l in lines
+             if l.startswith("| zaremba_small_lua_biases (mean of 1 seeds) | test "))
+  assert "| 114.5 | 116.00 | 1.50 | 2 |" in lua  # held against Zaremba small, its own family
   lua = next(l for l in lines if l.startswith("| large_variational_untied | valid (Lua formula)"))
   assert "| 77.9 ± 0.3 | 78.00 | 0.10 |" in lua and "NVIDIA H100 80GB HBM3 (gpu)" in lua
   mc = "| large_variational_untied | MC test | 73.4 ± 0.0 | 73.60 | 0.20 |"

@@ -145,19 +145,34 @@ def _first_line(e: BaseException) -> str:
   return text.splitlines()[0] if text else type(e).__name__
 
 
-def check_compatible(saved: dict, current: dict, keys: list[str], where: str) -> None:
-  """Raises a UserError naming the first field of ``keys`` (dotted) that differs."""
+def check_compatible(saved: dict, current: dict, keys: list[str], where: str,
+                     defaults: Optional[dict] = None) -> None:
+  """Raises a UserError naming the first field of ``keys`` (dotted) that differs.
+
+  A field the saved config lacks (one the code gained after the checkpoint was made) reads
+  as its value in ``defaults``: the base config, whose defaults keep the old behaviour."""
+  absent = "<absent>"
+
   def get(d, dotted):
     for part in dotted.split("."):
       if not isinstance(d, dict) or part not in d:
-        return "<absent>"
+        return absent
       d = d[part]
     return d
+
   for k in keys:
-    a, b = get(saved, k), get(current, k)
-    if a != b:
-      raise UserError(f"{where} holds a checkpoint from an incompatible config ({k}: {a!r} there, "
-                      f"{b!r} now); use a fresh --workdir or the original config")
+    a, b, d = get(saved, k), get(current, k), get(defaults or {}, k)
+    if isinstance(a, dict) and isinstance(d, dict):
+      a = {**d, **a}
+    elif a == absent:
+      a = d
+    if a == b:
+      continue
+    if isinstance(a, dict) and isinstance(b, dict):  # name the field inside, e.g. model.hidden
+      f = next(f for f in sorted({*a, *b}) if a.get(f, absent) != b.get(f, absent))
+      k, a, b = f"{k}.{f}", a.get(f, absent), b.get(f, absent)
+    raise UserError(f"{where} holds a checkpoint from an incompatible config ({k}: {a!r} there, "
+                    f"{b!r} now); use a fresh --workdir or the original config")
 
 
 def find(workdir: str, which: str = "latest") -> tuple[ocp.CheckpointManager, int]:

@@ -82,6 +82,7 @@ def lm_base() -> ml_collections.ConfigDict:
   c.model.num_layers = 2
   c.model.init_scale = 0.1
   c.model.tie_embeddings = False   # Press & Wolf 2016 (an extra; not in the paper)
+  c.model.lua_biases = False       # True: two biases per LSTM gate, as the Lua code's i2h/h2h
   c.model.scheme = "none"          # variational | naive | none
   c.model.tied_gates = False       # variational: one mask for all gates (True) or one per gate
   c.model.p_emb = 0.0              # word-type embedding dropout (dropout_x)

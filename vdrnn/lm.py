@@ -23,18 +23,21 @@ The step is ``jax.jit``-ted with ``NamedSharding``s over a 1-D device mesh (data
 
 from __future__ import annotations
 
+import json
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 
 from vdrnn import loop, lm_eval, models, sharding
-from vdrnn.config import compute_dtype, validate_lm
+from vdrnn.config import compute_dtype, lm_base, validate_lm
 from vdrnn.data import ptb
 from vdrnn.errors import UserError
 
 # Config fields that must match for a workdir's checkpoint to be resumed.
 RESUME_KEYS = ["task", "seed", "data_limit", "model", "train.batch_size", "train.seq_length"]
+RESUME_DEFAULTS = json.loads(lm_base().to_json())  # a field a checkpoint lacks: its default
 
 
 def lr_schedule(t) -> optax.Schedule:
@@ -246,7 +249,8 @@ def make_task(config, workdir: str) -> loop.Task:
       state=jax.device_put(state, sh), train_step=train_step, steps_per_epoch=epoch_size,
       batch=batch, start_epoch=start_epoch, running=running,
       evaluate=lambda state, epoch, meta: valid(state["params"]), finish=finish,
-      resume_keys=RESUME_KEYS, meta={"epoch_size": epoch_size}, select="valid_ppl",
+      resume_keys=RESUME_KEYS, resume_defaults=RESUME_DEFAULTS, meta={"epoch_size": epoch_size},
+      select="valid_ppl",
       items_per_step=t.batch_size * t.seq_length, rate_name="wps",
       nonfinite_hint="lower train.lr or train.max_grad_norm",
       describe=(f"{num_params / 1e6:.1f}M parameters, {len(jax.devices())} device(s), "

@@ -53,6 +53,7 @@ class Task:
   evaluate: Callable[[Any, int, dict], dict]   # ``(state, epoch, meta) -> eval metrics``
   finish: Callable[[Any, dict], dict]          # ``(state, meta) -> results.json``
   resume_keys: Sequence[str]                   # config fields a resumed run must share
+  resume_defaults: Optional[dict] = None       # base config: values of fields added since
   meta: dict = dataclasses.field(default_factory=dict)  # saved with every checkpoint
   select: Optional[str] = None                 # epoch-record key of the best checkpoint (lower)
   items_per_step: int = 1                      # for the rate in the logs
@@ -94,7 +95,8 @@ def run(task: Task, config, workdir: str) -> dict:
   meta = {"config": cfg_dict, "history": [], "best": None, **task.meta}
 
   def compatible(saved: dict) -> None:
-    checkpoint.check_compatible(saved["config"], cfg_dict, task.resume_keys, workdir)
+    checkpoint.check_compatible(saved["config"], cfg_dict, task.resume_keys, workdir,
+                                task.resume_defaults)
     for k, v in task.meta.items():
       if saved.get(k) != json.loads(json.dumps(v)):  # as it reads back from the JSON
         raise UserError(f"{workdir} holds a checkpoint made with {k}={saved.get(k)!r}, now "

@@ -40,10 +40,14 @@ def lm_layer_sizes(cfg) -> list[tuple[int, int]]:
 def init_lm(key: Array, cfg) -> dict:
   """Language-model parameters, every entry ~ U(-init_scale, init_scale) (Zaremba; Gal).
 
-  ``cfg`` fields: vocab_size, emb_dim, hidden, num_layers, init_scale, tie_embeddings.
+  ``cfg`` fields: vocab_size, emb_dim, hidden, num_layers, init_scale, tie_embeddings,
+  lua_biases.
   Returns ``{"embed": [V, E], "lstm": [{"w_x", "w_h", "b"}] * L,
   "softmax": {"w": [H, V], "b": [V]}}``
   (no ``softmax.w`` when ``tie_embeddings``, Press & Wolf 2016: logits use ``embed.T``).
+  ``lua_biases``: each layer also has ``b_h [4H]``, the Lua code's second bias per gate
+  (its ``i2h`` and ``h2h`` ``nn.Linear`` layers each carry one): the gates see ``b + b_h``,
+  both are trained, so the summed bias starts wider and moves twice as far per SGD step.
   """
   if cfg.tie_embeddings and cfg.emb_dim != cfg.hidden:
     raise ValueError(f"tie_embeddings needs emb_dim == hidden, got {cfg.emb_dim} and {cfg.hidden}")
@@ -58,6 +62,10 @@ def init_lm(key: Array, cfg) -> dict:
   params["softmax"] = {"b": _uniform(kb, (cfg.vocab_size,), s)}
   if not cfg.tie_embeddings:
     params["softmax"]["w"] = _uniform(kw, (cfg.hidden, cfg.vocab_size), s)
+  if cfg.get("lua_biases", False):  # a key of its own: the other parameters stay as without
+    kl = jax.random.split(jax.random.fold_in(key, 1), cfg.num_layers)
+    for l, (_, h) in enumerate(lm_layer_sizes(cfg)):
+      params["lstm"][l]["b_h"] = _uniform(kl[l], (4 * h,), s)
   return params
 
 
@@ -112,6 +120,8 @@ def lm_hidden(params: dict, carry: list, tokens: Array, masks: Optional[dict] = 
   new_carry = []
   L = len(params["lstm"])
   for l, p in enumerate(params["lstm"]):
+    if "b_h" in p:  # the Lua code's two biases per gate (``init_lm``'s ``lua_biases``)
+      p = {"w_x": p["w_x"], "w_h": p["w_h"], "b": p["b"] + p["b_h"]}
     m_steps = (masks.get("x_steps") or [None] * L)[l]
     if m_steps is not None and m_steps.ndim == 3:  # naive (Zaremba): fresh per step, [T, B, D]
       xs, m_steps = xs * m_steps, None

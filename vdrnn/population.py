@@ -280,7 +280,8 @@ def make_task(config, workdir: str) -> loop.Task:
   return loop.Task(
       state=state, train_step=train_step, steps_per_epoch=epoch_size, batch=batch,
       start_epoch=start_epoch, running=running, evaluate=evaluate, finish=finish,
-      resume_keys=lm.RESUME_KEYS, meta={"members": members, "epoch_size": epoch_size},
+      resume_keys=lm.RESUME_KEYS, resume_defaults=lm.RESUME_DEFAULTS,
+      meta={"members": members, "epoch_size": epoch_size},
       items_per_step=K * t.batch_size * t.seq_length, rate_name="wps", stop_on_nonfinite=False,
       describe=(f"population of {K}: {num_params / 1e6:.1f}M parameters each, {epoch_size} "
                 f"windows/epoch"),

@@ -52,7 +52,7 @@ from tqdm import tqdm
 
 from vdrnn import checkpoint as ckpt_lib
 from vdrnn import loop, models, plots, sharding, uncertainty
-from vdrnn.config import compute_dtype, load_run_config, validate_rates
+from vdrnn.config import compute_dtype, load_run_config, seq_base, validate_rates
 from vdrnn.data import sentiment as data_lib
 from vdrnn.errors import UserError
 
@@ -60,6 +60,7 @@ from vdrnn.errors import UserError
 RESUME_KEYS = [
     "task", "seed", "data", "model", "train.batch_size", "train.lr", "train.weight_decay"
 ]
+RESUME_DEFAULTS = json.loads(seq_base().to_json())  # a field a checkpoint lacks: its default
 
 
 def is_regression(config) -> bool:
@@ -432,7 +433,8 @@ def make_task(config, workdir: str) -> loop.Task:
   return loop.Task(
       state=state, train_step=train_step, steps_per_epoch=steps_per_epoch, batch=batch,
       start_epoch=start_epoch, running=running, evaluate=evaluate_epoch, finish=finish,
-      resume_keys=RESUME_KEYS, meta={"steps_per_epoch": steps_per_epoch, "data": info},
+      resume_keys=RESUME_KEYS, resume_defaults=RESUME_DEFAULTS,
+      meta={"steps_per_epoch": steps_per_epoch, "data": info},
       select=select, items_per_step=t.batch_size, rate_name="examples_per_s",
       nonfinite_hint="lower train.lr or set train.max_grad_norm",
       describe=(f"{config.task}: {num_params / 1e6:.2f}M parameters, {len(jax.devices())} "
