@@ -244,20 +244,29 @@ def make_eval_fn(config):
   return jax.jit(eval_split)
 
 
-def evaluate_split(config, eval_fn, params, ids: np.ndarray, batch_size: int, *, full: bool,
-                   mesh, lua: bool = False) -> float:
-  """Deterministic perplexity of a token stream cut into ``batch_size`` streams (state from 0).
+def member_ppls(config, eval_fn, params, ids: np.ndarray, batch_size: int, *, full: bool,
+                mesh=None, lua: bool = False) -> list[float]:
+  """Deterministic perplexity of a token stream cut into ``batch_size`` streams (state from 0),
+  one value per member: ``eval_fn`` is ``make_eval_fn``'s (one member) or that vmapped over a
+  population's stacked parameters (``nll_sum`` and ``count`` of shape ``[K]``).
 
   ``lua``: the released Lua code's validation value instead (``metrics.lua_valid_ppl``:
   windows of ``train.seq_length``, whole windows only, divided by the fractional count)."""
   streams = ptb.batchify(ids, batch_size)
   T = config.train.seq_length if lua else config.eval.seq_length
   xs, ys, ws = ptb.eval_windows(streams, T, full=full and not lua)
-  data = sharding.put_replicated((xs, ys, ws), mesh)
+  data = (xs, ys, ws) if mesh is None else sharding.put_replicated((xs, ys, ws), mesh)
   nll, count = eval_fn(params, models.lm_zero_carry(config.model, batch_size), *data)
+  nll, count = np.atleast_1d(np.asarray(nll, np.float64)), np.atleast_1d(np.asarray(count))
   if lua:
-    return metrics.lua_valid_ppl_from_sum(float(nll), batch_size, streams.shape[1], T)
-  return float(np.exp(float(nll) / float(count)))
+    return [metrics.lua_valid_ppl_from_sum(n, batch_size, streams.shape[1], T) for n in nll]
+  return [float(np.exp(n / c)) for n, c in zip(nll, count)]
+
+
+def evaluate_split(config, eval_fn, params, ids: np.ndarray, batch_size: int, *, full: bool,
+                   mesh, lua: bool = False) -> float:
+  """``member_ppls`` of a single run."""
+  return member_ppls(config, eval_fn, params, ids, batch_size, full=full, mesh=mesh, lua=lua)[0]
 
 
 def deterministic_ppl(config, params, ids: np.ndarray) -> float:

@@ -33,7 +33,7 @@ import sys
 import jax
 import numpy as np
 
-from vdrnn import checkpoint, lm, lm_eval, loop, masks, metrics, models
+from vdrnn import checkpoint, lm, lm_eval, loop, masks
 from vdrnn.config import validate_lm
 from vdrnn.data import ptb
 from vdrnn.errors import UserError
@@ -172,15 +172,7 @@ def make_task(config, workdir: str) -> loop.Task:
   reported_bad = set()
 
   def evaluate_ppl(params, ids, batch_size, full, lua=False) -> list[float]:
-    """Each member's perplexity, as ``lm_eval.evaluate_split`` computes a single run's."""
-    streams = ptb.batchify(ids, batch_size)
-    T = t.seq_length if lua else config.eval.seq_length
-    xs, ys, ws = ptb.eval_windows(streams, T, full=full and not lua)
-    nll, count = eval_fn(params, models.lm_zero_carry(config.model, batch_size), xs, ys, ws)
-    if lua:
-      cols = streams.shape[1]
-      return [metrics.lua_valid_ppl_from_sum(float(n), batch_size, cols, T) for n in nll]
-    return [float(np.exp(float(n) / float(c))) for n, c in zip(nll, count)]
+    return lm_eval.member_ppls(config, eval_fn, params, ids, batch_size, full=full, lua=lua)
 
   def member_meta(meta, k):
     hist = [{n: v[k] if isinstance(v, list) else v for n, v in r.items()} for r in meta["history"]]
