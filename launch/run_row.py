@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import platform
 import runpy
 import shlex
 import signal
@@ -20,11 +21,27 @@ import jax
 INFO = "run_info.json"
 
 
+def cpu_name() -> str:
+  """The CPU's model name (``/proc/cpuinfo``, else ``platform.processor()``) and the cores this
+  process may use, e.g. "AMD EPYC, 2 cores"."""
+  model = ""
+  try:
+    with open("/proc/cpuinfo") as f:
+      model = next((l.split(":", 1)[1].strip() for l in f if l.startswith("model name")), "")
+  except OSError:
+    pass
+  model = model or platform.processor() or platform.machine() or "unknown CPU"
+  cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+  return f"{model}, {cores} cores"
+
+
 def device_name() -> str:
   """``jax.devices()[0].device_kind`` (e.g. "NVIDIA H100 80GB HBM3") with the platform, and the
-  device count when there are several."""
+  device count when there are several; on the CPU its model and cores (``cpu_name``)."""
   devs = jax.devices()
   kind = getattr(devs[0], "device_kind", "") or devs[0].platform
+  if devs[0].platform == "cpu":
+    kind = cpu_name()
   name = f"{kind} ({devs[0].platform})" if kind.lower() != devs[0].platform else devs[0].platform
   return f"{len(devs)} x {name}" if len(devs) > 1 else name
 

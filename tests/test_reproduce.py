@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 
 
-from launch import paper, reproduce
+from launch import paper, reproduce, run_row
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -183,7 +183,7 @@ def test_run_row_records_the_device_and_runs_vdrnn_train(tmp_path):
   assert out.returncode == 0, out.stderr[-2000:]
   info = json.loads((wd / "run_info.json").read_text())
   (s,) = info["sessions"]
-  assert s["device"] == "cpu" and s["exit"] == 0 and s["end"] > s["start"]
+  assert s["device"] == f"{run_row.cpu_name()} (cpu)" and s["exit"] == 0 and s["end"] > s["start"]
   assert s["command"].startswith("python -m vdrnn.train --config configs/ptb_tiny.py:none")
   res = json.loads((wd / "results.json").read_text())
   assert 0 < res["valid_ppl_lua"] < res["valid_ppl"]  # the Lua formula divides by more tokens
