@@ -9,7 +9,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from vdrnn import masks, models, rnn
+from tests.test_rnn import make_masks
+from vdrnn import models, rnn
 from vdrnn.bench import common, driver, peers
 
 
@@ -212,13 +213,7 @@ def test_lstm_backward_matches_autodiff(kind, padded):
   xs = jax.random.normal(k[3], (T, B, D))
   c0, h0 = 0.1 * jax.random.normal(k[4], (B, H)), 0.1 * jax.random.normal(k[5], (B, H))
   wy = jax.random.normal(k[6], (T, B, H))
-  kx, kh = jax.random.split(jax.random.key(1))
-  mx = mh = None
-  if kind == "tied":
-    mx, mh = masks.per_row(kx, B, (D,), 0.4), masks.per_row(kh, B, (H,), 0.3)
-  elif kind == "untied":
-    mx = jnp.swapaxes(masks.per_row(kx, B, (4, D), 0.4), 0, 1)
-    mh = jnp.swapaxes(masks.per_row(kh, B, (4, H), 0.3), 0, 1)
+  mx, mh = make_masks(kind, 4, B, D, H, seed=1)[:2]
   valid = jnp.asarray(np.random.RandomState(0).rand(T, B) > 0.3) if padded else None
 
   def loss(fn, p, c0, h0, xs, mx, mh):

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from configs import ptb_tiny, sentiment_gru, sentiment_lstm
+from tests.test_rnn import make_masks
 from vdrnn import config as config_lib
 from vdrnn import lm_eval, masks, metrics, models, rnn, sharding
 from vdrnn.errors import UserError
@@ -216,13 +217,7 @@ def test_hard_sigmoid_lstm_constant_masks_and_hand_written_backward(kind):
   T, B, D = xs.shape
   H = h0.shape[1]
   c0 = 0.5 * h0
-  kx, kh = jax.random.split(jax.random.key(2))
-  mx = mh = None
-  if kind == "tied":
-    mx, mh = masks.per_row(kx, B, (D,), 0.4), masks.per_row(kh, B, (H,), 0.3)
-  elif kind == "untied":
-    mx = jnp.swapaxes(masks.per_row(kx, B, (4, D), 0.4), 0, 1)
-    mh = jnp.swapaxes(masks.per_row(kh, B, (4, H), 0.3), 0, 1)
+  mx, mh = make_masks(kind, 4, B, D, H, seed=2)[:2]
   f64 = lambda a: None if a is None else np.asarray(a, np.float64)
   (c, h), _ = rnn.lstm(p, (c0, h0), xs, mx, mh, gate_act="hard_sigmoid")
   rc, rh = np_lstm(p, f64(c0), f64(h0), f64(xs), f64(mx), f64(mh), "hard_sigmoid")
