@@ -192,7 +192,8 @@ def test_run_row_records_the_device_and_runs_vdrnn_train(tmp_path):
 def test_report_rewrites_only_the_readme_results_block(tmp_path):
   """``--report`` writes the README's results table between its markers and nothing else."""
   readme = tmp_path / "README.md"
-  readme.write_text(f"# title\n\n{reproduce.README_START}\nold table\n{reproduce.README_END}\n\nrest\n")
+  readme.write_text(
+      f"# title\n\n{reproduce.README_START}\nold table\n{reproduce.README_END}\n\nrest\n")
   root = tmp_path / "runs"
   fake_workdir(root, "large_variational_untied", results={"valid_ppl": 79.0, "valid_ppl_lua": 78.0,
                                                           "test_ppl": 75.5, "mc_test_ppl": 73.6},
