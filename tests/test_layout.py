@@ -1,6 +1,6 @@
 """The package's layout: no import cycle among ``vdrnn`` modules, no module-level imports hidden
-in functions (except optional dependencies, marked ``noqa: PLC0415``), and the top level the
-design names."""
+in functions (except optional dependencies, marked ``noqa: PLC0415``), the top level the
+design names, and Python lines within 100 columns."""
 
 import ast
 import os
@@ -73,3 +73,10 @@ def test_top_level_is_the_designs():
   allowed = {"pyproject.toml", "vdrnn", "configs", "launch", "tests", "README.md", "workdirs"}
   extra = tracked - allowed - {"build", "dist", "vdrnn.egg-info", "__pycache__", "data"}
   assert not extra, extra
+
+
+def test_python_lines_are_within_100_columns():
+  long = [f"{p.relative_to(ROOT)}:{i}" for d in ("vdrnn", "configs", "launch", "tests")
+          for p in sorted((ROOT / d).rglob("*.py"))
+          for i, line in enumerate(p.read_text().splitlines(), 1) if len(line) > 100]
+  assert not long, long
