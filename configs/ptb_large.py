@@ -5,6 +5,9 @@
   tied                 tied gates: 77.3 / 75.0, MC 74.1
   zaremba              Zaremba et al. naive dropout 0.65: 82.2 / 78.4
 (configs/PAPER.md, Table 1 and "The released large variational recipe".)
+
+Every LSTM gate has the Lua code's two trained biases (``model.lua_biases``: i2h and h2h);
+``--config.model.lua_biases=False`` gives one bias.
 """
 
 from vdrnn.config import lm_base, parse_arg
@@ -17,6 +20,7 @@ def get_config(arg=None):
   c.model.hidden = 1500
   c.model.num_layers = 2
   c.model.init_scale = 0.04    # U(-0.04, 0.04)
+  c.model.lua_biases = True    # Lua i2h and h2h: two trained biases per gate
   c.train.batch_size = 20
   c.train.seq_length = 35
   c.train.num_epochs = 55
