@@ -15,11 +15,13 @@ dropout before the dense layer (p_dense), all 0.5.
 ``released``: the Keras 0.x fork the scripts import (github.com/yaringal/keras, branch
 BayesianRNN; configs/PAPER.md, "Details of the released code"): gates ``hard_sigmoid``
 (the fork's ``inner_activation``), the GRU candidate ``sigmoid`` (the fork GRU's default
-``activation``), non-inverted dropout (0/1 masks while training,
-times the keep probability at test), orthogonal recurrent init with scale 1.1, and the
-released split. Not reproduced: the fork's padding (its GRU runs over the zero-padded
-prefix; vdrnn skips padding) and its L2 registration slip (the fork registers ``W_i`` twice,
-so ``W_c, U_c, b_c`` go unregularised).
+``activation``), non-inverted dropout (0/1 masks while training, times the keep probability
+at test), orthogonal recurrent init with scale 1.1, the
+script's tokens (``data.tokens = "fork"``: every review ends in a newline token), the GRU
+run over the left padding (``model.skip_padding = False``: the pad id's trained, dropped-out
+embedding acts as a noisy initial state) and the released split. Not reproduced: the fork's
+L2 registration slip (one regulariser object per kind re-pointed at each gate block in turn,
+so only the last-registered block of the layer is regularised, and that one 3x).
 """
 
 from vdrnn.config import parse_arg, seq_base, seq_tiny
@@ -50,6 +52,8 @@ def get_config(arg=None):
     c.model.candidate_act = "sigmoid"     # GRU activation='sigmoid' (the fork's default)
     c.model.dropout_scaling = "keras0"    # x *= binomial(keep) while training, x *= keep at test
     c.model.ortho_scale = 1.1             # initializations.orthogonal(shape, scale=1.1)
+    c.data.tokens = "fork"                # Tokenizer(filters='') on list(f): a newline token
+    c.model.skip_padding = False          # the fork's RNN runs over the pad embeddings
   if "paper" in opts or "released" in opts:
     c.data.split = "paper"       # the released protocol: segment-level 80/20 split, no validation
     c.data.valid_fraction = 0.0

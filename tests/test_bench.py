@@ -9,16 +9,20 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from tests.test_rnn import make_masks
 from vdrnn import models, rnn
 from vdrnn.bench import common, driver, peers
 
 
 def test_tiny_benchmark_runs_and_reports(tmp_path):
-  report = driver.run(["gemm", "train"], tiny=True, dtypes=["float32"], log=lambda m: None)
+  report = driver.run(["gemm", "train", "sentiment"], tiny=True, dtypes=["float32"],
+                      log=lambda m: None)
   assert report["gemm"]["float32"] > 0
   rows = [r for r in report["results"] if r["section"] == "train"]
   assert {r["gates"] for r in rows} == {"tied", "untied"}
+  sent = [r for r in report["results"] if r["section"] == "sentiment"]
+  assert {(r["shape"], r["gates"]) for r in sent} == {("lstm", "var"), ("lstm", "naive")}
+  assert all(r["tokens_per_s"] > 0 and 0 < r["gemm_fraction"] for r in sent)
+  assert "sentiment_lstm_var_gemm_fraction" in report["summary"]
   for r in rows:
     assert r["tokens_per_s"] > 0 and 0 < r["gemm_fraction"]
     assert r["compilations"] in (None, 1)  # no recompilation between steps
@@ -178,34 +182,66 @@ def test_cli_rejects_unknown_section():
 D, H, B, T = 5, 6, 3, 7
 
 
-def _reference_lstm():
-  """The scan before the hand-written backward pass: plain ``lax.scan`` autodiff."""
+def _reference_lstm(params, carry, xs, mask_x=None, mask_h=None, *, valid=None,
+                    mask_x_steps=None, mask_h_steps=None, gate_act="sigmoid"):
+  """The LSTM written plainly, differentiated by ``lax.scan`` autodiff: each step applies
+  gate k's masks to ``x_t`` and ``h`` (a tied or absent mask is the same for every gate) and
+  runs four separate matmuls; no hoisting, no hand-written backward pass."""
+  act = rnn.activation(gate_act)
+  Hn = carry[0].shape[-1]
+  w_x = [params["w_x"][:, k * Hn:(k + 1) * Hn] for k in range(4)]
+  w_h = [params["w_h"][:, k * Hn:(k + 1) * Hn] for k in range(4)]
+  b = [params["b"][k * Hn:(k + 1) * Hn] for k in range(4)]
 
-  def lstm(params, carry, xs, mask_x=None, mask_h=None, *, valid=None, compute_dtype=None):
-    gx = rnn.input_projection(xs, params["w_x"], params["b"], mask_x, 4, compute_dtype)
-    w_h = params["w_h"] if mask_h is None or mask_h.ndim == 2 else rnn._per_gate(params["w_h"], 4)
-    w_h = rnn._cast(w_h, compute_dtype)
+  def gate(m, k):  # gate k's mask: None, [B, .] shared by the gates, or [4, B, .]
+    return None if m is None else (m if m.ndim == 2 else m[k])
 
-    def step(carry, inp):
-      c, h = carry
-      gx_t, v_t = inp
-      z = gx_t + rnn._recurrent(h, w_h, mask_h, 4, compute_dtype)
-      i, f, g, o = jnp.split(z, 4, axis=-1)
-      c_new = jax.nn.sigmoid(f) * c + jax.nn.sigmoid(i) * jnp.tanh(g)
-      h_new = jax.nn.sigmoid(o) * jnp.tanh(c_new)
-      if v_t is not None:
-        c_new = jnp.where(v_t[:, None], c_new, c)
-        h_new = jnp.where(v_t[:, None], h_new, h)
-      return (c_new, h_new), h_new
+  def step(carry, inp):
+    c, h = carry
+    x_t, v_t, mx_t, mh_t = inp
+    mx = mask_x if mx_t is None else mx_t
+    mh = mask_h if mh_t is None else mh_t
+    z = []
+    for k in range(4):
+      xk = x_t if gate(mx, k) is None else x_t * gate(mx, k)
+      hk = h if gate(mh, k) is None else h * gate(mh, k)
+      z.append(xk @ w_x[k] + hk @ w_h[k] + b[k])
+    i, f, g, o = act(z[0]), act(z[1]), jnp.tanh(z[2]), act(z[3])
+    c_new = f * c + i * g
+    h_new = o * jnp.tanh(c_new)
+    if v_t is not None:
+      c_new = jnp.where(v_t[:, None], c_new, c)
+      h_new = jnp.where(v_t[:, None], h_new, h)
+    return (c_new, h_new), h_new
 
-    return jax.lax.scan(step, carry, (gx, valid))
-
-  return lstm
+  return jax.lax.scan(step, carry, (xs, valid, mask_x_steps, mask_h_steps))
 
 
-@pytest.mark.parametrize("kind", ["none", "tied", "untied"])
+MASK_KINDS = ["none", "tied", "untied", "x tied h untied", "steps", "steps per gate",
+              "x steps per gate, h tied"]
+
+
+def _lstm_masks(kind):
+  """``rnn.lstm``'s mask keyword arguments of ``kind``, 0 or 1.5 (as inverted p = 1/3)."""
+  k = jax.random.split(jax.random.key(9), 2)
+  m = lambda i, shape: 1.5 * (jax.random.uniform(k[i], shape) > 1 / 3)  # noqa: E731
+  return {"none": {}, "tied": {"mask_x": m(0, (B, D)), "mask_h": m(1, (B, H))},
+          "untied": {"mask_x": m(0, (4, B, D)), "mask_h": m(1, (4, B, H))},
+          "x tied h untied": {"mask_x": m(0, (B, D)), "mask_h": m(1, (4, B, H))},
+          "steps": {"mask_x_steps": m(0, (T, B, D)), "mask_h_steps": m(1, (T, B, H))},
+          "steps per gate": {"mask_x_steps": m(0, (T, 4, B, D)),
+                             "mask_h_steps": m(1, (T, 4, B, H))},
+          "x steps per gate, h tied": {"mask_x_steps": m(0, (T, 4, B, D)),
+                                       "mask_h": m(1, (B, H))}}[kind]
+
+
+@pytest.mark.parametrize("kind", MASK_KINDS)
 @pytest.mark.parametrize("padded", [False, True])
-def test_lstm_backward_matches_autodiff(kind, padded):
+@pytest.mark.parametrize("hoist_input", [True, False])
+def test_lstm_backward_matches_autodiff(kind, padded, hoist_input):
+  """Both hand-written backward passes (the hoisted input projection's and the per-step fused
+  matmul's) against autodiff of the plain LSTM: gradients of the parameters, the inputs, the
+  initial state and the masks, hard-sigmoid gates for the per-step masks (the released code)."""
   k = jax.random.split(jax.random.key(0), 7)
   p = {"w_x": jax.random.uniform(k[0], (D, 4 * H), minval=-0.5, maxval=0.5),
        "w_h": jax.random.uniform(k[1], (H, 4 * H), minval=-0.5, maxval=0.5),
@@ -213,19 +249,20 @@ def test_lstm_backward_matches_autodiff(kind, padded):
   xs = jax.random.normal(k[3], (T, B, D))
   c0, h0 = 0.1 * jax.random.normal(k[4], (B, H)), 0.1 * jax.random.normal(k[5], (B, H))
   wy = jax.random.normal(k[6], (T, B, H))
-  mx, mh = make_masks(kind, 4, B, D, H, seed=1)[:2]
+  masks = _lstm_masks(kind)
+  gate_act = "hard_sigmoid" if kind.startswith("steps") else "sigmoid"
   valid = jnp.asarray(np.random.RandomState(0).rand(T, B) > 0.3) if padded else None
 
-  def loss(fn, p, c0, h0, xs, mx, mh):
-    (c, h), ys = fn(p, (c0, h0), xs, mx, mh, valid=valid)
+  def loss(fn, p, c0, h0, xs, masks, **kw):
+    (c, h), ys = fn(p, (c0, h0), xs, valid=valid, gate_act=gate_act, **masks, **kw)
     return (ys * wy).sum() + 0.3 * c.sum() + (h * h).sum()
 
-  argnums = (0, 1, 2, 3) if mx is None else (0, 1, 2, 3, 4, 5)
-  args = (p, c0, h0, xs, mx, mh)
-  ref = jax.jit(jax.value_and_grad(lambda *a: loss(_reference_lstm(), *a), argnums))(*args)
-  new = jax.jit(jax.value_and_grad(lambda *a: loss(rnn.lstm, *a), argnums))(*args)
-  np.testing.assert_allclose(float(new[0]), float(ref[0]),
-                             rtol=1e-6)  # same function, float op order may differ
+  args = (p, c0, h0, xs, masks)
+  grad = lambda fn, **kw: jax.jit(jax.value_and_grad(  # noqa: E731
+      lambda *a: loss(fn, *a, **kw), argnums=(0, 1, 2, 3, 4)))(*args)
+  ref, new = grad(_reference_lstm), grad(rnn.lstm, hoist_input=hoist_input)
+  np.testing.assert_allclose(float(new[0]), float(ref[0]), rtol=1e-6)  # float op order differs
+  assert jax.tree.structure(ref[1]) == jax.tree.structure(new[1])
   for a, b in zip(jax.tree.leaves(ref[1]), jax.tree.leaves(new[1])):
     np.testing.assert_allclose(b, a, rtol=1e-5, atol=1e-5)
 

@@ -3,10 +3,11 @@
 import numpy as np
 import jax
 import jax.numpy as jnp
+import ml_collections
 import pytest
 
 from configs import ptb_tiny
-from vdrnn import models
+from vdrnn import models, rnn
 
 
 def tiny(arg="variational_untied", **over):
@@ -152,7 +153,6 @@ def test_init_is_uniform_in_scale():
 
 
 def test_seq_model_padding_is_ignored():
-  import ml_collections
   cfg = ml_collections.ConfigDict(
       dict(vocab_size=30,
            emb_dim=8,
@@ -174,3 +174,25 @@ def test_seq_model_padding_is_ignored():
     a = models.seq_apply(params, seq, cell=cell)
     np.testing.assert_allclose(models.seq_apply(params, left, cell=cell), a, rtol=1e-6)
     np.testing.assert_allclose(models.seq_apply(params, right, cell=cell), a, rtol=1e-6)
+
+
+def test_without_skip_padding_the_rnn_runs_over_the_pad_embedding():
+  """``skip_padding=False`` (the Keras 0.x fork): a left-padded sequence's output depends on the
+  pad id's embedding, and equals the recurrence over every step; with ``skip_padding`` it
+  does not. Without padding the two agree."""
+  cfg = ml_collections.ConfigDict(dict(vocab_size=10, emb_dim=4, hidden=5, cell="lstm", out_dim=1))
+  left, full = jnp.array([[0, 0, 5, 6, 7]]), jnp.array([[4, 3, 5, 6, 7]])
+  for cell in ("lstm", "gru"):
+    cfg.cell = cell
+    params = models.init_seq(jax.random.key(0), cfg)
+    moved = {**params, "embed": params["embed"].at[0].add(0.5)}
+    run = lambda p, x, skip: np.asarray(models.seq_apply(p, x, cell=cell, skip_padding=skip))
+    np.testing.assert_array_equal(run(params, left, True), run(moved, left, True))
+    assert np.abs(run(params, left, False) - run(moved, left, False)).max() > 1e-4
+    np.testing.assert_allclose(run(params, full, False), run(params, full, True), rtol=1e-6)
+    xs = jnp.take(params["embed"], left.T, axis=0)
+    z = jnp.zeros((1, 5))
+    h = (rnn.lstm(params["rnn"], (z, z), xs)[0][1] if cell == "lstm" else
+         rnn.gru(params["rnn"], z, xs)[0])
+    np.testing.assert_allclose(run(params, left, False),
+                               h @ params["dense"]["w"] + params["dense"]["b"], rtol=1e-5)

@@ -326,6 +326,7 @@ def test_released_deterministic_pass_scales_by_keep_and_training_masks_are_zero_
   c = seq_cfg(module, f"{scheme},released").model
   assert c.dropout_scaling == "keras0" and c.gate_act == "hard_sigmoid" and c.ortho_scale == 1.1
   assert c.candidate_act == ("sigmoid" if c.cell == "gru" else "tanh")
+  assert not c.skip_padding  # the fork runs over the left padding
   c.p_x, c.p_h, c.p_out, c.p_emb = 0.25, 0.5, 0.4, 0.3  # distinct keeps, so a misplaced one shows
   B, T = 3, 7
   tokens = np.array(jax.random.randint(jax.random.key(0), (B, T), 3, c.vocab_size))
@@ -340,7 +341,7 @@ def test_released_deterministic_pass_scales_by_keep_and_training_masks_are_zero_
   f64 = lambda a: np.asarray(a, np.float64)
   xs = f64(params["embed"])[tokens.T] * 0.7
   z = np.zeros((B, c.hidden))
-  valid = tokens.T != 0
+  valid = np.ones((T, B), bool)  # every step, the padded ones too
   if c.cell == "lstm":
     _, h = np_lstm(params["rnn"], z, z, xs, 0.75 * np.ones((B, c.emb_dim)),
                    0.5 * np.ones((B, c.hidden)), "hard_sigmoid", valid)

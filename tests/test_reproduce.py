@@ -44,6 +44,9 @@ def test_dry_run_lists_every_row_and_its_command(tmp_path):
   assert out.stdout.count("python -m vdrnn.train") == 3 and "sentiment_lstm" not in out.stdout
   assert "--config.eval.mc_samples=10 --config.train.num_epochs=7" in out.stdout
   assert "7 epochs" in out.stdout
+  # a whole row name picks that row alone, though others start with it
+  out = cli("--dry_run", "--only", "sentiment_lstm_variational", "--workdir_root", str(tmp_path))
+  assert out.stdout.count("python -m vdrnn.train") == 1 and "tuned" not in out.stdout
   bad = cli("--dry_run", "--only", "nope")
   assert bad.returncode == 2 and "matches no row" in bad.stderr
 
@@ -160,7 +163,7 @@ json.dump({"test_rmse": 0.2}, open(os.path.join(wd, "results.json"), "w"))
 def test_rows_run_skip_and_extend(tmp_path):
   (tmp_path / "fake_train.py").write_text(FAKE_TRAIN)
   env = {**os.environ, "PYTHONPATH": f"{tmp_path}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
-  args = ["--only", "sentiment_lstm", "--gpus", "none", "--parallel", "2", "--module", "fake_train",
+  args = ["--only", "sentiment_gru", "--gpus", "none", "--parallel", "2", "--module", "fake_train",
           "--workdir_root", str(tmp_path / "r")]
   first = cli(*args, "--epochs", "2", env=env)
   assert first.returncode == 0, first.stdout + first.stderr
@@ -169,7 +172,7 @@ def test_rows_run_skip_and_extend(tmp_path):
   assert "3 runs: 3 finished, 0 to run" in again.stdout
   more = cli(*args, "--epochs", "3", env=env)  # more epochs: the rows run again (resume and extend)
   assert "3 runs: 0 finished, 3 to run" in more.stdout
-  assert (tmp_path / "r" / "sentiment_lstm_none" / "calls").read_text() == "2"
+  assert (tmp_path / "r" / "sentiment_gru_none" / "calls").read_text() == "2"
 
 
 def test_run_row_records_the_device_and_runs_vdrnn_train(tmp_path):

@@ -12,6 +12,7 @@ import pytest
 
 from configs import imdb_lstm, sentiment_gru, sentiment_lstm
 from vdrnn import plots, sentiment, uncertainty
+from vdrnn.data import locate
 from vdrnn.data import sentiment as data
 from vdrnn.errors import UserError
 from vdrnn.metrics import read_jsonl
@@ -36,6 +37,30 @@ def test_tokenize_styles():
   assert data.tokenize("A  Fine\tfilm .\n") == ["a", "fine", "film", "."]
   assert data.tokenize("Great movie!<br /><br />It's GOOD.",
                        "words") == ["great", "movie", "!", "it's", "good", "."]
+
+
+def test_fork_tokens_split_the_line_with_its_newline_on_single_spaces():
+  """The released script's ``Tokenizer(filters='')`` over ``list(f)``: a review line ends in
+  ``" \\n"``, so its newline is a token of its own; a tab is no separator."""
+  assert data.tokenize("A  Fine\tfilm . ", "fork") == ["a", "fine\tfilm", ".", "\n"]
+  assert data.tokenize("the end", "fork") == ["the", "end\n"]
+
+
+def test_fork_tokens_give_the_released_scripts_segment_counts():
+  """On the real corpus (found as the README says; skipped where it is absent), the fork's
+  tokens give the released split's 10,620 / 2,655 segments, the whitespace split 10,599 /
+  2,650."""
+  try:
+    folder = locate.find("scaledata", data.SCALEDATA_FILES, None, verify=False)
+  except UserError as e:
+    pytest.skip(f"no Pang & Lee corpus here: {e}")
+  texts, ratings = data.read_scaledata(folder)
+  counts = {}
+  for tokens in data.TOKENS:
+    _, info = data.scaledata_splits(texts, ratings, num_words=20000, maxlen=200, split="paper",
+                                    tokens=tokens)
+    counts[tokens] = (info["train_segments"], info["test_segments"])
+  assert counts == {"whitespace": (10599, 2650), "fork": (10620, 2655)}
 
 
 def test_vocab_most_frequent_first_ties_by_first_occurrence_offset_3():

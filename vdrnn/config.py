@@ -183,6 +183,9 @@ def seq_base() -> ml_collections.ConfigDict:
   # of the training reviews, held out to pick the best checkpoint (0: none)
   c.data.valid_fraction = 0.1
   c.data.shuffle_seed = 0      # np.random.seed(0); np.random.shuffle
+  # sentiment: whitespace | fork (the released script's split on " " of each line with its
+  # newline: every review ends in a "\n" token; vdrnn/data/sentiment.py)
+  c.data.tokens = "whitespace"
   # imdb: keep the last maxlen tokens (Keras pad_sequences) | post: the first
   c.data.truncating = "pre"
   c.data.max_train = 0         # >0: keep only the first max_train training examples (smoke runs)
@@ -214,6 +217,9 @@ def seq_base() -> ml_collections.ConfigDict:
   # inverted | keras0 (the fork: 0/1 masks while training, x keep probability at test)
   c.model.dropout_scaling = "inverted"
   c.model.ortho_scale = 1.0        # orthogonal recurrent init gain (the fork: scale=1.1)
+  # True: padded steps leave the state unchanged; False: the RNN runs over the left padding
+  # (the fork: pad id 0 has a trained, dropped-out embedding, a noisy initial state)
+  c.model.skip_padding = True
 
   c.train = ml_collections.ConfigDict()
   c.train.batch_size = 128

@@ -141,7 +141,11 @@ def word_type_mask(key: Array, tokens: Array, rate: Any, *, shared_across_batch:
   def draw(k, tok):
     return jax.random.bernoulli(jax.random.fold_in(k, tok), keep)
 
-  kept = jax.vmap(jax.vmap(draw, (None, 0)), (0, 0))(row_keys, tokens.astype(jnp.uint32))
+  # Rows in two halves of a loop, not one vmap: a loop's result is materialised, whereas XLA
+  # fuses a vmapped draw into whatever consumes the mask and reruns the hash for every element
+  # there (128 times per draw in an embedding [T, B, 128], 512 in a per-gate stack of it).
+  row = lambda a: jax.vmap(lambda t: draw(a[0], t))(a[1])  # noqa: E731 - one row's [T] draws
+  kept = jax.lax.map(row, (row_keys, tokens.astype(jnp.uint32)), batch_size=max(1, -(-B // 2)))
   return kept.astype(dtype) / keep.astype(dtype) if inverted else kept.astype(dtype)
 
 

@@ -1,7 +1,8 @@
 """A/B timing of two revisions of vdrnn, interleaved: is a change faster, on a noisy machine?
 
-  python -m vdrnn.bench.ab --base HEAD~1 [--new WORKTREE] [--what train|mc] \
-      [--shape medium] [--gates untied] [--dtype float32] [--samples 1000] [--rounds 12]
+  python -m vdrnn.bench.ab --base HEAD~1 [--new WORKTREE] [--what train|mc|sentiment] \
+      [--shape medium] [--gates untied] [--dtype float32] [--samples 1000] [--rounds 12] \
+      [--config configs/sentiment_lstm.py:variational,released]
 
 Each revision (``--base`` and ``--new``: a git revision, or ``WORKTREE`` for the files as they
 are) runs in its own worker process over its own copy of ``vdrnn/`` and ``configs/``; the
@@ -9,8 +10,11 @@ driver asks them in turn for one timed repetition (a training step, or one MC ch
 drift in the machine's speed (1.5x within minutes on a shared VM) hits both alike. Prints
 each revision's min and median and the median of the per-round ratios new / base (< 1: the
 new revision is faster), and checks the two compute the same thing (max abs difference of
-the parameters after one step, or of the MC sums). The worker finds the functions it times
-under their current names or, for revisions before the one-loop layout, their old ones.
+the parameters after one step, or of the MC sums). ``--what sentiment`` times the training
+step of the sentiment config ``--config`` on one batch of its shape (random tokens, 38% of
+rows left-padded as in the Pang & Lee segments) and also compares the losses of three steps.
+The worker finds the functions it times under their current names or, for revisions before
+the one-loop layout, their old ones.
 """
 
 import json
@@ -27,7 +31,10 @@ REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 
 _BASE = flags.DEFINE_string("base", None, "Git revision to compare against, or WORKTREE.")
 _NEW = flags.DEFINE_string("new", "WORKTREE", "Git revision, or WORKTREE (the files as they are).")
-_WHAT = flags.DEFINE_enum("what", "train", ["train", "mc"], "A training step or an MC chunk.")
+_WHAT = flags.DEFINE_enum("what", "train", ["train", "mc", "sentiment"],
+                          "A PTB training step, an MC chunk or a sentiment training step.")
+_CONFIG = flags.DEFINE_string("config", "configs/sentiment_lstm.py:variational,released",
+                              "The sentiment config (--what sentiment).")
 _SHAPE = flags.DEFINE_string("shape", "medium", "tiny | small | medium | large.")
 _GATES = flags.DEFINE_string("gates", "untied", "tied | untied.")
 _DTYPE = flags.DEFINE_string("dtype", "float32", "float32 | bfloat16.")
@@ -63,6 +70,8 @@ def worker(spec: dict) -> None:
     out = jax.block_until_ready(f(state, x, y, 1.0))
     check = np.concatenate([np.ravel(a) for a in jax.tree.leaves(out["params"])])
     run = lambda: jax.block_until_ready(f(state, x, y, 1.0))
+  elif spec["what"] == "sentiment":
+    run, check = _sentiment_step(spec["config"])
   else:
     import vdrnn.models as models  # noqa: PLC0415
     fn = mc_mod.make_mc_chunk_fn(cfg, mc_mod.mc_rates(cfg))
@@ -80,6 +89,30 @@ def worker(spec: dict) -> None:
     t0 = time.perf_counter()
     run()
     print(json.dumps({"s": time.perf_counter() - t0}), flush=True)
+
+
+def _sentiment_step(config: str):
+  """``(run, check)`` for the sentiment training step of ``config``: ``check`` holds the losses
+  of three steps and the parameters after them."""
+  import importlib  # noqa: PLC0415 - the revision's modules, found at run time
+  import jax  # noqa: PLC0415
+  c = importlib.import_module("vdrnn.config").load_config_file(config)
+  sentiment = importlib.import_module("vdrnn.sentiment")
+  f = jax.jit(sentiment.make_train_step(c))
+  B, T = c.train.batch_size, c.data.maxlen
+  rng = np.random.RandomState(0)
+  x = rng.randint(3, c.model.vocab_size, (B, T)).astype(np.int32)
+  for b in range(B * 38 // 100):  # left padding, as in the last segment of a review
+    x[b, :rng.randint(1, T)] = 0
+  y, w = rng.randn(B).astype(np.float32), np.ones(B, np.float32)
+  state, losses = sentiment.init_state(c), []
+  for _ in range(3):
+    before = float(state["acc"]["loss_sum"])
+    state = jax.block_until_ready(f(state, x, y, w))
+    losses.append(float(state["acc"]["loss_sum"]) - before)
+  check = np.concatenate([np.asarray(losses)] +
+                         [np.ravel(a) for a in jax.tree.leaves(state["params"])])
+  return (lambda: jax.block_until_ready(f(state, x, y, w))), check
 
 
 def checkout(rev: str, into: str) -> str:
@@ -116,7 +149,7 @@ def main(argv) -> None:
   if not _BASE.value:
     raise app.UsageError("--base is required")
   spec = {"what": _WHAT.value, "shape": _SHAPE.value, "gates": _GATES.value, "dtype": _DTYPE.value,
-          "samples": _SAMPLES.value}
+          "samples": _SAMPLES.value, "config": _CONFIG.value}
   with tempfile.TemporaryDirectory() as tmp:
     procs, checks = {}, {}
     for name, rev in (("base", _BASE.value), ("new", _NEW.value)):
@@ -124,7 +157,8 @@ def main(argv) -> None:
       procs[name] = start(checkout(rev, os.path.join(tmp, name)), {
           **spec, "check_path": checks[name]
       })
-    diff = float(np.max(np.abs(np.load(checks["new"]) - np.load(checks["base"]))))
+    check = {name: np.load(path) for name, path in checks.items()}
+    diff = float(np.max(np.abs(check["new"] - check["base"])))
     times = {name: [] for name in procs}
     for _ in range(_ROUNDS.value):
       for name, proc in procs.items():
@@ -135,8 +169,12 @@ def main(argv) -> None:
       proc.stdin.close()
       proc.wait()
   base = np.array(times["base"])
-  print(f"{_WHAT.value} {_SHAPE.value} {_GATES.value} {_DTYPE.value}: max |new - base| of the "
-        f"results {diff:.2e}")
+  what = (_CONFIG.value if _WHAT.value == "sentiment" else
+          f"{_WHAT.value} {_SHAPE.value} {_GATES.value} {_DTYPE.value}")
+  print(f"{what}: max |new - base| of the results {diff:.2e}")
+  if _WHAT.value == "sentiment":  # the summed losses of the first three steps
+    for name in ("base", "new"):
+      print(f"  {name} losses: " + ", ".join(f"{v:.6f}" for v in check[name][:3]))
   for name, rev in (("base", _BASE.value), ("new", _NEW.value)):
     t = np.array(times[name])
     print(f"  {name} ({rev}): min {1e3 * t.min():.1f} ms, median {1e3 * np.median(t):.1f} ms")

@@ -14,9 +14,10 @@ from absl import app, flags
 from vdrnn.bench import peers
 from vdrnn.bench.common import (_load, _shape_str, device_info, gemm_probe, lm_config,
                                 matmul_params, supports_bf16)
-from vdrnn.bench.sections import bench_gemm, bench_mc, bench_population, bench_train
+from vdrnn.bench.sections import (bench_gemm, bench_mc, bench_population, bench_sentiment,
+                                  bench_train, sentiment_config, sentiment_matmul_params)
 
-SECTIONS = ("gemm", "train", "mc", "population", "peers")
+SECTIONS = ("gemm", "train", "mc", "population", "sentiment", "peers")
 
 # ----------------------------------------------------------------------------------------
 # Driver.
@@ -38,7 +39,8 @@ def plan(quick: bool, tiny: bool) -> dict:
         "pop_k": [1, 2],
         "peer_shapes": ["tiny"],
         "rounds": 2,
-        "target_shape": "tiny"
+        "target_shape": "tiny",
+        "sentiment_cells": ["lstm"]
     }
   gpu = jax.devices()[0].platform != "cpu"
   if quick:
@@ -55,7 +57,8 @@ def plan(quick: bool, tiny: bool) -> dict:
         "pop_k": [1, 4],
         "peer_shapes": ["medium"],
         "rounds": 3,
-        "target_shape": "medium"
+        "target_shape": "medium",
+        "sentiment_cells": ["lstm", "gru"]
     }
   return {
       "shapes": ["small", "medium", "large"],
@@ -70,7 +73,8 @@ def plan(quick: bool, tiny: bool) -> dict:
       "pop_k": [1, 4, 16],
       "peer_shapes": ["small", "medium"],
       "rounds": 7,
-      "target_shape": "medium"
+      "target_shape": "medium",
+      "sentiment_cells": ["lstm", "gru"]
   }
 
 
@@ -100,7 +104,7 @@ def run(only=SECTIONS, quick: bool = False, tiny: bool = False, dtypes=None, log
         f"{r.get('dtype', ''):8s} {r.get('K', r.get('samples', '')) or '':>5} "
         f"{r.get('tokens_per_s', r.get('sample_tokens_per_s', 0)):10.0f}/s  load {r['load']}")
 
-  if "gemm" in only or "train" in only or "mc" in only:
+  if {"gemm", "train", "mc", "sentiment"} & set(only):
     log(f"GEMM {p['gemm_sizes']} ...")
     report["gemm"] = bench_gemm(p["gemm_sizes"], dtypes, p["reps"])
   # The yardstick timed after every repetition: a GEMM of the size that ran fastest above.
@@ -109,7 +113,7 @@ def run(only=SECTIONS, quick: bool = False, tiny: bool = False, dtypes=None, log
   }
   probes = {
       dt: gemm_probe(dt, best_n[dt]) for dt in dtypes
-  } if {"train", "mc", "population"} & set(only) else {}
+  } if {"train", "mc", "population", "sentiment"} & set(only) else {}
   if "train" in only:
     for shape in p["shapes"]:
       for dt in dtypes:
@@ -152,6 +156,19 @@ def run(only=SECTIONS, quick: bool = False, tiny: bool = False, dtypes=None, log
           dims=_shape_str(cfg),
           matmul_params=matmul_params(cfg),
           **r)
+  if "sentiment" in only:
+    for cell in p["sentiment_cells"]:
+      for scheme in ("variational", "naive"):
+        cfg = sentiment_config(cell, scheme, tiny=tiny)
+        r = bench_sentiment(cfg, p["steps"], p["reps"], p["min_time"], probes["float32"])
+        add(section="sentiment",
+            impl="vdrnn",
+            shape=cell,
+            gates="var" if scheme == "variational" else scheme,
+            dtype="float32",
+            dims=f"1x{cfg.model.hidden} B{cfg.train.batch_size} T{cfg.data.maxlen}",
+            matmul_params=sentiment_matmul_params(cfg),
+            **r)
   if "peers" in only:
     for dt in dtypes:
       for shape in p["peer_shapes"]:
@@ -197,6 +214,8 @@ def summarize(report: dict, shape: str) -> dict:
   for r in res:
     if r["section"] == "mc":
       s[f"mc_S{r['samples']}_gemm_fraction"] = r["gemm_fraction"]
+    if r["section"] == "sentiment":
+      s[f"sentiment_{r['shape']}_{r['gates']}_gemm_fraction"] = r["gemm_fraction"]
   t = _find(res, section="train", shape=shape, gates="untied", dtype="float32")
   if t:
     s[f"train_{shape}_untied_float32_gemm_fraction"] = t["gemm_fraction"]
@@ -242,9 +261,11 @@ def format_table(report: dict) -> str:
         f"{'' if frac is None else f'{100 * frac:5.1f}%':>6s}  {vs}")
   lines.append(
       "(mc: tokens/s is sample-tokens/s and ms/step the time of one chunk of S samples; "
-      "population: tokens/s counts all K members; side/peer: vdrnn and the peers in interleaved "
-      "rounds, medians over rounds, %GEMM against a GEMM timed in the same rounds, 'vs peer' the "
-      "median of the per-round speed ratios at the same gates and precision)")
+      "population: tokens/s counts all K members; sentiment: the released recipe's step, shape "
+      "lstm/gru, gates column the scheme (var: variational), padded steps counted; side/peer: "
+      "vdrnn and the peers in interleaved rounds, medians over rounds, %GEMM against a GEMM "
+      "timed in the same rounds, 'vs peer' the median of the per-round speed ratios at the same "
+      "gates and precision)")
   for k, v in report["summary"].items():
     lines.append(f"{k}: {v:.2f}")
   for s in report["skipped"]:

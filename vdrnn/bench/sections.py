@@ -1,4 +1,5 @@
-"""The benchmark's sections: GEMM rate, training step, MC chunk, population step."""
+"""The benchmark's sections: GEMM rate, training step, MC chunk, population step, sentiment
+training step."""
 
 from __future__ import annotations
 
@@ -8,9 +9,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from vdrnn import lm, lm_eval, models, population
+from vdrnn import lm, lm_eval, models, population, sentiment
 from vdrnn.bench.common import (_block, _fraction, _median_rate, _random_batches, gemm_probe,
                                 matmul_params, time_train)
+from vdrnn.config import load_config_file
 
 def bench_gemm(sizes, dtypes, reps: int) -> dict:
   """Best rate over ``sizes`` of an ``n x n`` by ``n x n`` matmul per dtype, FLOP/s."""
@@ -95,3 +97,59 @@ def bench_population(cfg, K: int, steps: int, reps: int, min_time: float, probe=
                                                  probe)
   tokens = K * cfg.train.batch_size * cfg.train.seq_length
   return _step_rates(cfg, tokens, t, compile_s, times, rates)
+
+
+def sentiment_config(cell: str, scheme: str, dtype: str = "float32", tiny: bool = False):
+  """The released sentiment recipe of ``cell`` and ``scheme`` (``configs/sentiment_<cell>.py``,
+  ``<scheme>,released``: batch 128, 200 steps, 128 units; ``tiny``: toy shapes)."""
+  c = load_config_file(f"configs/sentiment_{cell}.py:{scheme},released" + (",tiny" if tiny else ""))
+  c.train.compute_dtype = dtype
+  c.train.progress = False
+  return c
+
+
+def sentiment_matmul_params(cfg) -> int:
+  """The recurrent layer's input and recurrent kernels (the dense layer is negligible)."""
+  m = cfg.model
+  return models.GATES[m.cell] * m.hidden * (m.emb_dim + m.hidden)
+
+
+def sentiment_batch(cfg, seed: int = 0):
+  """One batch of the recipe's shape: random tokens, 38% of the rows left-padded by a random
+  length, as the Pang & Lee segments (the last segment of a review) are."""
+  B, T = cfg.train.batch_size, cfg.data.maxlen
+  rng = np.random.RandomState(seed)
+  x = rng.randint(3, cfg.model.vocab_size, (B, T)).astype(np.int32)
+  for b in range(B * 38 // 100):
+    x[b, :rng.randint(1, T)] = 0
+  return (jax.device_put(x), jax.device_put(rng.randn(B).astype(np.float32)),
+          jax.device_put(np.ones(B, np.float32)))
+
+
+def bench_sentiment(cfg, steps: int, reps: int, min_time: float, probe=None) -> dict:
+  """Tokens/s of the sentiment training step (``vdrnn.sentiment.make_train_step``: masks,
+  forward, backward, Adam; donated state); padded steps count as tokens."""
+  step_fn = jax.jit(sentiment.make_train_step(cfg), donate_argnums=0)
+  state = sentiment.init_state(cfg)
+  batch = sentiment_batch(cfg)
+  t0 = time.perf_counter()
+  state = _block(step_fn(state, *batch))
+  compile_s = time.perf_counter() - t0
+  state = _block(step_fn(state, *batch))
+
+  def run():
+    nonlocal state
+    t0 = time.perf_counter()
+    for _ in range(steps):
+      state = step_fn(state, *batch)
+    _block(state)
+    return (time.perf_counter() - t0) / steps
+
+  t, times, rates = _median_rate(run, reps, min_time, probe=probe)
+  if not bool(jnp.isfinite(state["acc"]["loss_sum"])):
+    raise RuntimeError("the benchmarked sentiment step produced a non-finite loss")
+  tokens = cfg.train.batch_size * cfg.data.maxlen
+  flops = 6 * sentiment_matmul_params(cfg) * tokens
+  return {"seconds_per_step": t, "tokens_per_s": tokens / t, "flops_per_s": flops / t,
+          "compile_s": compile_s, "times": times, "gemm_rates": rates,
+          "gemm_fraction": _fraction(flops, times, rates)}

@@ -27,9 +27,13 @@ Two train/test protocols (``split``):
   last ``valid_fraction`` are held out for validation), the rest test; the vocabulary comes
   from the training reviews only. No review contributes to two splits.
 
-Small differences from the released script, kept on purpose: it split on single spaces
-(so each review's last token kept its newline) and, because Keras's word index starts at 1,
-its ``+3`` offset and ``id >= 20000 -> OOV`` kept 19,996 words and never used id 3.
+Tokens (``tokens``): ``"whitespace"`` (default) splits each review on any whitespace;
+``"fork"`` is the released script's ``Tokenizer(filters='')`` over ``list(f)``: every line
+keeps its newline and is split on single spaces, and since every review line ends in
+``" \n"`` the newline becomes a token of its own at the end of each review (10,620 / 2,655
+paper-split segments instead of 10,599 / 2,650). A difference kept on purpose: because
+Keras's word index starts at 1, the script's ``+3`` offset and ``id >= 20000 -> OOV`` kept
+19,996 words and never used id 3.
 
 IMDB (``imdb/{train,test}.jsonl.gz``, 25,000 / 25,000 labelled reviews, Maas et al. 2011): the
 standard split; ``<br />`` removed, lower-cased, words and punctuation marks as separate
@@ -125,12 +129,19 @@ def read_imdb(folder: Path, split: str) -> tuple[list[str], np.ndarray]:
 _WORDS = re.compile(r"\w+(?:'\w+)*|[^\w\s]")
 
 
+TOKENS = ("whitespace", "fork")  # Pang & Lee tokenisations (``data.tokens``)
+
+
 def tokenize(text: str, style: str = "whitespace") -> list[str]:
   """``"whitespace"``: lower-case and split on whitespace (Pang & Lee).
+  ``"fork"``: the released script's split of the line *with* its newline on single spaces
+  (``text`` is the line without it), so a line ending in ``" "`` gets a final ``"\n"`` token.
   ``"words"``: also drop ``<br />`` and split punctuation marks off words (IMDB)."""
   text = text.lower()
   if style == "whitespace":
     return text.split()
+  if style == "fork":
+    return [w for w in (text + "\n").split(" ") if w]
   if style == "words":
     return _WORDS.findall(text.replace("<br />", " "))
   raise ValueError(f"unknown tokenizer style {style!r}; use whitespace or words")
@@ -189,7 +200,7 @@ def _split(x, y, review) -> dict:
 
 def scaledata_splits(texts: Sequence[str], ratings: np.ndarray, *, num_words: int, maxlen: int,
                      split: str = "review", test_fraction: float = 0.2, valid_fraction: float = 0.0,
-                     shuffle_seed: int = 0) -> tuple[dict, dict]:
+                     shuffle_seed: int = 0, tokens: str = "whitespace") -> tuple[dict, dict]:
   """Segments, splits and standardises Pang & Lee reviews (see the module docstring).
 
   Returns ``(splits, info)``: ``splits`` maps train / test (and valid when
@@ -205,8 +216,10 @@ def scaledata_splits(texts: Sequence[str], ratings: np.ndarray, *, num_words: in
         "data.valid_fraction must be 0 with data.split=paper (the released protocol has no "
         "validation set)"
     )
+  if tokens not in TOKENS:
+    raise UserError(f"data.tokens must be one of {TOKENS}, got {tokens!r}")
   order = shuffled(len(texts), shuffle_seed)
-  docs = [tokenize(texts[i]) for i in order]
+  docs = [tokenize(texts[i], tokens) for i in order]
   ys = ratings[order]
   n_train_rev = int(len(docs) * (1 - test_fraction))
   if split == "paper":
@@ -295,7 +308,8 @@ def load(task: str,
                                     split=data.split,
                                     test_fraction=data.test_fraction,
                                     valid_fraction=data.valid_fraction,
-                                    shuffle_seed=data.shuffle_seed)
+                                    shuffle_seed=data.shuffle_seed,
+                                    tokens=data.get("tokens", "whitespace"))
   elif task == "imdb":
     folder = locate.find("imdb", IMDB_FILES, data_dir, verify=verify)
     splits, info = imdb_splits(read_imdb(folder, "train"),
