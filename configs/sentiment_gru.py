@@ -16,7 +16,7 @@ dropout before the dense layer (p_dense), all 0.5.
 BayesianRNN; configs/PAPER.md, "Details of the released code"): gates ``hard_sigmoid``
 (the fork's ``inner_activation``), the GRU candidate ``sigmoid`` (the fork GRU's default
 ``activation``), non-inverted dropout (0/1 masks while training, times the keep probability
-at test), orthogonal recurrent init with scale 1.1, the
+at test), the per-gate Glorot / orthogonal init with scale 1.1, the
 script's tokens (``data.tokens = "fork"``: every review ends in a newline token), the GRU
 run over the left padding (``model.skip_padding = False``: the pad id's trained, dropped-out
 embedding acts as a noisy initial state) and the released split. Not reproduced: the fork's
@@ -51,6 +51,7 @@ def get_config(arg=None):
     c.model.gate_act = "hard_sigmoid"     # inner_activation='hard_sigmoid'
     c.model.candidate_act = "sigmoid"     # GRU activation='sigmoid' (the fork's default)
     c.model.dropout_scaling = "keras0"    # x *= binomial(keep) while training, x *= keep at test
+    c.model.init = "per_gate"             # the fork's W_i, U_i, ... one block per gate
     c.model.ortho_scale = 1.1             # initializations.orthogonal(shape, scale=1.1)
     c.data.tokens = "fork"                # Tokenizer(filters='') on list(f): a newline token
     c.model.skip_padding = False          # the fork's RNN runs over the pad embeddings

@@ -356,30 +356,49 @@ def test_released_deterministic_pass_scales_by_keep_and_training_masks_are_zero_
   assert np.abs(modern - det).max() > 1e-3
 
 
-def test_orthogonal_scale():
-  for scale in (1.0, 1.1):
-    c = sentiment_lstm.get_config("tiny").model
-    c.ortho_scale = scale
-    w_h = np.asarray(models.init_seq(jax.random.key(0), c)["rnn"]["w_h"], np.float64)
-    H = c.hidden
-    for k in range(4):
-      blk = w_h[:, k * H:(k + 1) * H]
-      np.testing.assert_allclose(blk.T @ blk, scale ** 2 * np.eye(H), atol=1e-5)
+def test_per_gate_and_fused_init_scales():
+  """``per_gate`` (the fork): every gate's [H, H] recurrent block orthogonal times ortho_scale and
+  every [E, H] input block Glorot over its own fan; ``fused`` (the modern default): one
+  orthogonal [H, 4H] kernel (orthonormal rows) and Glorot over the fused [E, 4H] shape, so the
+  per-gate weights are about 1.6x (input) and 2x (recurrent) the fused ones."""
+  c = sentiment_lstm.get_config("tiny").model
+  c.hidden = c.emb_dim = 64  # enough entries for the spreads below
+  E = H = 64
+  assert c.init == "fused" and sentiment_lstm.get_config("released").model.init == "per_gate"
+  params = {}
+  for init in ("per_gate", "fused"):
+    for scale in (1.0, 1.1):
+      c.init, c.ortho_scale = init, scale
+      params[init, scale] = models.init_seq(jax.random.key(0), c)["rnn"]
+      w_h = np.asarray(params[init, scale]["w_h"], np.float64)
+      if init == "per_gate":
+        for k in range(4):
+          blk = w_h[:, k * H:(k + 1) * H]
+          np.testing.assert_allclose(blk.T @ blk, scale ** 2 * np.eye(H), atol=1e-5)
+      else:
+        np.testing.assert_allclose(w_h @ w_h.T, scale ** 2 * np.eye(H), atol=1e-5)
+  limits = {"per_gate": np.sqrt(6 / (E + H)), "fused": np.sqrt(6 / (E + 4 * H))}
+  for init, limit in limits.items():
+    w_x = np.asarray(params[init, 1.0]["w_x"])
+    assert np.abs(w_x).max() <= limit and np.abs(w_x).max() > 0.95 * limit
+    np.testing.assert_allclose(w_x.std(), limit / np.sqrt(3), rtol=0.05)
+  ratio = lambda k: params["per_gate", 1.0][k].std() / params["fused", 1.0][k].std()  # noqa: E731
+  np.testing.assert_allclose([ratio("w_x"), ratio("w_h")], [np.sqrt(2.5), 2.0], rtol=0.05)
 
 
 def test_released_switches_default_to_modern_and_are_validated():
   for module in (sentiment_lstm, sentiment_gru):
     for arg in ("variational", "naive,paper", "none"):
       c = module.get_config(arg).model
-      got = (c.gate_act, c.candidate_act, c.dropout_scaling, c.ortho_scale)
-      assert got == ("sigmoid", "tanh", "inverted", 1.0)
+      got = (c.gate_act, c.candidate_act, c.dropout_scaling, c.ortho_scale, c.init, c.skip_padding)
+      assert got == ("sigmoid", "tanh", "inverted", 1.0, "fused", True)
     r = module.get_config("none,released")
     assert r.data.split == "paper" and r.data.valid_fraction == 0.0
     assert r.model.dropout_scaling == "keras0"
     assert models.seq_semantics(r.model).get("eval_keep") is None  # no dropout: nothing to scale
   c = sentiment_gru.get_config("released").model
   for field, bad in (("gate_act", "relu"), ("candidate_act", "relu"), ("dropout_scaling", "keras1"),
-                     ("ortho_scale", -1.0)):
+                     ("ortho_scale", -1.0), ("init", "xavier")):
     bad_cfg = ml_collections.ConfigDict(c.to_dict())
     bad_cfg[field] = bad
     with pytest.raises(UserError, match=field):

@@ -220,6 +220,23 @@ def test_regression_predictive_mean_std_and_log_likelihood():
   np.testing.assert_allclose([s["rmse"], s["pred_std"]], [1.0, 1.0])
 
 
+def test_fit_tau_maximises_the_log_likelihood():
+  """One sample: tau = 1 / MSE exactly. Several: a maximum of the mixture's mean log density
+  (above tau 5% either side), and samples all equal give the one-sample answer."""
+  rng = np.random.RandomState(0)
+  y, pred = rng.rand(200), rng.rand(200)
+  np.testing.assert_allclose(uncertainty.fit_tau(y, pred[None]), 1 / np.mean((y - pred) ** 2))
+  np.testing.assert_allclose(uncertainty.fit_tau(y, np.stack([pred] * 3)),
+                             1 / np.mean((y - pred) ** 2), rtol=1e-5)
+  samples = pred[None] + 0.1 * rng.randn(20, 200)
+  tau = uncertainty.fit_tau(y, samples)
+  ll = lambda t: uncertainty.gaussian_mc_log_likelihood(y, samples, t).mean()  # noqa: E731
+  assert ll(tau) > ll(tau * 1.05) and ll(tau) > ll(tau / 1.05)
+  s = uncertainty.regression_summary(y, samples, tau=4.0)
+  np.testing.assert_allclose(s["std_epistemic"], samples.std(0).mean())
+  np.testing.assert_allclose(s["std_aleatoric"], 0.5)
+
+
 def test_classification_entropy_mutual_information_nll_ece():
   np.testing.assert_allclose(uncertainty.entropy([[0.5, 0.5], [1.0, 0.0]]), [math.log(2), 0.0])
   disagree = np.array([[[1.0, 0.0]], [[0.0, 1.0]]])  # [S=2, N=1, K=2]
@@ -268,9 +285,13 @@ def lstm_run(tmp_path_factory):
 
 def test_sentiment_lstm_trains_and_reports(lstm_run):
   c, workdir, r = lstm_run
-  for k in ("test_rmse", "test_ll", "test_rmse_mc", "test_ll_mc", "test_pred_std_mc"):
+  for k in ("test_rmse", "test_ll", "test_rmse_mc", "test_ll_mc", "test_pred_std_mc",
+            "test_ll_fit", "test_ll_fit_mc", "test_std_epistemic_mc", "test_tau_fit_mc"):
     assert math.isfinite(r[k]), k
   assert r["test_rmse"] < 1.0 and r["test_pred_std_mc"] >= math.sqrt(1 / c.eval.tau)
+  # the released tau = 0.1 is the aleatoric part; the fitted tau's ll is the better one
+  assert r["test_std_aleatoric_mc"] == pytest.approx(math.sqrt(1 / c.eval.tau))
+  assert r["test_std_epistemic_mc"] > 0 and r["test_ll_fit_mc"] > r["test_ll_mc"]
   assert r["mc_samples"] == c.eval.mc_samples and r["best"]["metric"] == "valid_rmse"
   for f in ("results.json", "metrics.jsonl", "config.json", "learning_curve.png"):
     assert os.path.exists(os.path.join(workdir, f)), f

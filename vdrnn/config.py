@@ -126,7 +126,7 @@ def lm_base() -> ml_collections.ConfigDict:
 
 
 SEQ_CHOICES = {"gate_act": rnn.GATE_ACTS, "candidate_act": rnn.CANDIDATE_ACTS,
-               "dropout_scaling": ("inverted", "keras0")}
+               "dropout_scaling": ("inverted", "keras0"), "init": ("fused", "per_gate")}
 
 
 def validate_rates(model, prefix: str = "model") -> None:
@@ -216,6 +216,9 @@ def seq_base() -> ml_collections.ConfigDict:
   c.model.candidate_act = "tanh"   # GRU candidate: tanh | sigmoid (the fork's GRU default)
   # inverted | keras0 (the fork: 0/1 masks while training, x keep probability at test)
   c.model.dropout_scaling = "inverted"
+  # fused: Glorot / orthogonal over all gates' kernels (Keras 2+, Flax OptimizedLSTMCell);
+  # per_gate: each gate's block on its own (the Keras 0.x fork; vdrnn/models.py init_seq)
+  c.model.init = "fused"
   c.model.ortho_scale = 1.0        # orthogonal recurrent init gain (the fork: scale=1.1)
   # True: padded steps leave the state unchanged; False: the RNN runs over the left padding
   # (the fork: pad id 0 has a trained, dropped-out embedding, a noisy initial state)

@@ -196,14 +196,24 @@ softmax_nll.defvjp(_softmax_nll_fwd, _softmax_nll_bwd)
 # Sequence regressor / classifier (sentiment).
 
 
-def init_seq(key: Array, cfg) -> dict:
-  """Sentiment-model parameters, initialised as Keras 1 (the paper's sentiment code).
+SEQ_INITS = ("fused", "per_gate")  # ``model.init`` of the sequence model
 
-  ``cfg`` fields: vocab_size, emb_dim, hidden, cell ("lstm" | "gru"), out_dim, and
-  optionally ortho_scale (default 1.0).
-  Embedding U(-0.05, 0.05); input kernels Glorot-uniform; recurrent kernels orthogonal
-  (per gate) times ortho_scale (the Keras 0.x fork's ``orthogonal`` uses 1.1; Keras 1
-  and later 1.0); biases 0 except the LSTM forget gate, 1.
+
+def init_seq(key: Array, cfg) -> dict:
+  """Sentiment-model parameters.
+
+  ``cfg`` fields: vocab_size, emb_dim, hidden, cell ("lstm" | "gru"), out_dim, and optionally
+  init (default "fused") and ortho_scale (default 1.0).
+  Embedding U(-0.05, 0.05); dense Glorot-uniform; biases 0 except the LSTM forget gate, 1.
+  The recurrent layer's kernels by ``init``:
+
+  * ``"fused"`` (Keras 2 and later, Flax's ``OptimizedLSTMCell``): Glorot-uniform over the whole
+    ``[E, G*H]`` input kernel and an orthogonal ``[H, G*H]`` recurrent kernel;
+  * ``"per_gate"`` (the Keras 0.x fork of the released code): each gate's ``[E, H]`` block
+    Glorot-uniform and each ``[H, H]`` block orthogonal, times ``ortho_scale`` (the fork's 1.1).
+    Per gate, the input weights are ``sqrt((E + G*H) / (E + H))`` (1.6x for the LSTM at
+    E = H) and the recurrent weights ``sqrt(G)`` (2x) larger than fused.
+
   Returns ``{"embed": [V, E], "rnn": {"w_x", "w_h", "b"}, "dense": {"w": [H, K], "b": [K]}}``.
   """
   G = GATES[cfg.cell]
@@ -211,8 +221,14 @@ def init_seq(key: Array, cfg) -> dict:
   k_e, k_x, k_h, k_d = jax.random.split(key, 4)
   glorot = jax.nn.initializers.glorot_uniform()
   ortho = jax.nn.initializers.orthogonal(scale=cfg.get("ortho_scale", 1.0))
-  w_x = jnp.concatenate([glorot(k, (E, H)) for k in jax.random.split(k_x, G)], axis=1)
-  w_h = jnp.concatenate([ortho(k, (H, H)) for k in jax.random.split(k_h, G)], axis=1)
+  init = cfg.get("init", "fused")
+  if init == "per_gate":
+    w_x = jnp.concatenate([glorot(k, (E, H)) for k in jax.random.split(k_x, G)], axis=1)
+    w_h = jnp.concatenate([ortho(k, (H, H)) for k in jax.random.split(k_h, G)], axis=1)
+  elif init == "fused":
+    w_x, w_h = glorot(k_x, (E, G * H)), ortho(k_h, (H, G * H))
+  else:
+    raise ValueError(f"init must be one of {SEQ_INITS}, got {init!r}")
   b = jnp.zeros((G * H,), jnp.float32)
   if cfg.cell == "lstm":
     b = b.at[H:2 * H].set(1.0)

@@ -259,22 +259,42 @@ def predict(config, fns, params, x: np.ndarray, mesh, *, samples: int = 0, progr
   return np.concatenate(dets), (np.concatenate(mcs, axis=1) if samples else None)
 
 
-def summarize(config, info: dict, y: np.ndarray, det: np.ndarray, mc: Optional[np.ndarray]) -> dict:
+def ratings(info: dict, out: np.ndarray) -> np.ndarray:
+  """Regression outputs ``[..., 1]`` (standardised) in rating units ``[...]``, float64."""
+  return out[..., 0].astype(np.float64) * info["y_std"] + info["y_mean"]
+
+
+def fit_taus(info: dict, y: np.ndarray, det: np.ndarray, mc: Optional[np.ndarray]) -> dict:
+  """Model precisions fitted on ``(y, predictions)`` (``uncertainty.fit_tau``): ``det`` for the
+  dropout approximation and, given samples, ``mc`` for MC dropout."""
+  taus = {"det": uncertainty.fit_tau(y, ratings(info, det)[None])}
+  if mc is not None:
+    taus["mc"] = uncertainty.fit_tau(y, ratings(info, mc))
+  return taus
+
+
+def summarize(config, info: dict, y: np.ndarray, det: np.ndarray, mc: Optional[np.ndarray],
+              taus: Optional[dict] = None) -> dict:
   """Metrics of one split: ``{name: value}`` for the dropout approximation and
-  ``{name}_mc`` for MC dropout (regression in rating units)."""
+  ``{name}_mc`` for MC dropout. Regression, in rating units: ``rmse``; ``ll`` with the config's
+  ``eval.tau`` (the released scripts' 0.1); with ``taus`` (``fit_taus`` on training examples)
+  also ``ll_fit`` and ``tau_fit``; MC dropout adds the predictive std and its parts,
+  ``std_epistemic`` (the samples' spread) and ``std_aleatoric`` (``sqrt(1 / tau)``)."""
   e = config.eval
   if is_regression(config):
-    scale = lambda o: o[..., 0].astype(np.float64) * info["y_std"] + info["y_mean"]
-    out = {
-        k: v
-        for k, v in uncertainty.regression_summary(y,
-                                                   scale(det)[None], e.tau).items()
-        if k != "pred_std"
-    }
+    def summary(pred, tau, suffix, keys):
+      r = uncertainty.regression_summary(y, pred, tau)
+      return {f"{k}{suffix}": r[k] for k in keys}
+    out = summary(ratings(info, det)[None], e.tau, "", ("rmse", "ll"))
+    if taus is not None:
+      out.update(summary(ratings(info, det)[None], taus["det"], "_fit", ("ll",)))
+      out["tau_fit"] = taus["det"]
     if mc is not None:
-      out.update({
-          f"{k}_mc": v for k, v in uncertainty.regression_summary(y, scale(mc), e.tau).items()
-      })
+      out.update(summary(ratings(info, mc), e.tau, "_mc",
+                         ("rmse", "ll", "pred_std", "std_epistemic", "std_aleatoric")))
+      if taus is not None and "mc" in taus:
+        out.update(summary(ratings(info, mc), taus["mc"], "_fit_mc", ("ll", "std_aleatoric")))
+        out["tau_fit_mc"] = taus["mc"]
     return out
   out = uncertainty.classification_summary(uncertainty.softmax(det)[None], y, e.ece_bins)
   out = {k: v for k, v in out.items() if not k.startswith("mi")}  # 0 for a single pass
@@ -295,9 +315,11 @@ def evaluate(config,
              *,
              samples: int = 0,
              progress: bool = False,
-             reliability_png: Optional[str] = None) -> dict:
+             reliability_png: Optional[str] = None,
+             taus: Optional[dict] = None) -> dict:
+  """``summarize`` of ``split``'s predictions (``taus``: see there)."""
   det, mc = predict(config, fns, params, split["x"], mesh, samples=samples, progress=progress)
-  out = summarize(config, info, split["y"], det, mc)
+  out = summarize(config, info, split["y"], det, mc, taus)
   if reliability_png and not is_regression(config):
     curves = {"dropout approx.": uncertainty.softmax(det)}
     if mc is not None:
@@ -386,21 +408,28 @@ def make_task(config, workdir: str) -> loop.Task:
     return {"train_running_nll": float(acc["loss_sum"]) / count,
             "train_running_acc": float(acc["correct"]) / count}
 
+  def training_examples(params, samples: int) -> tuple[Optional[dict], dict]:
+    """``(taus, metrics)`` of the first ``eval.train_examples`` training examples: model
+    precisions fitted on them (regression; ``fit_taus``) and their own metrics."""
+    if sub is None:
+      return None, {}
+    det, mc = predict(config, fns, params, sub["x"], mesh, samples=samples)
+    taus = fit_taus(info, sub["y"], det, mc) if regression else None
+    return taus, summarize(config, info, sub["y"], det, None, taus)
+
   def evaluate_epoch(state, epoch, meta) -> dict:
     t0 = time.time()
     params, record = state["params"], {}
-    if sub is not None:
-      record.update({
-          f"train_{k}": v for k, v in evaluate(config, fns, params, sub, info, mesh).items()
-      })
+    mc_now = e.mc_every_epochs and e.mc_samples and (epoch + 1) % e.mc_every_epochs == 0
+    taus, train_metrics = training_examples(params, e.mc_samples if mc_now else 0)
+    record.update({f"train_{k}": v for k, v in train_metrics.items()})
     if "valid" in splits:
       record.update({
           f"valid_{k}": v
-          for k, v in evaluate(config, fns, params, splits["valid"], info, mesh).items()
+          for k, v in evaluate(config, fns, params, splits["valid"], info, mesh, taus=taus).items()
       })
-    mc_now = e.mc_every_epochs and e.mc_samples and (epoch + 1) % e.mc_every_epochs == 0
     test = evaluate(config, fns, params, splits["test"], info, mesh,
-                    samples=e.mc_samples if mc_now else 0)
+                    samples=e.mc_samples if mc_now else 0, taus=taus)
     record.update({f"test_{k}": v for k, v in test.items()})
     record["eval_time_s"] = time.time() - t0
     return record
@@ -415,9 +444,10 @@ def make_task(config, workdir: str) -> loop.Task:
             f"  {r['time_s']:5.0f}s (+{r['eval_time_s']:.0f}s eval)")
 
   def finish(state, meta) -> dict:
+    taus, _ = training_examples(state["params"], e.mc_samples)
     test = evaluate(config, fns, state["params"], splits["test"], info, mesh, samples=e.mc_samples,
                     progress=t.progress and sharding.is_primary(),
-                    reliability_png=os.path.join(workdir, "reliability_test.png"))
+                    reliability_png=os.path.join(workdir, "reliability_test.png"), taus=taus)
     results = {**{f"test_{k}": v for k, v in test.items()}, "mc_samples": e.mc_samples,
                "checkpoint": "last", "step": loop.current_step(state), "epochs": t.num_epochs,
                "best": meta["best"], "data": info}
@@ -466,9 +496,15 @@ def evaluate_workdir(config, workdir: str, checkpoint: str = "latest", split: st
   init, _, fns, _ = compiled(config)
   state, meta = ckpt_lib.restore(mngr, step, init())
   n = config.eval.mc_samples
+  taus = None
+  if is_regression(config) and config.eval.train_examples:  # tau fitted on training examples
+    sub = splits["train"]["x"][:config.eval.train_examples]
+    det, mc = predict(config, fns, state["params"], sub, mesh, samples=n)
+    taus = fit_taus(info, splits["train"]["y"][:config.eval.train_examples], det, mc)
   out = evaluate(config, fns, state["params"], splits[split], info, mesh, samples=n,
                  progress=config.train.progress,
-                 reliability_png=os.path.join(workdir, f"reliability_{checkpoint}_{split}.png"))
+                 reliability_png=os.path.join(workdir, f"reliability_{checkpoint}_{split}.png"),
+                 taus=taus)
   results = {**{f"{split}_{k}": v for k, v in out.items()}, "mc_samples": n,
              "checkpoint": checkpoint, "step": int(state["step"]),
              "epoch": len(meta.get("history", []))}

@@ -8,7 +8,9 @@ Regression, ``S`` stochastic forward passes ``yhat [S, N]`` and model precision 
   variance  = (1/S) sum_s yhat_s^2 - mean^2 + 1/tau
   log p(y)  = logsumexp_s(-0.5 tau (y - yhat_s)^2) - log S - 0.5 log(2 pi) + 0.5 log(tau)
 
-The dropout approximation is the ``S = 1`` case with the deterministic output.
+The dropout approximation is the ``S = 1`` case with the deterministic output. The variance's
+two parts are reported apart: the epistemic spread of the samples and the aleatoric ``1/tau``;
+``fit_tau`` gives the ``tau`` that maximises the log density on given (training) points.
 
 Classification, probabilities ``p [S, N, K]`` (softmax of each pass)::
 
@@ -50,11 +52,47 @@ def gaussian_mc_log_likelihood(y, samples, tau: float) -> np.ndarray:
   return lse - np.log(s.shape[0]) - 0.5 * LOG_2PI + 0.5 * np.log(tau)
 
 
+def fit_tau(y, samples, lo: float = 1e-3, hi: float = 1e7) -> float:
+  """The model precision ``tau`` that maximises the mean log predictive density of ``y`` under
+  the samples' mixture (the maximum-likelihood ``tau`` on these points; fitted on training data
+  it replaces the released scripts' fixed ``tau = 0.1``, whose ``1 / tau = 10`` dwarfs squared
+  errors of about 0.03 in rating units).
+
+  One sample (the dropout approximation): ``1 / mean((y - yhat)^2)`` exactly. Several: the
+  maximum over ``log tau`` in ``[log lo, log hi]``, on a grid of 161 points refined by
+  golden-section search between the best point's neighbours.
+  """
+  y, s = np.asarray(y, np.float64), np.asarray(samples, np.float64)
+  if s.shape[0] == 1:
+    return float(1.0 / max(np.mean((y - s[0]) ** 2), 1.0 / hi))
+  f = lambda lt: float(gaussian_mc_log_likelihood(y, s, float(np.exp(lt))).mean())  # noqa: E731
+  grid = np.linspace(np.log(lo), np.log(hi), 161)
+  i = int(np.argmax([f(g) for g in grid]))
+  a, b = grid[max(i - 1, 0)], grid[min(i + 1, len(grid) - 1)]
+  r = (np.sqrt(5.0) - 1.0) / 2.0
+  c, d = b - r * (b - a), a + r * (b - a)
+  fc, fd = f(c), f(d)
+  for _ in range(40):
+    if fc >= fd:
+      b, d, fd = d, c, fc
+      c = b - r * (b - a)
+      fc = f(c)
+    else:
+      a, c, fc = c, d, fd
+      d = a + r * (b - a)
+      fd = f(d)
+  return float(np.exp((a + b) / 2.0))
+
+
 def regression_summary(y, samples, tau: float) -> dict:
-  """``rmse`` of the predictive mean, mean test ``ll`` and the mean predictive ``std``."""
+  """``rmse`` of the predictive mean, mean test ``ll``, the mean predictive ``std`` and its
+  parts: ``std_epistemic`` (the mean over points of the samples' spread) and
+  ``std_aleatoric`` (``sqrt(1 / tau)``, the observation noise)."""
   mean, std = regression_predictive(samples, tau)
   return {"rmse": rmse(y, mean), "ll": float(gaussian_mc_log_likelihood(y, samples, tau).mean()),
-          "pred_std": float(std.mean())}
+          "pred_std": float(std.mean()),
+          "std_epistemic": float(np.asarray(samples, np.float64).std(0).mean()),
+          "std_aleatoric": float(np.sqrt(1.0 / tau))}
 
 
 # ----------------------------------------------------------------------------------------
