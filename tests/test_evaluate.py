@@ -149,6 +149,71 @@ def test_segments_of_windows_do_not_change_the_result(name, monkeypatch):
   np.testing.assert_allclose(got[0.0], got[1e9], rtol=1e-6, atol=1e-6)
 
 
+def full_log_probs(cfg, params, ids, samples, rates):
+  """Every sample's log-probabilities of every word at every position, ``[S, N - 1, V]``, by the
+  same slow loop as ``loop_reference`` (batch 1, window by window, state carried)."""
+  m, T = cfg.model, cfg.eval.seq_length
+
+  @jax.jit
+  def window(carry, x, key):
+    hs, carry = models.lm_hidden(params, carry, x, models.lm_masks(key, m, x, rates))
+    return carry, jax.nn.log_softmax(models.lm_logits(params, hs), axis=-1)[:, 0]  # [T, V]
+
+  out = []
+  for s in range(samples):
+    k_s = jax.random.fold_in(jax.random.key(cfg.eval.seed), s)
+    carry, row = models.lm_zero_carry(m, 1), []
+    for i, start in enumerate(range(0, len(ids) - 1, T)):
+      n = len(ids[start + 1:start + T + 1])
+      x = np.concatenate([ids[start:start + n], np.full(T - n, 7, ids.dtype)])
+      key = jax.random.fold_in(k_s, i) if m.scheme == "naive" else k_s
+      carry, lp = window(carry, x[None], key)
+      row.append(np.asarray(lp, np.float64)[:n])
+    out.append(np.concatenate(row))
+  return np.stack(out)
+
+
+@pytest.mark.parametrize("name", list(CASES))
+def test_geometric_and_power_means_match_a_direct_computation(name):
+  """The MC pass's geometric and power means (each renormalised over the vocabulary) against
+  the samples' full distributions computed one by one; exponent 1 gives the arithmetic mean."""
+  cfg, params, ids = case_setup(name)
+  cfg.eval.temperature = 1.0
+  rates = lm_eval.mc_rates(cfg)
+  lp = full_log_probs(cfg, params, ids, S, rates)  # [S, N, V]
+  y = ids[1:]
+  pick = lambda a: a[np.arange(len(y)), y]  # noqa: E731
+  geo = lp.mean(0)
+  want_geo = np.mean(pick(geo) - np.log(np.exp(geo).sum(-1)))
+  rho = 0.7
+  pw = np.log(np.mean(np.exp(rho * lp), 0)) / rho
+  want_pow = np.mean(pick(pw) - np.log(np.exp(pw).sum(-1)))
+  want_arith = np.mean(np.log(np.mean(np.exp(lp[:, np.arange(len(y)), y]), 0)))
+  got = lm_eval.mc_log_pbar(cfg, params, ids, samples=S, chunk=3, rates=rates, power=rho)
+  np.testing.assert_allclose(got["log_pbar_geometric"], want_geo, rtol=1e-5)
+  np.testing.assert_allclose(got["log_pbar_power"], want_pow, rtol=1e-5)
+  np.testing.assert_allclose(got["log_pbar"][-1], want_arith, rtol=1e-5)
+  assert abs(want_geo - want_arith) > 1e-3 and abs(want_pow - want_arith) > 1e-4
+  one = lm_eval.mc_log_pbar(cfg, params, ids, samples=S, chunk=3, rates=rates, power=1.0)
+  np.testing.assert_allclose(one["log_pbar_power"], one["log_pbar"][-1], rtol=1e-5)
+
+
+def test_mc_mean_picks_the_reported_perplexity():
+  cfg = tiny_config("variational_untied")
+  cfg.eval.mc_samples, cfg.eval.mc_chunk = 4, 2
+  params = models.init_lm(jax.random.key(1), cfg.model)
+  got = {}
+  for mean in lm_eval.MC_MEANS:
+    cfg.eval.mc_mean = mean
+    got[mean] = lm_eval.mc_lm(cfg, params, tiny_stream(), progress=False)
+    assert got[mean]["ppl"] == got[mean][f"ppl_{mean}"]
+  for k in ("ppl_arithmetic", "ppl_geometric", "ppl_power"):  # one set of samples
+    assert len({r[k] for r in got.values()}) == 1
+  cfg.eval.mc_mean = "median"
+  with pytest.raises(UserError, match="eval.mc_mean"):
+    lm_eval.mc_lm(cfg, params, tiny_stream(), progress=False)
+
+
 @pytest.mark.parametrize("how", ["rates_zero", "multiplier_zero", "scheme_none"])
 def test_mc_with_zero_rates_equals_deterministic(how):
   cfg = tiny_config("none" if how == "scheme_none" else "variational_untied")
@@ -182,7 +247,8 @@ def test_curve_points_and_rates():
   cfg = tiny_config()
   cfg.eval.rate_multiplier = 3.0
   assert lm_eval.mc_rates(cfg) == pytest.approx({"emb": 0.0, "x": lm_eval.MAX_RATE, "h": 0.9,
-                                                  "out": lm_eval.MAX_RATE})
+                                                  "out": lm_eval.MAX_RATE, "weight": 0.0,
+                                                  "zone_c": 0.0, "zone_h": 0.0})
   cfg.eval.rate_multiplier = -1.0
   with pytest.raises(UserError):
     lm_eval.mc_rates(cfg)

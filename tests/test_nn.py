@@ -37,21 +37,27 @@ def _inputs(batch=B):
   return x, lengths, probe
 
 
-def _core(cell, params, x, masks_, valid, dtype):
-  """The functional core on batch-major ``x`` [B, T, D]: ``(carry, ys [B, T, H])``."""
+def _core(cell, params, x, masks_, valid, dtype, zoneout=(None, None)):
+  """The functional core on batch-major ``x`` [B, T, D]: ``(carry, ys [B, T, H])``; ``zoneout``
+  the rates used without masks (the deterministic pass)."""
   z = jnp.zeros((x.shape[0], H), jnp.float32)
-  m_x, m_h = (None, None) if masks_ is None else (masks_["x"][0], masks_["h"][0])
+  get = lambda k: None if masks_ is None else masks_.get(k, [None])[0]  # noqa: E731
+  m_x, m_h = get("x"), get("h")
   xs = jnp.swapaxes(x, 0, 1)
   if cell == "lstm":
-    carry, ys = rnn.lstm(params, (z, z), xs, m_x, m_h, valid=valid, compute_dtype=dtype)
+    zc = get("zone_c") if masks_ is not None else zoneout[0]
+    zh = get("zone_h") if masks_ is not None else zoneout[1]
+    carry, ys = rnn.lstm(params, (z, z), xs, m_x, m_h, valid=valid, compute_dtype=dtype,
+                         mask_w=get("w_h"), zone_c=zc, zone_h=zh)
   else:
-    carry, ys = rnn.gru(params, z, xs, m_x, m_h, valid=valid, compute_dtype=dtype)
+    carry, ys = rnn.gru(params, z, xs, m_x, m_h, valid=valid, compute_dtype=dtype,
+                        mask_w=get("w_h"))
   return carry, jnp.swapaxes(ys, 0, 1)
 
 
-def _sampled(key, cell, tied, batch=B, rate_x=0.3, rate_h=0.4):
-  """The core's own masks for a one-layer model from ``key``."""
-  return masks.sample_masks(key, {"emb": 0.0, "x": rate_x, "h": rate_h, "out": 0.0},
+def _sampled(key, cell, tied, batch=B, rate_x=0.3, rate_h=0.4, **more):
+  """The core's own masks for a one-layer model from ``key`` (``more``: weight / zone rates)."""
+  return masks.sample_masks(key, {"emb": 0.0, "x": rate_x, "h": rate_h, "out": 0.0, **more},
                             jnp.zeros((batch, T), jnp.int32), scheme="variational", tied=tied,
                             layers=[(D, H)], n_gates=LAYERS[cell][2])
 
@@ -127,6 +133,51 @@ def test_linen_layer_equals_core_outputs_and_gradients(cell, case):
   np.testing.assert_array_equal(det, _core(cell, params, x, None, valid, dtype)[1])
 
 
+REGULARISERS = {  # name: (cell, layer kwargs, core rates)
+    "weight_drop": ("lstm", {"weight_drop": 0.5}, {"weight": 0.5}),
+    "zoneout": ("lstm", {"zoneout_c": 0.5, "zoneout_h": 0.3}, {"zone_c": 0.5, "zone_h": 0.3}),
+    "all": ("lstm", {"weight_drop": 0.4, "zoneout_c": 0.5, "zoneout_h": 0.05},
+            {"weight": 0.4, "zone_c": 0.5, "zone_h": 0.05}),
+    "gru_weight_drop": ("gru", {"weight_drop": 0.5}, {"weight": 0.5})}
+
+
+@pytest.mark.parametrize("name", sorted(REGULARISERS))
+def test_weight_drop_and_zoneout_layers_equal_the_core(name):
+  """NNX and Linen layers with weight drop / zoneout (on top of untied variational masks) give
+  exactly the core's outputs and gradients for the same key; deterministic, the core with
+  zoneout's expectation and no weight drop."""
+  cell, kwargs, rates = REGULARISERS[name]
+  nnx_cls, linen_cls, _ = LAYERS[cell]
+  x, lengths, probe = _inputs()
+  valid = jnp.arange(T)[:, None] < lengths[None, :]
+  key = jax.random.key(7)
+  zoneout = (kwargs.get("zoneout_c") or None, kwargs.get("zoneout_h") or None)
+
+  def loss_core(params, x, k):
+    masks_ = _sampled(k, cell, False, **rates)
+    return jnp.sum(_core(cell, params, x, masks_, valid, None)[1] * probe)
+
+  layer = nnx_cls(D, H, rate_x=0.3, rate_h=0.4, rngs=nnx.Rngs(0), **kwargs)
+  got, (g_layer, gx) = nnx.value_and_grad(
+      lambda m, x: jnp.sum(m(x, rngs=key, seq_lengths=lengths) * probe), argnums=(0, 1))(layer, x)
+  want, (g_core, gx_core) = jax.value_and_grad(loss_core, argnums=(0, 1))(layer.params(), x, key)
+  np.testing.assert_array_equal(got, want)
+  np.testing.assert_array_equal(gx, gx_core)
+  for k in ("w_x", "w_h", "b"):
+    np.testing.assert_array_equal(g_layer[k][...], g_core[k])
+  det = nnx.view(layer, deterministic=True)(x, seq_lengths=lengths)
+  np.testing.assert_array_equal(det, _core(cell, layer.params(), x, None, valid, None, zoneout)[1])
+  assert float(jnp.abs(det * probe).sum() - jnp.abs(got)) != 0.0
+
+  lin = linen_cls(H, rate_x=0.3, rate_h=0.4, **kwargs)
+  params = lin.init(jax.random.key(0), x, deterministic=True)["params"]
+  ys = lin.apply({"params": params}, x, deterministic=False, rngs={"dropout": key},
+                 seq_lengths=lengths)
+  np.testing.assert_array_equal(jnp.sum(ys * probe), loss_core(params, x, _linen_key(key)))
+  det = lin.apply({"params": params}, x, deterministic=True, seq_lengths=lengths)
+  np.testing.assert_array_equal(det, _core(cell, params, x, None, valid, None, zoneout)[1])
+
+
 def test_padding_left_or_right_gives_the_unpadded_rows_state():
   layer = vnn.VariationalLSTM(D, H, rate_x=0.3, rate_h=0.4, return_carry=True, rngs=nnx.Rngs(0))
   x, _, _ = _inputs()
@@ -197,7 +248,8 @@ def test_masks_are_constant_over_time(tied):
   x, _, probe = _inputs()
   key = jax.random.key(9)
   grads, gx = nnx.grad(lambda m, x: jnp.sum(m(x, rngs=key) * probe), argnums=(0, 1))(layer, x)
-  m_x, m_h = (np.asarray(m) for m in layer.draw_masks(key, B))
+  m = layer.draw_masks(key, B, T)
+  m_x, m_h = np.asarray(m["x"]), np.asarray(m["h"])
   dropped_x = (m_x == 0) if tied else (m_x == 0).all(0)  # [B, D]
   # from t = 1 on (at t = 0 the forget gate's pre-activation gradient is dc * c_0 = 0)
   np.testing.assert_array_equal(np.asarray(gx)[:, 1:] == 0,
@@ -217,11 +269,10 @@ def test_masks_are_per_row_distinct_and_independent_of_batch_size():
   ys = layer(x, rngs=key)
   assert all(float(jnp.abs(ys[i] - ys[j]).max()) > 1e-3 for i in range(B) for j in range(i))
   # row b's masks depend on (key, b) only, not on the batch size
-  m_x, m_h = layer.draw_masks(key, B)
-  assert m_x.shape == (4, B, D) and m_h.shape == (4, B, H)
-  m_x2, m_h2 = layer.draw_masks(key, 2)
-  np.testing.assert_array_equal(m_x2, m_x[:, :2])
-  np.testing.assert_array_equal(m_h2, m_h[:, :2])
+  m, m2 = layer.draw_masks(key, B, T), layer.draw_masks(key, 2, T)
+  assert m["x"].shape == (4, B, D) and m["h"].shape == (4, B, H) and m["w_h"] is None
+  np.testing.assert_array_equal(m2["x"], m["x"][:, :2])
+  np.testing.assert_array_equal(m2["h"], m["h"][:, :2])
   np.testing.assert_allclose(layer(x[:2], rngs=key), ys[:2], rtol=1e-5, atol=1e-6)
 
 

@@ -144,6 +144,9 @@ def test_sigkill_and_resume_equals_uninterrupted(tmp_path):
     (["--config.train.batch_size=7"], "not divisible by the 2 devices"),
     (["--config.data_dir=/nonexistent"], "data_dir='/nonexistent' has no ptb/ptb.train.txt"),
     (["--config.model.scheme=gal"], "model.scheme must be one of"),
+    (["--config.model.p_weight_drop=1.0"],
+     "model.p_weight_drop must be a dropout probability in [0, 1), got 1.0"),
+    (["--config.model.zoneout_h=1.5"], "model.zoneout_h must be a probability in [0, 1], got 1.5"),
 ])
 def test_bad_input_is_one_line_and_nonzero(tmp_path, args, message):
   p = run_cli("--config", "configs/ptb_tiny.py", "--workdir", str(tmp_path / "w"), *args, devices=2)

@@ -90,6 +90,15 @@ def lm_base() -> ml_collections.ConfigDict:
   c.model.p_h = 0.0                # recurrent dropout (dropout_h)
   c.model.p_out = 0.0              # dropout before the softmax (dropout_o)
   c.model.emb_shared_across_batch = False  # AWD-LSTM embedding dropout: one draw per type per batch
+  # Beyond the paper, with any scheme (vdrnn/rnn.py lstm):
+  c.model.p_weight_drop = 0.0  # AWD-LSTM weight drop: DropConnect on W_h, one mask per batch
+  c.model.zoneout_c = 0.0      # zoneout (Krueger et al. 2016): P(a cell unit keeps its old value)
+  c.model.zoneout_h = 0.0      # ... and a hidden unit (their PTB setting: 0.5 and 0.05)
+  # Concrete dropout (Gal, Hron & Kendall 2017): learn p_emb, p_out and each layer's p_x, p_h
+  # (variational scheme; the rates above are the initial values, each in (0, 1))
+  c.model.concrete = False
+  c.model.concrete_temperature = 0.1   # the paper's relaxation temperature
+  c.model.concrete_length_scale = 0.1  # prior length-scale l of the KL's weight term (our choice)
 
   c.train = ml_collections.ConfigDict()
   c.train.batch_size = 20
@@ -114,6 +123,11 @@ def lm_base() -> ml_collections.ConfigDict:
   c.eval.mc_emb_dropout = False  # released code: embedding dropout off in MC evaluation
   c.eval.temperature = 1.0     # Melis et al. 2018: softmax temperature at evaluation
   c.eval.rate_multiplier = 1.0  # Melis et al. 2018: multiply every dropout rate at evaluation
+  # How MC samples are averaged (all three are reported, from one pass): arithmetic (the
+  # paper's: the mean of the probabilities) | geometric | power (exponent mc_power); the last two
+  # renormalised over the vocabulary (Melis et al. 2018)
+  c.eval.mc_mean = "arithmetic"
+  c.eval.mc_power = 0.5        # our choice, between geometric (-> 0) and arithmetic (1)
   c.eval.seed = 1
 
   # Population training (vdrnn/population.py): comma-separated values, one per member, for
@@ -133,9 +147,16 @@ def validate_rates(model, prefix: str = "model") -> None:
   """The scheme, the rates and (sequence models) the released-semantics switches."""
   if model.scheme not in masks.SCHEMES:
     raise UserError(f"{prefix}.scheme must be one of {masks.SCHEMES}, got {model.scheme!r}")
-  for name in ("p_emb", "p_x", "p_h", "p_out"):
+  for name in ("p_emb", "p_x", "p_h", "p_out", "p_weight_drop"):
     try:
-      masks.check_rate(model[name], f"{prefix}.{name}")
+      if name in model:
+        masks.check_rate(model[name], f"{prefix}.{name}")
+    except ValueError as e:
+      raise UserError(str(e)) from None
+  for name in ("zoneout_c", "zoneout_h"):
+    try:
+      if name in model:
+        masks.check_zoneout(model[name], f"{prefix}.{name}")
     except ValueError as e:
       raise UserError(str(e)) from None
   for name, choices in SEQ_CHOICES.items():
@@ -146,8 +167,29 @@ def validate_rates(model, prefix: str = "model") -> None:
     raise UserError(f"{prefix}.ortho_scale must be a positive number, got {scale!r}")
 
 
+def validate_concrete(c) -> None:
+  """Concrete dropout learns the variational rates of one run from their config values."""
+  m = c.model
+  if not m.get("concrete", False):
+    return
+  if m.scheme != "variational":
+    raise UserError(f"model.concrete learns variational (per-sequence) rates: it needs "
+                    f"model.scheme=variational, got {m.scheme!r}")
+  zero = [k for k in ("p_emb", "p_x", "p_h", "p_out") if not m[k] > 0]
+  if zero:
+    raise UserError(f"model.concrete starts each learned rate from its config value, which "
+                    f"must be in (0, 1): {', '.join(f'model.{k}={m[k]}' for k in zero)}")
+  if any(str(v) for v in c.get("population", {}).values()):
+    raise UserError("model.concrete learns the rates a population would set: use one or the "
+                    "other")
+  for k in ("concrete_temperature", "concrete_length_scale"):
+    if not (isinstance(m[k], (int, float)) and math.isfinite(m[k]) and m[k] > 0):
+      raise UserError(f"model.{k} must be a positive number, got {m[k]!r}")
+
+
 def validate_lm(c) -> None:
   validate_rates(c.model)
+  validate_concrete(c)
   t = c.train
   for name in ("batch_size", "seq_length", "num_epochs"):
     if int(t[name]) < 1:
@@ -161,6 +203,11 @@ def validate_lm(c) -> None:
     raise UserError(f"train.rnn_impl must be scan or pallas, got {t.rnn_impl!r}")
   if c.eval.mc_samples < 0 or c.eval.mc_chunk < 1:
     raise UserError("eval.mc_samples must be >= 0 and eval.mc_chunk >= 1")
+  if c.eval.get("mc_mean", "arithmetic") not in ("arithmetic", "geometric", "power"):
+    raise UserError(f"eval.mc_mean must be arithmetic, geometric or power, got "
+                    f"{c.eval.mc_mean!r}")
+  if not c.eval.get("mc_power", 0.5) > 0:
+    raise UserError(f"eval.mc_power must be > 0, got {c.eval.mc_power!r}")
 
 
 def seq_base() -> ml_collections.ConfigDict:

@@ -24,13 +24,15 @@ The step is ``jax.jit``-ted with ``NamedSharding``s over a 1-D device mesh (data
 from __future__ import annotations
 
 import json
+import os
+from typing import Optional
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 
-from vdrnn import loop, lm_eval, models, sharding
+from vdrnn import loop, lm_eval, models, plots, sharding
 from vdrnn.config import compute_dtype, lm_base, validate_lm
 from vdrnn.data import ptb
 from vdrnn.errors import UserError
@@ -99,28 +101,43 @@ def _sgd_clipped(max_norm: float, lr) -> optax.GradientTransformation:
   return optax.chain(optax.clip_by_global_norm(max_norm), optax.sgd(lr))
 
 
-def make_step_body(config):
+def make_step_body(config, n_tokens: Optional[int] = None):
   """``body(state, x [B, T], y [B, T], lr, key, rates) -> state``: one SGD step, pure.
 
   ``key`` is the run's base key (``key(seed)``) and ``rates`` the ``{"emb", "x", "h", "out"}``
   drop probabilities; both may be traced, so a population can ``vmap`` the body over them
   (``vdrnn.population``). Masks come from ``fold_in(key, step)``, row ``b`` from ``fold_in(., b)``.
+
+  ``model.concrete``: the rates are the parameters' (``models.concrete_rates``), the masks are
+  relaxed and drawn inside the loss, which adds ``seq_length`` times the regulariser per token
+  (``models.concrete_regularizer``; ``n_tokens``: the training tokens, N).
   """
   m, t = config.model, config.train
   dtype = compute_dtype(config)
+  concrete = m.get("concrete", False)
+  if concrete and not n_tokens:
+    raise ValueError("model.concrete needs the number of training tokens (n_tokens)")
 
   def body(state, x, y, lr, key, rates):
     step = state["step"]
-    masks = models.lm_masks(jax.random.fold_in(key, step), m, x, rates)
+    mask_key = jax.random.fold_in(key, step)
+    masks = None if concrete else models.lm_masks(mask_key, m, x, rates)
     params = state["params"]
 
     def loss_fn(params, rows=None):
-      nll, carry = models.lm_nll(params, state["carry"], x, y, masks, unroll=t.unroll,
+      window_masks = masks
+      if concrete:  # relaxed masks of the learned rates: the loss is differentiable in them
+        window_masks = models.lm_masks(mask_key, m, x, models.concrete_rates(params),
+                                       concrete=m.concrete_temperature)
+      nll, carry = models.lm_nll(params, state["carry"], x, y, window_masks, unroll=t.unroll,
                                  compute_dtype=dtype, embedded=rows,
                                  impl=t.get("rnn_impl", "scan"))
-      return nll.mean(axis=1).sum(), (nll, carry)
+      loss = nll.mean(axis=1).sum()
+      if concrete:
+        loss = loss + t.seq_length * models.concrete_regularizer(params, m, n_tokens)
+      return loss, (nll, carry)
 
-    if m.tie_embeddings:  # the embedding is also the softmax matrix: a dense gradient
+    if m.tie_embeddings or concrete:  # a dense embedding gradient (the softmax / the KL's)
       (loss, (nll, carry)), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
       norm = optax.tree.norm(grads)
       tx = _sgd_clipped(t.max_grad_norm, lr)
@@ -139,7 +156,10 @@ def make_step_body(config):
       params = jax.tree.map(lambda p, g: p - lr * scale * g, rest, grads)
       params["embed"] = sparse_row_sgd(embed, ids, g_rows, lr * scale)
     if t.weight_decay:
+      logits = params.pop("dropout_logit", None)  # learned rates are not weights: no decay
       params = jax.tree.map(lambda p: p - t.weight_decay * p, params)
+      if logits is not None:
+        params["dropout_logit"] = logits
     acc = state["acc"]
     finite = jnp.isfinite(loss) & jnp.isfinite(norm)
     bad = jnp.where((acc["bad_step"] < 0) & ~finite, step, acc["bad_step"])
@@ -149,10 +169,10 @@ def make_step_body(config):
   return body
 
 
-def make_train_step(config):
+def make_train_step(config, n_tokens: Optional[int] = None):
   """``train_step(state, x [B, T], y [B, T], lr) -> state``, pure: ``make_step_body`` with the
-  config's seed and (static) rates."""
-  body = make_step_body(config)
+  config's seed and (static) rates (``n_tokens``: see there)."""
+  body = make_step_body(config, n_tokens)
   base_key = jax.random.key(config.seed)
   rates = models.lm_rates(config.model)
 
@@ -201,8 +221,8 @@ def make_task(config, workdir: str) -> loop.Task:
   state = init_state(config, t.batch_size)
   sh = shardings(mesh, state)
   bat = sharding.batch_sharding(mesh)
-  train_step = jax.jit(make_train_step(config), in_shardings=(sh, bat, bat, None),
-                       out_shardings=sh, donate_argnums=0)
+  train_step = jax.jit(make_train_step(config, n_tokens=len(splits["train"])),
+                       in_shardings=(sh, bat, bat, None), out_shardings=sh, donate_argnums=0)
   eval_fn = lm_eval.make_eval_fn(config)
   lr = lr_by_epoch(t)
 
@@ -210,6 +230,16 @@ def make_task(config, workdir: str) -> loop.Task:
     return {k: lm_eval.evaluate_split(config, eval_fn, params, splits["valid"], t.batch_size,
                                       full=False, mesh=mesh, lua=lua)
             for k, lua in (("valid_ppl", False), ("valid_ppl_lua", True))}
+
+  def learned_rates(params) -> dict:
+    """Concrete dropout's rates now: ``rate_emb``, ``rate_out``, ``rate_{x,h}_l<layer>``."""
+    if not config.model.get("concrete", False):
+      return {}
+    r = jax.device_get(models.concrete_rates(params))
+    out = {"rate_emb": float(r["emb"]), "rate_out": float(r["out"])}
+    for k in ("x", "h"):
+      out.update({f"rate_{k}_l{l}": float(v) for l, v in enumerate(r[k])})
+    return out
 
   def batch(epoch, i):
     x, y = ptb.window(streams, i, t.seq_length)
@@ -232,6 +262,7 @@ def make_task(config, workdir: str) -> loop.Task:
                "test_ppl": test,
                "best_valid_ppl": meta["best"]["value"] if meta["best"] else None,
                "step": loop.current_step(state)}
+    results.update(learned_rates(params))
     if config.eval.mc_samples:
       primary = sharding.is_primary()  # only process 0 writes files
       mc = lm_eval.mc_lm(config, params, splits["test"], workdir=workdir if primary else None,
@@ -248,14 +279,18 @@ def make_task(config, workdir: str) -> loop.Task:
   return loop.Task(
       state=jax.device_put(state, sh), train_step=train_step, steps_per_epoch=epoch_size,
       batch=batch, start_epoch=start_epoch, running=running,
-      evaluate=lambda state, epoch, meta: valid(state["params"]), finish=finish,
+      evaluate=lambda state, epoch, meta: {**valid(state["params"]),
+                                           **learned_rates(state["params"])},
+      finish=finish,
       resume_keys=RESUME_KEYS, resume_defaults=RESUME_DEFAULTS, meta={"epoch_size": epoch_size},
       select="valid_ppl",
       items_per_step=t.batch_size * t.seq_length, rate_name="wps",
       nonfinite_hint="lower train.lr or train.max_grad_norm",
       describe=(f"{num_params / 1e6:.1f}M parameters, {len(jax.devices())} device(s), "
                 f"{jax.process_count()} process(es), {epoch_size} windows/epoch"),
-      epoch_line=epoch_line)
+      epoch_line=epoch_line,
+      after_epoch=lambda meta: plots.learned_rates(os.path.join(workdir, "learned_rates.png"),
+                                                   meta["history"]))
 
 
 def train_lm(config, workdir: str) -> dict:

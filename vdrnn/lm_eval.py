@@ -23,9 +23,11 @@ of samples ``k = 1 .. S`` (written to the workdir as ``mc_<split>.json`` and ``.
 
 Masks per window: variational masks depend only on ``(k_s, row)`` and the word-type
 embedding mask on ``(k_s, row, token id)``, so drawing them from ``k_s`` in every window
-gives masks fixed over the stream. Naive (Zaremba) masks are fresh at every step; MC
-samples draw window ``i`` from ``fold_in(k_s, i)``. Sample ``s``'s masks never depend on
-the chunk size, so chunking changes nothing but float rounding.
+gives masks fixed over the stream. Naive (Zaremba) masks and zoneout's are fresh at every
+step; MC samples draw window ``i``'s from ``fold_in(k_s, i)``. Weight drop gives every sample
+its own recurrent matrix: the model is then vmapped over one-row samples instead of folding
+them into the batch (batched matrix-vector products: much slower per sample-token). Sample
+``s``'s masks never depend on the chunk size, so chunking changes nothing but float rounding.
 
 Evaluation knobs: embedding (word-type) dropout is off unless ``eval.mc_emb_dropout``
 (as in the released code); ``eval.rate_multiplier`` scales every rate (capped at
@@ -48,26 +50,34 @@ import jax.numpy as jnp
 import numpy as np
 from tqdm import tqdm
 
+from vdrnn import masks as masks_lib
 from vdrnn import metrics, models, plots, sharding
 from vdrnn.config import compute_dtype
 from vdrnn.data import ptb
 from vdrnn.errors import UserError
 
 MAX_RATE = 0.99  # rate_multiplier * rate is capped here (a rate of 1 would drop everything)
+MC_MEANS = ("arithmetic", "geometric", "power")  # eval.mc_mean
 PROGRESS_SECONDS = 2.0  # MC evaluation calls the device for about this long at a time
 SPLITS = ("test", "valid")
 
 
-def mc_rates(config) -> dict:
-  """Rates used by MC evaluation: the model's, embedding off unless ``eval.mc_emb_dropout``,
-  each times ``eval.rate_multiplier`` and capped at ``MAX_RATE`` (Python floats)."""
+def mc_rates(config, params: Optional[dict] = None) -> dict:
+  """Rates used by MC evaluation: the model's (a concrete-dropout model's learned ones, from
+  ``params``), embedding off unless ``eval.mc_emb_dropout``, each times ``eval.rate_multiplier``
+  and capped at ``MAX_RATE`` (Python floats; ``x`` and ``h`` one per layer when learned)."""
   m, e = config.model, config.eval
   if e.rate_multiplier < 0:
     raise UserError(f"eval.rate_multiplier must be >= 0, got {e.rate_multiplier}")
   rates = models.lm_rates(m)
+  if m.get("concrete", False):
+    if params is None:
+      raise ValueError("a concrete-dropout model's MC rates come from its parameters")
+    rates.update(jax.tree.map(float, jax.device_get(models.concrete_rates(params))))
   if not e.mc_emb_dropout:
     rates["emb"] = 0.0
-  return {k: min(float(r) * float(e.rate_multiplier), MAX_RATE) for k, r in rates.items()}
+  scale = lambda r: min(float(r) * float(e.rate_multiplier), MAX_RATE)  # noqa: E731
+  return {k: [scale(x) for x in r] if isinstance(r, list) else scale(r) for k, r in rates.items()}
 
 
 def stream_windows(ids: np.ndarray, seq_length: int):
@@ -88,9 +98,10 @@ def _fold_samples(m: jax.Array) -> jax.Array:
   return jnp.swapaxes(m[:, :, 0], 0, 1)
 
 
-def make_mc_segment_fn(config, rates: dict, temperature: float = 1.0):
-  """``segment(params, carry, acc, sample_ids, first, xs, ys, ws) -> (carry, acc, sums)``, jitted:
-  C samples over ``n`` consecutive windows of the stream, state carried in and out.
+def make_mc_segment_fn(config, rates: dict, temperature: float = 1.0, power: float = 0.0):
+  """``segment(params, carry, acc, sample_ids, first, xs, ys, ws[, geo, pow]) -> (carry, acc,
+  sums[, geo, pow])``, jitted: C samples over ``n`` consecutive windows of the stream, state
+  carried in and out.
 
   Args:
     params: LM parameters.
@@ -101,45 +112,84 @@ def make_mc_segment_fn(config, rates: dict, temperature: float = 1.0):
       ``k_s = fold_in(key(eval.seed), s)``.
     first: uint32 index of the first of these windows in the stream (naive masks use it).
     xs, ys, ws: ``[n, T]`` windows of the stream (``stream_windows``).
+    geo, pow: with ``power`` > 0, ``[n, T, V]`` running ``sum_s log p_s(v)`` and
+      ``logsumexp_s(power * log p_s(v))`` over every word ``v`` (the geometric and power means'
+      sufficient statistics; zeros and ``-inf`` before the first chunk).
   Returns:
     The carry after the windows, ``acc`` updated with the C samples, and ``sums`` ``[C]``:
     ``sums[j] = sum_t w_t * logsumexp_{s <= sample_ids[j]}(log p_s(y_t))`` over these windows
-    (the not yet normalised log predictive probability after ``j + 1`` samples of the chunk).
+    (the not yet normalised log predictive probability after ``j + 1`` samples of the chunk);
+    with ``power`` > 0 also ``geo`` and ``pow`` updated.
   """
   m = config.model
   base = jax.random.key(config.eval.seed)
   naive = m.scheme == "naive"
+  weight_drop = not masks_lib.is_zero(rates.get("weight", 0.0))
+  zoned = any(not masks_lib.is_zero(rates.get(k, 0.0)) for k in ("zone_c", "zone_h"))
   unroll = config.train.unroll
   dtype = compute_dtype(config)
 
-  def segment(params, carry, acc, sample_ids, first, xs, ys, ws):
+  modes = power > 0
+
+  def segment(params, carry, acc, sample_ids, first, xs, ys, ws, geo=None, pw=None):
     C = sample_ids.shape[0]
     keys = jax.vmap(lambda s: jax.random.fold_in(base, s))(sample_ids)
 
+    def sample_masks(k, i, x):
+      """One sample's masks for window ``i`` (a batch of one row): fresh per window where the
+      scheme's masks are fresh per step (naive; zoneout), else the same in every window."""
+      k_win = jax.random.fold_in(k, i)
+      masks = models.lm_masks(k_win if naive else k, m, x[None], rates)
+      if zoned and not naive:
+        fresh = models.lm_masks(k_win, m, x[None], rates)
+        masks["zone_c"], masks["zone_h"] = fresh["zone_c"], fresh["zone_h"]
+      return masks
+
     def body(carry, inp):
-      i, x, y, w, a = inp  # x, y, w, a: [T]
-      wkeys = jax.vmap(lambda k: jax.random.fold_in(k, i))(keys) if naive else keys
-      masks = jax.vmap(lambda k: models.lm_masks(k, m, x[None], rates))(wkeys)
-      masks = jax.tree.map(_fold_samples, masks)
-      tokens = jnp.broadcast_to(x[None], (C, x.shape[0]))  # [C, T]: the same stream in every row
-      # C sample rows make the batch large: a fused per-step matmul beats a hoisted [T, C, 4H]
-      hs, carry = models.lm_hidden(params, carry, tokens, masks, unroll=unroll,
-                                   compute_dtype=dtype, hoist_input=C < 64)
+      i, x, y, w, a, g_acc, p_acc = inp  # x, y, w, a: [T]; g_acc, p_acc: [T, V] or None
+      if weight_drop:  # a recurrent matrix per sample: the model vmapped over one-row samples
+        def one(k, c):
+          c1 = [(cc[None], hh[None]) for cc, hh in c]
+          hs1, c1 = models.lm_hidden(params, c1, x[None], sample_masks(k, i, x), unroll=unroll,
+                                     compute_dtype=dtype)
+          return hs1[:, 0], [(cc[0], hh[0]) for cc, hh in c1]
+        hs, carry = jax.vmap(one, out_axes=(1, 0))(keys, carry)
+      else:
+        masks = jax.vmap(lambda k: sample_masks(k, i, x))(keys)
+        masks = jax.tree.map(_fold_samples, masks)
+        tokens = jnp.broadcast_to(x[None], (C, x.shape[0]))  # [C, T]: the stream in every row
+        # C sample rows make the batch large: a fused per-step matmul beats a hoisted [T, C, 4H]
+        hs, carry = models.lm_hidden(params, carry, tokens, masks, unroll=unroll,
+                                     compute_dtype=dtype, hoist_input=C < 64)
 
       def step_logp(inp):  # one time step at a time: the [C, V] logits stay in cache
-        h_t, y_t = inp
+        h_t, y_t, g_t, p_t = inp
         logits = models.lm_logits(params, h_t, dtype, temperature)  # [C, V]
-        return logits[:, y_t] - jax.nn.logsumexp(logits, axis=-1)
+        lse = jax.nn.logsumexp(logits, axis=-1)
+        if not modes:
+          return logits[:, y_t] - lse, None, None
+        logp_v = logits - lse[:, None]  # [C, V]: every word's log-probability
+        return (logp_v[:, y_t], g_t + logp_v.sum(0),
+                jnp.logaddexp(p_t, jax.nn.logsumexp(power * logp_v, axis=0)))
 
-      logp = jax.lax.map(step_logp, (hs, y))  # [T, C]
+      logp, g_acc, p_acc = jax.lax.map(step_logp, (hs, y, g_acc, p_acc))  # logp [T, C]
       tot = jnp.logaddexp(a[:, None], jax.lax.cumlogsumexp(logp, axis=1))  # [T, C]
-      return carry, (tot[:, -1], (tot * w[:, None]).sum(0))
+      return carry, (tot[:, -1], (tot * w[:, None]).sum(0), g_acc, p_acc)
 
     index = first + jnp.arange(xs.shape[0], dtype=jnp.uint32)
-    carry, (acc, sums) = jax.lax.scan(body, carry, (index, xs, ys, ws, acc))
+    carry, (acc, sums, geo, pw) = jax.lax.scan(body, carry, (index, xs, ys, ws, acc, geo, pw))
+    if modes:
+      return carry, acc, sums.sum(0), geo, pw
     return carry, acc, sums.sum(0)
 
   return jax.jit(segment)
+
+
+def normalised_log_pbar(stat: jax.Array, y: jax.Array, scale: float) -> jax.Array:
+  """``log pbar(y)`` of a mean that is renormalised over the vocabulary: ``scale * stat[y] -
+  logsumexp_v(scale * stat[v])`` for ``stat [..., V]`` and targets ``y [...]``."""
+  s = scale * stat
+  return jnp.take_along_axis(s, y[..., None], axis=-1)[..., 0] - jax.nn.logsumexp(s, axis=-1)
 
 
 def zero_carry(config, C: int, mesh=None):
@@ -165,14 +215,18 @@ def make_mc_chunk_fn(config, rates: dict, temperature: float = 1.0):
 
 
 def mc_log_pbar(config, params, ids: np.ndarray, *, samples: int, chunk: int, rates: dict,
-                temperature: float = 1.0, progress: bool = False, desc: str = "MC samples") -> dict:
-  """Streams ``ids`` once per chunk of samples; returns
-  ``{"log_pbar": [S] float64 (mean over tokens of log pbar after k = 1..S samples),
-  "tokens", "compile_s", "run_s"}``.
+                temperature: float = 1.0, progress: bool = False, desc: str = "MC samples",
+                power: float = 0.0) -> dict:
+  """Streams ``ids`` through S samples, a segment of windows at a time and, for each segment,
+  chunk after chunk of samples (each chunk's state carried to its next segment); returns
+  ``{"log_pbar": [S] float64 (mean over tokens of log pbar after k = 1..S samples, the
+  arithmetic mean of the probabilities), "tokens", "compile_s", "run_s"}`` and, with
+  ``power`` > 0, ``"log_pbar_geometric"`` and ``"log_pbar_power"`` (at S samples; the geometric
+  mean and the power mean of exponent ``power`` of the samples' distributions, each
+  renormalised over the vocabulary; Melis et al. 2018), from the same samples.
 
-  Each chunk goes through the stream in segments of windows sized (from the first call's
-  time) to take about ``PROGRESS_SECONDS``, so the progress bar moves; the results do not
-  depend on the segment size."""
+  Segments are sized (from the first call's time) to take about ``PROGRESS_SECONDS`` a chunk,
+  so the progress bar moves; the results do not depend on the segment size."""
   if samples < 1 or chunk < 1:
     raise UserError(f"MC evaluation needs eval.mc_samples >= 1 and eval.mc_chunk >= 1, got "
                     f"{samples} and {chunk}")
@@ -184,47 +238,62 @@ def mc_log_pbar(config, params, ids: np.ndarray, *, samples: int, chunk: int, ra
   if count < 1:
     raise UserError("the evaluation stream needs at least 2 tokens")
   n = xs.shape[0]
+  V = config.model.vocab_size
+  modes = power > 0
   params = sharding.put_replicated(params, mesh)
   acc = np.full(xs.shape, -np.inf, np.float32)  # on the host: [n, T], small
-  fn = make_mc_segment_fn(config, rates, temperature)
+  fn = make_mc_segment_fn(config, rates, temperature, power)
   compiled, timing = {}, {"compile_s": 0.0}
-
-  def call(carry, ids_c, first, length):
-    key = (len(ids_c), length)
-    args = (params, carry, acc[first:first + length], ids_c, np.uint32(first),
-            xs[first:first + length], ys[first:first + length], ws[first:first + length])
-    if key not in compiled:
-      t0 = time.time()
-      compiled[key] = fn.lower(*args).compile()
-      timing["compile_s"] += time.time() - t0
-    carry, acc_seg, sums = compiled[key](*args)
-    acc[first:first + length] = np.asarray(acc_seg)
-    return carry, np.asarray(sums, np.float64)
-
-  out = np.empty(samples, np.float64)
+  chunks = [np.arange(s, min(s + chunk, samples), dtype=np.uint32)
+            for s in range(0, samples, chunk)]
+  carries = [zero_carry(config, len(c), mesh) for c in chunks]
+  sums = np.zeros(samples, np.float64)
+  mode_sums = {"geometric": 0.0, "power": 0.0}
   bar = tqdm(total=samples, desc=desc, unit="sample", disable=not progress, dynamic_ncols=True,
              file=sys.stderr, bar_format="{l_bar}{bar}| {n:.1f}/{total} [{elapsed}<{remaining}]")
-  length, run_s = None, 0.0
-  for start in range(0, samples, chunk):
-    c = min(chunk, samples - start)
-    ids_c = np.arange(start, start + c, dtype=np.uint32)
-    carry, sums, first = zero_carry(config, c, mesh), np.zeros(c), 0
-    while first < n:
-      step = 1 if length is None else min(length, n - first)
-      t0 = time.time()
-      carry, part = call(carry, ids_c, first, step)
-      spent = time.time() - t0
-      run_s += spent
-      if length is None:  # windows per call for about PROGRESS_SECONDS a call
-        length = int(min(n, max(1, PROGRESS_SECONDS / max(spent, 1e-6))))
-      sums += part
-      first += step
-      bar.update(c * step / n)
-    k = np.arange(start + 1, start + c + 1, dtype=np.float64)
-    out[start:start + c] = (sums - count * np.log(k)) / count
-    bar.set_postfix(ppl=f"{math.exp(-out[start + c - 1]):.2f}")
+  length, run_s, first = None, 0.0, 0
+  # the modes' [windows, T, V] statistics: at most about 64 MB a segment
+  max_len = max(1, int(64e6 // (8 * xs.shape[1] * V))) if modes else n
+  while first < n:
+    step = 1 if length is None else min(length, max_len, n - first)
+    seg = slice(first, first + step)
+    stats = (np.zeros((step, xs.shape[1], V), np.float32),
+             np.full((step, xs.shape[1], V), -np.inf, np.float32)) if modes else ()
+    t0 = time.time()
+    for j, ids_c in enumerate(chunks):
+      args = (params, carries[j], acc[seg], ids_c, np.uint32(first), xs[seg], ys[seg], ws[seg],
+              *stats)
+      key = (len(ids_c), step)
+      if key not in compiled:
+        tc = time.time()
+        compiled[key] = fn.lower(*args).compile()
+        timing["compile_s"] += time.time() - tc
+        t0 += time.time() - tc
+      out = compiled[key](*args)
+      carries[j], acc_seg, part = out[:3]
+      stats = tuple(out[3:])
+      acc[seg] = np.asarray(acc_seg)
+      start = int(ids_c[0])
+      sums[start:start + len(ids_c)] += np.asarray(part, np.float64)
+      bar.update(len(ids_c) * step / n)
+    if modes:
+      geo, pw = stats
+      for name, stat, scale in (("geometric", geo, 1.0 / samples), ("power", pw, 1.0 / power)):
+        lp = normalised_log_pbar(stat, jnp.asarray(ys[seg]), scale)
+        mode_sums[name] += float((np.asarray(lp, np.float64) * ws[seg]).sum())
+    spent = time.time() - t0
+    run_s += spent
+    if length is None:  # windows per segment for about PROGRESS_SECONDS a chunk
+      length = int(min(n, max(1, PROGRESS_SECONDS * len(chunks) / max(spent, 1e-6))))
+    first += step
   bar.close()
-  return {"log_pbar": out, "tokens": int(count), "compile_s": timing["compile_s"], "run_s": run_s}
+  k = np.arange(1, samples + 1, dtype=np.float64)
+  result = {"log_pbar": (sums - count * np.log(k)) / count, "tokens": int(count),
+            "compile_s": timing["compile_s"], "run_s": run_s}
+  if modes:
+    result["log_pbar_geometric"] = mode_sums["geometric"] / count
+    result["log_pbar_power"] = mode_sums["power"] / count
+  return result
 
 
 def make_eval_fn(config):
@@ -236,7 +305,7 @@ def make_eval_fn(config):
     def body(carry, inp):
       x, y, w = inp
       nll, carry = models.lm_nll(params, carry, x, y, None, unroll=config.train.unroll,
-                                 compute_dtype=dtype)
+                                 compute_dtype=dtype, zoneout=models.lm_zoneout(config.model))
       return carry, (nll * w.T).sum()
     _, sums = jax.lax.scan(body, carry, (xs, ys, ws))
     return sums.sum(), ws.sum()
@@ -290,23 +359,38 @@ def mc_lm(config, params, ids: np.ndarray, *, workdir: Optional[str] = None, spl
   """Deterministic and MC-dropout perplexity of a token stream.
 
   Uses ``config.eval``: mc_samples (S), mc_chunk, mc_emb_dropout, temperature,
-  rate_multiplier, seed, seq_length. Returns a dict with ``ppl`` (MC, S samples),
-  ``det_ppl``, ``curve`` (perplexity at 1, 2, 5, ... S samples), the settings and timings
-  (``sample_tokens_per_s`` = S * tokens / time of the MC passes, compilation excluded).
+  rate_multiplier, seed, seq_length, mc_mean, mc_power. Returns a dict with ``ppl`` (MC, S
+  samples, averaged by ``mc_mean``), ``ppl_arithmetic`` (the paper's: the mean of the samples'
+  probabilities), ``ppl_geometric`` and ``ppl_power`` (exponent ``mc_power``; both renormalised,
+  Melis et al. 2018; all three from the same samples), ``det_ppl``, ``curve`` (the arithmetic
+  perplexity at 1, 2, 5, ... S samples), the settings and timings (``sample_tokens_per_s`` =
+  S * tokens / time of the MC passes, compilation excluded).
   With ``workdir``, writes ``mc_<split>.json`` (plus ``ppl_by_samples`` for every k) and
   ``mc_<split>.png``.
   """
   e = config.eval
   progress = config.train.get("progress", True) if progress is None else progress
   S = int(e.mc_samples)
-  rates = mc_rates(config)
+  rates = mc_rates(config, params)
+  mean = e.get("mc_mean", "arithmetic")
+  if mean not in MC_MEANS:
+    raise UserError(f"eval.mc_mean must be one of {MC_MEANS}, got {mean!r}")
+  power = float(e.get("mc_power", 0.5))
+  if not power > 0:
+    raise UserError(f"eval.mc_power must be > 0, got {power}")
   res = mc_log_pbar(config, params, ids, samples=S, chunk=int(e.mc_chunk), rates=rates,
-                    temperature=float(e.temperature), progress=progress, desc=f"MC {split}")
+                    temperature=float(e.temperature), progress=progress, desc=f"MC {split}",
+                    power=power)
   ppl_k = np.exp(-res["log_pbar"])
   pts = curve_points(S)
+  means = {"arithmetic": float(ppl_k[-1]), "geometric": math.exp(-res["log_pbar_geometric"]),
+           "power": math.exp(-res["log_pbar_power"])}
   result = {
       "split": split,
-      "ppl": float(ppl_k[-1]),
+      "ppl": means[mean],
+      "mc_mean": mean,
+      "mc_power": power,
+      **{f"ppl_{k}": v for k, v in means.items()},
       "det_ppl": deterministic_ppl(config, params, ids),
       "samples": S,
       "chunk": int(e.mc_chunk),

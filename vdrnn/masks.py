@@ -19,7 +19,7 @@ rates; ``bernoulli(1.0)`` is always 1, so a traced rate of 0 still gives exact o
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from typing import Any, Optional, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -93,21 +93,46 @@ def dropout_mask_bytes(key: Array, shape: Sequence[int], rate: Any, dtype=jnp.fl
   return kept / jnp.asarray(keep, dtype) if inverted else kept
 
 
+CONCRETE_EPS = 1e-7
+
+
+def concrete_mask(key: Array, shape: Sequence[int], rate: Any, temperature: float,
+                  dtype=jnp.float32) -> Array:
+  """Concrete dropout's relaxed mask (Gal, Hron & Kendall 2017, Sec. 3; the Concrete / relaxed
+  Bernoulli of Maddison et al. and Jang et al.): ``(1 - z) / (1 - p)`` with
+
+    z = sigmoid((log p - log(1 - p) + log u - log(1 - u)) / temperature),  u ~ U(0, 1),
+
+  a mask that is differentiable in ``p`` (a traced, learned rate) and tends to the inverted
+  Bernoulli mask as the temperature goes to 0 (the paper's temperature: 0.1)."""
+  eps = CONCRETE_EPS
+  u = jax.random.uniform(key, tuple(shape), jnp.float32, eps, 1.0 - eps)
+  p = jnp.asarray(rate, jnp.float32)
+  logit = jnp.log(p + eps) - jnp.log(1.0 - p + eps) + jnp.log(u) - jnp.log(1.0 - u)
+  return ((1.0 - jax.nn.sigmoid(logit / temperature)) / (1.0 - p)).astype(dtype)
+
+
 def per_row(key: Array, batch: int, shape: Sequence[int], rate: Any, dtype=jnp.float32, *,
-            inverted: bool = True, byte_draws: bool = False) -> Array:
+            inverted: bool = True, byte_draws: bool = False,
+            concrete: Optional[float] = None) -> Array:
   """``[B, *shape]`` masks, row ``b`` drawn from ``fold_in(key, b)`` (one mask per sequence);
-  ``byte_draws``: with ``dropout_mask_bytes``."""
+  ``byte_draws``: with ``dropout_mask_bytes``; ``concrete``: relaxed masks of that temperature
+  (``concrete_mask``)."""
   check_rate(rate, "rate")
+  rows = jnp.arange(batch, dtype=jnp.uint32)
+  if concrete is not None:
+    return jax.vmap(lambda b: concrete_mask(jax.random.fold_in(key, b), shape, rate, concrete,
+                                            dtype))(rows)
   if is_zero(rate):
     return jnp.ones((batch, *shape), dtype)
-  rows = jnp.arange(batch, dtype=jnp.uint32)
   draw = dropout_mask_bytes if byte_draws else dropout_mask
   return jax.vmap(lambda b: draw(jax.random.fold_in(key, b), shape, rate, dtype,
                                  inverted=inverted))(rows)
 
 
 def word_type_mask(key: Array, tokens: Array, rate: Any, *, shared_across_batch: bool = False,
-                   dtype=jnp.float32, inverted: bool = True) -> Array:
+                   dtype=jnp.float32, inverted: bool = True,
+                   concrete: Optional[float] = None) -> Array:
   """Gal's embedding dropout: drop whole word types, not single tokens.
 
   Within one row, every occurrence of the same token id gets the same value: one
@@ -120,6 +145,7 @@ def word_type_mask(key: Array, tokens: Array, rate: Any, *, shared_across_batch:
     tokens: ``[B, T]`` integer token ids.
     rate: probability of dropping a word type, in [0, 1).
     inverted: False: entries 0 or 1 (Keras 0.x).
+    concrete: a temperature: relaxed masks (``concrete_mask``), one per (row, word type).
   Returns:
     ``[B, T]`` mask with entries 0 or ``1 / (1 - rate)``; multiply the embeddings by
     ``mask[..., None]``.
@@ -129,7 +155,7 @@ def word_type_mask(key: Array, tokens: Array, rate: Any, *, shared_across_batch:
   if tokens.ndim != 2 or not jnp.issubdtype(tokens.dtype, jnp.integer):
     raise ValueError(
         f"tokens must be an integer array of shape [B, T], got {tokens.dtype}{list(tokens.shape)}")
-  if is_zero(rate):
+  if is_zero(rate) and concrete is None:
     return jnp.ones(tokens.shape, dtype)
   keep = 1.0 - jnp.asarray(rate, jnp.float32)
   B = tokens.shape[0]
@@ -139,6 +165,8 @@ def word_type_mask(key: Array, tokens: Array, rate: Any, *, shared_across_batch:
     row_keys = jax.vmap(lambda b: jax.random.fold_in(key, b))(jnp.arange(B, dtype=jnp.uint32))
 
   def draw(k, tok):
+    if concrete is not None:
+      return concrete_mask(jax.random.fold_in(k, tok), (), rate, concrete)
     return jax.random.bernoulli(jax.random.fold_in(k, tok), keep)
 
   # Rows in two halves of a loop, not one vmap: a loop's result is materialised, whereas XLA
@@ -146,20 +174,61 @@ def word_type_mask(key: Array, tokens: Array, rate: Any, *, shared_across_batch:
   # there (128 times per draw in an embedding [T, B, 128], 512 in a per-gate stack of it).
   row = lambda a: jax.vmap(lambda t: draw(a[0], t))(a[1])  # noqa: E731 - one row's [T] draws
   kept = jax.lax.map(row, (row_keys, tokens.astype(jnp.uint32)), batch_size=max(1, -(-B // 2)))
+  if concrete is not None:  # already inverted
+    return kept.astype(dtype)
   return kept.astype(dtype) / keep.astype(dtype) if inverted else kept.astype(dtype)
+
+
+def check_zoneout(rate: Any, name: str = "zoneout rate") -> Any:
+  """Returns ``rate`` if it is a probability in [0, 1] (1: every unit keeps its old value);
+  raises ValueError naming it. Traced values pass through."""
+  if isinstance(rate, jax.core.Tracer):
+    return rate
+  try:
+    r = np.asarray(rate, dtype=np.float64)
+  except (TypeError, ValueError):
+    raise ValueError(f"{name} must be a number in [0, 1], got {rate!r}") from None
+  if r.size == 0 or not np.all(np.isfinite(r)) or np.any(r < 0) or np.any(r > 1):
+    raise ValueError(f"{name} must be a probability in [0, 1], got {rate!r}")
+  return rate
+
+
+def weight_drop_mask(key: Array, shape: Sequence[int], rate: Any, dtype=jnp.float32) -> Array:
+  """DropConnect on a weight matrix (AWD-LSTM's weight drop, Merity et al. 2017): one
+  inverted-dropout mask over the whole ``shape`` (e.g. the recurrent ``W_h [H, G*H]``), drawn once
+  per call, i.e. per batch and forward pass, and shared by every row of the batch."""
+  return dropout_mask(key, shape, rate, dtype)
+
+
+def zoneout_mask(key: Array, batch: int, steps: int, dim: int, rate: Any,
+                 dtype=jnp.float32) -> Array:
+  """Zoneout (Krueger et al. 2016): ``[T, B, dim]``, 1 where a unit keeps its previous value
+  (probability ``rate``) and 0 where it takes the new one; fresh at every step, row ``b`` drawn
+  from ``fold_in(key, b)``. Rate 0 gives zeros (the plain LSTM), rate 1 ones (the state held)."""
+  check_zoneout(rate, "rate")
+  if is_zero(rate):
+    return jnp.zeros((steps, batch, dim), dtype)
+  if not isinstance(rate, jax.core.Tracer) and float(np.asarray(rate)) == 1.0:
+    return jnp.ones((steps, batch, dim), dtype)
+  rows = jnp.arange(batch, dtype=jnp.uint32)
+  held = jax.vmap(lambda b: jax.random.bernoulli(jax.random.fold_in(key, b), rate,
+                                                 (steps, dim)))(rows)
+  return jnp.swapaxes(held, 0, 1).astype(dtype)
 
 
 def sample_masks(key: Array, rates: dict, tokens: Array, *, scheme: str, tied: bool,
                  layers: Sequence[tuple[int, int]], n_gates: int,
                  emb_shared_across_batch: bool = False, naive_per_gate: bool = False,
-                 inverted: bool = True) -> dict:
+                 inverted: bool = True, concrete: Optional[float] = None) -> dict:
   """Draws every mask a (stacked) recurrent model needs, from one key, per sequence.
 
   Args:
     key: PRNG key; one key gives one complete set of masks.
     rates: ``{"emb", "x", "h", "out"}`` drop probabilities (floats or traced scalars):
       word-type embedding dropout, RNN-input dropout (every layer), recurrent dropout
-      and dropout before the output layer (Gal's dropout_x / _i / _h / _o).
+      and dropout before the output layer (Gal's dropout_x / _i / _h / _o); optionally
+      ``"weight"`` (weight drop on every layer's ``W_h``) and ``"zone_c"`` / ``"zone_h"``
+      (zoneout of the LSTM cell and hidden state), with any scheme, ``"none"`` included.
     tokens: ``[B, T]`` token ids of the window (for the word-type masks).
     scheme: ``"variational"`` (Gal), ``"naive"`` (a fresh mask at every time step) or
       ``"none"``. Naive uses ``rates["x"]`` for the embedding output and between layers
@@ -177,6 +246,9 @@ def sample_masks(key: Array, rates: dict, tokens: Array, *, scheme: str, tied: b
       the layer's input, Zaremba); True: one mask per step *and gate*, as the Keras fork's
       ``NaiveDropoutLSTM`` / ``GRU`` draw them (``B_W`` [G, T, B, D], ``B_U`` [T, G, B, H]).
     inverted: False: 0/1 masks (the Keras 0.x fork's non-inverted dropout).
+    concrete: variational only: a temperature, for concrete dropout's relaxed masks
+      (``concrete_mask``), differentiable in the rates; ``rates["x"]`` and ``rates["h"]`` may
+      then also be sequences with one (learned) rate per layer.
   Returns:
     A dict; absent masks are ``None``.
     variational: ``emb`` [B, T]; ``x[l]`` [B, D_l] (tied) or [G, B, D_l] (untied);
@@ -184,25 +256,49 @@ def sample_masks(key: Array, rates: dict, tokens: Array, *, scheme: str, tied: b
     naive: ``emb`` [B, T]; ``x_steps[l]`` [T, B, D_l] or [T, G, B, D_l] (per gate);
       ``h_steps[l]`` [T, B, H_l] or [T, G, B, H_l]; ``out`` [T, B, H_L].
     none: all ``None``.
+    Any scheme: ``w_h[l]`` [H_l, G*H_l] (weight drop, one per call); ``zone_c[l]`` and
+      ``zone_h[l]`` [T, B, H_l] (zoneout, fresh per step and row); ``None`` at rate 0.
   """
   if scheme not in SCHEMES:
     raise ValueError(f"scheme must be one of {SCHEMES}, got {scheme!r}")
-  for name in ("emb", "x", "h", "out"):
-    check_rate(rates.get(name, 0.0), f"rates[{name!r}]")
+  for name in ("emb", "x", "h", "out", "weight"):
+    r = rates.get(name, 0.0)
+    for i, ri in enumerate(r if isinstance(r, (list, tuple)) else [r]):
+      check_rate(ri, f"rates[{name!r}]" + (f"[{i}]" if isinstance(r, (list, tuple)) else ""))
+  if concrete is not None and scheme != "variational":
+    raise ValueError(f"concrete (relaxed) masks are variational masks, not {scheme!r}")
+  for name in ("zone_c", "zone_h"):
+    check_zoneout(rates.get(name, 0.0), f"rates[{name!r}]")
   B, T = tokens.shape
   k_emb, k_x, k_h, k_out = jax.random.split(key, 4)
   L = len(layers)
   masks: dict = {"emb": None, "x": [None] * L, "h": [None] * L, "x_steps": [None] * L,
                  "h_steps": [None] * L, "out": None}
+
+  def maybe(rate, fn):
+    return None if is_zero(rate) and concrete is None else fn()
+
+  def layer_rate(name, l):  # one rate for every layer, or one per layer
+    r = rates.get(name, 0.0)
+    return r[l] if isinstance(r, (list, tuple)) else r
+
+  # Weight drop and zoneout from keys of their own: the other masks keep their draws.
+  k_w, k_zc, k_zh = jax.random.split(jax.random.fold_in(key, 0x5EED), 3)
+  w_rate, zc, zh = rates.get("weight", 0.0), rates.get("zone_c", 0.0), rates.get("zone_h", 0.0)
+  hidden = [h for _, h in layers]
+  masks["w_h"] = [maybe(w_rate, lambda l=l, h=h: weight_drop_mask(
+      jax.random.fold_in(k_w, l), (h, n_gates * h), w_rate)) for l, h in enumerate(hidden)]
+  masks["zone_c"] = [maybe(zc, lambda l=l, h=h: zoneout_mask(
+      jax.random.fold_in(k_zc, l), B, T, h, zc)) for l, h in enumerate(hidden)]
+  masks["zone_h"] = [maybe(zh, lambda l=l, h=h: zoneout_mask(
+      jax.random.fold_in(k_zh, l), B, T, h, zh)) for l, h in enumerate(hidden)]
   if scheme == "none":
     return masks
   H_last = layers[-1][1]
 
-  def maybe(rate, fn):
-    return None if is_zero(rate) else fn()
-
   masks["emb"] = maybe(rates.get("emb", 0.0), lambda: word_type_mask(
-      k_emb, tokens, rates["emb"], shared_across_batch=emb_shared_across_batch, inverted=inverted))
+      k_emb, tokens, rates["emb"], shared_across_batch=emb_shared_across_batch, inverted=inverted,
+      concrete=concrete))
 
   if scheme == "naive":
     def steps(k, dim, rate, per_gate, fast):  # a fresh mask at every time step, per row
@@ -225,13 +321,14 @@ def sample_masks(key: Array, rates: dict, tokens: Array, *, scheme: str, tied: b
   # Variational: one mask per sequence, constant over the window's time steps.
   def const(k, dim, rate):
     if tied:
-      return per_row(k, B, (dim,), rate, inverted=inverted)  # [B, dim]
-    return jnp.swapaxes(per_row(k, B, (n_gates, dim), rate, inverted=inverted), 0, 1)  # [G, B, dim]
+      return per_row(k, B, (dim,), rate, inverted=inverted, concrete=concrete)  # [B, dim]
+    return jnp.swapaxes(per_row(k, B, (n_gates, dim), rate, inverted=inverted, concrete=concrete),
+                        0, 1)  # [G, B, dim]
 
-  masks["x"] = [maybe(rates["x"], lambda l=l, d=d: const(jax.random.fold_in(k_x, l), d, rates["x"]))
-                for l, (d, _) in enumerate(layers)]
-  masks["h"] = [maybe(rates["h"], lambda l=l, h=h: const(jax.random.fold_in(k_h, l), h, rates["h"]))
-                for l, (_, h) in enumerate(layers)]
+  masks["x"] = [maybe(layer_rate("x", l), lambda l=l, d=d: const(
+      jax.random.fold_in(k_x, l), d, layer_rate("x", l))) for l, (d, _) in enumerate(layers)]
+  masks["h"] = [maybe(layer_rate("h", l), lambda l=l, h=h: const(
+      jax.random.fold_in(k_h, l), h, layer_rate("h", l))) for l, (_, h) in enumerate(layers)]
   masks["out"] = maybe(rates["out"], lambda: per_row(k_out, B, (H_last,), rates["out"],
-                                                     inverted=inverted))
+                                                     inverted=inverted, concrete=concrete))
   return masks

@@ -48,6 +48,8 @@ def init_lm(key: Array, cfg) -> dict:
   ``lua_biases``: each layer also has ``b_h [4H]``, the Lua code's second bias per gate
   (its ``i2h`` and ``h2h`` ``nn.Linear`` layers each carry one): the gates see ``b + b_h``,
   both are trained, so the summed bias starts wider and moves twice as far per SGD step.
+  ``concrete``: also ``dropout_logit`` ``{"emb", "out": [], "x", "h": [[]] * L}``, the learned
+  rates' logits (``concrete_rates``), starting at the config's p_emb, p_out, p_x, p_h.
   """
   if cfg.tie_embeddings and cfg.emb_dim != cfg.hidden:
     raise ValueError(f"tie_embeddings needs emb_dim == hidden, got {cfg.emb_dim} and {cfg.hidden}")
@@ -62,11 +64,52 @@ def init_lm(key: Array, cfg) -> dict:
   params["softmax"] = {"b": _uniform(kb, (cfg.vocab_size,), s)}
   if not cfg.tie_embeddings:
     params["softmax"]["w"] = _uniform(kw, (cfg.hidden, cfg.vocab_size), s)
+  if cfg.get("concrete", False):  # learned rates, as logits: every site's initial rate from cfg
+    logit = lambda p: jnp.log(jnp.float32(p)) - jnp.log1p(-jnp.float32(p))  # noqa: E731
+    params["dropout_logit"] = {"emb": logit(cfg.p_emb), "out": logit(cfg.p_out),
+                               "x": [logit(cfg.p_x) for _ in range(cfg.num_layers)],
+                               "h": [logit(cfg.p_h) for _ in range(cfg.num_layers)]}
   if cfg.get("lua_biases", False):  # a key of its own: the other parameters stay as without
     kl = jax.random.split(jax.random.fold_in(key, 1), cfg.num_layers)
     for l, (_, h) in enumerate(lm_layer_sizes(cfg)):
       params["lstm"][l]["b_h"] = _uniform(kl[l], (4 * h,), s)
   return params
+
+
+def concrete_rates(params: dict) -> dict:
+  """The learned rates of a concrete-dropout model: ``sigmoid(dropout_logit)``, in the
+  ``sample_masks`` layout (``x`` and ``h`` one per layer)."""
+  return jax.tree.map(jax.nn.sigmoid, params["dropout_logit"])
+
+
+def concrete_regularizer(params: dict, cfg, n_tokens: int) -> Array:
+  """Concrete dropout's regulariser per training token: ``KL / N`` of the objective
+
+    L = -(1/M) sum_i log p(y_i | x_i) + (1/N) KL(q || p)
+
+  (Gal, Hron & Kendall 2017, Eq. 1; ``N`` the training tokens), with the KL of each dropout
+  site as their Sec. 3 approximates it for a weight ``M`` after dropout of rate ``p`` on its
+  ``K``-dimensional input, written for the trained ``W = (1 - p) M`` (inverted dropout):
+
+    KL ~= l^2 / 2 * ||W||^2 / (1 - p)  -  K * H(p),    H(p) = -p log p - (1 - p) log(1 - p)
+
+  (the form of the authors' released ``ConcreteDropout`` layers). Sites and their weights:
+  word types (``K = V``, the embedding), each layer's input (``K = D_l``, ``W_x``) and
+  recurrent state (``K = H``, ``W_h``), and the softmax input (``K = H``, the softmax matrix, or
+  the embedding when tied). ``l`` is ``cfg.concrete_length_scale``. A scalar."""
+  rates = concrete_rates(params)
+  l2 = float(cfg.get("concrete_length_scale", 0.1)) ** 2
+
+  def site(p, w, K):
+    entropy = -p * jnp.log(p) - (1.0 - p) * jnp.log1p(-p)
+    return 0.5 * l2 * jnp.sum(jnp.square(w)) / (1.0 - p) - K * entropy
+
+  soft = params["softmax"]["w"] if "w" in params["softmax"] else params["embed"].T
+  kl = site(rates["emb"], params["embed"], cfg.vocab_size) + site(rates["out"], soft, cfg.hidden)
+  for l, (d, h) in enumerate(lm_layer_sizes(cfg)):
+    kl += site(rates["x"][l], params["lstm"][l]["w_x"], d)
+    kl += site(rates["h"][l], params["lstm"][l]["w_h"], h)
+  return kl / n_tokens
 
 
 def lm_zero_carry(cfg, batch: int) -> list:
@@ -77,26 +120,38 @@ def lm_zero_carry(cfg, batch: int) -> list:
   ]
 
 
-def lm_masks(key: Array, cfg, tokens: Array, rates: Optional[dict] = None) -> dict:
+def lm_masks(key: Array, cfg, tokens: Array, rates: Optional[dict] = None,
+             concrete: Optional[float] = None) -> dict:
   """All masks of one LM window, per sequence row, from one key (see ``sample_masks``).
 
-  ``rates`` defaults to the config's ``{"emb": p_emb, "x": p_x, "h": p_h, "out": p_out}``;
-  pass traced rates to vmap over a population.
+  ``rates`` defaults to the config's (``lm_rates``); pass traced rates to vmap over a
+  population, or a concrete-dropout model's learned ones (``concrete_rates``) with
+  ``concrete`` (the relaxation's temperature) for its relaxed training masks.
   """
-  if rates is None:
-    rates = lm_rates(cfg)
+  rates = lm_rates(cfg) if rates is None else {**lm_rates(cfg), **rates}
   return masks_lib.sample_masks(key, rates, tokens, scheme=cfg.scheme, tied=cfg.tied_gates,
                                 layers=lm_layer_sizes(cfg), n_gates=4,
-                                emb_shared_across_batch=cfg.get("emb_shared_across_batch", False))
+                                emb_shared_across_batch=cfg.get("emb_shared_across_batch", False),
+                                concrete=concrete)
 
 
 def lm_rates(cfg) -> dict:
-  return {"emb": cfg.p_emb, "x": cfg.p_x, "h": cfg.p_h, "out": cfg.p_out}
+  """The model config's rates as ``sample_masks`` takes them: ``{"emb", "x", "h", "out"}``
+  (p_emb, p_x, p_h, p_out), ``"weight"`` (p_weight_drop), ``"zone_c"``, ``"zone_h"`` (zoneout)."""
+  return {"emb": cfg.p_emb, "x": cfg.p_x, "h": cfg.p_h, "out": cfg.p_out,
+          "weight": cfg.get("p_weight_drop", 0.0), "zone_c": cfg.get("zoneout_c", 0.0),
+          "zone_h": cfg.get("zoneout_h", 0.0)}
+
+
+def lm_zoneout(cfg) -> tuple[float, float]:
+  """``(zoneout_c, zoneout_h)`` of a model config: the expectation the deterministic pass uses."""
+  return float(cfg.get("zoneout_c", 0.0)), float(cfg.get("zoneout_h", 0.0))
 
 
 def lm_hidden(params: dict, carry: list, tokens: Array, masks: Optional[dict] = None, *,
               unroll: int = 1, compute_dtype=None, hoist_input: bool = True,
-              embedded: Optional[Array] = None, impl: str = "scan") -> tuple[Array, list]:
+              embedded: Optional[Array] = None, impl: str = "scan",
+              zoneout: tuple[float, float] = (0.0, 0.0)) -> tuple[Array, list]:
   """Runs embedding + LSTM stack + output dropout.
 
   Args:
@@ -109,6 +164,8 @@ def lm_hidden(params: dict, carry: list, tokens: Array, masks: Optional[dict] = 
     embedded: optional ``[T, B, E]`` rows ``params["embed"][tokens.T]`` gathered by the
       caller (a training step differentiates with respect to these rows only); default:
       gathered here.
+    zoneout: ``(z_c, z_h)`` rates used where ``masks`` has no zoneout masks (the deterministic
+      pass: the expectation ``z c_{t-1} + (1 - z) c_new``; ``lm_zoneout(cfg)``).
   Returns:
     ``(ys, carry)``: ys ``[T, B, H]`` are the (output-dropped) top-layer states that
     feed the softmax; carry is the new state.
@@ -128,9 +185,12 @@ def lm_hidden(params: dict, carry: list, tokens: Array, masks: Optional[dict] = 
     m_x = (masks.get("x") or [None] * L)[l]
     m_h = (masks.get("h") or [None] * L)[l]
     h_steps = (masks.get("h_steps") or [None] * L)[l]
+    zone = [(masks.get(k) or [None] * L)[l] for k in ("zone_c", "zone_h")]
+    zone = [z if z is not None else (rate or None) for z, rate in zip(zone, zoneout)]
     c, xs = rnn.lstm(p, carry[l], xs, m_x, m_h, unroll=unroll, compute_dtype=compute_dtype,
                      hoist_input=hoist_input, mask_x_steps=m_steps, mask_h_steps=h_steps,
-                     impl=impl)
+                     impl=impl, mask_w=(masks.get("w_h") or [None] * L)[l], zone_c=zone[0],
+                     zone_h=zone[1])
     new_carry.append(c)
   if masks.get("out") is not None:
     xs = xs * masks["out"]  # [B, H] (variational) or [T, B, H] (naive); broadcasts over T
@@ -153,14 +213,15 @@ def lm_nll(params: dict,
            unroll: int = 1,
            compute_dtype=None,
            embedded: Optional[Array] = None,
-           impl: str = "scan") -> tuple[Array, list]:
+           impl: str = "scan",
+           zoneout: tuple[float, float] = (0.0, 0.0)) -> tuple[Array, list]:
   """Per-token negative log-likelihood ``[T, B]`` (natural log) and the new carry.
 
   The loss for the gradient (Zaremba's and Gal's code) is ``nll.mean(axis=1).sum()``:
-  the sum over time steps of the batch-mean NLL.
+  the sum over time steps of the batch-mean NLL. Arguments as ``lm_hidden``'s.
   """
   ys, carry = lm_hidden(params, carry, tokens, masks, unroll=unroll, compute_dtype=compute_dtype,
-                        embedded=embedded, impl=impl)
+                        embedded=embedded, impl=impl, zoneout=zoneout)
   return softmax_nll(lm_logits(params, ys, compute_dtype), targets.T), carry
 
 

@@ -69,19 +69,21 @@ _NO_DETERMINISTIC = ("no `deterministic` was given to {name}: pass deterministic
 # Shared helpers.
 
 
-def rnn_masks(key: Array, batch: int, in_features: int, hidden_features: int, n_gates: int, *,
-              rate_x: Any, rate_h: Any,
-              tied_gates: bool) -> tuple[Optional[Array], Optional[Array]]:
-  """``(mask_x, mask_h)`` of one recurrent layer from one key: ``[B, D]`` / ``[B, H]`` (tied) or
-  ``[G, B, D]`` / ``[G, B, H]`` (untied); ``None`` for a rate of exactly 0.
+def rnn_masks(key: Array, batch: int, steps: int, in_features: int, hidden_features: int,
+              n_gates: int, *, rate_x: Any, rate_h: Any, tied_gates: bool,
+              weight_drop: Any = 0.0, zoneout_c: Any = 0.0, zoneout_h: Any = 0.0) -> dict:
+  """Every mask of one recurrent layer from one key: ``{"x", "h"}`` ``[B, D]`` / ``[B, H]``
+  (tied) or ``[G, B, D]`` / ``[G, B, H]`` (untied), ``"w_h"`` ``[H, G*H]`` (weight drop) and
+  ``"zone_c"``, ``"zone_h"`` ``[T, B, H]`` (zoneout); ``None`` for a rate of exactly 0.
 
   These are the masks ``vdrnn.masks.sample_masks(key, ...)`` draws for a one-layer model
-  (``x[0]`` and ``h[0]``), so a layer and the functional core agree for the same key."""
-  rates = {"emb": 0.0, "x": rate_x, "h": rate_h, "out": 0.0}
-  placeholder = jnp.zeros((batch, 1), jnp.int32)  # only its batch size is used (no embedding mask)
+  (its ``[0]`` entries), so a layer and the functional core agree for the same key."""
+  rates = {"emb": 0.0, "x": rate_x, "h": rate_h, "out": 0.0, "weight": weight_drop,
+           "zone_c": zoneout_c, "zone_h": zoneout_h}
+  placeholder = jnp.zeros((batch, steps), jnp.int32)  # its shape only (no embedding mask)
   m = masks_lib.sample_masks(key, rates, placeholder, scheme="variational", tied=tied_gates,
                              layers=[(in_features, hidden_features)], n_gates=n_gates)
-  return m["x"][0], m["h"][0]
+  return {k: m[k][0] for k in ("x", "h", "w_h", "zone_c", "zone_h")}
 
 
 def valid_steps(T: int, B: int, seq_lengths: Optional[Array], valid: Optional[Array],
@@ -176,7 +178,8 @@ class _VariationalRNN(_RandomLayer):
   n_gates = 0  # set by the subclass
 
   def __init__(self, in_features: int, hidden_features: int, *, rate_x: float = 0.0,
-               rate_h: float = 0.0, tied_gates: bool = False, unroll: int = 1, compute_dtype=None,
+               rate_h: float = 0.0, tied_gates: bool = False, weight_drop: float = 0.0,
+               zoneout_c: float = 0.0, zoneout_h: float = 0.0, unroll: int = 1, compute_dtype=None,
                time_major: bool = False, return_carry: bool = False,
                deterministic: Optional[bool] = False, rng_collection: str = "dropout",
                kernel_init: Initializer = nnx.initializers.lecun_normal(),
@@ -187,6 +190,12 @@ class _VariationalRNN(_RandomLayer):
     self.in_features, self.hidden_features = in_features, hidden_features
     self.rate_x = masks_lib.check_rate(rate_x, "rate_x")
     self.rate_h = masks_lib.check_rate(rate_h, "rate_h")
+    self.weight_drop = masks_lib.check_rate(weight_drop, "weight_drop")
+    self.zoneout_c = masks_lib.check_zoneout(zoneout_c, "zoneout_c")
+    self.zoneout_h = masks_lib.check_zoneout(zoneout_h, "zoneout_h")
+    if G != 4 and not (masks_lib.is_zero(zoneout_c) and masks_lib.is_zero(zoneout_h)):
+      raise ValueError("zoneout is the LSTM's (Krueger et al.'s cell and hidden state); the GRU "
+                       "takes weight_drop only")
     self.tied_gates, self.unroll, self.compute_dtype = tied_gates, unroll, compute_dtype
     self.time_major, self.return_carry = time_major, return_carry
     self.deterministic, self.rng_collection = deterministic, rng_collection
@@ -199,16 +208,18 @@ class _VariationalRNN(_RandomLayer):
 
   @property
   def rates(self) -> tuple:
-    return (self.rate_x, self.rate_h)
+    return (self.rate_x, self.rate_h, self.weight_drop, self.zoneout_c, self.zoneout_h)
 
   def params(self) -> dict:
     """The core's parameter dict ``{"w_x", "w_h", "b"}`` (the variables' current arrays)."""
     return {"w_x": self.w_x[...], "w_h": self.w_h[...], "b": self.b[...]}
 
-  def draw_masks(self, key: Array, batch: int) -> tuple[Optional[Array], Optional[Array]]:
-    """The ``(mask_x, mask_h)`` a call with ``key`` uses for a batch of ``batch`` rows."""
-    return rnn_masks(key, batch, self.in_features, self.hidden_features, self.n_gates,
-                     rate_x=self.rate_x, rate_h=self.rate_h, tied_gates=self.tied_gates)
+  def draw_masks(self, key: Array, batch: int, steps: int = 1) -> dict:
+    """The masks (``rnn_masks``) a call with ``key`` uses for ``batch`` rows of ``steps``."""
+    return rnn_masks(key, batch, steps, self.in_features, self.hidden_features, self.n_gates,
+                     rate_x=self.rate_x, rate_h=self.rate_h, tied_gates=self.tied_gates,
+                     weight_drop=self.weight_drop, zoneout_c=self.zoneout_c,
+                     zoneout_h=self.zoneout_h)
 
   def __call__(self, inputs: Array, *, initial_carry=None, seq_lengths: Optional[Array] = None,
                valid: Optional[Array] = None, return_carry: Optional[bool] = None,
@@ -234,27 +245,32 @@ class _VariationalRNN(_RandomLayer):
     T, B, _ = xs.shape
     valid_tb = valid_steps(T, B, seq_lengths, valid, time_major)
     key = self._key(deterministic, rngs)
-    mask_x, mask_h = (None, None) if key is None else self.draw_masks(key, B)
-    carry, ys = self._scan(self.params(), initial_carry, xs, mask_x, mask_h, valid_tb, B)
+    masks = {} if key is None else self.draw_masks(key, B, T)
+    carry, ys = self._scan(self.params(), initial_carry, xs, masks, valid_tb, B)
     ys = ys if time_major else jnp.swapaxes(ys, 0, 1)
     return (carry, ys) if return_carry else ys
 
 
-def _lstm_scan(layer, params, carry, xs, mask_x, mask_h, valid, B):
-  """The LSTM layers' (NNX and Linen) scan: ``rnn.lstm`` from a zero carry by default."""
+def _lstm_scan(layer, params, carry, xs, masks, valid, B):
+  """The LSTM layers' (NNX and Linen) scan: ``rnn.lstm`` from a zero carry by default, with
+  ``masks`` from ``rnn_masks`` (empty: the dropout approximation, zoneout's expectation)."""
   if carry is None:
     z = jnp.zeros((B, layer.hidden_features), jnp.float32)
     carry = (z, z)
-  return rnn.lstm(params, carry, xs, mask_x, mask_h, valid=valid, unroll=layer.unroll,
-                  compute_dtype=layer.compute_dtype, hoist_input=layer.hoist_input)
+  zone = [masks.get(k, None if masks else (rate or None))
+          for k, rate in (("zone_c", layer.zoneout_c), ("zone_h", layer.zoneout_h))]
+  return rnn.lstm(params, carry, xs, masks.get("x"), masks.get("h"), valid=valid,
+                  unroll=layer.unroll, compute_dtype=layer.compute_dtype,
+                  hoist_input=layer.hoist_input, mask_w=masks.get("w_h"), zone_c=zone[0],
+                  zone_h=zone[1])
 
 
-def _gru_scan(layer, params, carry, xs, mask_x, mask_h, valid, B):
+def _gru_scan(layer, params, carry, xs, masks, valid, B):
   """The GRU layers' (NNX and Linen) scan: ``rnn.gru`` from a zero carry by default."""
   if carry is None:
     carry = jnp.zeros((B, layer.hidden_features), jnp.float32)
-  return rnn.gru(params, carry, xs, mask_x, mask_h, valid=valid, unroll=layer.unroll,
-                 compute_dtype=layer.compute_dtype)
+  return rnn.gru(params, carry, xs, masks.get("x"), masks.get("h"), valid=valid,
+                 unroll=layer.unroll, compute_dtype=layer.compute_dtype, mask_w=masks.get("w_h"))
 
 
 class VariationalLSTM(_VariationalRNN):
@@ -264,6 +280,10 @@ class VariationalLSTM(_VariationalRNN):
     in_features: D; hidden_features: H.
     rate_x: drop probability of the input ``x_t`` (one mask per sequence); rate_h: of the
       recurrent state ``h_{t-1}``.
+    weight_drop: DropConnect on ``W_h`` (AWD-LSTM): one mask per call, shared by the rows.
+    zoneout_c, zoneout_h: zoneout (Krueger et al. 2016): probability that a cell / hidden unit
+      keeps its previous value, fresh per step and row; the deterministic pass uses the
+      expectation. (``rnn.lstm``'s ``mask_w``, ``zone_c``, ``zone_h``.)
     tied_gates: one mask shared by all four gates (one fused matmul per step) or, False, one
       mask per gate (the paper's Eq. 7-8, Keras's recurrent dropout).
     unroll: ``lax.scan`` unroll. compute_dtype: matmul operand dtype (e.g. ``jnp.bfloat16``;
@@ -313,7 +333,7 @@ class VariationalLSTM(_VariationalRNN):
 class VariationalGRU(_VariationalRNN):
   """GRU layer with variational dropout, on ``vdrnn.rnn.gru`` (gate order z, r, n; reset
   before ``W_hn``, as Gal's Keras GRU). Arguments as ``VariationalLSTM``'s (no
-  ``hoist_input``); the carry is ``h [B, H]``."""
+  ``hoist_input``, no zoneout); the carry is ``h [B, H]``."""
 
   n_gates = 3
 
@@ -407,6 +427,9 @@ class _LinenVariationalRNN(linen.Module):
   rate_x: float = 0.0
   rate_h: float = 0.0
   tied_gates: bool = False
+  weight_drop: float = 0.0
+  zoneout_c: float = 0.0
+  zoneout_h: float = 0.0
   unroll: int = 1
   compute_dtype: Any = None
   time_major: bool = False
@@ -430,6 +453,11 @@ class _LinenVariationalRNN(linen.Module):
     return_carry = self.return_carry if return_carry is None else return_carry
     masks_lib.check_rate(self.rate_x, "rate_x")
     masks_lib.check_rate(self.rate_h, "rate_h")
+    masks_lib.check_rate(self.weight_drop, "weight_drop")
+    zone = (masks_lib.check_zoneout(self.zoneout_c, "zoneout_c"),
+            masks_lib.check_zoneout(self.zoneout_h, "zoneout_h"))
+    if G != 4 and not all(masks_lib.is_zero(z) for z in zone):
+      raise ValueError("zoneout is the LSTM's; the GRU takes weight_drop only")
     if inputs.ndim != 3:
       raise ValueError(f"inputs must have shape {'[T, B, D]' if self.time_major else '[B, T, D]'}, "
                        f"got {list(inputs.shape)}")
@@ -440,12 +468,13 @@ class _LinenVariationalRNN(linen.Module):
               "b": self.param("b", self.bias_init, (G * H,), self.param_dtype)}
     valid_tb = valid_steps(T, B, seq_lengths, valid, self.time_major)
     deterministic = linen.merge_param("deterministic", self.deterministic, deterministic)
-    mask_x = mask_h = None
-    no_rates = masks_lib.is_zero(self.rate_x) and masks_lib.is_zero(self.rate_h)
-    if not deterministic and not no_rates:
-      mask_x, mask_h = rnn_masks(self.make_rng(self.rng_collection), B, D, H, G, rate_x=self.rate_x,
-                                 rate_h=self.rate_h, tied_gates=self.tied_gates)
-    carry, ys = self._scan(params, initial_carry, xs, mask_x, mask_h, valid_tb, B)
+    masks = {}
+    rates = (self.rate_x, self.rate_h, self.weight_drop, *zone)
+    if not deterministic and not all(masks_lib.is_zero(r) for r in rates):
+      masks = rnn_masks(self.make_rng(self.rng_collection), B, T, D, H, G, rate_x=self.rate_x,
+                        rate_h=self.rate_h, tied_gates=self.tied_gates,
+                        weight_drop=self.weight_drop, zoneout_c=zone[0], zoneout_h=zone[1])
+    carry, ys = self._scan(params, initial_carry, xs, masks, valid_tb, B)
     ys = ys if self.time_major else jnp.swapaxes(ys, 0, 1)
     return (carry, ys) if return_carry else ys
 

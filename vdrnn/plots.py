@@ -81,6 +81,25 @@ def learning_curve(path: str,
   plt.close(fig)
 
 
+def learned_rates(path: str, history: list[dict]) -> None:
+  """PNG of concrete dropout's learned rates (the epoch records' ``rate_*`` keys) by epoch."""
+  keys = sorted({k for r in history for k in r if k.startswith("rate_")})
+  if not keys:
+    return
+  fig, ax = plt.subplots(figsize=(6, 4))
+  for k in keys:
+    pts = [(r["epoch"], r[k]) for r in history if k in r]
+    ax.plot(*zip(*pts), marker="o" if len(pts) < 30 else None, ms=3, label=k[len("rate_"):])
+  ax.xaxis.set_major_locator(ticker.MaxNLocator(integer=True))
+  ax.set_xlabel("epoch")
+  ax.set_ylabel("learned dropout rate")
+  ax.grid(alpha=0.3)
+  ax.legend(fontsize=8)
+  fig.tight_layout()
+  fig.savefig(path, dpi=100)
+  plt.close(fig)
+
+
 def reliability_diagram(path: str, curves: dict, labels, n_bins: int = 15) -> None:
   """Writes a PNG: accuracy against confidence per bin for each ``name -> probs [N, K]``
   in ``curves`` (e.g. dropout approximation and MC), with the diagonal and ECE in the legend,

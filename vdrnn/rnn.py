@@ -273,7 +273,8 @@ def lstm(params: dict, carry: tuple[Array, Array], xs: Array, mask_x: Optional[A
          mask_h: Optional[Array] = None, *, valid: Optional[Array] = None, unroll: int = 1,
          compute_dtype=None, hoist_input: bool = True, mask_x_steps: Optional[Array] = None,
          mask_h_steps: Optional[Array] = None, gate_act: str = "sigmoid", impl: str = "scan",
-         pallas_config: Optional[pallas_lstm.Config] = None) -> tuple[tuple[Array, Array], Array]:
+         pallas_config: Optional[pallas_lstm.Config] = None, mask_w: Optional[Array] = None,
+         zone_c=None, zone_h=None) -> tuple[tuple[Array, Array], Array]:
   """One LSTM layer over a sequence, gate order (i, f, g, o).
 
   Equations (per step t, masks fixed over t)::
@@ -308,6 +309,14 @@ def lstm(params: dict, carry: tuple[Array, Array], xs: Array, mask_x: Optional[A
       (``vdrnn.pallas_lstm``; for the GPU, interpret mode on the CPU). Needs
       ``hoist_input``; ``unroll`` does not apply to it.
     pallas_config: kernel parameters for ``impl="pallas"`` (default ``pallas_lstm.Config()``).
+    mask_w: weight drop (DropConnect on ``W_h``, AWD-LSTM): ``[H, 4H]``, multiplies ``W_h`` for
+      every row and step (``masks.weight_drop_mask``); None in the dropout approximation.
+    zone_c, zone_h: zoneout (Krueger et al. 2016) of the cell and the hidden state: per step
+      ``c_t = z_c * c_{t-1} + (1 - z_c) * c_new`` and ``h_t = z_h * h_{t-1} + (1 - z_h) * h_new``,
+      with ``h_new = o * tanh(c_new)`` from the un-zoned ``c_new``. ``[T, B, H]`` masks (1:
+      keep the old value; ``masks.zoneout_mask``) while training, or a scalar rate for the
+      expectation at evaluation. Runs the per-step fused matmul (``hoist_input`` does not
+      apply) under plain autodiff.
   Returns:
     ``((c_T, h_T), ys)`` with ys ``[T, B, H]``.
   """
@@ -330,8 +339,16 @@ def lstm(params: dict, carry: tuple[Array, Array], xs: Array, mask_x: Optional[A
   _check_acts(gate_act)
   if impl not in ("scan", "pallas"):
     raise ValueError(f"impl must be 'scan' or 'pallas', got {impl!r}")
+  params = _weight_dropped(params, mask_w, H, 4)
+  zoned = zone_c is not None or zone_h is not None
+  for name, z in (("zone_c", zone_c), ("zone_h", zone_h)):
+    if z is not None and jnp.shape(z) not in ((), (T, B, H)):
+      raise ValueError(f"{name} must be a scalar rate or have shape [T, B, H] = {[T, B, H]}, "
+                       f"got {list(jnp.shape(z))}")
   if impl == "pallas":
     steps = mask_x_steps is not None or mask_h_steps is not None
+    if zoned:
+      raise ValueError("impl='pallas' has no zoneout; use impl='scan'")
     if not hoist_input or steps or gate_act != "sigmoid":
       raise ValueError("impl='pallas' runs on hoisted input pre-activations with sigmoid gates and "
                        "per-sequence masks: it needs hoist_input=True, no per-step masks")
@@ -339,9 +356,9 @@ def lstm(params: dict, carry: tuple[Array, Array], xs: Array, mask_x: Optional[A
     w_h = _cast(_per_gate(params["w_h"], 4), compute_dtype)
     return pallas_lstm.lstm_recurrence(gx, w_h, c0, h0, mask_h, valid,
                                        cfg=pallas_config or pallas_lstm.Config())
-  if not hoist_input:
+  if not hoist_input or zoned:
     return _lstm_fused_scan(params, c0, h0, xs, mask_x, mask_h, valid, unroll, compute_dtype,
-                            gate_act, mask_x_steps, mask_h_steps)
+                            gate_act, mask_x_steps, mask_h_steps, zone_c, zone_h)
   # Untied recurrent masks: the recurrence runs gate-major, gx [T, 4, B, H] and W_h [4, H, H],
   # so that each step's batched matmul output feeds the gates without a transpose.
   untied = kind_h == "untied" or kind_h_steps == "per_gate"
@@ -364,8 +381,18 @@ def _fused_xh(x, h, mx, mh, untied: bool):
   return jnp.concatenate([xm, hm], -1)
 
 
+def _weight_dropped(params: dict, mask_w: Optional[Array], H: int, G: int) -> dict:
+  """``params`` with ``W_h`` times the weight-drop mask ``[H, G*H]`` (None: unchanged)."""
+  if mask_w is None:
+    return params
+  if tuple(mask_w.shape) != (H, G * H):
+    raise ValueError(f"mask_w must have shape [H, {G}H] = {[H, G * H]}, got {list(mask_w.shape)}")
+  return {**params, "w_h": params["w_h"] * mask_w}
+
+
 def _lstm_fused_scan(params, c0, h0, xs, mask_x, mask_h, valid, unroll, compute_dtype,
-                     gate_act="sigmoid", mask_x_steps=None, mask_h_steps=None):
+                     gate_act="sigmoid", mask_x_steps=None, mask_h_steps=None, zone_c=None,
+                     zone_h=None):
   """``lstm(..., hoist_input=False)``: per step ``z = [x_t * m_x, h * m_h] @ [W_x; W_h] + b``
   (tied or no masks: one ``[B, D+H] @ [D+H, 4H]`` matmul; untied or per gate: one batched
   ``[4, B, D+H] @ [4, D+H, H]`` matmul, gate-major). Per-step masks (``mask_*_steps``) are
@@ -376,6 +403,10 @@ def _lstm_fused_scan(params, c0, h0, xs, mask_x, mask_h, valid, unroll, compute_
       m is not None and m.ndim == 4 for m in (mask_x_steps, mask_h_steps))
   w = jnp.concatenate([params["w_x"], params["w_h"]], axis=0)  # [D+H, 4H]
   w = _per_gate(w, 4) if untied else w                          # [4, D+H, H]
+  if zone_c is not None or zone_h is not None:  # zoneout: plain autodiff of the forward scan
+    return _fused_fwd_scan(w, params["b"], c0, h0, xs, mask_x, mask_h, mask_x_steps,
+                           mask_h_steps, valid, unroll, compute_dtype, gate_act, untied,
+                           keep=False, zone_c=zone_c, zone_h=zone_h)
   return _fused_recurrence(w, params["b"], c0, h0, xs, mask_x, mask_h, mask_x_steps,
                            mask_h_steps, valid, unroll, compute_dtype, gate_act, untied)
 
@@ -404,18 +435,27 @@ def _fused_z(w, b, xh, untied, compute_dtype):
 
 
 def _fused_fwd_scan(w, b, c0, h0, xs, mask_x, mask_h, mask_x_steps, mask_h_steps, valid, unroll,
-                    compute_dtype, gate_act, untied, keep):
+                    compute_dtype, gate_act, untied, keep, zone_c=None, zone_h=None):
   D, H = xs.shape[-1], h0.shape[-1]
+  per_step = lambda z: z is not None and jnp.ndim(z) == 3  # noqa: E731 - else a constant rate
 
   def step(carry, inp):
     c, h = carry
-    x_t, v_t, mx_t, mh_t = inp
+    x_t, v_t, mx_t, mh_t, zc_t, zh_t = inp
     mx, mh = _fused_step_masks(mask_x, mask_h, mx_t, mh_t, x_t.shape[0], D, H, untied)
     i, f, g, o = _fused_z(w, b, _fused_xh(x_t, h, mx, mh, untied), untied, compute_dtype)
     c_new, h_new, acts = _lstm_cell(i, f, g, o, c, h, v_t, gate_act)
+    zc = zc_t if per_step(zone_c) else zone_c
+    zh = zh_t if per_step(zone_h) else zone_h
+    if zc is not None:  # zoneout: h_new above came from the un-zoned c_new
+      c_new = zc * c + (1.0 - zc) * c_new
+    if zh is not None:
+      h_new = zh * h + (1.0 - zh) * h_new
     return (c_new, h_new), ((h_new, c_new, jnp.stack(acts)) if keep else h_new)
 
-  return jax.lax.scan(step, (c0, h0), (xs, valid, mask_x_steps, mask_h_steps), unroll=unroll)
+  inputs = (xs, valid, mask_x_steps, mask_h_steps, zone_c if per_step(zone_c) else None,
+            zone_h if per_step(zone_h) else None)
+  return jax.lax.scan(step, (c0, h0), inputs, unroll=unroll)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(10, 11, 12, 13))
@@ -639,7 +679,7 @@ def gru(params: dict, h: Array, xs: Array, mask_x: Optional[Array] = None,
         mask_h: Optional[Array] = None, *, valid: Optional[Array] = None, unroll: int = 1,
         compute_dtype=None, mask_x_steps: Optional[Array] = None,
         mask_h_steps: Optional[Array] = None, gate_act: str = "sigmoid",
-        candidate_act: str = "tanh") -> tuple[Array, Array]:
+        candidate_act: str = "tanh", mask_w: Optional[Array] = None) -> tuple[Array, Array]:
   """One GRU layer over a sequence, gate order (z, r, n) (Gal's Keras GRU; reset before W_hn).
 
   Equations (per step t; ``x_k = x_t * m_x[k]``, ``h_k = h_{t-1} * m_h[k]``, or one shared
@@ -663,6 +703,7 @@ def gru(params: dict, h: Array, xs: Array, mask_x: Optional[Array] = None,
       ``[T, B, .]`` or one per gate ``[T, 3, B, .]`` (``NaiveDropoutGRU`` of the released code).
     gate_act: ``sigmoid`` or ``hard_sigmoid`` (Keras 0.x) for z and r.
     candidate_act: ``tanh`` or ``sigmoid`` (the Keras 0.x fork's GRU default ``activation``).
+    mask_w: weight drop on ``W_h``: ``[H, 3H]`` (as in ``lstm``).
   Returns:
     ``(h_T, ys)`` with ys ``[T, B, H]``.
   """
@@ -680,6 +721,7 @@ def gru(params: dict, h: Array, xs: Array, mask_x: Optional[Array] = None,
   _check_valid(valid, T, B)
   _check_acts(gate_act, candidate_act)
   gate, cand = activation(gate_act), activation(candidate_act)
+  params = _weight_dropped(params, mask_w, H, 3)
 
   gx = input_projection(xs, params["w_x"], params["b"], mask_x, 3, compute_dtype,
                         mask_x_steps=mask_x_steps)

@@ -8,6 +8,8 @@ in a worker process, timed in interleaved rounds with vdrnn.
 * ``cudnn`` (``build_torch_cudnn``): one ``nn.LSTM(num_layers=L, dropout=p_x)``: standard dropout
   (a fresh mask per element and step) on the embedded input, between layers and on the
   output; no recurrent dropout. The speed ceiling of an LSTM: cuDNN cannot drop ``h``.
+* ``jax_cudnn`` (``build_jax_cudnn``): ``jax.experimental.rnn.lstm``, JAX's cuDNN LSTM, no
+  dropout; GPU only (skipped with a message on the CPU).
 * ``awd`` (``build_torch_awd``): AWD-LSTM (Merity et al. 2018): one ``nn.LSTM`` per layer;
   DropConnect on each layer's ``W_hh`` once per batch (``F.dropout`` of the raw weight,
   rate ``p_h``),
@@ -319,13 +321,73 @@ def build_torch_awd(cfg, dtype: str = "float32"):
                     recurrent_dropout="DropConnect on W_hh, per batch")
 
 
+def build_jax_cudnn(cfg, dtype: str = "float32"):
+  """``jax.experimental.rnn.lstm``: JAX's own cuDNN LSTM (GPU only), ``num_layers`` layers in
+  one call, no dropout (it has none on ``h``; between layers it is not implemented either):
+  the plain-LSTM speed bar a JAX user has today. Embedding and softmax as vdrnn's; SGD with
+  global-norm clipping; loss ``T * mean NLL``; state carried across windows."""
+  import jax.numpy as jnp  # noqa: PLC0415
+  import optax  # noqa: PLC0415
+  from jax.experimental import rnn as jrnn  # noqa: PLC0415 - only the peer uses it
+  if jax.devices()[0].platform != "gpu":
+    raise RuntimeError("jax.experimental.rnn runs on cuDNN only: needs a GPU")
+  if dtype != "float32":
+    raise RuntimeError("jax.experimental.rnn.lstm is float32 here")
+  m, t = cfg.model, cfg.train
+  B, T, H, L = t.batch_size, t.seq_length, m.hidden, m.num_layers
+  k = jax.random.split(jax.random.key(0), 4)
+  u = lambda key, shape: jax.random.uniform(key, shape, jnp.float32, -m.init_scale,  # noqa: E731
+                                            m.init_scale)
+  n_w = jrnn.get_num_params_in_lstm(m.emb_dim, H, L, False)
+  params = {"embed": u(k[0], (m.vocab_size, m.emb_dim)), "lstm": u(k[1], (n_w,)),
+            "w": u(k[2], (H, m.vocab_size)), "b": u(k[3], (m.vocab_size,))}
+  tx = optax.chain(optax.clip_by_global_norm(t.max_grad_norm), optax.sgd(1.0))
+  lengths = jnp.full((B,), T, jnp.int32)
+
+  def loss_fn(params, carry, x, y):
+    h0, c0 = carry
+    ys, h, c = jrnn.lstm(params["embed"][x], h0, c0, params["lstm"], lengths, m.emb_dim, H, L,
+                         0.0, False)
+    logits = ys @ params["w"] + params["b"]
+    nll = optax.softmax_cross_entropy_with_integer_labels(logits, y)
+    return nll.mean(0).sum(), (h, c)
+
+  @jax.jit
+  def step(state, x, y):
+    params, opt, carry = state
+    (_, carry), g = jax.value_and_grad(loss_fn, has_aux=True)(params, carry, x, y)
+    updates, opt = tx.update(g, opt, params)
+    return optax.apply_updates(params, updates), opt, jax.lax.stop_gradient(carry)
+
+  zeros = jnp.zeros((L, B, H), jnp.float32)
+  state = (params, tx.init(params), (zeros, zeros))
+  batches = _random_batches(cfg, 4)
+  t0 = time.perf_counter()
+  state = jax.block_until_ready(step(state, *batches[0]))
+  compile_s = time.perf_counter() - t0
+  i = 0
+
+  def run(n: int) -> float:
+    nonlocal state, i
+    t0 = time.perf_counter()
+    for _ in range(n):
+      state = step(state, *batches[i % len(batches)])
+      i += 1
+    jax.block_until_ready(state)
+    return (time.perf_counter() - t0) / n
+
+  return run, {"device": jax.devices()[0].device_kind, "dtype": dtype, "compile_s": compile_s,
+               "recurrent_dropout": "none (no dropout at all)"}
+
+
 PEERS = {"keras": build_keras, "torch": build_torch, "cudnn": build_torch_cudnn,
-         "awd": build_torch_awd, "flax": flax_peer.build_flax_rnn}
+         "awd": build_torch_awd, "flax": flax_peer.build_flax_rnn, "jax_cudnn": build_jax_cudnn}
 # The vdrnn row each peer is compared with: the gate masks it implements (keras: untied;
 # torch: tied); cudnn and awd do no per-sequence recurrent masks and are held against the
 # paper's untied step.
 PEER_GATES = {"keras": "untied", "torch": "tied", "cudnn": "untied", "awd": "untied",
-              "flax": "tied"}  # flax: the natural Flax idiom, one mask for all gates
+              "flax": "tied",  # flax: the natural Flax idiom, one mask for all gates
+              "jax_cudnn": "untied"}  # no dropout: held against the paper's step, as cudnn
 
 
 def build_peer(name: str, shape: str, dtype: str):
