@@ -269,7 +269,7 @@ def workdir(tmp_path_factory):
   except UserError as e:
     pytest.skip(f"PTB data not available: {e}")
   wd = str(tmp_path_factory.mktemp("run"))
-  results = lm.train_lm(cfg, wd)
+  results = lm.train_and_evaluate(cfg, wd)
   return wd, results
 
 
@@ -344,5 +344,6 @@ def test_sentiment_workdirs_go_to_vdrnn_sentiment(tmp_path, monkeypatch):
   (config, wd), kwargs = calls[0]
   assert config.task == "imdb" and wd == str(tmp_path) and kwargs == {
       "checkpoint": "best",
-      "split": "train"
+      "split": "train",
+      "progress": None
   }

@@ -73,7 +73,7 @@ def test_non_finite_before_any_checkpoint_says_so(tmp_path, monkeypatch):
   config = ptb_tiny.get_config()
   config.train.progress = False
   with pytest.raises(UserError) as e:
-    lm.train_lm(config, str(tmp_path))
+    lm.train_and_evaluate(config, str(tmp_path))
   assert "non-finite loss or gradient at step 1 (epoch 1)" in str(e.value)
   assert "No checkpoint had been saved" in str(e.value) and "step None" not in str(e.value)
 

@@ -5,11 +5,12 @@ import os
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 import pytest
 
 from configs import ptb_tiny
-from vdrnn import checkpoint, lm, population
+from vdrnn import checkpoint, lm, loop, population
 from vdrnn.errors import UserError
 
 # Rates and seeds chosen to cover: the config's rates, static zeros (the single run draws no
@@ -40,7 +41,7 @@ def small_config():
 
 def population_config(c, members):
   for name in population.FIELDS:
-    c.population[name] = ",".join(str(m[name]) for m in members)
+    c.population[name] = tuple(m[name] for m in members)
   return c
 
 
@@ -51,26 +52,33 @@ def max_diff(a, b):
 def test_parse_members():
   c = ptb_tiny.get_config()
   c.seed = 7
-  c.population.p_h = "0, 0.25"
-  c.population.p_emb = "0.1,0.2"
+  c.population.p_h = (0, 0.25)
+  c.population.p_emb = (0.1, 0.2)
   members = population.parse_members(c)
   assert members == [{"seed": 7, "p_emb": 0.1, "p_x": 0.5, "p_h": 0.0, "p_out": 0.5},
                      {"seed": 7, "p_emb": 0.2, "p_x": 0.5, "p_h": 0.25, "p_out": 0.5}]
   m = population.member_config(c, members[1])
-  assert (m.seed, m.model.p_h, m.model.p_emb, m.population.p_h) == (7, 0.25, 0.2, "")
-  c.population.seed = "1,2,3"
+  assert (m.seed, m.model.p_h, m.model.p_emb, m.population.p_h) == (7, 0.25, 0.2, ())
+  legacy = json.loads(c.to_json())  # a config.json from before the fields were tuples
+  legacy["population"].update(p_h="0, 0.25", p_emb="0.1,0.2")
+  legacy = ml_collections.ConfigDict(legacy)
+  assert population.parse_members(legacy) == members
+  c.population.seed = (1, 2, 3)
   with pytest.raises(UserError,
                      match=r"population.p_emb has 2.*population.p_h has 2.*population.seed has 3"):
     population.parse_members(c)
-  c.population.seed = "1,2"
-  c.population.p_h = "0,1.0"
+  c.population.seed = (1, 2)
+  c.population.p_h = (0, 1.0)
   with pytest.raises(UserError, match=r"population.p_h"):
     population.parse_members(c)
-  c.population.p_h = "0,x"
+  legacy.population.p_h = "0,x"
   with pytest.raises(UserError, match=r"population.p_h: 'x'"):
+    population.parse_members(legacy)
+  c.population.seed = (1, 2.5)
+  with pytest.raises(UserError, match=r"population.seed: 2.5 is not an integer"):
     population.parse_members(c)
   for name in population.FIELDS:
-    c.population[name] = ""
+    c.population[name] = ()
   with pytest.raises(UserError, match="no population"):
     population.parse_members(c)
 
@@ -82,7 +90,7 @@ def test_population_of_4_equals_4_single_runs():
   tokens = rng.integers(0, c.model.vocab_size, (len(lrs), B, T + 1)).astype(np.int32)
 
   state = population.init_population_state(c, MEMBERS, B)
-  step = jax.jit(population.make_population_train_step(c))
+  step = jax.jit(population.make_population_train_step(c, MEMBERS))
   for (x, y), lr in zip(((w[:, :-1], w[:, 1:]) for w in tokens), lrs):
     state = step(state, x, y, lr)
 
@@ -93,7 +101,7 @@ def test_population_of_4_equals_4_single_runs():
     single_step = jax.jit(lm.make_train_step(mc))
     for (x, y), lr in zip(((w[:, :-1], w[:, 1:]) for w in tokens), lrs):
       single = single_step(single, x, y, lr)
-    got = population.member_state(state, k)
+    got = loop.member_state(state, k)
     assert int(got["step"]) == int(single["step"]) == len(lrs)
     assert int(got["acc"]["count"]) == int(single["acc"]["count"])
     diffs.append(max_diff(got, single))
@@ -111,14 +119,14 @@ def test_train_population_resumes_and_members_match_single_runs(tmp_path):
   population_config(c, members)
   wd = str(tmp_path / "pop")
   c.train.num_epochs = 1
-  population.train_population(c, wd)  # "interrupted" after one epoch ...
+  population.train_and_evaluate(c, wd)  # "interrupted" after one epoch ...
   c.train.num_epochs = 2
-  res = population.train_population(c, wd)  # ... resumed for the second
+  res = population.train_and_evaluate(c, wd)  # ... resumed for the second
   assert [r["seed"] for r in res["members"]] == [1, 2] and res["step"] == 2 * 12
 
   k = 1
   single_wd = str(tmp_path / "single")
-  single = lm.train_lm(population.member_config(c, members[k]), single_wd)
+  single = lm.train_and_evaluate(population.member_config(c, members[k]), single_wd)
   got = res["members"][k]
   for name in ("valid_ppl", "valid_ppl_lua", "test_ppl", "best_valid_ppl"):
     np.testing.assert_allclose(got[name], single[name], rtol=1e-5)

@@ -43,10 +43,10 @@ def tiny(arg):
 def population_program(c, K):
   members = [{"seed": k, "p_emb": 0.3, "p_x": 0.5, "p_h": 0.3, "p_out": 0.5} for k in range(K)]
   for name in population.FIELDS:
-    c.population[name] = ",".join(str(m[name]) for m in members)
+    c.population[name] = tuple(m[name] for m in members)
   state = population.init_population_state(c, members, B)
   x = jnp.zeros((B, T), jnp.int32)
-  step = jax.jit(population.make_population_train_step(c))
+  step = jax.jit(population.make_population_train_step(c, members))
   return step.lower(state, x, x, 1.0).compile().as_text()
 
 

@@ -270,7 +270,7 @@ def test_reliability_diagram_png(tmp_path):
 
 
 def _epochs(workdir):
-  drop = ("time_s", "eval_time_s", "examples_per_s")
+  drop = ("time_s", "eval_time_s", "items_per_s")
   return [{
       k: v for k, v in r.items() if k not in drop
   } for r in read_jsonl(os.path.join(workdir, "metrics.jsonl")) if r["event"] == "epoch"]

@@ -98,7 +98,7 @@ def _final_params(workdir):
 def _epoch_records(workdir):
   recs = [json.loads(l) for l in open(os.path.join(workdir, "metrics.jsonl"))]
   return [{
-      k: v for k, v in r.items() if k not in ("time_s", "wps")
+      k: v for k, v in r.items() if k not in ("time_s", "eval_time_s", "items_per_s")
   } for r in recs if r["event"] in ("epoch", "test")]
 
 
@@ -196,7 +196,7 @@ def test_non_finite_loss_stops_and_names_the_step(tmp_path, monkeypatch):
                       "make_mesh",
                       lambda devices=None: sharding.Mesh(np.asarray(jax.devices()[:1]), ("data",)))
   with pytest.raises(UserError) as e:
-    lm.train_lm(config, str(tmp_path))
+    lm.train_and_evaluate(config, str(tmp_path))
   epoch_size = ptb.num_windows(ptb.batchify(np.zeros(config.data_limit), config.train.batch_size),
                                config.train.seq_length)
   # step epoch_size (0-based) is the first with the NaN rate; its loss is finite, its update is not,

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import math
 import os
 from typing import Optional, Sequence
 
@@ -130,12 +129,12 @@ def lm_base() -> ml_collections.ConfigDict:
   c.eval.mc_power = 0.5        # our choice, between geometric (-> 0) and arithmetic (1)
   c.eval.seed = 1
 
-  # Population training (vdrnn/population.py): comma-separated values, one per member, for
-  # any of these fields, e.g. --config.population.p_h=0,0.1,0.2,0.3. Fields left empty take
-  # the model's value. Keys joined like p_emb,p_h in launch/sweep.py move together there.
+  # Population training (vdrnn/population.py): one value per member for any of these fields,
+  # e.g. --config.population.p_h=0,0.1,0.2,0.3 (a tuple). Fields left empty take the model's
+  # value (the config's seed).
   c.population = ml_collections.ConfigDict()
   for name in ("p_emb", "p_x", "p_h", "p_out", "seed"):
-    c.population[name] = ""
+    c.population[name] = ()
   return c
 
 
@@ -147,16 +146,11 @@ def validate_rates(model, prefix: str = "model") -> None:
   """The scheme, the rates and (sequence models) the released-semantics switches."""
   if model.scheme not in masks.SCHEMES:
     raise UserError(f"{prefix}.scheme must be one of {masks.SCHEMES}, got {model.scheme!r}")
-  for name in ("p_emb", "p_x", "p_h", "p_out", "p_weight_drop"):
+  for name in masks.RATE_FIELDS:
+    check = masks.check_zoneout if name in masks.ZONEOUT_FIELDS else masks.check_rate
     try:
       if name in model:
-        masks.check_rate(model[name], f"{prefix}.{name}")
-    except ValueError as e:
-      raise UserError(str(e)) from None
-  for name in ("zoneout_c", "zoneout_h"):
-    try:
-      if name in model:
-        masks.check_zoneout(model[name], f"{prefix}.{name}")
+        check(model[name], f"{prefix}.{name}")
     except ValueError as e:
       raise UserError(str(e)) from None
   for name, choices in SEQ_CHOICES.items():
@@ -165,49 +159,6 @@ def validate_rates(model, prefix: str = "model") -> None:
   scale = model.get("ortho_scale", 1.0)
   if not (isinstance(scale, (int, float)) and scale > 0):
     raise UserError(f"{prefix}.ortho_scale must be a positive number, got {scale!r}")
-
-
-def validate_concrete(c) -> None:
-  """Concrete dropout learns the variational rates of one run from their config values."""
-  m = c.model
-  if not m.get("concrete", False):
-    return
-  if m.scheme != "variational":
-    raise UserError(f"model.concrete learns variational (per-sequence) rates: it needs "
-                    f"model.scheme=variational, got {m.scheme!r}")
-  zero = [k for k in ("p_emb", "p_x", "p_h", "p_out") if not m[k] > 0]
-  if zero:
-    raise UserError(f"model.concrete starts each learned rate from its config value, which "
-                    f"must be in (0, 1): {', '.join(f'model.{k}={m[k]}' for k in zero)}")
-  if any(str(v) for v in c.get("population", {}).values()):
-    raise UserError("model.concrete learns the rates a population would set: use one or the "
-                    "other")
-  for k in ("concrete_temperature", "concrete_length_scale"):
-    if not (isinstance(m[k], (int, float)) and math.isfinite(m[k]) and m[k] > 0):
-      raise UserError(f"model.{k} must be a positive number, got {m[k]!r}")
-
-
-def validate_lm(c) -> None:
-  validate_rates(c.model)
-  validate_concrete(c)
-  t = c.train
-  for name in ("batch_size", "seq_length", "num_epochs"):
-    if int(t[name]) < 1:
-      raise UserError(f"train.{name} must be a positive integer, got {t[name]!r}")
-  for name in ("lr", "lr_decay", "max_grad_norm"):
-    if not (isinstance(t[name], (int, float)) and math.isfinite(t[name]) and t[name] > 0):
-      raise UserError(f"train.{name} must be a positive finite number, got {t[name]!r}")
-  if t.compute_dtype not in ("float32", "bfloat16"):
-    raise UserError(f"train.compute_dtype must be float32 or bfloat16, got {t.compute_dtype!r}")
-  if t.get("rnn_impl", "scan") not in ("scan", "pallas"):
-    raise UserError(f"train.rnn_impl must be scan or pallas, got {t.rnn_impl!r}")
-  if c.eval.mc_samples < 0 or c.eval.mc_chunk < 1:
-    raise UserError("eval.mc_samples must be >= 0 and eval.mc_chunk >= 1")
-  if c.eval.get("mc_mean", "arithmetic") not in ("arithmetic", "geometric", "power"):
-    raise UserError(f"eval.mc_mean must be arithmetic, geometric or power, got "
-                    f"{c.eval.mc_mean!r}")
-  if not c.eval.get("mc_power", 0.5) > 0:
-    raise UserError(f"eval.mc_power must be > 0, got {c.eval.mc_power!r}")
 
 
 def seq_base() -> ml_collections.ConfigDict:

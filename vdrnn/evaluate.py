@@ -13,19 +13,15 @@ information, on stdout and in ``eval_<checkpoint>_<split>.json``.
 from __future__ import annotations
 
 import json
-import os
 import sys
 from typing import Optional
 
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from vdrnn import checkpoint as ckpt_lib
-from vdrnn import lm, lm_eval, population, sentiment
-from vdrnn.config import load_run_config, validate_lm
+from vdrnn import experiment
+from vdrnn.config import load_run_config
 from vdrnn.errors import UserError, parse_flags, run_main
-
-SPLITS = ("test", "valid")
 
 def define_flags() -> None:
   """The command line's flags, defined when it runs (this module is also imported as a
@@ -39,35 +35,12 @@ def define_flags() -> None:
 
 def evaluate_workdir(config, workdir: str, *, checkpoint: str = "latest", split: str = "test",
                      progress: Optional[bool] = None) -> dict:
-  """Evaluates a workdir's checkpoint (latest | best | step) on ``split``.
-
-  ``config`` (None: the workdir's ``config.json``) supplies the model and the ``eval``
-  settings. PTB: with ``eval.mc_samples == 0`` only the deterministic perplexity; else also
-  MC dropout, with ``mc_<split>.json/.png`` written to the workdir.
-  """
+  """Evaluates a workdir's checkpoint (latest | best | step) on ``split`` with the task's
+  ``evaluate_workdir`` (``vdrnn.experiment``); ``config`` None: the workdir's
+  ``config.json``."""
   config = load_run_config(workdir) if config is None else config
-  task = config.get("task", "ptb")
-  if task in ("sentiment", "imdb"):
-    return sentiment.evaluate_workdir(config, workdir, checkpoint=checkpoint, split=split)
-  if task != "ptb":
-    raise UserError(f"unknown task {task!r} in {workdir}/config.json")
-  if split not in SPLITS:
-    raise UserError(f"--split must be one of {SPLITS}, got {split!r}")
-  if population.is_population(config):
-    raise UserError(f"{workdir} holds a population run; evaluate a member's workdir instead, "
-                    f"e.g. {os.path.join(workdir, 'member_00')}")
-  validate_lm(config)
-  splits, _ = lm.load_data(config)
-  mngr, step = ckpt_lib.find(workdir, checkpoint)
-  state, _ = ckpt_lib.restore(mngr, step, lm.init_state(config, config.train.batch_size))
-  params = state["params"]
-  if config.eval.mc_samples:
-    result = lm_eval.mc_lm(config, params, splits[split], workdir=workdir, split=split,
-                           progress=progress)
-  else:
-    result = {"split": split, "det_ppl": lm_eval.deterministic_ppl(config, params, splits[split]),
-              "tokens": int(len(splits[split]) - 1)}
-  return {"workdir": workdir, "checkpoint": str(checkpoint), "step": int(step), **result}
+  return experiment.evaluate_workdir(config, workdir, checkpoint=checkpoint, split=split,
+                                     progress=progress)
 
 
 def summary(result: dict) -> str:

@@ -24,6 +24,7 @@ The step is ``jax.jit``-ted with ``NamedSharding``s over a 1-D device mesh (data
 from __future__ import annotations
 
 import json
+import math
 import os
 from typing import Optional
 
@@ -33,13 +34,61 @@ import numpy as np
 import optax
 
 from vdrnn import loop, lm_eval, models, plots, sharding
-from vdrnn.config import compute_dtype, lm_base, validate_lm
+from vdrnn import checkpoint as ckpt_lib
+from vdrnn.config import compute_dtype, lm_base, validate_rates
 from vdrnn.data import ptb
 from vdrnn.errors import UserError
 
 # Config fields that must match for a workdir's checkpoint to be resumed.
 RESUME_KEYS = ["task", "seed", "data_limit", "model", "train.batch_size", "train.seq_length"]
 RESUME_DEFAULTS = json.loads(lm_base().to_json())  # a field a checkpoint lacks: its default
+
+
+def validate(c) -> None:
+  """One-line ``UserError`` for the first bad field of a PTB config."""
+  validate_rates(c.model)
+  _validate_concrete(c)
+  if not (isinstance(c.data_limit, int) and not isinstance(c.data_limit, bool) and
+          c.data_limit >= 0):
+    raise UserError(f"data_limit must be an integer >= 0 (0: the whole corpus), got "
+                    f"{c.data_limit!r}")
+  t = c.train
+  for name in ("batch_size", "seq_length", "num_epochs"):
+    if int(t[name]) < 1:
+      raise UserError(f"train.{name} must be a positive integer, got {t[name]!r}")
+  for name in ("lr", "lr_decay", "max_grad_norm"):
+    if not (isinstance(t[name], (int, float)) and math.isfinite(t[name]) and t[name] > 0):
+      raise UserError(f"train.{name} must be a positive finite number, got {t[name]!r}")
+  if t.compute_dtype not in ("float32", "bfloat16"):
+    raise UserError(f"train.compute_dtype must be float32 or bfloat16, got {t.compute_dtype!r}")
+  if t.get("rnn_impl", "scan") not in ("scan", "pallas"):
+    raise UserError(f"train.rnn_impl must be scan or pallas, got {t.rnn_impl!r}")
+  if c.eval.mc_samples < 0 or c.eval.mc_chunk < 1:
+    raise UserError("eval.mc_samples must be >= 0 and eval.mc_chunk >= 1")
+  if c.eval.get("mc_mean", "arithmetic") not in lm_eval.MC_MEANS:
+    raise UserError(f"eval.mc_mean must be one of {lm_eval.MC_MEANS}, got {c.eval.mc_mean!r}")
+  if not c.eval.get("mc_power", 0.5) > 0:
+    raise UserError(f"eval.mc_power must be > 0, got {c.eval.mc_power!r}")
+
+
+def _validate_concrete(c) -> None:
+  """Concrete dropout learns the variational rates of one run from their config values."""
+  m = c.model
+  if not m.get("concrete", False):
+    return
+  if m.scheme != "variational":
+    raise UserError(f"model.concrete learns variational (per-sequence) rates: it needs "
+                    f"model.scheme=variational, got {m.scheme!r}")
+  zero = [k for k in ("p_emb", "p_x", "p_h", "p_out") if not m[k] > 0]
+  if zero:
+    raise UserError(f"model.concrete starts each learned rate from its config value, which "
+                    f"must be in (0, 1): {', '.join(f'model.{k}={m[k]}' for k in zero)}")
+  if any(c.get("population", {}).values()):  # a field with values (lists, or legacy strings)
+    raise UserError("model.concrete learns the rates a population would set: use one or the "
+                    "other")
+  for k in ("concrete_temperature", "concrete_length_scale"):
+    if not (isinstance(m[k], (int, float)) and math.isfinite(m[k]) and m[k] > 0):
+      raise UserError(f"model.{k} must be a positive number, got {m[k]!r}")
 
 
 def lr_schedule(t) -> optax.Schedule:
@@ -210,89 +259,126 @@ def shardings(mesh, state) -> dict:
           "step": rep, "acc": jax.tree.map(lambda _: rep, state["acc"])}
 
 
-def make_task(config, workdir: str) -> loop.Task:
-  """The PTB run of ``config`` as a ``loop.Task`` (``workdir`` receives the MC test's files)."""
-  validate_lm(config)
-  t = config.train
-  mesh = sharding.make_mesh()
-  sharding.check_batch(t.batch_size, mesh)
-  splits, _ = load_data(config)
-  streams, epoch_size = train_streams(config, splits["train"])
-  state = init_state(config, t.batch_size)
-  sh = shardings(mesh, state)
-  bat = sharding.batch_sharding(mesh)
-  train_step = jax.jit(make_train_step(config, n_tokens=len(splits["train"])),
-                       in_shardings=(sh, bat, bat, None), out_shardings=sh, donate_argnums=0)
-  eval_fn = lm_eval.make_eval_fn(config)
-  lr = lr_by_epoch(t)
+class LMTask:
+  """The PTB run of ``config`` as ``vdrnn.loop.run`` trains it (``loop.Task``); ``workdir``
+  receives the MC test's files and the learned rates' figure."""
 
-  def valid(params) -> dict:  # exact, and as the paper's (Lua) code computed it
-    return {k: lm_eval.evaluate_split(config, eval_fn, params, splits["valid"], t.batch_size,
-                                      full=False, mesh=mesh, lua=lua)
-            for k, lua in (("valid_ppl", False), ("valid_ppl_lua", True))}
+  items_per_step: int
+  select = "valid_ppl"
+  resume_keys = RESUME_KEYS
+  resume_defaults = RESUME_DEFAULTS
+  nonfinite_hint = "lower train.lr or train.max_grad_norm"
+  members = ()
 
-  def learned_rates(params) -> dict:
-    """Concrete dropout's rates now: ``rate_emb``, ``rate_out``, ``rate_{x,h}_l<layer>``."""
-    if not config.model.get("concrete", False):
-      return {}
-    r = jax.device_get(models.concrete_rates(params))
-    out = {"rate_emb": float(r["emb"]), "rate_out": float(r["out"])}
-    for k in ("x", "h"):
-      out.update({f"rate_{k}_l{l}": float(v) for l, v in enumerate(r[k])})
-    return out
+  def __init__(self, config, workdir: str):
+    validate(config)
+    t = config.train
+    self.config, self.workdir = config, workdir
+    self.mesh = sharding.make_mesh()
+    sharding.check_batch(t.batch_size, self.mesh)
+    self.splits, _ = load_data(config)
+    self.streams, self.steps_per_epoch = train_streams(config, self.splits["train"])
+    self.items_per_step = t.batch_size * t.seq_length
+    self.meta = {"epoch_size": self.steps_per_epoch}
+    self.lr = lr_by_epoch(t)
+    self.eval_fn = lm_eval.make_eval_fn(config)
+    self.shardings = shardings(self.mesh, jax.eval_shape(lambda: init_state(config, t.batch_size)))
+    bat = sharding.batch_sharding(self.mesh)
+    self.train_step = jax.jit(make_train_step(config, n_tokens=len(self.splits["train"])),
+                              in_shardings=(self.shardings, bat, bat, None),
+                              out_shardings=self.shardings, donate_argnums=0)
+    self.summary = (f"{num_params(config) / 1e6:.1f}M parameters, {len(jax.devices())} "
+                    f"device(s), {jax.process_count()} process(es), {self.steps_per_epoch} "
+                    f"windows/epoch")
 
-  def batch(epoch, i):
-    x, y = ptb.window(streams, i, t.seq_length)
-    return sharding.put_batch(x, mesh), sharding.put_batch(y, mesh), lr(epoch)
+  def init_state(self):
+    return jax.device_put(init_state(self.config, self.config.train.batch_size), self.shardings)
 
-  def start_epoch(state, epoch):  # zero state, fresh accumulators
-    state["carry"] = jax.device_put(models.lm_zero_carry(config.model, t.batch_size), sh["carry"])
-    state["acc"] = jax.device_put(zero_acc(), sh["acc"])
+  def start_epoch(self, state, epoch: int):
+    """A zero carry and fresh accumulators (the released code resets the state every epoch)."""
+    m, t = self.config.model, self.config.train
+    state["carry"] = jax.device_put(models.lm_zero_carry(m, t.batch_size), self.shardings["carry"])
+    state["acc"] = jax.device_put(zero_acc(), self.shardings["acc"])
     return state
 
-  def running(acc, epoch):
-    return {"train_ppl": float(np.exp(acc["nll_sum"] / max(int(acc["count"]), 1))),
-            "lr": lr(epoch)}
+  def batch(self, epoch: int, i: int) -> tuple:
+    x, y = ptb.window(self.streams, i, self.config.train.seq_length)
+    return sharding.put_batch(x, self.mesh), sharding.put_batch(y, self.mesh), self.lr(epoch)
 
-  def finish(state, meta):
+  def train_metrics(self, acc: dict, epoch: int) -> dict:
+    return {"train_ppl": float(np.exp(acc["nll_sum"] / max(int(acc["count"]), 1))),
+            "lr": self.lr(epoch)}
+
+  def evaluate(self, state, epoch: int) -> dict:
+    """Validation perplexity, exact and as the paper's (Lua) code computed it; concrete
+    dropout's learned rates."""
     params = state["params"]
-    test = lm_eval.evaluate_split(config, eval_fn, params, splits["test"], 1, full=True, mesh=mesh)
-    last = meta["history"][-1] if meta["history"] else {}
+    out = {k: lm_eval.evaluate_split(self.config, self.eval_fn, params, self.splits["valid"],
+                                     self.config.train.batch_size, full=False, mesh=self.mesh,
+                                     lua=lua)
+           for k, lua in (("valid_ppl", False), ("valid_ppl_lua", True))}
+    return {**out, **learned_rates(self.config, params)}
+
+  def finish(self, state, history: list[dict]) -> dict:
+    """The test perplexity (one stream, batch 1) and, with ``eval.mc_samples``, MC dropout's."""
+    config, params = self.config, state["params"]
+    test = lm_eval.evaluate_split(config, self.eval_fn, params, self.splits["test"], 1, full=True,
+                                  mesh=self.mesh)
+    last = history[-1] if history else {}
+    valid = [h["valid_ppl"] for h in history if math.isfinite(h["valid_ppl"])]
     results = {"valid_ppl": last.get("valid_ppl"), "valid_ppl_lua": last.get("valid_ppl_lua"),
-               "test_ppl": test,
-               "best_valid_ppl": meta["best"]["value"] if meta["best"] else None,
-               "step": loop.current_step(state)}
-    results.update(learned_rates(params))
+               "test_ppl": test, "best_valid_ppl": min(valid) if valid else None,
+               "step": loop.current_step(state), **learned_rates(config, params)}
     if config.eval.mc_samples:
       primary = sharding.is_primary()  # only process 0 writes files
-      mc = lm_eval.mc_lm(config, params, splits["test"], workdir=workdir if primary else None,
-                         progress=t.progress and primary)
+      mc = lm_eval.mc_lm(config, params, self.splits["test"],
+                         workdir=self.workdir if primary else None,
+                         progress=config.train.progress and primary)
       results["mc_test_ppl"] = mc["ppl"]
       results["mc_samples"] = config.eval.mc_samples
     return results
 
-  def epoch_line(r):
-    return (f"epoch {r['epoch']:3d}  train {r['train_ppl']:8.2f}  valid {r['valid_ppl']:8.2f}  "
-            f"lr {r['lr']:.4g}  {r['time_s']:6.0f}s  {r['wps']:.0f} wps")
-
-  num_params = sum(p.size for p in jax.tree.leaves(state["params"]))
-  return loop.Task(
-      state=jax.device_put(state, sh), train_step=train_step, steps_per_epoch=epoch_size,
-      batch=batch, start_epoch=start_epoch, running=running,
-      evaluate=lambda state, epoch, meta: {**valid(state["params"]),
-                                           **learned_rates(state["params"])},
-      finish=finish,
-      resume_keys=RESUME_KEYS, resume_defaults=RESUME_DEFAULTS, meta={"epoch_size": epoch_size},
-      select="valid_ppl",
-      items_per_step=t.batch_size * t.seq_length, rate_name="wps",
-      nonfinite_hint="lower train.lr or train.max_grad_norm",
-      describe=(f"{num_params / 1e6:.1f}M parameters, {len(jax.devices())} device(s), "
-                f"{jax.process_count()} process(es), {epoch_size} windows/epoch"),
-      epoch_line=epoch_line,
-      after_epoch=lambda meta: plots.learned_rates(os.path.join(workdir, "learned_rates.png"),
-                                                   meta["history"]))
+  def plot(self, history: list[dict], results=None) -> None:
+    plots.learned_rates(os.path.join(self.workdir, "learned_rates.png"), history)
 
 
-def train_lm(config, workdir: str) -> dict:
+def learned_rates(config, params) -> dict:
+  """Concrete dropout's rates now: ``rate_emb``, ``rate_out``, ``rate_{x,h}_l<layer>``."""
+  if not config.model.get("concrete", False):
+    return {}
+  r = jax.device_get(models.concrete_rates(params))
+  out = {"rate_emb": float(r["emb"]), "rate_out": float(r["out"])}
+  for k in ("x", "h"):
+    out.update({f"rate_{k}_l{l}": float(v) for l, v in enumerate(r[k])})
+  return out
+
+
+def num_params(config) -> int:
+  shapes = jax.eval_shape(lambda: models.init_lm(jax.random.key(0), config.model))
+  return sum(int(np.prod(p.shape)) for p in jax.tree.leaves(shapes))
+
+
+def train_and_evaluate(config, workdir: str) -> dict:
   """Trains and evaluates a PTB language model in ``workdir``; returns the final results."""
-  return loop.run(make_task(config, workdir), config, workdir)
+  return loop.run(LMTask(config, workdir), config, workdir)
+
+
+def evaluate_workdir(config, workdir: str, *, checkpoint: str = "latest", split: str = "test",
+                     progress: Optional[bool] = None) -> dict:
+  """Evaluates a PTB workdir's checkpoint (latest | best | step) on ``split`` (test | valid):
+  the dropout approximation and, with ``eval.mc_samples``, MC dropout (``mc_<split>.json`` /
+  ``.png`` written to the workdir). ``config`` supplies the model and the ``eval`` settings."""
+  if split not in lm_eval.SPLITS:
+    raise UserError(f"--split must be one of {lm_eval.SPLITS}, got {split!r}")
+  validate(config)
+  splits, _ = load_data(config)
+  mngr, step = ckpt_lib.find(workdir, checkpoint)
+  state, _ = ckpt_lib.restore(mngr, step, init_state(config, config.train.batch_size))
+  params = state["params"]
+  if config.eval.mc_samples:
+    result = lm_eval.mc_lm(config, params, splits[split], workdir=workdir, split=split,
+                           progress=progress)
+  else:
+    result = {"split": split, "det_ppl": lm_eval.deterministic_ppl(config, params, splits[split]),
+              "tokens": int(len(splits[split]) - 1)}
+  return {"workdir": workdir, "checkpoint": str(checkpoint), "step": int(step), **result}

@@ -1,8 +1,9 @@
 """The training loop of every task (``vdrnn.lm``, ``vdrnn.sentiment``, ``vdrnn.population``).
 
-A task describes itself with a ``Task``: its initial state, a jitted pure ``train_step``,
-the arguments of each step, what to reset at an epoch's start, what to evaluate at its end
-and what to report at the end of training. ``run`` owns the rest, the same for every task:
+A task is an object with the attributes and methods of ``Task``: its initial state, the batch
+and the jitted pure step of every training step, what to reset when an epoch starts, its
+running training metrics, its evaluation at the end of an epoch and its final results. ``run``
+owns everything else, the same for every task:
 
 * resume from the newest readable checkpoint (a damaged one is reported and skipped; one
   from another config stops the run) and continue from its step: data position, carried
@@ -11,21 +12,24 @@ and what to report at the end of training. ``run`` owns the rest, the same for e
 * a progress bar that moves every couple of seconds (it waits for the device only then);
 * a log record every ``train.log_every_steps`` steps and at each epoch's end;
 * checkpoints every ``train.checkpoint_every_steps`` steps and at each epoch's end (the two
-  latest and the best one by the task's selection metric are kept, ``vdrnn.checkpoint``);
+  latest and the best one by the task's ``select`` metric are kept, ``vdrnn.checkpoint``);
 * a non-finite loss or gradient stops the run, naming the step, before any checkpoint or
   log line past it is written;
+* a population (``Task.members``: K runs stacked on a leading state axis, list-valued
+  metrics) is written run by run as well: every member's directory gets its own metrics, best
+  and final checkpoints and results, like a single run's workdir; a member that diverges is
+  reported and the others go on;
 * under ``jax.distributed`` every process runs the loop and only process 0 writes files.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import math
 import os
 import sys
 import time
-from typing import Any, Callable, Optional, Sequence
+from typing import Any, Optional, Protocol, Sequence
 
 import jax
 import numpy as np
@@ -37,32 +41,79 @@ from vdrnn.errors import UserError
 from vdrnn.metrics import MetricsWriter
 
 SYNC_SECONDS = 2.0  # the progress bar waits for the device at most this often
+BOOKKEEPING = ("epoch", "time_s", "eval_time_s", "items_per_s")  # not shown in the epoch line
 
 
-@dataclasses.dataclass
-class Task:
-  """What a task gives the loop. ``state`` is a pytree with ``"step"`` (int32; a leading
-  member axis is allowed) and ``"acc"`` (on-device running sums with ``"bad_step"``, -1
-  until a non-finite step) among its leaves."""
-  state: Any                                   # the initial train state, on the devices
-  train_step: Callable[..., Any]               # jitted ``(state, *batch) -> state``
-  steps_per_epoch: int
-  batch: Callable[[int, int], tuple]           # ``(epoch, i) -> batch`` of step i of epoch
-  start_epoch: Callable[[Any, int], Any]       # the state at step 0 of an epoch
-  running: Callable[[dict, int], dict]         # ``(host acc, epoch) -> train metrics``
-  evaluate: Callable[[Any, int, dict], dict]   # ``(state, epoch, meta) -> eval metrics``
-  finish: Callable[[Any, dict], dict]          # ``(state, meta) -> results.json``
-  resume_keys: Sequence[str]                   # config fields a resumed run must share
-  resume_defaults: Optional[dict] = None       # base config: values of fields added since
-  meta: dict = dataclasses.field(default_factory=dict)  # saved with every checkpoint
-  select: Optional[str] = None                 # epoch-record key of the best checkpoint (lower)
-  items_per_step: int = 1                      # for the rate in the logs
-  rate_name: str = "items_per_s"
-  nonfinite_hint: str = ""
-  stop_on_nonfinite: bool = True               # False: the task reports divergence itself
-  describe: str = ""                           # printed once at the start
-  epoch_line: Callable[[dict], str] = lambda r: json.dumps(r)
-  after_epoch: Callable[[dict], None] = lambda meta: None  # e.g. a learning-curve plot
+class Task(Protocol):
+  """What a task gives ``run``. The state is a pytree with ``"step"`` (int32) and ``"acc"``
+  (on-device running sums with ``"bad_step"``, -1 until a non-finite step); a population's
+  leaves have a leading member axis."""
+
+  steps_per_epoch: int         # training steps (windows, batches) per epoch
+  items_per_step: int          # tokens or examples a step trains on (for the logged rate)
+  select: Optional[str]        # epoch-record key (lower is better) of the best checkpoint
+  resume_keys: Sequence[str]   # config fields a resumed run must share
+  resume_defaults: dict        # the base config: the value of a field a checkpoint predates
+  meta: dict                   # facts saved with every checkpoint that a resume must match
+  nonfinite_hint: str          # what to do after a non-finite loss
+  members: Sequence[tuple[str, dict]]  # a population's (subdirectory, config) pairs, or ()
+  summary: str                 # one line on the run (sizes, devices), printed when it starts
+
+  def init_state(self) -> Any:
+    """The initial train state, on the devices."""
+
+  def start_epoch(self, state: Any, epoch: int) -> Any:
+    """The state at step 0 of ``epoch`` (e.g. a zero carry, fresh accumulators)."""
+
+  def batch(self, epoch: int, i: int) -> tuple:
+    """The arguments after the state of step ``i`` of ``epoch``."""
+
+  def train_step(self, state: Any, *batch) -> Any:
+    """One jitted training step."""
+
+  def train_metrics(self, acc: dict, epoch: int) -> dict:
+    """Running training metrics from the host copy of ``state["acc"]``."""
+
+  def evaluate(self, state: Any, epoch: int) -> dict:
+    """Evaluation metrics at the end of ``epoch`` (0-based)."""
+
+  def finish(self, state: Any, history: list[dict]) -> dict:
+    """The final results (``results.json``); a population's has ``"members"``, a list."""
+
+  def plot(self, history: list[dict], results: Optional[dict] = None) -> None:
+    """Figures of the history so far into the workdir (process 0 only)."""
+
+
+def current_step(state) -> int:
+  return int(np.max(jax.device_get(state["step"])))
+
+
+def finite(record: dict) -> dict:
+  return {k: v for k, v in record.items() if not (isinstance(v, float) and not math.isfinite(v))}
+
+
+def member_state(state, k: int):
+  """Member ``k``'s slice of a population's stacked state, shaped as a single run's."""
+  return jax.tree.map(lambda a: a[k], jax.device_get(state))
+
+
+def member_record(record: dict, k: int) -> dict:
+  """Member ``k``'s values of a population record (list values are one per member)."""
+  return {n: v[k] if isinstance(v, list) else v for n, v in record.items()}
+
+
+def _short(v):
+  """A displayed value: floats to 4 digits, a population's list as ``[a, b, ...]``."""
+  if isinstance(v, (list, tuple)):
+    return "[" + ", ".join(str(_short(x)) for x in v) + "]"
+  return f"{v:.4g}" if isinstance(v, float) else v
+
+
+def epoch_line(record: dict) -> str:
+  """``epoch N  key value ...  Ts``: every metric of an epoch record, then its time."""
+  shown = "  ".join(f"{k} {_short(v)}" for k, v in record.items() if k not in BOOKKEEPING)
+  return (f"epoch {record['epoch']:3d}  {shown}  {record['time_s']:.0f}s"
+          f" (+{record.get('eval_time_s', 0.0):.0f}s eval)")
 
 
 class _NoWriter:
@@ -75,23 +126,82 @@ class _NoWriter:
     pass
 
 
-def current_step(state) -> int:
-  return int(np.max(jax.device_get(state["step"])))
+class _Members:
+  """A population's run-by-run records: each member's directory reads like a single run's
+  workdir (``config.json``, ``metrics.jsonl``, ``tb/``, ``checkpoints/`` with its best and final
+  states, ``results.json``)."""
+
+  def __init__(self, task: Task, workdir: str, step: int, primary: bool):
+    self.task, self.step0, self.primary = task, step, primary
+    self.dirs = [os.path.join(workdir, name) for name, _ in task.members]
+    self.writers = {}
+    self.reported_bad = set()
+    if primary:
+      for d, (_, cfg) in zip(self.dirs, task.members):
+        os.makedirs(d, exist_ok=True)
+        with open(os.path.join(d, "config.json"), "w") as f:
+          json.dump(cfg, f, indent=2)
+
+  def writer(self, k: int):
+    if not self.primary:
+      return _NoWriter()
+    if k not in self.writers:  # truncated to the resumed step, as a single run's
+      self.writers[k] = MetricsWriter(self.dirs[k], truncate_after_step=self.step0)
+    return self.writers[k]
+
+  def report_nonfinite(self, acc: dict) -> None:
+    """Names each member's first non-finite step once; the others go on."""
+    for k in np.flatnonzero(np.asarray(acc["bad_step"]) >= 0):
+      if k not in self.reported_bad:
+        self.reported_bad.add(k)
+        print(f"member {k}: non-finite loss at step {int(acc['bad_step'][k])}; it keeps training "
+              f"(its results will be nan)", file=sys.stderr)
+
+  def meta(self, meta: dict, k: int) -> dict:
+    """Member ``k``'s checkpoint metadata: its config, history and best epoch."""
+    history = [member_record(r, k) for r in meta["history"]]
+    return {**{n: v for n, v in meta.items() if n not in ("history", "best", "member_best")},
+            "config": self.task.members[k][1], "history": history,
+            "best": meta["member_best"][k]}
+
+  def end_epoch(self, state, meta: dict, step: int) -> None:
+    """Each member's epoch record, and its checkpoint when it is its best so far."""
+    record, host = meta["history"][-1], None
+    meta.setdefault("member_best", [None] * len(self.dirs))
+    for k, d in enumerate(self.dirs):
+      rec = member_record(record, k)
+      self.writer(k).write("epoch", step, **finite(rec))
+      value = rec.get(self.task.select)
+      best = meta["member_best"][k]
+      if value is not None and math.isfinite(value) and (best is None or value < best["value"]):
+        meta["member_best"][k] = {"epoch": rec["epoch"], "step": step,
+                                  "metric": self.task.select, "value": value}
+        host = jax.device_get(state) if host is None else host
+        checkpoint.save(self.ckpts(d), step, member_state(host, k), self.meta(meta, k),
+                        metric=value)
+
+  def finish(self, state, meta: dict, results: dict, step: int) -> None:
+    """Each member's results, test record and final checkpoint."""
+    host = jax.device_get(state)
+    meta.setdefault("member_best", [None] * len(self.dirs))
+    for k, (d, res) in enumerate(zip(self.dirs, results["members"])):
+      w = self.writer(k)
+      w.write("test", step, **finite({n: v for n, v in res.items() if isinstance(v, float)}))
+      w.close()
+      mngr = self.ckpts(d)
+      if mngr.latest_step() != step:
+        checkpoint.save(mngr, step, member_state(host, k), self.meta(meta, k))
+      if self.primary:
+        with open(os.path.join(d, "results.json"), "w") as f:
+          json.dump(res, f, indent=2)
+
+  @staticmethod
+  def ckpts(d: str):
+    return checkpoint.manager(os.path.join(d, "checkpoints"))
 
 
-def finite(record: dict) -> dict:
-  return {k: v for k, v in record.items() if not (isinstance(v, float) and not math.isfinite(v))}
-
-
-def run(task: Task, config, workdir: str) -> dict:
-  """Trains ``task`` for ``config.train.num_epochs`` epochs in ``workdir``; returns (and,
-  on process 0, writes to ``results.json``) the task's final results."""
-  t = config.train
-  primary = sharding.is_primary()
-  say = (lambda msg: print(msg, file=sys.stderr, flush=True)) if primary else (lambda msg: None)
-  os.makedirs(workdir, exist_ok=True)
-  ckpts = checkpoint.manager(os.path.join(workdir, "checkpoints"))
-  cfg_dict = json.loads(config.to_json())
+def _resume(task: Task, ckpts, state, cfg_dict: dict, workdir: str):
+  """``(state, meta)`` from the newest compatible checkpoint, or the initial ones."""
   meta = {"config": cfg_dict, "history": [], "best": None, **task.meta}
 
   def compatible(saved: dict) -> None:
@@ -102,23 +212,40 @@ def run(task: Task, config, workdir: str) -> dict:
         raise UserError(f"{workdir} holds a checkpoint made with {k}={saved.get(k)!r}, now "
                         f"{v!r}; use a fresh --workdir or the original config and data")
 
-  state = task.state
   found = checkpoint.restore_newest_good(ckpts, state, compatible)
-  if found is not None:
-    state, meta, step = found
-    meta["config"] = cfg_dict
-    say(f"resuming from step {step} in {workdir}")
+  if found is None:
+    return state, meta, False
+  state, meta, _ = found
+  meta["config"] = cfg_dict
+  return state, meta, True
+
+
+def run(task: Task, config, workdir: str) -> dict:
+  """Trains ``task`` for ``config.train.num_epochs`` epochs in ``workdir``; returns (and,
+  on process 0, writes to ``results.json``) the task's final results."""
+  t = config.train
+  primary = sharding.is_primary()
+  say = (lambda msg: print(msg, file=sys.stderr, flush=True)) if primary else (lambda msg: None)
+  os.makedirs(workdir, exist_ok=True)
+  ckpts = checkpoint.manager(os.path.join(workdir, "checkpoints"))
+  state, meta, resumed = _resume(task, ckpts, task.init_state(), json.loads(config.to_json()),
+                                 workdir)
   step = current_step(state)
+  if resumed:
+    say(f"resuming from step {step} in {workdir}")
+  say(task.summary)
   if primary:
     with open(os.path.join(workdir, "config.json"), "w") as f:
       f.write(config.to_json(indent=2))
   writer = MetricsWriter(workdir, truncate_after_step=step) if primary else _NoWriter()
-  say(task.describe)
+  members = _Members(task, workdir, step, primary) if task.members else None
   spe = task.steps_per_epoch
 
-  def stop_if_nonfinite(acc, epoch: int, bar) -> None:
+  def check_finite(acc, epoch: int, bar) -> None:
     bad = np.asarray(acc["bad_step"])
-    if task.stop_on_nonfinite and bad.max() >= 0:
+    if members is not None:
+      members.report_nonfinite(acc)
+    elif bad.max() >= 0:
       bar.close()
       writer.close()
       kept = ckpts.latest_step()
@@ -142,7 +269,7 @@ def run(task: Task, config, workdir: str) -> dict:
       save = bool(t.checkpoint_every_steps) and step % t.checkpoint_every_steps == 0 and not last
       if log or save:  # never log or save past a non-finite step
         acc = jax.device_get(state["acc"])
-        stop_if_nonfinite(acc, epoch + 1, bar)
+        check_finite(acc, epoch + 1, bar)
         synced = time.time()
         bar.update(i + 1 - bar.n)
       elif time.time() - synced > SYNC_SECONDS:  # the bar shows steps done, not dispatched
@@ -150,41 +277,42 @@ def run(task: Task, config, workdir: str) -> dict:
         synced = time.time()
         bar.update(i + 1 - bar.n)
       if log:
-        train = task.running(acc, epoch)
+        train = task.train_metrics(acc, epoch)
         rate = done * task.items_per_step / (time.time() - t0)
         bar.set_postfix({k: _short(v) for k, v in train.items()})
-        writer.write("train", step, epoch=epoch + 1, **train, **{task.rate_name: rate})
+        writer.write("train", step, epoch=epoch + 1, **train, items_per_s=rate)
       if save:
         checkpoint.save(ckpts, step, state, meta)
     bar.close()
     elapsed = time.time() - t0
-    record = {"epoch": epoch + 1, **task.running(jax.device_get(state["acc"]), epoch),
-              "time_s": elapsed, task.rate_name: done * task.items_per_step / elapsed}
-    record.update(task.evaluate(state, epoch, meta))
+    record = {"epoch": epoch + 1, **task.train_metrics(jax.device_get(state["acc"]), epoch),
+              "time_s": elapsed, "items_per_s": done * task.items_per_step / elapsed}
+    t_eval = time.time()
+    record.update(task.evaluate(state, epoch))
+    record["eval_time_s"] = time.time() - t_eval
     meta["history"].append(record)
     writer.write("epoch", step, **finite(record))
-    say(task.epoch_line(record))
+    say(epoch_line(record))
     value = record.get(task.select) if task.select else None
-    metric = value if value is not None and math.isfinite(value) else None
+    metric = value if isinstance(value, float) and math.isfinite(value) else None
     if metric is not None and (meta["best"] is None or metric < meta["best"]["value"]):
       meta["best"] = {"epoch": epoch + 1, "step": step, "metric": task.select, "value": metric}
+    if members is not None:
+      members.end_epoch(state, meta, step)
     checkpoint.save(ckpts, step, state, meta, metric=metric)
     if primary:
-      task.after_epoch(meta)
+      task.plot(meta["history"])
 
-  results = task.finish(state, meta)
+  results = task.finish(state, meta["history"])
+  if members is not None:
+    members.finish(state, meta, results, step)
   writer.write("test", step, **finite({k: v for k, v in results.items() if isinstance(v, float)}))
   writer.close()
   if primary:
+    task.plot(meta["history"], results)
     with open(os.path.join(workdir, "results.json"), "w") as f:
       json.dump(results, f, indent=2)
-    print(json.dumps({k: v for k, v in results.items() if k != "data"}), flush=True)
+    print(json.dumps({k: v for k, v in results.items() if k not in ("data", "members")}),
+          flush=True)
   logging.info("finished %s at step %d", workdir, step)
   return results
-
-
-def _short(v):
-  """A progress-bar value: floats to 4 digits, a population's list as ``[a, b, ...]``."""
-  if isinstance(v, (list, tuple)):
-    return "[" + ", ".join(str(_short(x)) for x in v) + "]"
-  return f"{v:.4g}" if isinstance(v, float) else v

@@ -28,6 +28,17 @@ import numpy as np
 Array = jax.Array
 
 SCHEMES = ("variational", "naive", "none")
+# A model config's rate fields and the rate keys of ``sample_masks``: the paper's four dropout
+# sites (Gal's dropout_x / _i / _h / _o), then weight drop and zoneout.
+RATE_FIELDS = {"p_emb": "emb", "p_x": "x", "p_h": "h", "p_out": "out", "p_weight_drop": "weight",
+               "zoneout_c": "zone_c", "zoneout_h": "zone_h"}
+DROPOUT_FIELDS = ("p_emb", "p_x", "p_h", "p_out")
+ZONEOUT_FIELDS = ("zoneout_c", "zoneout_h")
+
+
+def config_rates(model) -> dict:
+  """``sample_masks``' rates from a model config (a field it lacks: rate 0)."""
+  return {key: model.get(field, 0.0) for field, key in RATE_FIELDS.items()}
 
 
 def check_rate(rate: Any, name: str = "rate") -> Any:

@@ -136,11 +136,8 @@ def lm_masks(key: Array, cfg, tokens: Array, rates: Optional[dict] = None,
 
 
 def lm_rates(cfg) -> dict:
-  """The model config's rates as ``sample_masks`` takes them: ``{"emb", "x", "h", "out"}``
-  (p_emb, p_x, p_h, p_out), ``"weight"`` (p_weight_drop), ``"zone_c"``, ``"zone_h"`` (zoneout)."""
-  return {"emb": cfg.p_emb, "x": cfg.p_x, "h": cfg.p_h, "out": cfg.p_out,
-          "weight": cfg.get("p_weight_drop", 0.0), "zone_c": cfg.get("zoneout_c", 0.0),
-          "zone_h": cfg.get("zoneout_h", 0.0)}
+  """The model config's rates as ``sample_masks`` takes them (``masks.config_rates``)."""
+  return masks_lib.config_rates(cfg)
 
 
 def lm_zoneout(cfg) -> tuple[float, float]:
@@ -314,7 +311,7 @@ def seq_masks(key: Array, cfg, tokens: Array, rates: Optional[dict] = None) -> d
   ``dropout_scaling`` (``inverted``, or ``keras0``: 0/1 masks), see ``vdrnn.config.seq_base``.
   """
   if rates is None:
-    rates = {"emb": cfg.p_emb, "x": cfg.p_x, "h": cfg.p_h, "out": cfg.p_out}
+    rates = masks_lib.config_rates(cfg)
   return masks_lib.sample_masks(key, rates, tokens, scheme=cfg.scheme, tied=cfg.tied_gates,
                                 layers=[(cfg.emb_dim, cfg.hidden)], n_gates=GATES[cfg.cell],
                                 emb_shared_across_batch=cfg.get("emb_shared_across_batch", False),
@@ -330,7 +327,8 @@ def seq_semantics(cfg) -> dict:
          "candidate_act": cfg.get("candidate_act", "tanh"),
          "skip_padding": cfg.get("skip_padding", True)}
   if cfg.get("dropout_scaling", "inverted") == "keras0" and cfg.scheme != "none":
-    out["eval_keep"] = {k: 1.0 - float(cfg[f"p_{k}"]) for k in ("emb", "x", "h", "out")}
+    out["eval_keep"] = {masks_lib.RATE_FIELDS[f]: 1.0 - float(cfg[f])
+                        for f in masks_lib.DROPOUT_FIELDS}
   return out
 
 

@@ -25,11 +25,9 @@ code (``configs/PAPER.md``):
   NLL, ECE, predictive entropy and mutual information, and a reliability diagram
   (classification).
 
-MC dropout vmaps the model over sample indices: sample ``s`` of evaluation batch ``j`` uses
-the masks of ``fold_in(fold_in(key(eval.seed), j), s)``; ``eval.mc_chunk`` samples are
-evaluated together to bound memory. The step is jitted with ``NamedSharding``s over a
-1-D device mesh (batch split over the ``data`` axis); re-running the same command on the
-same workdir resumes exactly.
+Prediction and the metrics are ``vdrnn.sentiment_eval``'s. The step is jitted with
+``NamedSharding``s over a 1-D device mesh (batch split over the ``data`` axis); re-running the
+same command on the same workdir resumes exactly.
 """
 
 from __future__ import annotations
@@ -38,8 +36,6 @@ import functools
 import json
 import math
 import os
-import sys
-import time
 from typing import Optional
 
 import jax
@@ -48,23 +44,19 @@ import ml_collections
 import numpy as np
 import optax
 
-from tqdm import tqdm
-
 from vdrnn import checkpoint as ckpt_lib
-from vdrnn import loop, models, plots, sharding, uncertainty
-from vdrnn.config import compute_dtype, load_run_config, seq_base, validate_rates
+from vdrnn import loop, models, plots, sharding
+from vdrnn.config import compute_dtype, seq_base, validate_rates
 from vdrnn.data import sentiment as data_lib
 from vdrnn.errors import UserError
+from vdrnn.sentiment_eval import (evaluate, fit_taus, is_regression, make_predict_fns, predict,
+                                  summarize)
 
 # Config fields that must match for a workdir's checkpoint to be resumed.
 RESUME_KEYS = [
     "task", "seed", "data", "model", "train.batch_size", "train.lr", "train.weight_decay"
 ]
 RESUME_DEFAULTS = json.loads(seq_base().to_json())  # a field a checkpoint lacks: its default
-
-
-def is_regression(config) -> bool:
-  return config.task == "sentiment"
 
 
 def validate(config) -> None:
@@ -201,134 +193,6 @@ def batch_rows(split: dict, idx: np.ndarray, batch_size: int, y: np.ndarray):
 
 
 # ----------------------------------------------------------------------------------------
-# Prediction: dropout approximation and MC dropout.
-
-
-def make_predict_fns(config):
-  """``det(params, x) -> [B, K]`` and ``mc(params, x, key, ids [C]) -> [C, B, K]`` (jitted)."""
-  m, t = config.model, config.train
-  dtype = compute_dtype(config)
-
-  def det(params, x):
-    return models.seq_apply(params, x, None, **models.seq_semantics(m), unroll=t.unroll,
-                            compute_dtype=dtype)
-
-  def mc(params, x, key, ids):
-    def one(s):
-      masks = models.seq_masks(jax.random.fold_in(key, s), m, x)
-      return models.seq_apply(params, x, masks, **models.seq_semantics(m), unroll=t.unroll,
-                              compute_dtype=dtype)
-    return jax.vmap(one)(ids)
-
-  return jax.jit(det), jax.jit(mc)
-
-
-def predict(config, fns, params, x: np.ndarray, mesh, *, samples: int = 0, progress: bool = False):
-  """Outputs for every row of ``x [N, T]``: ``(det [N, K], mc [S, N, K] or None)``.
-
-  Rows go in batches of ``eval.batch_size`` (the last padded and cut off again); MC samples
-  in chunks of ``eval.mc_chunk`` (the last chunk padded with extra samples, dropped).
-  """
-  det_fn, mc_fn = fns
-  e = config.eval
-  B, C = e.batch_size, e.mc_chunk
-  base = jax.random.key(e.seed)
-  n = len(x)
-  dets, mcs = [], []
-  n_batches = -(-n // B)
-  bar = tqdm(total=n_batches,
-             desc=f"MC x{samples}" if samples else "eval",
-             disable=not progress,
-             leave=False,
-             dynamic_ncols=True,
-             file=sys.stderr)
-  for j in range(n_batches):
-    rows = x[j * B:(j + 1) * B]
-    k = len(rows)
-    xb = sharding.put_batch(np.concatenate([rows, np.zeros((B - k, x.shape[1]), np.int32)]), mesh)
-    dets.append(sharding.to_host(det_fn(params, xb))[:k])
-    if samples:
-      key = jax.random.fold_in(base, j)
-      outs = [
-          sharding.to_host(mc_fn(params, xb, key, jnp.arange(s, s + C, dtype=jnp.uint32)))[:, :k]
-          for s in range(0, samples, C)
-      ]
-      mcs.append(np.concatenate(outs)[:samples])
-    bar.update(1)
-  bar.close()
-  return np.concatenate(dets), (np.concatenate(mcs, axis=1) if samples else None)
-
-
-def ratings(info: dict, out: np.ndarray) -> np.ndarray:
-  """Regression outputs ``[..., 1]`` (standardised) in rating units ``[...]``, float64."""
-  return out[..., 0].astype(np.float64) * info["y_std"] + info["y_mean"]
-
-
-def fit_taus(info: dict, y: np.ndarray, det: np.ndarray, mc: Optional[np.ndarray]) -> dict:
-  """Model precisions fitted on ``(y, predictions)`` (``uncertainty.fit_tau``): ``det`` for the
-  dropout approximation and, given samples, ``mc`` for MC dropout."""
-  taus = {"det": uncertainty.fit_tau(y, ratings(info, det)[None])}
-  if mc is not None:
-    taus["mc"] = uncertainty.fit_tau(y, ratings(info, mc))
-  return taus
-
-
-def summarize(config, info: dict, y: np.ndarray, det: np.ndarray, mc: Optional[np.ndarray],
-              taus: Optional[dict] = None) -> dict:
-  """Metrics of one split: ``{name: value}`` for the dropout approximation and
-  ``{name}_mc`` for MC dropout. Regression, in rating units: ``rmse``; ``ll`` with the config's
-  ``eval.tau`` (the released scripts' 0.1); with ``taus`` (``fit_taus`` on training examples)
-  also ``ll_fit`` and ``tau_fit``; MC dropout adds the predictive std and its parts,
-  ``std_epistemic`` (the samples' spread) and ``std_aleatoric`` (``sqrt(1 / tau)``)."""
-  e = config.eval
-  if is_regression(config):
-    def summary(pred, tau, suffix, keys):
-      r = uncertainty.regression_summary(y, pred, tau)
-      return {f"{k}{suffix}": r[k] for k in keys}
-    out = summary(ratings(info, det)[None], e.tau, "", ("rmse", "ll"))
-    if taus is not None:
-      out.update(summary(ratings(info, det)[None], taus["det"], "_fit", ("ll",)))
-      out["tau_fit"] = taus["det"]
-    if mc is not None:
-      out.update(summary(ratings(info, mc), e.tau, "_mc",
-                         ("rmse", "ll", "pred_std", "std_epistemic", "std_aleatoric")))
-      if taus is not None and "mc" in taus:
-        out.update(summary(ratings(info, mc), taus["mc"], "_fit_mc", ("ll", "std_aleatoric")))
-        out["tau_fit_mc"] = taus["mc"]
-    return out
-  out = uncertainty.classification_summary(uncertainty.softmax(det)[None], y, e.ece_bins)
-  out = {k: v for k, v in out.items() if not k.startswith("mi")}  # 0 for a single pass
-  if mc is not None:
-    out.update({
-        f"{k}_mc": v for k, v in uncertainty.classification_summary(uncertainty.softmax(mc), y,
-                                                                    e.ece_bins).items()
-    })
-  return out
-
-
-def evaluate(config,
-             fns,
-             params,
-             split: dict,
-             info: dict,
-             mesh,
-             *,
-             samples: int = 0,
-             progress: bool = False,
-             reliability_png: Optional[str] = None,
-             taus: Optional[dict] = None) -> dict:
-  """``summarize`` of ``split``'s predictions (``taus``: see there)."""
-  det, mc = predict(config, fns, params, split["x"], mesh, samples=samples, progress=progress)
-  out = summarize(config, info, split["y"], det, mc, taus)
-  if reliability_png and not is_regression(config):
-    curves = {"dropout approx.": uncertainty.softmax(det)}
-    if mc is not None:
-      curves[f"MC dropout ({samples})"] = uncertainty.softmax(mc).mean(0)
-    plots.reliability_diagram(reliability_png, curves, split["y"], config.eval.ece_bins)
-  return out
-
-
-# ----------------------------------------------------------------------------------------
 # Train and evaluate.
 
 
@@ -371,121 +235,122 @@ def _compiled(key: str):
   return init, train_step, make_predict_fns(config), shardings
 
 
-def make_task(config, workdir: str) -> loop.Task:
-  """The sentiment / IMDB run of ``config`` as a ``loop.Task`` (``workdir`` receives the plots)."""
-  validate(config)
-  t, e = config.train, config.eval
-  mesh = sharding.make_mesh()
-  sharding.check_batch(t.batch_size, mesh)
-  sharding.check_batch(e.batch_size, mesh, "eval.batch_size")
-  splits, info = load_data(config)
-  if is_regression(config) and not info["y_std"] > 0:
-    raise UserError("the training ratings are all equal (std 0); nothing to standardise")
-  train = splits["train"]
-  y_train = _targets(config, train, info)
-  n_train = len(y_train)
-  steps_per_epoch = -(-n_train // t.batch_size)
-  select = _selection(config, splits)
-  init, train_step, fns, shardings = compiled(config)
-  regression = is_regression(config)
-  sub = {k: v[: e.train_examples] for k, v in train.items()} if e.train_examples else None
-  curve = os.path.join(workdir, "learning_curve.png")
+class SentimentTask:
+  """The sentiment / IMDB run of ``config`` as ``vdrnn.loop.run`` trains it (``loop.Task``);
+  ``workdir`` receives the learning curve and, for classification, the reliability diagram."""
 
-  def batch(epoch, i):
-    order = epoch_order(config.seed, epoch, n_train)
-    x, y, w = batch_rows(train, order[i * t.batch_size:(i + 1) * t.batch_size], t.batch_size,
-                         y_train)
-    return tuple(sharding.put_batch(a, mesh) for a in (x, y, w))
+  resume_keys = RESUME_KEYS
+  resume_defaults = RESUME_DEFAULTS
+  nonfinite_hint = "lower train.lr or set train.max_grad_norm"
+  members = ()
 
-  def start_epoch(state, epoch):
-    state["acc"] = jax.device_put(zero_acc(), shardings["acc"])
+  def __init__(self, config, workdir: str):
+    validate(config)
+    t, e = config.train, config.eval
+    self.config, self.workdir = config, workdir
+    self.mesh = sharding.make_mesh()
+    sharding.check_batch(t.batch_size, self.mesh)
+    sharding.check_batch(e.batch_size, self.mesh, "eval.batch_size")
+    self.splits, self.info = load_data(config)
+    if is_regression(config) and not self.info["y_std"] > 0:
+      raise UserError("the training ratings are all equal (std 0); nothing to standardise")
+    train = self.splits["train"]
+    self.y_train = _targets(config, train, self.info)
+    self.steps_per_epoch = -(-len(self.y_train) // t.batch_size)
+    self.items_per_step = t.batch_size
+    self.meta = {"steps_per_epoch": self.steps_per_epoch, "data": self.info}
+    self.select = _selection(config, self.splits)
+    self._init, self.train_step, self.fns, self.shardings = compiled(config)
+    self.sub = {k: v[:e.train_examples] for k, v in train.items()} if e.train_examples else None
+    sizes = ", ".join(f"{k} {len(v['y'])}" for k, v in self.splits.items())
+    shapes = jax.eval_shape(lambda: models.init_seq(jax.random.key(0), config.model))
+    n = sum(int(np.prod(p.shape)) for p in jax.tree.leaves(shapes))
+    self.summary = (f"{config.task}: {n / 1e6:.2f}M parameters, {len(jax.devices())} device(s), "
+                    f"{sizes} examples, {self.steps_per_epoch} steps/epoch")
+
+  def init_state(self):
+    return self._init()
+
+  def start_epoch(self, state, epoch: int):
+    state["acc"] = jax.device_put(zero_acc(), self.shardings["acc"])
     return state
 
-  def running(acc, epoch) -> dict:
+  def batch(self, epoch: int, i: int) -> tuple:
+    B = self.config.train.batch_size
+    order = epoch_order(self.config.seed, epoch, len(self.y_train))
+    x, y, w = batch_rows(self.splits["train"], order[i * B:(i + 1) * B], B, self.y_train)
+    return tuple(sharding.put_batch(a, self.mesh) for a in (x, y, w))
+
+  def train_metrics(self, acc: dict, epoch: int) -> dict:
     count = max(float(acc["count"]), 1.0)
-    if regression:
-      return {"train_running_rmse": math.sqrt(float(acc["loss_sum"]) / count) * info["y_std"]}
+    if is_regression(self.config):
+      return {"train_running_rmse": math.sqrt(float(acc["loss_sum"]) / count) *
+                                    self.info["y_std"]}
     return {"train_running_nll": float(acc["loss_sum"]) / count,
             "train_running_acc": float(acc["correct"]) / count}
 
-  def training_examples(params, samples: int) -> tuple[Optional[dict], dict]:
+  def training_examples(self, params, samples: int) -> tuple[Optional[dict], dict]:
     """``(taus, metrics)`` of the first ``eval.train_examples`` training examples: model
     precisions fitted on them (regression; ``fit_taus``) and their own metrics."""
-    if sub is None:
+    if self.sub is None:
       return None, {}
-    det, mc = predict(config, fns, params, sub["x"], mesh, samples=samples)
-    taus = fit_taus(info, sub["y"], det, mc) if regression else None
-    return taus, summarize(config, info, sub["y"], det, None, taus)
+    det, mc = predict(self.config, self.fns, params, self.sub["x"], self.mesh, samples=samples)
+    taus = fit_taus(self.info, self.sub["y"], det, mc) if is_regression(self.config) else None
+    return taus, summarize(self.config, self.info, self.sub["y"], det, None, taus)
 
-  def evaluate_epoch(state, epoch, meta) -> dict:
-    t0 = time.time()
-    params, record = state["params"], {}
+  def evaluate(self, state, epoch: int) -> dict:
+    """The training examples, the validation set (if any) and the test set, with the dropout
+    approximation (and MC dropout every ``eval.mc_every_epochs`` epochs)."""
+    config, e, params = self.config, self.config.eval, state["params"]
     mc_now = e.mc_every_epochs and e.mc_samples and (epoch + 1) % e.mc_every_epochs == 0
-    taus, train_metrics = training_examples(params, e.mc_samples if mc_now else 0)
-    record.update({f"train_{k}": v for k, v in train_metrics.items()})
-    if "valid" in splits:
-      record.update({
-          f"valid_{k}": v
-          for k, v in evaluate(config, fns, params, splits["valid"], info, mesh, taus=taus).items()
-      })
-    test = evaluate(config, fns, params, splits["test"], info, mesh,
+    taus, train_metrics = self.training_examples(params, e.mc_samples if mc_now else 0)
+    record = {f"train_{k}": v for k, v in train_metrics.items()}
+    if "valid" in self.splits:
+      valid = evaluate(config, self.fns, params, self.splits["valid"], self.info, self.mesh,
+                       taus=taus)
+      record.update({f"valid_{k}": v for k, v in valid.items()})
+    test = evaluate(config, self.fns, params, self.splits["test"], self.info, self.mesh,
                     samples=e.mc_samples if mc_now else 0, taus=taus)
     record.update({f"test_{k}": v for k, v in test.items()})
-    record["eval_time_s"] = time.time() - t0
     return record
 
-  def epoch_line(r) -> str:
-    metric = "rmse" if regression else "acc"
-    shown = [(k, r.get(k))
-             for k in (f"train_running_{metric}", f"train_{metric}", f"valid_{metric}",
-                       f"test_{metric}", f"test_{metric}_mc")
-             if r.get(k) is not None]
-    return (f"epoch {r['epoch']:4d}  " + "  ".join(f"{k} {v:.4f}" for k, v in shown) +
-            f"  {r['time_s']:5.0f}s (+{r['eval_time_s']:.0f}s eval)")
-
-  def finish(state, meta) -> dict:
-    taus, _ = training_examples(state["params"], e.mc_samples)
-    test = evaluate(config, fns, state["params"], splits["test"], info, mesh, samples=e.mc_samples,
-                    progress=t.progress and sharding.is_primary(),
-                    reliability_png=os.path.join(workdir, "reliability_test.png"), taus=taus)
+  def finish(self, state, history: list[dict]) -> dict:
+    """The test set with the dropout approximation and ``eval.mc_samples`` MC samples."""
+    config, e, params = self.config, self.config.eval, state["params"]
+    taus, _ = self.training_examples(params, e.mc_samples)
+    test = evaluate(config, self.fns, params, self.splits["test"], self.info, self.mesh,
+                    samples=e.mc_samples, progress=config.train.progress and sharding.is_primary(),
+                    reliability_png=os.path.join(self.workdir, "reliability_test.png"), taus=taus)
+    valid = [h[self.select] for h in history if math.isfinite(h.get(self.select, math.nan))]
+    best = min(range(len(valid)), key=lambda i: valid[i]) if valid else None
     results = {**{f"test_{k}": v for k, v in test.items()}, "mc_samples": e.mc_samples,
-               "checkpoint": "last", "step": loop.current_step(state), "epochs": t.num_epochs,
-               "best": meta["best"], "data": info}
-    if regression:
+               "checkpoint": "last", "step": loop.current_step(state),
+               "epochs": config.train.num_epochs,
+               "best": None if best is None else {"epoch": history[best]["epoch"],
+                                                  "metric": self.select, "value": valid[best]},
+               "data": self.info}
+    if is_regression(config):
       results["tau"] = e.tau
-    if sharding.is_primary():
-      plots.learning_curve(curve, meta["history"], regression, results)
     return results
 
-  state = init()
-  num_params = sum(p.size for p in jax.tree.leaves(state["params"]))
-  sizes = ", ".join(f"{k} {len(v['y'])}" for k, v in splits.items())
-  return loop.Task(
-      state=state, train_step=train_step, steps_per_epoch=steps_per_epoch, batch=batch,
-      start_epoch=start_epoch, running=running, evaluate=evaluate_epoch, finish=finish,
-      resume_keys=RESUME_KEYS, resume_defaults=RESUME_DEFAULTS,
-      meta={"steps_per_epoch": steps_per_epoch, "data": info},
-      select=select, items_per_step=t.batch_size, rate_name="examples_per_s",
-      nonfinite_hint="lower train.lr or set train.max_grad_norm",
-      describe=(f"{config.task}: {num_params / 1e6:.2f}M parameters, {len(jax.devices())} "
-                f"device(s), {sizes} examples, {steps_per_epoch} steps/epoch"),
-      epoch_line=epoch_line,
-      after_epoch=lambda meta: plots.learning_curve(curve, meta["history"], regression))
+  def plot(self, history: list[dict], results: Optional[dict] = None) -> None:
+    plots.learning_curve(os.path.join(self.workdir, "learning_curve.png"), history,
+                         is_regression(self.config), results)
 
 
 def train_and_evaluate(config, workdir: str) -> dict:
   """Trains a sentiment model in ``workdir``; returns the final results (also ``results.json``)."""
-  return loop.run(make_task(config, workdir), config, workdir)
+  return loop.run(SentimentTask(config, workdir), config, workdir)
 
 
-def evaluate_workdir(config, workdir: str, checkpoint: str = "latest", split: str = "test") -> dict:
+def evaluate_workdir(config, workdir: str, checkpoint: str = "latest", split: str = "test",
+                     progress: Optional[bool] = None) -> dict:
   """Re-evaluates a trained workdir: the dropout approximation and MC dropout
   (``eval.mc_samples``) on ``split`` (train, valid or test) with checkpoint ``latest``,
-  ``best`` or a step. Writes ``eval_<checkpoint>_<split>.json`` (and, for classification,
+  ``best`` or a step, with ``tau`` fitted on the first ``eval.train_examples`` training
+  examples. Writes ``eval_<checkpoint>_<split>.json`` (and, for classification,
   ``reliability_<checkpoint>_<split>.png``) in the workdir and returns the metrics.
-  ``config`` None: the workdir's ``config.json``.
   """
-  config = load_run_config(workdir) if config is None else config
   validate(config)
   mngr, step = ckpt_lib.find(workdir, checkpoint)
   mesh = sharding.make_mesh()
@@ -502,7 +367,7 @@ def evaluate_workdir(config, workdir: str, checkpoint: str = "latest", split: st
     det, mc = predict(config, fns, state["params"], sub, mesh, samples=n)
     taus = fit_taus(info, splits["train"]["y"][:config.eval.train_examples], det, mc)
   out = evaluate(config, fns, state["params"], splits[split], info, mesh, samples=n,
-                 progress=config.train.progress,
+                 progress=config.train.progress if progress is None else progress,
                  reliability_png=os.path.join(workdir, f"reliability_{checkpoint}_{split}.png"),
                  taus=taus)
   results = {**{f"{split}_{k}": v for k, v in out.items()}, "mc_samples": n,

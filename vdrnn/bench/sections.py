@@ -91,7 +91,7 @@ def bench_population(cfg, K: int, steps: int, reps: int, min_time: float, probe=
       "p_out": m.p_out
   } for k in range(K)]
   state = population.init_population_state(cfg, members)
-  step_fn = jax.jit(population.make_population_train_step(cfg), donate_argnums=0)
+  step_fn = jax.jit(population.make_population_train_step(cfg, members), donate_argnums=0)
   batches = _random_batches(cfg, 4)
   t, compile_s, state, times, rates = time_train(step_fn, state, batches, steps, reps, min_time,
                                                  probe)
