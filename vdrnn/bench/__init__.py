@@ -29,8 +29,8 @@ machine's speed can drift between and within sections (a shared VM's does), and 
 yardstick taken minutes earlier would misstate the fraction. The load average is printed
 with the results.
 
-A table goes to stdout (and, with ``--table PATH``, to a file: ``results/`` holds the
-tables of the runs the README cites) and, with ``--json PATH``, everything to a JSON file.
+A table goes to stdout (and, with ``--table PATH``, to a file: ``launch/results/bench/`` holds
+the tables of the runs the README cites) and, with ``--json PATH``, everything to a JSON file.
 
 Modules: ``common`` (configs, FLOP counts, timers, the GEMM yardstick), ``sections``
 (gemm, train, mc, population), ``peers`` (the Keras and PyTorch contenders, worker

@@ -282,7 +282,7 @@ def define_flags() -> None:
   flags.DEFINE_bool("tiny", False, "Toy shapes: a smoke test of every section in seconds.")
   flags.DEFINE_string("json", None, "Write the full report as JSON to this path.")
   flags.DEFINE_string("table", None, "Also write the table (with the command) to this path, "
-                      "e.g. vdrnn/bench/results/<machine>.txt.")
+                      "e.g. launch/results/bench/<machine>.txt.")
   flags.DEFINE_list("only", list(SECTIONS), f"Sections, from {','.join(SECTIONS)}.")
   flags.DEFINE_list("dtypes", [], "e.g. float32 (default: float32 and bfloat16 where the "
                     "device supports it).")
