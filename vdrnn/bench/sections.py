@@ -9,9 +9,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from vdrnn import lm, lm_eval, models, population, sentiment
-from vdrnn.bench.common import (_block, _fraction, _median_rate, _random_batches, gemm_probe,
-                                matmul_params, time_train)
+from vdrnn import lm_eval, models, population, sentiment
+from vdrnn.bench.common import (_block, _fraction, _median_rate, _random_batches, core_step,
+                                gemm_probe, matmul_params, time_train)
 from vdrnn.config import load_config_file
 
 def bench_gemm(sizes, dtypes, reps: int) -> dict:
@@ -36,8 +36,7 @@ def _step_rates(cfg, tokens: int, t: float, compile_s: float, times, rates) -> d
 
 
 def bench_train(cfg, steps: int, reps: int, min_time: float, probe=None) -> dict:
-  step_fn = jax.jit(lm.make_train_step(cfg), donate_argnums=0)
-  state = lm.init_state(cfg, cfg.train.batch_size)
+  step_fn, state = core_step(cfg)
   batches = _random_batches(cfg, 4)
   t, compile_s, state, times, rates = time_train(step_fn, state, batches, steps, reps, min_time,
                                                  probe)
