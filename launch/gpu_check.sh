@@ -6,16 +6,16 @@
 #   1. the Pallas kernel tests natively (JAX_PLATFORMS=cuda): tests/test_pallas_lstm.py, and
 #      tests/test_population_hlo.py (batched matmuls in the GPU's compiled HLO), and the draft
 #      PyTorch peers (tests/test_peers.py, on CUDA);
-#   2. vdrnn/bench/gpu_lstm.py --sections=layer: one layer's recurrence fwd+bwd, scan vs Pallas,
+#   2. launch/gpu_lstm.py --sections=layer: one layer's recurrence fwd+bwd, scan vs Pallas,
 #      medium and large, tied/untied, float32 (TF32) and bfloat16, with the max differences;
-#   3. vdrnn/bench/gpu_lstm.py --sections=step: the whole training step, lax.scan unroll 1, 5,
+#   3. launch/gpu_lstm.py --sections=step: the whole training step, lax.scan unroll 1, 5,
 #      35 (= T, the full unroll) and the Pallas kernel, large then medium, untied;
-#   4. vdrnn/bench/gpu_lstm.py --sections=peers: vdrnn (scan, Pallas) vs PyTorch nn.LSTM (cuDNN)
+#   4. launch/gpu_lstm.py --sections=peers: vdrnn (scan, Pallas) vs PyTorch nn.LSTM (cuDNN)
 #      and AWD-LSTM, medium untied, interleaved rounds;
 #   5. python -m vdrnn.bench --only population,mc: population K = 1, 4, 16 and MC S = 100, 1000;
 #   6. XLA command buffers (CUDA graphs): the large untied bf16 step (unroll 1) with command
 #      buffers off, and with WHILE/CONDITIONAL added (one process per XLA_FLAGS setting);
-#   7. vdrnn/bench/gpu_lstm.py --sections=tiles: the kernel's block_h / num_warps.
+#   7. launch/gpu_lstm.py --sections=tiles: the kernel's block_h / num_warps.
 # Results under $OUT: gpu_check.log (everything printed), layer.json, step.json (command
 # buffer arms tagged), peers.json, bench.json.
 #
@@ -100,7 +100,7 @@ EOF
 step "kernel tests (native)" 110 $PY -m pytest -q -p no:cacheprovider -o addopts="" -rA \
   tests/test_pallas_lstm.py tests/test_population_hlo.py tests/test_peers.py
 
-BENCH="$PY -m vdrnn.bench.gpu_lstm --reps=3 --steps=5"
+BENCH="$PY -m launch.gpu_lstm --reps=3 --steps=5"
 step "layer: scan vs pallas" 80 $BENCH --sections=layer --json="$OUT/layer.json"
 step "step: unroll 1/5/35 and pallas, large" 75 $BENCH --sections=step --shapes=large \
   --json="$OUT/step.json" --append

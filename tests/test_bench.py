@@ -14,7 +14,7 @@ from vdrnn.bench import common, driver, peers
 
 
 def test_tiny_benchmark_runs_and_reports(tmp_path):
-  report = driver.run(["gemm", "train", "sentiment"], tiny=True, dtypes=["float32"],
+  report = driver.run(["gemm", "train", "sentiment", "flax"], tiny=True, dtypes=["float32"],
                       log=lambda m: None)
   assert report["gemm"]["float32"] > 0
   rows = [r for r in report["results"] if r["section"] == "train"]
@@ -27,8 +27,18 @@ def test_tiny_benchmark_runs_and_reports(tmp_path):
     assert r["tokens_per_s"] > 0 and 0 < r["gemm_fraction"]
     assert r["compilations"] in (None, 1)  # no recompilation between steps
   assert "untied_slowdown_float32" in report["summary"]
+  flax = {(r["impl"], r["gates"]): r for r in report["results"] if r["section"] == "flax"}
+  pairs = lambda impls: {(i, g) for i in impls for g in ("tied", "untied")}  # noqa: E731
+  assert set(flax) == pairs(("core", "nnx", "flax"))
+  assert all(len(r["rounds"]) == 2 and r["ratio_to_core"] > 0 for r in flax.values())
+  assert flax[("core", "untied")]["ratio_to_core"] == 1.0
+  cost = {(c["impl"], c["gates"]): c for c in report["xla_cost"]}
+  assert set(cost) == pairs(("core", "nnx", "nnx_dense"))
+  assert all(c["flops"] > 0 and c["bytes_accessed"] > 0 for c in cost.values())
+  assert "flax_nnx_time_vs_core_tiny_untied_float32" in report["summary"]
   table = driver.format_table(report)
   assert "large-GEMM rate" in table and "tiny" in table and "%GEMM" in table
+  assert "x core's time" in table and "xla cost, flax tiny untied float32 nnx_dense" in table
   json.dumps(report)  # JSON-able as written by --json
 
 

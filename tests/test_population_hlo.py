@@ -14,7 +14,8 @@ import jax.numpy as jnp
 import pytest
 
 from configs import ptb_tiny
-from vdrnn import hlo, lm_eval, models, population
+from tests import hlo
+from vdrnn import lm_eval, models, population
 
 
 

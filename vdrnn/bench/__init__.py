@@ -19,6 +19,11 @@ Measures, on the default JAX device (CPU or one accelerator):
   interleaved rounds (each peer in its own worker process, waiting on a pipe between rounds),
   so drift in the machine's speed hits all alike; ratios are medians of per-round ratios.
   Peers are optional (``pip install -e .[bench]``) and skipped with a message when missing.
+* ``flax``: the Flax front end against the core, medium shape, tied and untied, in
+  interleaved rounds: the same training step built from the ``vdrnn.nn`` NNX layers
+  (``VariationalLSTM``, ...) and with ``nnx.RNN(OptimizedLSTMCell)`` and recurrent dropout the
+  documented Flax way, each as a ratio of the core's time per step; and XLA's cost analysis
+  (FLOPs, bytes accessed) of the compiled core and NNX steps, which machine load cannot disturb.
 
 FLOPs count 2 per multiply-add over the matmul parameters (LSTM input and recurrent
 kernels, softmax matrix; not the embedding lookup): ``2 P`` per token forward, ``6 P`` per
@@ -29,12 +34,12 @@ machine's speed can drift between and within sections (a shared VM's does), and 
 yardstick taken minutes earlier would misstate the fraction. The load average is printed
 with the results.
 
-A table goes to stdout (and, with ``--table PATH``, to a file: ``results/`` holds the
-tables of the runs the README cites) and, with ``--json PATH``, everything to a JSON file.
+A table goes to stdout (and, with ``--table PATH``, to a file: ``launch/results/bench/`` holds
+the tables of the runs the README cites) and, with ``--json PATH``, everything to a JSON file.
 
-Modules: ``common`` (configs, FLOP counts, timers, the GEMM yardstick), ``sections``
-(gemm, train, mc, population), ``peers`` (the Keras and PyTorch contenders, worker
-processes, the side-by-side rounds), ``driver`` (plan, run, table, command line); beside
-them ``ab`` (A/B timing of two git revisions, interleaved) and ``mc_memory`` (peak memory
-of MC evaluation).
+Modules: ``common`` (configs, FLOP counts, timers, the GEMM yardstick, interleaved rounds),
+``sections`` (gemm, train, mc, population, sentiment, flax), ``peers`` (the Keras and PyTorch
+contenders, worker processes, the side-by-side rounds), ``flax_peer`` (the Flax contenders),
+``driver`` (plan, run, table, command line); beside them ``ab`` (A/B timing of two git
+revisions, interleaved) and ``mc_memory`` (peak memory of MC evaluation).
 """

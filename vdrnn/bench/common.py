@@ -11,6 +11,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from vdrnn import lm
 from vdrnn.config import load_config_file
 
 def lm_config(shape: str, gates: str, dtype: str = "float32", unroll: int = 1):
@@ -158,6 +159,54 @@ def step_runner(step_fn, state, batches):
 
   run.state = lambda: state
   return run, compile_s
+
+
+def core_step(cfg):
+  """``(step, state)``: the core's training step (``vdrnn.lm.make_train_step``), jitted with
+  the state donated, and its initial state."""
+  step = jax.jit(lm.make_train_step(cfg), donate_argnums=0)
+  return step, lm.init_state(cfg, cfg.train.batch_size)
+
+
+def interleaved_rounds(runs: dict, rounds: int, steps: int, probe) -> tuple[dict, list]:
+  """Every round times ``steps`` steps of each contender in turn (``runs``: name ->
+  ``run(n)``, seconds per step), then ``probe()`` (a ``gemm_probe``): a drift in the
+  machine's speed hits all alike. Returns ``({name: seconds per step per round}, the probe's
+  rate per round)``."""
+  times = {k: [] for k in runs}
+  gemm_rates = []
+  for _ in range(rounds):
+    for k, run in runs.items():
+      times[k].append(run(steps))
+    gemm_rates.append(probe())
+  return times, gemm_rates
+
+
+def round_stats(cfg, ts, gemm_rates) -> dict:
+  """A training step's record from interleaved rounds: ``ts`` its seconds per step in each
+  round, ``gemm_rates`` the GEMM rate timed in each; medians over rounds."""
+  ts = np.array(ts)
+  tokens, flops_tok = cfg.train.batch_size * cfg.train.seq_length, 6 * matmul_params(cfg)
+  return {
+      "dims": _shape_str(cfg),
+      "matmul_params": matmul_params(cfg),
+      "seconds_per_step": float(np.median(ts)),
+      "tokens_per_s": float(tokens / np.median(ts)),
+      "flops_per_s": float(flops_tok * tokens / np.median(ts)),
+      "rounds": ts.tolist(),
+      "gemm_rates": gemm_rates,
+      "gemm_fraction": _fraction(flops_tok * tokens, ts, gemm_rates)
+  }
+
+
+def xla_cost(lowered) -> dict:
+  """XLA's cost analysis of a lowered (``jax.jit(f).lower(...)``) program, compiled: FLOPs,
+  transcendentals and bytes accessed per call, which no machine load disturbs."""
+  c = lowered.compile().cost_analysis()
+  c = c[0] if isinstance(c, list) else c
+  return {"flops": float(c.get("flops", 0.0)),
+          "transcendentals": float(c.get("transcendentals", 0.0)),
+          "bytes_accessed": float(c.get("bytes accessed", 0.0))}
 
 
 def time_train(step_fn, state, batches, steps: int, reps: int, min_time: float, probe=None):

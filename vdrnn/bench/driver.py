@@ -14,10 +14,11 @@ from absl import app, flags
 from vdrnn.bench import peers
 from vdrnn.bench.common import (_load, _shape_str, device_info, gemm_probe, lm_config,
                                 matmul_params, supports_bf16)
-from vdrnn.bench.sections import (bench_gemm, bench_mc, bench_population, bench_sentiment,
-                                  bench_train, sentiment_config, sentiment_matmul_params)
+from vdrnn.bench.sections import (bench_flax, bench_gemm, bench_mc, bench_population,
+                                  bench_sentiment, bench_train, sentiment_config,
+                                  sentiment_matmul_params)
 
-SECTIONS = ("gemm", "train", "mc", "population", "sentiment", "peers")
+SECTIONS = ("gemm", "train", "mc", "population", "sentiment", "peers", "flax")
 
 # ----------------------------------------------------------------------------------------
 # Driver.
@@ -40,7 +41,8 @@ def plan(quick: bool, tiny: bool) -> dict:
         "peer_shapes": ["tiny"],
         "rounds": 2,
         "target_shape": "tiny",
-        "sentiment_cells": ["lstm"]
+        "sentiment_cells": ["lstm"],
+        "flax_shapes": ["tiny"]
     }
   gpu = jax.devices()[0].platform != "cpu"
   if quick:
@@ -58,7 +60,8 @@ def plan(quick: bool, tiny: bool) -> dict:
         "peer_shapes": ["medium"],
         "rounds": 3,
         "target_shape": "medium",
-        "sentiment_cells": ["lstm", "gru"]
+        "sentiment_cells": ["lstm", "gru"],
+        "flax_shapes": ["medium"]
     }
   return {
       "shapes": ["small", "medium", "large"],
@@ -74,7 +77,8 @@ def plan(quick: bool, tiny: bool) -> dict:
       "peer_shapes": ["small", "medium"],
       "rounds": 7,
       "target_shape": "medium",
-      "sentiment_cells": ["lstm", "gru"]
+      "sentiment_cells": ["lstm", "gru"],
+      "flax_shapes": ["medium"]
   }
 
 
@@ -178,6 +182,14 @@ def run(only=SECTIONS, quick: bool = False, tiny: bool = False, dtypes=None, log
         for r in rows:
           add(**r)
         report["skipped"] += [s for s in skipped if s not in report["skipped"]]
+  if "flax" in only:
+    for dt in dtypes:
+      for shape in p["flax_shapes"]:
+        log(f"flax front end vs core: {shape} {dt}, {p['rounds']} interleaved rounds ...")
+        rows, costs = bench_flax(shape, dt, p["rounds"], p["steps"], best_n[dt], log)
+        report.setdefault("xla_cost", []).extend(costs)
+        for r in rows:
+          add(**r)
   report["seconds"] = time.perf_counter() - t_start
   report["load_end"] = _load()
   report["summary"] = summarize(report, p["target_shape"])
@@ -216,6 +228,10 @@ def summarize(report: dict, shape: str) -> dict:
       s[f"mc_S{r['samples']}_gemm_fraction"] = r["gemm_fraction"]
     if r["section"] == "sentiment":
       s[f"sentiment_{r['shape']}_{r['gates']}_gemm_fraction"] = r["gemm_fraction"]
+    if r["section"] == "flax" and r["impl"] == "nnx":
+      s[f"flax_nnx_time_vs_core_{r['shape']}_{r['gates']}_{r['dtype']}"] = r["ratio_to_core"]
+    if r["section"] == "flax" and r["impl"] == "flax":
+      s[f"flax_nnx_speedup_vs_nnx_rnn_{r['shape']}_{r['gates']}_{r['dtype']}"] = r["nnx_speedup"]
   t = _find(res, section="train", shape=shape, gates="untied", dtype="float32")
   if t:
     s[f"train_{shape}_untied_float32_gemm_fraction"] = t["gemm_fraction"]
@@ -223,6 +239,10 @@ def summarize(report: dict, shape: str) -> dict:
   if t:
     s[f"train_{shape}_tied_float32_gemm_fraction"] = t["gemm_fraction"]
   return s
+
+
+def _times(ratio: float | None) -> str:
+  return "?" if ratio is None else f"{ratio:.4f}x"
 
 
 def format_table(report: dict) -> str:
@@ -253,19 +273,34 @@ def format_table(report: dict) -> str:
           p["dtype"] == r["dtype"] and p["gates"] == r["gates"]
       ]
       vs = "  ".join(f"{p['vdrnn_speedup']:.2f}x {p['impl']}" for p in peers)
+    if r["section"] == "flax" and r["impl"] != "core":
+      vs = f"{r['ratio_to_core']:.2f}x core's time"
     kS = r.get("K", r.get("samples", ""))
     lines.append(
         f"{r['section']:10s} {r['impl']:6s} {r['shape']:7s} {r.get('dims', ''):17s} "
         f"{r.get('gates', ''):6s} "
         f"{r['dtype']:8s} {kS!s:>5s} {rate:10.0f} {ms:9.1f} {r['flops_per_s'] / 1e9:8.1f} "
         f"{'' if frac is None else f'{100 * frac:5.1f}%':>6s}  {vs}")
-  lines.append(
+  legend = (
       "(mc: tokens/s is sample-tokens/s and ms/step the time of one chunk of S samples; "
       "population: tokens/s counts all K members; sentiment: the released recipe's step, shape "
       "lstm/gru, gates column the scheme (var: variational), padded steps counted; side/peer: "
       "vdrnn and the peers in interleaved rounds, medians over rounds, %GEMM against a GEMM "
       "timed in the same rounds, 'vs peer' the median of the per-round speed ratios at the same "
-      "gates and precision)")
+      "gates and precision")
+  if any(r["section"] == "flax" for r in res):
+    legend += ("; flax: the core's step (core), the same model from the vdrnn.nn NNX layers "
+               "(nnx) and nnx.RNN(OptimizedLSTMCell) with recurrent dropout by hand (flax), in "
+               "interleaved rounds, 'vs peer' the median of the per-round time ratios to the "
+               "core's; xla cost: XLA's cost analysis of the compiled step, nnx_dense the NNX "
+               "step with a dense embedding gradient")
+  lines.append(legend + ")")
+  for c in report.get("xla_cost", []):
+    lines.append(
+        f"xla cost, flax {c['shape']} {c['gates']} {c['dtype']} {c['impl']}: "
+        f"{c['flops'] / 1e9:.4g} GFLOP ({_times(c['flops_vs_core'])} core's), "
+        f"{c['transcendentals'] / 1e6:.4g} M transcendentals, "
+        f"{c['bytes_accessed'] / 1e9:.4g} GB accessed ({_times(c['bytes_vs_core'])} core's)")
   for k, v in report["summary"].items():
     lines.append(f"{k}: {v:.2f}")
   for s in report["skipped"]:
@@ -282,7 +317,7 @@ def define_flags() -> None:
   flags.DEFINE_bool("tiny", False, "Toy shapes: a smoke test of every section in seconds.")
   flags.DEFINE_string("json", None, "Write the full report as JSON to this path.")
   flags.DEFINE_string("table", None, "Also write the table (with the command) to this path, "
-                      "e.g. vdrnn/bench/results/<machine>.txt.")
+                      "e.g. launch/results/bench/<machine>.txt.")
   flags.DEFINE_list("only", list(SECTIONS), f"Sections, from {','.join(SECTIONS)}.")
   flags.DEFINE_list("dtypes", [], "e.g. float32 (default: float32 and bfloat16 where the "
                     "device supports it).")

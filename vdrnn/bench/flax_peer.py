@@ -1,4 +1,5 @@
-"""Flax contenders for the benchmark's peers (registered in ``vdrnn.bench.peers``).
+"""Flax contenders for the benchmark's peers (registered in ``vdrnn.bench.peers``) and its
+``flax`` section (``vdrnn.bench.sections.bench_flax``).
 
 Both build the PTB language-model training step of ``vdrnn.lm.make_train_step`` at a
 config's shapes (embedding -> L LSTM layers -> output dropout -> softmax; loss = sum over
@@ -255,13 +256,18 @@ def make_variational_step(cfg, model, rows_only: bool = True):
   return jax.jit(step, donate_argnums=0), state
 
 
-def build_nnx_variational(cfg, dtype: str = "float32", rows_only: bool = True):
-  """``(run, info)``: the PTB step of an NNX model built from ``vdrnn.nn`` layers."""
-  m = cfg.model
+def variational_step(cfg, dtype: str = "float32", rows_only: bool = True):
+  """``(step, state)`` (``make_variational_step``) of a ``VariationalLM`` at ``cfg``'s
+  shapes, seeded by ``cfg.seed``; bfloat16: bfloat16 matmuls."""
   cdt = jnp.bfloat16 if dtype == "bfloat16" else None
   rngs = nnx.Rngs(params=cfg.seed, dropout=cfg.seed + 1)
-  model = VariationalLM(m, cdt, cfg.train.unroll, rngs=rngs)
-  step, state = make_variational_step(cfg, model, rows_only)
+  model = VariationalLM(cfg.model, cdt, cfg.train.unroll, rngs=rngs)
+  return make_variational_step(cfg, model, rows_only)
+
+
+def build_nnx_variational(cfg, dtype: str = "float32", rows_only: bool = True):
+  """``(run, info)``: the PTB step of an NNX model built from ``vdrnn.nn`` layers."""
+  step, state = variational_step(cfg, dtype, rows_only)
   run, compile_s = _runner(step, state, _batches(cfg), lambda s: bool(jnp.isfinite(s["loss"])))
-  return run, {"compile_s": compile_s, "gates": "tied" if m.tied_gates else "untied",
-               "precision": "bfloat16 matmuls" if cdt else "float32"}
+  return run, {"compile_s": compile_s, "gates": "tied" if cfg.model.tied_gates else "untied",
+               "precision": "bfloat16 matmuls" if dtype == "bfloat16" else "float32"}

@@ -32,10 +32,9 @@ import warnings
 import jax
 import numpy as np
 
-from vdrnn import lm
 from vdrnn.bench import flax_peer
-from vdrnn.bench.common import (_fraction, _random_batches, _shape_str, gemm_probe, lm_config,
-                                matmul_params, step_runner)
+from vdrnn.bench.common import (_random_batches, core_step, gemm_probe, interleaved_rounds,
+                                lm_config, round_stats, step_runner)
 
 # ----------------------------------------------------------------------------------------
 # Peers: the same model, dropout semantics, loss, clipping and SGD update. Each builder
@@ -474,23 +473,14 @@ def side_by_side(shape: str, dtype: str, rounds: int, steps: int, gemm_n: int, i
   ours = {}
   for gates in ("tied", "untied"):
     cfg = lm_config(shape, gates, dtype)
-    step_fn = jax.jit(lm.make_train_step(cfg), donate_argnums=0)
-    ours[("vdrnn", gates)], compile_s = step_runner(step_fn,
-                                                    lm.init_state(cfg, cfg.train.batch_size),
-                                                    _random_batches(cfg, 4))
+    ours[("vdrnn", gates)], compile_s = step_runner(*core_step(cfg), _random_batches(cfg, 4))
     infos[("vdrnn", gates)] = {"compile_s": compile_s, "gates": gates}
   runs = {**ours, **runs}
   probe = gemm_probe(dtype, gemm_n)
-  times = {k: [] for k in runs}
-  gemm_rates = []
-  for _ in range(rounds):
-    for k, run in runs.items():
-      times[k].append(run(steps))
-    gemm_rates.append(probe())
+  times, gemm_rates = interleaved_rounds(runs, rounds, steps, probe)
   for run in runs.values():
     getattr(run, "close", lambda: None)()
   cfg = lm_config(shape, "tied", dtype)
-  tokens, flops_tok = cfg.train.batch_size * cfg.train.seq_length, 6 * matmul_params(cfg)
   rows = []
   for (impl, gates), ts in times.items():
     ts = np.array(ts)
@@ -500,14 +490,7 @@ def side_by_side(shape: str, dtype: str, rounds: int, steps: int, gemm_n: int, i
         "shape": shape,
         "gates": gates,
         "dtype": dtype,
-        "dims": _shape_str(cfg),
-        "matmul_params": matmul_params(cfg),
-        "seconds_per_step": float(np.median(ts)),
-        "tokens_per_s": float(tokens / np.median(ts)),
-        "flops_per_s": float(flops_tok * tokens / np.median(ts)),
-        "rounds": ts.tolist(),
-        "gemm_rates": gemm_rates,
-        "gemm_fraction": _fraction(flops_tok * tokens, ts, gemm_rates),
+        **round_stats(cfg, ts, gemm_rates),
         **{
             k: v for k, v in infos[(impl, gates)].items() if k != "gates"
         }

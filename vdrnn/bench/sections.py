@@ -1,5 +1,5 @@
 """The benchmark's sections: GEMM rate, training step, MC chunk, population step, sentiment
-training step."""
+training step, the Flax front end against the core."""
 
 from __future__ import annotations
 
@@ -9,9 +9,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from vdrnn import lm, lm_eval, models, population, sentiment
-from vdrnn.bench.common import (_block, _fraction, _median_rate, _random_batches, gemm_probe,
-                                matmul_params, time_train)
+from vdrnn import lm_eval, models, population, sentiment
+from vdrnn.bench import flax_peer
+from vdrnn.bench.common import (_block, _fraction, _median_rate, _random_batches, core_step,
+                                gemm_probe, interleaved_rounds, lm_config, matmul_params,
+                                round_stats, step_runner, time_train, xla_cost)
 from vdrnn.config import load_config_file
 
 def bench_gemm(sizes, dtypes, reps: int) -> dict:
@@ -36,8 +38,7 @@ def _step_rates(cfg, tokens: int, t: float, compile_s: float, times, rates) -> d
 
 
 def bench_train(cfg, steps: int, reps: int, min_time: float, probe=None) -> dict:
-  step_fn = jax.jit(lm.make_train_step(cfg), donate_argnums=0)
-  state = lm.init_state(cfg, cfg.train.batch_size)
+  step_fn, state = core_step(cfg)
   batches = _random_batches(cfg, 4)
   t, compile_s, state, times, rates = time_train(step_fn, state, batches, steps, reps, min_time,
                                                  probe)
@@ -153,3 +154,78 @@ def bench_sentiment(cfg, steps: int, reps: int, min_time: float, probe=None) -> 
   return {"seconds_per_step": t, "tokens_per_s": tokens / t, "flops_per_s": flops / t,
           "compile_s": compile_s, "times": times, "gemm_rates": rates,
           "gemm_fraction": _fraction(flops, times, rates)}
+
+
+# ----------------------------------------------------------------------------------------
+# The Flax front end against the core.
+
+FLAX_IMPLS = ("core", "nnx", "flax")
+
+
+def _core_runner(cfg, dtype: str):
+  """The core's step as a contender: ``(run, info)``, ``run.check()`` its loss finite."""
+  del dtype  # in cfg.train.compute_dtype
+  run, compile_s = step_runner(*core_step(cfg), _random_batches(cfg, 4))
+  run.check = lambda: bool(jnp.isfinite(run.state()["acc"]["nll_sum"]))
+  return run, {"compile_s": compile_s}
+
+
+def flax_costs(cfg, dtype: str) -> dict:
+  """``{impl: xla_cost}`` of the compiled core (``core``) and NNX (``nnx``) steps at ``cfg``,
+  and of the NNX step with the dense ``[V, E]`` embedding gradient that ``nnx.grad`` of the
+  whole model gives (``nnx_dense``: what the core's row gradient saves)."""
+  x, y = _random_batches(cfg, 1)[0]
+  step, state = core_step(cfg)
+  lowered = {"core": step.lower(state, x, y, 1.0)}
+  for impl, rows_only in (("nnx", True), ("nnx_dense", False)):
+    step, state = flax_peer.variational_step(cfg, dtype, rows_only)
+    lowered[impl] = step.lower(state, x, y)
+  return {impl: xla_cost(low) for impl, low in lowered.items()}
+
+
+def bench_flax(shape: str, dtype: str, rounds: int, steps: int, gemm_n: int,
+               log=lambda m: None) -> tuple[list, list]:
+  """The PTB training step of the core (``core``: ``vdrnn.lm.make_train_step``), of the same
+  model built from the Flax NNX layers of ``vdrnn.nn`` (``nnx``: ``VariationalLSTM``,
+  ``WordTypeDropout``, ``LockedDropout``; ``flax_peer.build_nnx_variational``) and of
+  ``nnx.RNN(OptimizedLSTMCell)`` with recurrent dropout the documented Flax way (``flax``:
+  ``flax_peer.build_flax_rnn``), tied and untied gates, at one shape and precision, timed in
+  interleaved rounds (a ``gemm_n`` GEMM after each). A row's ``ratio_to_core`` is the median
+  over rounds of the per-round (s/step) / the core's at the same gates; the ``flax`` row's
+  ``nnx_speedup`` the median of its per-round (s/step) / the ``nnx`` step's. Also XLA's cost
+  analysis of the compiled steps (``flax_costs``; FLOPs and bytes accessed, which no machine
+  load disturbs), each with its ratio to the core's. Returns ``(rows, costs)``."""
+  builders = {"core": _core_runner, "nnx": flax_peer.build_nnx_variational,
+              "flax": flax_peer.build_flax_rnn}
+  cfgs = {gates: lm_config(shape, gates, dtype) for gates in ("tied", "untied")}
+  runs, infos = {}, {}
+  for gates, cfg in cfgs.items():
+    for impl in FLAX_IMPLS:
+      runs[(impl, gates)], infos[(impl, gates)] = builders[impl](cfg, dtype)
+      log(f"built {impl} {gates}: compile {infos[(impl, gates)]['compile_s']:.1f} s")
+  times, gemm_rates = interleaved_rounds(runs, rounds, steps, gemm_probe(dtype, gemm_n))
+  for (impl, gates), run in runs.items():
+    if not run.check():
+      raise RuntimeError(f"the {impl} {gates} step produced a non-finite loss")
+  rows = []
+  for (impl, gates), ts in times.items():
+    ts = np.array(ts)
+    r = {"section": "flax", "impl": impl, "shape": shape, "gates": gates, "dtype": dtype,
+         **round_stats(cfgs[gates], ts, gemm_rates),
+         "ratio_to_core": float(np.median(ts / np.array(times[("core", gates)]))),
+         **{k: v for k, v in infos[(impl, gates)].items() if k != "gates"}}
+    if impl == "flax":
+      r["nnx_speedup"] = float(np.median(ts / np.array(times[("nnx", gates)])))
+    rows.append(r)
+  costs = []
+  for gates, cfg in cfgs.items():
+    log(f"XLA cost analysis: {shape} {gates} {dtype} ...")
+    cost = flax_costs(cfg, dtype)
+    base = cost["core"]
+    for impl, c in cost.items():
+      costs.append({"section": "flax", "impl": impl, "shape": shape, "gates": gates,
+                    "dtype": dtype, **c,
+                    "flops_vs_core": c["flops"] / base["flops"] if base["flops"] else None,
+                    "bytes_vs_core": (c["bytes_accessed"] / base["bytes_accessed"]
+                                      if base["bytes_accessed"] else None)})
+  return rows, costs
