@@ -227,6 +227,16 @@ def _history(workdir: str) -> list[dict]:
   return [by_epoch[e] for e in sorted(by_epoch)]
 
 
+def portable(cmd: str) -> str:
+  """``cmd`` with its ``--workdir`` under the default root (``workdirs/reproduce/<row>``): the
+  command as anyone runs it from a checkout, not the path of the machine it ran on."""
+  argv = shlex.split(cmd)
+  if "--workdir" in argv:
+    i = argv.index("--workdir") + 1
+    argv[i] = os.path.join(DEFAULT_ROOT, os.path.basename(os.path.normpath(argv[i])))
+  return shlex.join(argv)
+
+
 def collect(row: Row, root: str, extra: list[str]) -> dict:
   """The row's record: status, numbers, epochs, seed, device, wall time, command, curves.
 
@@ -246,7 +256,7 @@ def collect(row: Row, root: str, extra: list[str]) -> dict:
   hist = _history(workdir)
   sessions = info.get("sessions", [])
   if sessions:
-    rec["command"] = sessions[-1]["command"]
+    rec["command"] = portable(sessions[-1]["command"])
     rec["device"] = sessions[-1]["device"]
     ended = [s["end"] - s["start"] for s in sessions if s.get("end")]
     rec["wall_s"] = sum(ended) if ended else None
@@ -279,7 +289,7 @@ def merge(collected: list[dict], committed: Optional[dict]) -> list[dict]:
   for rec in collected:
     prev = old.get(rec["row"])
     if rec["status"] != "done" and prev is not None and prev.get("status") == "done":
-      out.append(prev)
+      out.append({**prev, "command": portable(prev["command"])})
     else:
       out.append(rec)
   return out
@@ -318,6 +328,8 @@ def ptb_lines(records: list[dict]) -> list[dict]:
     row = next(r for r in ROWS if r.name == rec["row"])
     pap = row.paper or {}
     res = rec["results"] or {}
+    if rec["status"] != "done" and rec["curve"]:  # a run still going: its latest validation
+      res = {k: rec["curve"][-1][k] for k in ("valid_ppl_lua",) if k in rec["curve"][-1]}
     for label, key, pkey in PTB_METRICS:
       p = pap.get(pkey) if pkey else None
       v = res.get(key)
@@ -371,7 +383,9 @@ def sentiment_lines(records: list[dict]) -> list[dict]:
     mc_label = f"MC test RMSE ({mc} samples), last epoch" if mc else "MC test RMSE"
     best_label = (f"lowest test RMSE on the curve (epoch {best['epoch']})" if best
                   else "lowest test RMSE")
-    for label, v in (("test RMSE, last epoch", res.get("test_rmse")),
+    last = res.get("test_rmse") if rec["status"] == "done" else (
+        curve[-1]["test_rmse"] if curve else None)  # a run still going: its latest epoch
+    for label, v in (("test RMSE, last epoch", last),
                      (mc_label, res.get("test_rmse_mc")),
                      (best_label, best["test_rmse"] if best else None)):
       if rec["status"] != "done" and label.startswith("MC"):

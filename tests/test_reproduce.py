@@ -95,6 +95,10 @@ def test_report_from_fixture_workdirs(tmp_path):
                history=[{**h, "time_s": 25.0, "eval_time_s": 5.0} for h in hist[:2]])
 
   recs = {r["row"]: r for r in reproduce.report(str(root), str(out), [])}
+  # commands as anyone runs them, under the default root: no path of this machine
+  assert recs["zaremba_small_seed0"]["command"] == (
+      "python -m vdrnn.train --workdir workdirs/reproduce/zaremba_small_seed0")
+  assert str(tmp_path) not in (out / "results.json").read_text()
   assert recs["zaremba_small_seed0"]["wall_s"] == 120.0
   assert recs["zaremba_small_seed0"]["status"] == "done"
   assert recs["sentiment_lstm_naive"]["status"] == "partial (2/5 epochs)"
@@ -120,7 +124,8 @@ def test_report_from_fixture_workdirs(tmp_path):
   cmd = reproduce.command(row, reproduce.DEFAULT_ROOT, [])  # the reader's root, not this one
   assert f"* medium_naive (not run): `{cmd}`" in table and str(root) not in cmd
   partial = next(l for l in lines if l.startswith("| sentiment_lstm_naive | test RMSE, last epoch"))
-  assert "| not finished |" in partial and "partial (2/5 epochs)" in partial
+  # a run still going: its latest epoch's value, marked partial with its epoch count
+  assert "| 0.1800 |" in partial and "partial (2/5 epochs)" in partial
   # Sentiment: final numbers, the fixed-epoch table and one figure per cell with a curve.
   assert "| sentiment_lstm_variational | MC test RMSE (10 samples), last epoch | 0.1490 |" in table
   assert "| sentiment_lstm_variational | 0.1900 | 0.1800 | 0.1500 |" in table  # epochs 1, 2, 5
