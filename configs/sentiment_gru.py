@@ -24,40 +24,8 @@ L2 registration slip (one regulariser object per kind re-pointed at each gate bl
 so only the last-registered block of the layer is regularised, and that one 3x).
 """
 
-from vdrnn.config import parse_arg, seq_base, seq_tiny
+from vdrnn.config import sentiment_recipe
+
 
 def get_config(arg=None):
-  scheme, opts = parse_arg(arg, "sentiment_gru", ("variational", "naive", "none"), "variational",
-                           flags=("paper", "released", "tiny"))
-  c = seq_base()
-  c.task = "sentiment"
-  c.model.cell = "gru"
-  c.model.out_dim = 1            # dense 1, MSE on standardised ratings
-  c.model.emb_dim = 128          # embedding 128
-  c.model.hidden = 128           # GRU 128
-  c.train.batch_size = 128       # batch_size 128
-  c.train.weight_decay = 1e-6    # W/U/b_regularizer l2(1e-6) on every layer
-  c.train.num_epochs = 1250      # nb_epoch=1250 (GRU scripts); override for short runs
-  c.model.scheme = scheme
-  if scheme == "variational":    # p_W, p_U, p_dense, p_emb = 0.5, 0.5, 0.5, 0.5 (script defaults)
-    c.model.p_emb, c.model.p_x, c.model.p_h, c.model.p_out = 0.5, 0.5, 0.5, 0.5
-  elif scheme == "naive":        # sentiment_gru_regression_naive.py: p_W, p_U, p_dense, p_emb
-    c.model.p_emb, c.model.p_x, c.model.p_h, c.model.p_out = 0.5, 0.5, 0.5, 0.5
-    c.model.naive_per_gate = True  # NaiveDropoutGRU: B_W [G, T, B, D], B_U [T, G, B, H] per step
-    c.train.num_epochs = 1250    # nb_epoch=1250 (naive script)
-  else:
-    c.model.p_emb = c.model.p_x = c.model.p_h = c.model.p_out = 0.0
-  if "released" in opts:         # the Keras 0.x fork's semantics (see the docstring)
-    c.model.gate_act = "hard_sigmoid"     # inner_activation='hard_sigmoid'
-    c.model.candidate_act = "sigmoid"     # GRU activation='sigmoid' (the fork's default)
-    c.model.dropout_scaling = "keras0"    # x *= binomial(keep) while training, x *= keep at test
-    c.model.init = "per_gate"             # the fork's W_i, U_i, ... one block per gate
-    c.model.ortho_scale = 1.1             # initializations.orthogonal(shape, scale=1.1)
-    c.data.tokens = "fork"                # Tokenizer(filters='') on list(f): a newline token
-    c.model.skip_padding = False          # the fork's RNN runs over the pad embeddings
-  if "paper" in opts or "released" in opts:
-    c.data.split = "paper"       # the released protocol: segment-level 80/20 split, no validation
-    c.data.valid_fraction = 0.0
-  if "tiny" in opts:
-    seq_tiny(c)
-  return c
+  return sentiment_recipe("gru", arg)

@@ -10,7 +10,7 @@ import jax
 import jax.numpy as jnp
 import pytest
 
-from tests.test_rnn import make, make_masks, np_lstm
+from tests.helpers import make, make_masks, np_lstm
 from vdrnn import pallas_lstm, rnn
 
 # block_h 16 with H = 20: two unit tiles (Hp = 32) and padded units; B = 3: padded rows.
@@ -40,7 +40,7 @@ def setup(kind, seed=0):
 
 def np_loss(p, c0, h0, xs, rmx, rmh, valid):
   """The tests' scalar loss on the float64 NumPy reference."""
-  c, h, ys = np_lstm(p, c0, h0, xs, rmx, rmh, valid)
+  c, h, ys = np_lstm(p, c0, h0, xs, rmx, rmh, valid=valid)
   return float((ys * np.cos(ys)).sum() + (c * h).sum())
 
 
@@ -60,7 +60,7 @@ def test_pallas_values_and_gradients_match_reference(kind):
         for impl in ("pallas", "scan")}
   (loss, (c, h, ys)), grads = vg["pallas"](p, c0, h0, mh)
   f64 = lambda a: np.asarray(a, np.float64)  # noqa: E731
-  rc, rh, rys = np_lstm(p, f64(c0), f64(h0), f64(xs), rmx, rmh, valid)
+  rc, rh, rys = np_lstm(p, f64(c0), f64(h0), f64(xs), rmx, rmh, valid=valid)
   np.testing.assert_allclose(ys, rys, rtol=1e-5, atol=1e-5)
   np.testing.assert_allclose(c, rc, rtol=1e-5, atol=1e-5)
   np.testing.assert_allclose(h, rh, rtol=1e-5, atol=1e-5)

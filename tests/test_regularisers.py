@@ -1,6 +1,6 @@
 """Weight drop and zoneout on the core (``vdrnn.rnn.lstm`` / ``vdrnn.masks`` / ``vdrnn.models``):
-values and gradients against a step-by-step NumPy reference, alone and with variational masks,
-and their invariants."""
+values and gradients against the step-by-step NumPy reference (``tests.helpers.np_lstm``), alone
+and with variational masks, and their invariants."""
 
 import numpy as np
 import jax
@@ -8,39 +8,10 @@ import jax.numpy as jnp
 import pytest
 
 from configs import ptb_tiny
-from tests.test_rnn import make, make_masks, sigmoid
+from tests.helpers import make, make_masks, np_lstm
 from vdrnn import masks, models, rnn
 
 T, B, D, H = 6, 3, 5, 4
-
-
-def np_lstm(p, c, h, xs, mx=None, mh=None, w_mask=None, zc=None, zh=None):
-  """The LSTM in float64, one step at a time: gate k sees ``x * mx[k]`` and ``h * mh[k]``, the
-  recurrent matrix is ``W_h * w_mask``, and zoneout mixes the old and the new state with
-  ``zc[t]`` / ``zh[t]`` (arrays [T, B, H], or a constant rate); ``h_new`` comes from the
-  un-zoned ``c_new``."""
-  w_x, w_h, b = (np.asarray(p[k], np.float64) for k in ("w_x", "w_h", "b"))
-  if w_mask is not None:
-    w_h = w_h * np.asarray(w_mask, np.float64)
-  ys = []
-  for t in range(xs.shape[0]):
-    pre = []
-    for k in range(4):
-      xk = xs[t] * (mx[k] if mx is not None else 1.0)
-      hk = h * (mh[k] if mh is not None else 1.0)
-      pre.append(xk @ w_x[:, k * H:(k + 1) * H] + hk @ w_h[:, k * H:(k + 1) * H] +
-                 b[k * H:(k + 1) * H])
-    i, f, g, o = pre
-    c_new = sigmoid(f) * c + sigmoid(i) * np.tanh(g)
-    h_new = sigmoid(o) * np.tanh(c_new)
-    at = lambda z: None if z is None else (z[t] if np.ndim(z) == 3 else z)  # noqa: E731
-    if at(zc) is not None:
-      c_new = at(zc) * c + (1 - at(zc)) * c_new
-    if at(zh) is not None:
-      h_new = at(zh) * h + (1 - at(zh)) * h_new
-    c, h = c_new, h_new
-    ys.append(h)
-  return c, h, np.stack(ys)
 
 
 def regs(kind, seed=3):

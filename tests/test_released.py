@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from configs import ptb_tiny, sentiment_gru, sentiment_lstm
-from tests.test_rnn import make_masks
+from tests.helpers import make_masks, np_gru, np_lstm
 from vdrnn import config as config_lib
 from vdrnn import lm_eval, masks, metrics, models, rnn, sharding
 from vdrnn.errors import UserError
@@ -67,53 +67,6 @@ def test_lua_valid_ppl_of_a_model_matches_the_lua_loop():
 # NumPy references with per-step, per-gate masks and the fork's activations.
 
 
-def np_act(name):
-  return {"sigmoid": lambda x: 1.0 / (1.0 + np.exp(-x)), "tanh": np.tanh,
-          "hard_sigmoid": lambda x: np.clip(0.2 * x + 0.5, 0.0, 1.0)}[name]
-
-
-def gate_mask(m, t, k):
-  """Mask of gate ``k`` at step ``t`` from None, [B, D], [G, B, D], [T, B, D]* or [T, G, B, D]*
-  (* given as ("steps", array))."""
-  if m is None:
-    return 1.0
-  if isinstance(m, tuple):
-    a = m[1]
-    return a[t] if a.ndim == 3 else a[t, k]
-  return m if m.ndim == 2 else m[k]
-
-
-def np_lstm(p, c, h, xs, mx, mh, gate_act="sigmoid", valid=None):
-  w_x, w_h, b = (np.asarray(p[k], np.float64) for k in ("w_x", "w_h", "b"))
-  H, sg = h.shape[1], np_act(gate_act)
-  for t in range(xs.shape[0]):
-    sl = [slice(k * H, (k + 1) * H) for k in range(4)]
-    pre = [(xs[t] * gate_mask(mx, t, k)) @ w_x[:, sl[k]] + (h * gate_mask(mh, t, k)) @ w_h[:, sl[k]]
-           + b[sl[k]] for k in range(4)]
-    i, f, g, o = pre
-    c_new = sg(f) * c + sg(i) * np.tanh(g)
-    h_new = sg(o) * np.tanh(c_new)
-    if valid is not None:
-      c_new, h_new = np.where(valid[t][:, None], c_new, c), np.where(valid[t][:, None], h_new, h)
-    c, h = c_new, h_new
-  return c, h
-
-
-def np_gru(p, h, xs, mx, mh, gate_act="sigmoid", candidate_act="tanh", valid=None):
-  w_x, w_h, b = (np.asarray(p[k], np.float64) for k in ("w_x", "w_h", "b"))
-  H, sg, cand = h.shape[1], np_act(gate_act), np_act(candidate_act)
-  sl = [slice(k * H, (k + 1) * H) for k in range(3)]
-  for t in range(xs.shape[0]):
-    x = [xs[t] * gate_mask(mx, t, k) for k in range(3)]
-    hh = [h * gate_mask(mh, t, k) for k in range(3)]
-    z = sg(x[0] @ w_x[:, sl[0]] + hh[0] @ w_h[:, sl[0]] + b[sl[0]])
-    r = sg(x[1] @ w_x[:, sl[1]] + hh[1] @ w_h[:, sl[1]] + b[sl[1]])
-    n = cand(x[2] @ w_x[:, sl[2]] + (r * hh[2]) @ w_h[:, sl[2]] + b[sl[2]])
-    h_new = z * h + (1 - z) * n
-    h = h_new if valid is None else np.where(valid[t][:, None], h_new, h)
-  return h
-
-
 def make(G, D=5, H=6, B=3, T=7, seed=0, scale=1.5):
   k = jax.random.split(jax.random.key(seed), 5)
   p = {"w_x": jax.random.uniform(k[0], (D, G * H), minval=-scale, maxval=scale),
@@ -147,8 +100,8 @@ def test_lstm_per_step_masks_and_gate_activation_match_numpy(per_gate, gate_act)
   (c, h), _ = rnn.lstm(p, (c0, h0), xs, mask_x_steps=mx, mask_h_steps=mh, gate_act=gate_act,
                        valid=jnp.asarray(valid))
   f64 = lambda a: np.asarray(a, np.float64)
-  rc, rh = np_lstm(p, f64(c0), f64(h0), f64(xs), ("steps", f64(mx)), ("steps", f64(mh)), gate_act,
-                   valid)
+  rc, rh, _ = np_lstm(p, f64(c0), f64(h0), f64(xs), ("steps", f64(mx)), ("steps", f64(mh)),
+                      gate_act, valid)
   np.testing.assert_allclose(c, rc, rtol=1e-5, atol=1e-5)
   np.testing.assert_allclose(h, rh, rtol=1e-5, atol=1e-5)
   # The masks matter: the same run without the recurrent masks differs.
@@ -205,7 +158,8 @@ def test_gru_per_step_masks_and_activations_match_numpy(per_gate, acts):
   h, _ = rnn.gru(p, h0, xs, mask_x_steps=mx, mask_h_steps=mh, gate_act=gate_act,
                  candidate_act=candidate_act)
   f64 = lambda a: np.asarray(a, np.float64)
-  rh = np_gru(p, f64(h0), f64(xs), ("steps", f64(mx)), ("steps", f64(mh)), gate_act, candidate_act)
+  rh, _ = np_gru(p, f64(h0), f64(xs), ("steps", f64(mx)), ("steps", f64(mh)), gate_act,
+                 candidate_act)
   np.testing.assert_allclose(h, rh, rtol=1e-5, atol=1e-5)
 
 
@@ -220,7 +174,7 @@ def test_hard_sigmoid_lstm_constant_masks_and_hand_written_backward(kind):
   mx, mh = make_masks(kind, 4, B, D, H, seed=2)[:2]
   f64 = lambda a: None if a is None else np.asarray(a, np.float64)
   (c, h), _ = rnn.lstm(p, (c0, h0), xs, mx, mh, gate_act="hard_sigmoid")
-  rc, rh = np_lstm(p, f64(c0), f64(h0), f64(xs), f64(mx), f64(mh), "hard_sigmoid")
+  rc, rh, _ = np_lstm(p, f64(c0), f64(h0), f64(xs), f64(mx), f64(mh), "hard_sigmoid")
   np.testing.assert_allclose(h, rh, rtol=1e-5, atol=1e-5)
   # Some gates saturate (the derivative is 0 there) and some do not.
   pre = np.asarray(xs[0] @ p["w_x"] + p["b"])
@@ -283,9 +237,9 @@ def test_sentiment_naive_masks_change_every_step_and_reach_the_recurrent_state(m
   xs = f64(params["embed"])[np.asarray(tokens).T] * f64(m["emb"]).T[..., None]
   z = np.zeros((B, c.hidden))
   if c.cell == "lstm":
-    _, h = np_lstm(params["rnn"], z, z, xs, ("steps", mx), ("steps", mh))
+    _, h, _ = np_lstm(params["rnn"], z, z, xs, ("steps", mx), ("steps", mh))
   else:
-    h = np_gru(params["rnn"], z, xs, ("steps", mx), ("steps", mh))
+    h, _ = np_gru(params["rnn"], z, xs, ("steps", mx), ("steps", mh))
   ref = (h * f64(m["out"])[-1]) @ f64(params["dense"]["w"]) + f64(params["dense"]["b"])
   np.testing.assert_allclose(out, ref, rtol=1e-4, atol=1e-5)
 
@@ -343,11 +297,11 @@ def test_released_deterministic_pass_scales_by_keep_and_training_masks_are_zero_
   z = np.zeros((B, c.hidden))
   valid = np.ones((T, B), bool)  # every step, the padded ones too
   if c.cell == "lstm":
-    _, h = np_lstm(params["rnn"], z, z, xs, 0.75 * np.ones((B, c.emb_dim)),
-                   0.5 * np.ones((B, c.hidden)), "hard_sigmoid", valid)
+    keep_x, keep_h = 0.75 * np.ones((B, c.emb_dim)), 0.5 * np.ones((B, c.hidden))
+    _, h, _ = np_lstm(params["rnn"], z, z, xs, keep_x, keep_h, "hard_sigmoid", valid)
   else:
-    h = np_gru(params["rnn"], z, xs, 0.75 * np.ones((B, c.emb_dim)), 0.5 * np.ones((B, c.hidden)),
-               "hard_sigmoid", "sigmoid", valid)
+    keep_x, keep_h = 0.75 * np.ones((B, c.emb_dim)), 0.5 * np.ones((B, c.hidden))
+    h, _ = np_gru(params["rnn"], z, xs, keep_x, keep_h, "hard_sigmoid", "sigmoid", valid)
   ref = (h * 0.6) @ f64(params["dense"]["w"]) + f64(params["dense"]["b"])
   np.testing.assert_allclose(det, ref, rtol=1e-4, atol=1e-5)
   # The modern (inverted) deterministic pass has no scaling: a different output.

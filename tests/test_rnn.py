@@ -5,77 +5,8 @@ import jax
 import jax.numpy as jnp
 import pytest
 
+from tests.helpers import make, make_masks, np_gru, np_lstm
 from vdrnn import masks, rnn
-
-
-def sigmoid(x):
-  return 1.0 / (1.0 + np.exp(-x))
-
-
-def np_lstm(p, c, h, xs, mx, mh, valid=None):
-  """Obvious reference: gate k's pre-activation is
-  (x*mx[k]) W_x[:, k] + (h*mh[k]) W_h[:, k] + b[k]."""
-  w_x, w_h, b = (np.asarray(p[k], np.float64) for k in ("w_x", "w_h", "b"))
-  H = h.shape[1]
-  ys = []
-  for t in range(xs.shape[0]):
-    pre = []
-    for k in range(4):
-      xk = xs[t] * (mx[k] if mx is not None else 1.0)
-      hk = h * (mh[k] if mh is not None else 1.0)
-      pre.append(xk @ w_x[:, k * H:(k + 1) * H] + hk @ w_h[:, k * H:(k + 1) * H] +
-                 b[k * H:(k + 1) * H])
-    i, f, g, o = pre
-    c_new = sigmoid(f) * c + sigmoid(i) * np.tanh(g)
-    h_new = sigmoid(o) * np.tanh(c_new)
-    if valid is not None:
-      c_new = np.where(valid[t][:, None], c_new, c)
-      h_new = np.where(valid[t][:, None], h_new, h)
-    c, h = c_new, h_new
-    ys.append(h)
-  return c, h, np.stack(ys)
-
-
-def np_gru(p, h, xs, mx, mh, valid=None):
-  w_x, w_h, b = (np.asarray(p[k], np.float64) for k in ("w_x", "w_h", "b"))
-  H = h.shape[1]
-  sl = [slice(k * H, (k + 1) * H) for k in range(3)]
-  ys = []
-  for t in range(xs.shape[0]):
-    x = [xs[t] * (mx[k] if mx is not None else 1.0) for k in range(3)]
-    hh = [h * (mh[k] if mh is not None else 1.0) for k in range(3)]
-    z = sigmoid(x[0] @ w_x[:, sl[0]] + hh[0] @ w_h[:, sl[0]] + b[sl[0]])
-    r = sigmoid(x[1] @ w_x[:, sl[1]] + hh[1] @ w_h[:, sl[1]] + b[sl[1]])
-    n = np.tanh(x[2] @ w_x[:, sl[2]] + (r * hh[2]) @ w_h[:, sl[2]] + b[sl[2]])
-    h_new = z * h + (1 - z) * n
-    if valid is not None:
-      h_new = np.where(valid[t][:, None], h_new, h)
-    h = h_new
-    ys.append(h)
-  return h, np.stack(ys)
-
-
-def make(G, D=5, H=6, B=3, T=7, seed=0):
-  k = jax.random.split(jax.random.key(seed), 6)
-  p = {"w_x": jax.random.uniform(k[0], (D, G * H), minval=-0.5, maxval=0.5),
-       "w_h": jax.random.uniform(k[1], (H, G * H), minval=-0.5, maxval=0.5),
-       "b": jax.random.uniform(k[2], (G * H,), minval=-0.5, maxval=0.5)}
-  xs = jax.random.normal(k[3], (T, B, D))
-  c0 = 0.1 * jax.random.normal(k[4], (B, H))
-  h0 = 0.1 * jax.random.normal(k[5], (B, H))
-  return p, xs, c0, h0
-
-
-def make_masks(kind, G, B, D, H, seed=1):
-  kx, kh = jax.random.split(jax.random.key(seed))
-  if kind == "none":
-    return None, None, None, None
-  if kind == "tied":
-    mx, mh = masks.per_row(kx, B, (D,), 0.4), masks.per_row(kh, B, (H,), 0.3)
-    return mx, mh, np.stack([np.asarray(mx)] * G), np.stack([np.asarray(mh)] * G)
-  mx = jnp.swapaxes(masks.per_row(kx, B, (G, D), 0.4), 0, 1)
-  mh = jnp.swapaxes(masks.per_row(kh, B, (G, H), 0.3), 0, 1)
-  return mx, mh, np.asarray(mx), np.asarray(mh)
 
 
 @pytest.mark.parametrize("hoist_input", [True, False])

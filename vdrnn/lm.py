@@ -35,7 +35,7 @@ import optax
 
 from vdrnn import loop, lm_eval, models, plots, sharding
 from vdrnn import checkpoint as ckpt_lib
-from vdrnn.config import compute_dtype, lm_base, validate_rates
+from vdrnn.config import compute_dtype, lm_base, load_run_config, validate_rates
 from vdrnn.data import ptb
 from vdrnn.errors import UserError
 
@@ -367,7 +367,9 @@ def evaluate_workdir(config, workdir: str, *, checkpoint: str = "latest", split:
                      progress: Optional[bool] = None) -> dict:
   """Evaluates a PTB workdir's checkpoint (latest | best | step) on ``split`` (test | valid):
   the dropout approximation and, with ``eval.mc_samples``, MC dropout (``mc_<split>.json`` /
-  ``.png`` written to the workdir). ``config`` supplies the model and the ``eval`` settings."""
+  ``.png`` written to the workdir). ``config`` supplies the model and the ``eval`` settings
+  (None: the workdir's ``config.json``)."""
+  config = load_run_config(workdir) if config is None else config
   if split not in lm_eval.SPLITS:
     raise UserError(f"--split must be one of {lm_eval.SPLITS}, got {split!r}")
   validate(config)

@@ -46,7 +46,7 @@ import optax
 
 from vdrnn import checkpoint as ckpt_lib
 from vdrnn import loop, models, plots, sharding
-from vdrnn.config import compute_dtype, seq_base, validate_rates
+from vdrnn.config import compute_dtype, load_run_config, seq_base, validate_rates
 from vdrnn.data import sentiment as data_lib
 from vdrnn.errors import UserError
 from vdrnn.sentiment_eval import (evaluate, fit_taus, is_regression, make_predict_fns, predict,
@@ -350,7 +350,9 @@ def evaluate_workdir(config, workdir: str, checkpoint: str = "latest", split: st
   ``best`` or a step, with ``tau`` fitted on the first ``eval.train_examples`` training
   examples. Writes ``eval_<checkpoint>_<split>.json`` (and, for classification,
   ``reliability_<checkpoint>_<split>.png``) in the workdir and returns the metrics.
+  ``config`` None: the workdir's ``config.json``.
   """
+  config = load_run_config(workdir) if config is None else config
   validate(config)
   mngr, step = ckpt_lib.find(workdir, checkpoint)
   mesh = sharding.make_mesh()
