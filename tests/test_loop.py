@@ -4,6 +4,7 @@ error lines, process-0-only writes."""
 import glob
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -87,11 +88,20 @@ def _tiny_ptb_args(workdir, epochs):
   ]
 
 
-def test_damaged_newest_checkpoint_resumes_from_the_previous_one(tmp_path):
+@pytest.fixture(scope="module")
+def one_epoch(tmp_path_factory):
+  """A finished one-epoch tiny PTB workdir (checkpoints every 2 steps), trained once for the
+  checkpoint tests, which damage copies of it."""
+  w = tmp_path_factory.mktemp("loop") / "one_epoch"
+  p = cli(*_tiny_ptb_args(w, 1))
+  assert p.returncode == 0, p.stderr[-2000:]
+  return w
+
+
+def test_damaged_newest_checkpoint_resumes_from_the_previous_one(tmp_path, one_epoch):
   full, damaged = tmp_path / "full", tmp_path / "damaged"
   assert cli(*_tiny_ptb_args(full, 2)).returncode == 0
-  p = cli(*_tiny_ptb_args(damaged, 1))
-  assert p.returncode == 0, p.stderr[-2000:]
+  shutil.copytree(one_epoch, damaged)
   steps = sorted(int(d) for d in os.listdir(damaged / "checkpoints") if d.isdigit())
   assert len(steps) >= 2, steps
   newest = damaged / "checkpoints" / str(steps[-1])
@@ -109,9 +119,9 @@ def test_damaged_newest_checkpoint_resumes_from_the_previous_one(tmp_path):
   assert a == b  # the run redid the lost steps exactly
 
 
-def test_no_readable_checkpoint_is_one_line_and_nothing_moves(tmp_path):
+def test_no_readable_checkpoint_is_one_line_and_nothing_moves(tmp_path, one_epoch):
   w = tmp_path / "w"
-  assert cli(*_tiny_ptb_args(w, 1)).returncode == 0
+  shutil.copytree(one_epoch, w)
   for f in glob.glob(str(w / "checkpoints" / "*" / "**" / "*"), recursive=True):
     if os.path.isfile(f):
       with open(f, "wb") as fh:

@@ -35,6 +35,10 @@ _WHAT = flags.DEFINE_enum("what", "train", ["train", "mc", "sentiment"],
                           "A PTB training step, an MC chunk or a sentiment training step.")
 _CONFIG = flags.DEFINE_string("config", "configs/sentiment_lstm.py:variational,released",
                               "The sentiment config (--what sentiment).")
+_OVERRIDE = flags.DEFINE_multi_string(
+    "override", [], "PATH=VALUE set in the config of both revisions (repeatable), e.g. "
+    "model.lua_biases=False to give a newer revision an older one's model; a field the "
+    "revision does not know is added and ignored by it.")
 _SHAPE = flags.DEFINE_string("shape", "medium", "tiny | small | medium | large.")
 _GATES = flags.DEFINE_string("gates", "untied", "tied | untied.")
 _DTYPE = flags.DEFINE_string("dtype", "float32", "float32 | bfloat16.")
@@ -60,7 +64,7 @@ def worker(spec: dict) -> None:
   import jax  # noqa: PLC0415 - imported in the worker, after PYTHONPATH picked the revision
   import jax.numpy as jnp  # noqa: PLC0415
   lm_config, train_mod, mc_mod = _api()
-  cfg = lm_config(spec["shape"], spec["gates"], spec["dtype"])
+  cfg = _override(lm_config(spec["shape"], spec["gates"], spec["dtype"]), spec["overrides"])
   if spec["what"] == "train":
     f = jax.jit(train_mod.make_train_step(cfg))
     B, T = cfg.train.batch_size, cfg.train.seq_length
@@ -71,7 +75,7 @@ def worker(spec: dict) -> None:
     check = np.concatenate([np.ravel(a) for a in jax.tree.leaves(out["params"])])
     run = lambda: jax.block_until_ready(f(state, x, y, 1.0))
   elif spec["what"] == "sentiment":
-    run, check = _sentiment_step(spec["config"])
+    run, check = _sentiment_step(spec["config"], spec.get("overrides", []))
   else:
     import vdrnn.models as models  # noqa: PLC0415
     fn = mc_mod.make_mc_chunk_fn(cfg, mc_mod.mc_rates(cfg))
@@ -91,12 +95,29 @@ def worker(spec: dict) -> None:
     print(json.dumps({"s": time.perf_counter() - t0}), flush=True)
 
 
-def _sentiment_step(config: str):
-  """``(run, check)`` for the sentiment training step of ``config``: ``check`` holds the losses
-  of three steps and the parameters after them."""
+def _override(c, overrides: list):
+  """``c`` with each ``PATH=VALUE`` of ``overrides`` set (a Python literal, else a string)."""
+  import ast  # noqa: PLC0415
+  for o in overrides:
+    path, _, value = o.partition("=")
+    *parents, name = path.split(".")
+    node = c
+    for p in parents:
+      node = node[p]
+    try:
+      value = ast.literal_eval(value)
+    except (ValueError, SyntaxError):
+      pass  # a string
+    node[name] = value
+  return c
+
+
+def _sentiment_step(config: str, overrides: list):
+  """``(run, check)`` for the sentiment training step of ``config`` (with ``overrides``,
+  ``PATH=VALUE``): ``check`` holds the losses of three steps and the parameters after them."""
   import importlib  # noqa: PLC0415 - the revision's modules, found at run time
   import jax  # noqa: PLC0415
-  c = importlib.import_module("vdrnn.config").load_config_file(config)
+  c = _override(importlib.import_module("vdrnn.config").load_config_file(config), overrides)
   sentiment = importlib.import_module("vdrnn.sentiment")
   f = jax.jit(sentiment.make_train_step(c))
   B, T = c.train.batch_size, c.data.maxlen
@@ -149,7 +170,7 @@ def main(argv) -> None:
   if not _BASE.value:
     raise app.UsageError("--base is required")
   spec = {"what": _WHAT.value, "shape": _SHAPE.value, "gates": _GATES.value, "dtype": _DTYPE.value,
-          "samples": _SAMPLES.value, "config": _CONFIG.value}
+          "samples": _SAMPLES.value, "config": _CONFIG.value, "overrides": _OVERRIDE.value}
   with tempfile.TemporaryDirectory() as tmp:
     procs, checks = {}, {}
     for name, rev in (("base", _BASE.value), ("new", _NEW.value)):
