@@ -23,6 +23,7 @@ def test_tiny_benchmark_runs_and_reports(tmp_path):
   assert {(r["shape"], r["gates"]) for r in sent} == {("lstm", "var"), ("lstm", "naive")}
   assert all(r["tokens_per_s"] > 0 and 0 < r["gemm_fraction"] for r in sent)
   assert "sentiment_lstm_var_gemm_fraction" in report["summary"]
+  assert all(0 < r["matmul_floor_s"] and 0 < r["matmul_floor_fraction"] for r in sent)
   for r in rows:
     assert r["tokens_per_s"] > 0 and 0 < r["gemm_fraction"]
     assert r["compilations"] in (None, 1)  # no recompilation between steps

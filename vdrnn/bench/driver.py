@@ -228,6 +228,7 @@ def summarize(report: dict, shape: str) -> dict:
       s[f"mc_S{r['samples']}_gemm_fraction"] = r["gemm_fraction"]
     if r["section"] == "sentiment":
       s[f"sentiment_{r['shape']}_{r['gates']}_gemm_fraction"] = r["gemm_fraction"]
+      s[f"sentiment_{r['shape']}_{r['gates']}_matmul_floor_fraction"] = r["matmul_floor_fraction"]
     if r["section"] == "flax" and r["impl"] == "nnx":
       s[f"flax_nnx_time_vs_core_{r['shape']}_{r['gates']}_{r['dtype']}"] = r["ratio_to_core"]
     if r["section"] == "flax" and r["impl"] == "flax":

@@ -151,9 +151,43 @@ def bench_sentiment(cfg, steps: int, reps: int, min_time: float, probe=None) -> 
     raise RuntimeError("the benchmarked sentiment step produced a non-finite loss")
   tokens = cfg.train.batch_size * cfg.data.maxlen
   flops = 6 * sentiment_matmul_params(cfg) * tokens
+  floor = sentiment_matmul_floor(cfg, reps, min_time)
   return {"seconds_per_step": t, "tokens_per_s": tokens / t, "flops_per_s": flops / t,
           "compile_s": compile_s, "times": times, "gemm_rates": rates,
-          "gemm_fraction": _fraction(flops, times, rates)}
+          "gemm_fraction": _fraction(flops, times, rates),
+          "matmul_floor_s": floor, "matmul_floor_fraction": floor / t}
+
+
+def sentiment_matmul_floor(cfg, reps: int, min_time: float) -> float:
+  """Seconds of the recurrence's matmuls alone (the LSTM's per-step fused path of ``vdrnn.rnn``;
+  for the GRU its FLOPs at those shapes): a scan over the T steps with, per step, the forward
+  ``[G, B, D+H] @ [G, D+H, H]``, the backward ``dz @ W^T`` and the ``dW`` update, the step's
+  matmul FLOPs and nothing else. The step does not run faster than these matmuls on the device:
+  the ratio to the step's time (``matmul_floor_fraction``) says what is left beside them."""
+  m = cfg.model
+  G, B, T = models.GATES[m.cell], cfg.train.batch_size, cfg.data.maxlen
+  K, H = m.emb_dim + m.hidden, m.hidden
+  k = jax.random.split(jax.random.key(0), 3)
+  xh, w = jax.random.normal(k[0], (G, B, K)), 0.01 * jax.random.normal(k[1], (G, K, H))
+  dz = jax.random.normal(k[2], (G, B, H))
+
+  @jax.jit
+  def matmuls(xh, w, dz):
+    def body(carry, _):
+      xh, dw = carry
+      z = jnp.einsum("gbk,gkn->gbn", xh, w)
+      dxh = jnp.einsum("gbn,gkn->gbk", dz + 1e-3 * z, w)
+      return (dxh, dw + jnp.einsum("gbk,gbn->gkn", xh, dz)), None
+    return jax.lax.scan(body, (xh, jnp.zeros_like(w)), None, length=T)[0]
+
+  _block(matmuls(xh, w, dz))
+
+  def run():
+    t0 = time.perf_counter()
+    _block(matmuls(xh, w, dz))
+    return time.perf_counter() - t0
+
+  return _median_rate(run, reps, min_time)[0]
 
 
 # ----------------------------------------------------------------------------------------
