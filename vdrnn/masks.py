@@ -37,7 +37,16 @@ ZONEOUT_FIELDS = ("zoneout_c", "zoneout_h")
 
 
 def config_rates(model) -> dict:
-  """``sample_masks``' rates from a model config (a field it lacks: rate 0)."""
+  """``sample_masks``' rates from a model config (a field it lacks: rate 0).
+
+  Args:
+    model: a model config (a mapping with ``get``, e.g. a ``ConfigDict``) holding any of the
+      ``RATE_FIELDS`` (``p_emb``, ``p_x``, ``p_h``, ``p_out``, ``p_weight_drop``,
+      ``zoneout_c``, ``zoneout_h``).
+  Returns:
+    ``{"emb", "x", "h", "out", "weight", "zone_c", "zone_h"}``: the fields' values, 0.0 for
+    those it lacks.
+  """
   return {key: model.get(field, 0.0) for field, key in RATE_FIELDS.items()}
 
 
@@ -45,6 +54,12 @@ def check_rate(rate: Any, name: str = "rate") -> Any:
   """Returns ``rate`` if it is a probability in [0, 1); raises ValueError naming it.
 
   Traced values (inside ``jit``/``vmap``) cannot be inspected and pass through.
+
+  Args:
+    rate: a Python or NumPy number, an array of them (every entry checked) or a traced scalar.
+    name: the name the error message uses.
+  Returns:
+    ``rate`` itself, unchanged.
   """
   if isinstance(rate, jax.core.Tracer):
     return rate
@@ -58,7 +73,13 @@ def check_rate(rate: Any, name: str = "rate") -> Any:
 
 
 def is_zero(rate: Any) -> bool:
-  """True when ``rate`` is a concrete 0 (so no mask needs to be drawn)."""
+  """True when ``rate`` is a concrete 0 (so no mask needs to be drawn).
+
+  Args:
+    rate: a number, an array of numbers or a traced value.
+  Returns:
+    A Python bool: True when every entry of ``rate`` is 0; False for traced values.
+  """
   if isinstance(rate, jax.core.Tracer):
     return False
   return bool(np.all(np.asarray(rate) == 0))
@@ -72,6 +93,7 @@ def dropout_mask(key: Array, shape: Sequence[int], rate: Any, dtype=jnp.float32,
     key: PRNG key.
     shape: mask shape.
     rate: drop probability in [0, 1). ``rate == 0`` returns exactly ones.
+    dtype: dtype of the mask.
     inverted: False: entries 0 or 1 (Keras 0.x, non-inverted dropout).
   Returns:
     ``[*shape]`` array of ``dtype``.
@@ -90,7 +112,18 @@ def dropout_mask_bytes(key: Array, shape: Sequence[int], rate: Any, dtype=jnp.fl
   the large per-step masks of the naive scheme: the threefry draws dominated a sentiment step
   (1.4 s of masks per batch at [T, G, B, D] = [200, 4, 128, 128] on the 2-core CPU). The keep
   probability is exact when ``256 * rate`` is an integer (0.5, 0.25, ...); any other rate, or a
-  traced one, falls back to ``dropout_mask``."""
+  traced one, falls back to ``dropout_mask``.
+
+  Args:
+    key: PRNG key.
+    shape: mask shape.
+    rate: drop probability in [0, 1). ``rate == 0`` returns exactly ones.
+    dtype: dtype of the mask.
+    inverted: False: entries 0 or 1 (Keras 0.x, non-inverted dropout).
+  Returns:
+    ``[*shape]`` array of ``dtype``, entries 0 or ``1 / (1 - rate)`` (0 or 1 when not
+    ``inverted``).
+  """
   check_rate(rate, "rate")
   if is_zero(rate):
     return jnp.ones(shape, dtype)
@@ -115,7 +148,17 @@ def concrete_mask(key: Array, shape: Sequence[int], rate: Any, temperature: floa
     z = sigmoid((log p - log(1 - p) + log u - log(1 - u)) / temperature),  u ~ U(0, 1),
 
   a mask that is differentiable in ``p`` (a traced, learned rate) and tends to the inverted
-  Bernoulli mask as the temperature goes to 0 (the paper's temperature: 0.1)."""
+  Bernoulli mask as the temperature goes to 0 (the paper's temperature: 0.1).
+
+  Args:
+    key: PRNG key (draws ``u``).
+    shape: mask shape.
+    rate: the drop probability ``p``, a scalar (float or traced); not checked.
+    temperature: the relaxation's temperature (> 0).
+    dtype: dtype of the mask.
+  Returns:
+    ``[*shape]`` array of ``dtype`` with entries in ``(0, 1 / (1 - p))`` (already inverted).
+  """
   eps = CONCRETE_EPS
   u = jax.random.uniform(key, tuple(shape), jnp.float32, eps, 1.0 - eps)
   p = jnp.asarray(rate, jnp.float32)
@@ -128,7 +171,20 @@ def per_row(key: Array, batch: int, shape: Sequence[int], rate: Any, dtype=jnp.f
             concrete: Optional[float] = None) -> Array:
   """``[B, *shape]`` masks, row ``b`` drawn from ``fold_in(key, b)`` (one mask per sequence);
   ``byte_draws``: with ``dropout_mask_bytes``; ``concrete``: relaxed masks of that temperature
-  (``concrete_mask``)."""
+  (``concrete_mask``).
+
+  Args:
+    key: PRNG key.
+    batch: B, the number of rows.
+    shape: one row's mask shape, e.g. ``(D,)``, ``(G, D)`` or ``(T, D)``.
+    rate: drop probability in [0, 1). A concrete 0 returns exactly ones (unless ``concrete``).
+    dtype: dtype of the masks.
+    inverted: False: entries 0 or 1 (Keras 0.x); ignored with ``concrete``.
+    byte_draws: draw with ``dropout_mask_bytes`` instead of ``dropout_mask``.
+    concrete: None, or a temperature: relaxed masks (``concrete_mask``), drawn even at rate 0.
+  Returns:
+    ``[B, *shape]`` array of ``dtype``.
+  """
   check_rate(rate, "rate")
   rows = jnp.arange(batch, dtype=jnp.uint32)
   if concrete is not None:
@@ -155,11 +211,14 @@ def word_type_mask(key: Array, tokens: Array, rate: Any, *, shared_across_batch:
     key: PRNG key.
     tokens: ``[B, T]`` integer token ids.
     rate: probability of dropping a word type, in [0, 1).
+    shared_across_batch: True: one draw per word type for the whole batch (every row uses
+      ``key`` itself instead of ``fold_in(key, row)``).
+    dtype: dtype of the mask.
     inverted: False: entries 0 or 1 (Keras 0.x).
     concrete: a temperature: relaxed masks (``concrete_mask``), one per (row, word type).
   Returns:
-    ``[B, T]`` mask with entries 0 or ``1 / (1 - rate)``; multiply the embeddings by
-    ``mask[..., None]``.
+    ``[B, T]`` mask with entries 0 or ``1 / (1 - rate)`` (0 or 1 when not ``inverted``; relaxed
+    values with ``concrete``); multiply the ``[B, T, E]`` embeddings by ``mask[..., None]``.
   """
   check_rate(rate, "rate")
   tokens = jnp.asarray(tokens)
@@ -192,7 +251,14 @@ def word_type_mask(key: Array, tokens: Array, rate: Any, *, shared_across_batch:
 
 def check_zoneout(rate: Any, name: str = "zoneout rate") -> Any:
   """Returns ``rate`` if it is a probability in [0, 1] (1: every unit keeps its old value);
-  raises ValueError naming it. Traced values pass through."""
+  raises ValueError naming it. Traced values pass through.
+
+  Args:
+    rate: a Python or NumPy number, an array of them (every entry checked) or a traced scalar.
+    name: the name the error message uses.
+  Returns:
+    ``rate`` itself, unchanged.
+  """
   if isinstance(rate, jax.core.Tracer):
     return rate
   try:
@@ -207,7 +273,16 @@ def check_zoneout(rate: Any, name: str = "zoneout rate") -> Any:
 def weight_drop_mask(key: Array, shape: Sequence[int], rate: Any, dtype=jnp.float32) -> Array:
   """DropConnect on a weight matrix (AWD-LSTM's weight drop, Merity et al. 2017): one
   inverted-dropout mask over the whole ``shape`` (e.g. the recurrent ``W_h [H, G*H]``), drawn once
-  per call, i.e. per batch and forward pass, and shared by every row of the batch."""
+  per call, i.e. per batch and forward pass, and shared by every row of the batch.
+
+  Args:
+    key: PRNG key.
+    shape: the weight's shape, e.g. ``(H, G*H)``.
+    rate: drop probability in [0, 1); 0 gives exactly ones.
+    dtype: dtype of the mask.
+  Returns:
+    ``[*shape]`` (e.g. ``[H, G*H]``) array of ``dtype``, entries 0 or ``1 / (1 - rate)``.
+  """
   return dropout_mask(key, shape, rate, dtype)
 
 
@@ -215,7 +290,18 @@ def zoneout_mask(key: Array, batch: int, steps: int, dim: int, rate: Any,
                  dtype=jnp.float32) -> Array:
   """Zoneout (Krueger et al. 2016): ``[T, B, dim]``, 1 where a unit keeps its previous value
   (probability ``rate``) and 0 where it takes the new one; fresh at every step, row ``b`` drawn
-  from ``fold_in(key, b)``. Rate 0 gives zeros (the plain LSTM), rate 1 ones (the state held)."""
+  from ``fold_in(key, b)``. Rate 0 gives zeros (the plain LSTM), rate 1 ones (the state held).
+
+  Args:
+    key: PRNG key.
+    batch: B, the number of rows.
+    steps: T, the number of time steps.
+    dim: the state size (H).
+    rate: probability in [0, 1] that a unit keeps its previous value (float or traced).
+    dtype: dtype of the mask.
+  Returns:
+    ``[T, B, dim]`` array of ``dtype``, entries 0 or 1.
+  """
   check_zoneout(rate, "rate")
   if is_zero(rate):
     return jnp.zeros((steps, batch, dim), dtype)

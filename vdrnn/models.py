@@ -33,23 +33,34 @@ def _uniform(key, shape, scale):
 
 
 def lm_layer_sizes(cfg) -> list[tuple[int, int]]:
-  """``[(D_in, H), ...]`` for the LSTM stack of a model config."""
+  """``[(D_in, H), ...]`` for the LSTM stack of a model config.
+
+  Args:
+    cfg: model config with emb_dim (E), hidden (H) and num_layers (L).
+  Returns:
+    A list of L pairs ``(D_l, H)``: ``(E, H)`` for layer 0, ``(H, H)`` above it.
+  """
   return [(cfg.emb_dim if l == 0 else cfg.hidden, cfg.hidden) for l in range(cfg.num_layers)]
 
 
 def init_lm(key: Array, cfg) -> dict:
   """Language-model parameters, every entry ~ U(-init_scale, init_scale) (Zaremba; Gal).
 
-  ``cfg`` fields: vocab_size, emb_dim, hidden, num_layers, init_scale, tie_embeddings,
-  lua_biases.
-  Returns ``{"embed": [V, E], "lstm": [{"w_x", "w_h", "b"}] * L,
-  "softmax": {"w": [H, V], "b": [V]}}``
-  (no ``softmax.w`` when ``tie_embeddings``, Press & Wolf 2016: logits use ``embed.T``).
-  ``lua_biases``: each layer also has ``b_h [4H]``, the Lua code's second bias per gate
-  (its ``i2h`` and ``h2h`` ``nn.Linear`` layers each carry one): the gates see ``b + b_h``,
-  both are trained, so the summed bias starts wider and moves twice as far per SGD step.
-  ``concrete``: also ``dropout_logit`` ``{"emb", "out": [], "x", "h": [[]] * L}``, the learned
-  rates' logits (``concrete_rates``), starting at the config's p_emb, p_out, p_x, p_h.
+  Args:
+    key: PRNG key.
+    cfg: model config. ``cfg`` fields: vocab_size (V), emb_dim (E), hidden (H), num_layers (L),
+      init_scale, tie_embeddings (needs E == H, else ValueError); optionally lua_biases and
+      concrete (default False; with concrete also p_emb, p_out, p_x, p_h).
+  Returns:
+    ``{"embed": [V, E], "lstm": [{"w_x", "w_h", "b"}] * L,
+    "softmax": {"w": [H, V], "b": [V]}}``, layer l's ``w_x [D_l, 4H]`` (``D_0 = E``, else H),
+    ``w_h [H, 4H]`` and ``b [4H]``, all float32
+    (no ``softmax.w`` when ``tie_embeddings``, Press & Wolf 2016: logits use ``embed.T``).
+    ``lua_biases``: each layer also has ``b_h [4H]``, the Lua code's second bias per gate
+    (its ``i2h`` and ``h2h`` ``nn.Linear`` layers each carry one): the gates see ``b + b_h``,
+    both are trained, so the summed bias starts wider and moves twice as far per SGD step.
+    ``concrete``: also ``dropout_logit`` ``{"emb", "out": [], "x", "h": [[]] * L}``, the learned
+    rates' logits (``concrete_rates``), starting at the config's p_emb, p_out, p_x, p_h.
   """
   if cfg.tie_embeddings and cfg.emb_dim != cfg.hidden:
     raise ValueError(f"tie_embeddings needs emb_dim == hidden, got {cfg.emb_dim} and {cfg.hidden}")
@@ -78,7 +89,13 @@ def init_lm(key: Array, cfg) -> dict:
 
 def concrete_rates(params: dict) -> dict:
   """The learned rates of a concrete-dropout model: ``sigmoid(dropout_logit)``, in the
-  ``sample_masks`` layout (``x`` and ``h`` one per layer)."""
+  ``sample_masks`` layout (``x`` and ``h`` one per layer).
+
+  Args:
+    params: from ``init_lm`` with ``cfg.concrete`` (has ``params["dropout_logit"]``).
+  Returns:
+    ``{"emb": [], "out": [], "x": [[]] * L, "h": [[]] * L}``: scalar rates in (0, 1).
+  """
   return jax.tree.map(jax.nn.sigmoid, params["dropout_logit"])
 
 
@@ -96,7 +113,16 @@ def concrete_regularizer(params: dict, cfg, n_tokens: int) -> Array:
   (the form of the authors' released ``ConcreteDropout`` layers). Sites and their weights:
   word types (``K = V``, the embedding), each layer's input (``K = D_l``, ``W_x``) and
   recurrent state (``K = H``, ``W_h``), and the softmax input (``K = H``, the softmax matrix, or
-  the embedding when tied). ``l`` is ``cfg.concrete_length_scale``. A scalar."""
+  the embedding when tied). ``l`` is ``cfg.concrete_length_scale``. A scalar.
+
+  Args:
+    params: from ``init_lm`` with ``cfg.concrete`` (weights and ``dropout_logit``).
+    cfg: model config: vocab_size (V), emb_dim, hidden (H), num_layers and optionally
+      concrete_length_scale (``l``, default 0.1).
+    n_tokens: N, the number of training tokens.
+  Returns:
+    ``[]``: ``KL / N``, to add to the per-token training loss.
+  """
   rates = concrete_rates(params)
   l2 = float(cfg.get("concrete_length_scale", 0.1)) ** 2
 
@@ -113,7 +139,14 @@ def concrete_regularizer(params: dict, cfg, n_tokens: int) -> Array:
 
 
 def lm_zero_carry(cfg, batch: int) -> list:
-  """Zero LSTM state: a list over layers of ``(c, h)``, each ``[B, H]``."""
+  """Zero LSTM state: a list over layers of ``(c, h)``, each ``[B, H]``.
+
+  Args:
+    cfg: model config with hidden (H) and num_layers (L).
+    batch: B, the number of rows.
+  Returns:
+    A list of L pairs ``(c, h)``, each ``[B, H]`` float32 zeros.
+  """
   shape = (batch, cfg.hidden)
   return [
       (jnp.zeros(shape, jnp.float32), jnp.zeros(shape, jnp.float32)) for _ in range(cfg.num_layers)
@@ -127,6 +160,19 @@ def lm_masks(key: Array, cfg, tokens: Array, rates: Optional[dict] = None,
   ``rates`` defaults to the config's (``lm_rates``); pass traced rates to vmap over a
   population, or a concrete-dropout model's learned ones (``concrete_rates``) with
   ``concrete`` (the relaxation's temperature) for its relaxed training masks.
+
+  Args:
+    key: PRNG key; one key gives the window's complete set of masks.
+    cfg: model config: scheme, tied_gates, emb_dim, hidden, num_layers, the rate fields
+      (``masks.RATE_FIELDS``) and optionally emb_shared_across_batch.
+    tokens: ``[B, T]`` token ids of the window (for the word-type masks).
+    rates: ``sample_masks``' rates; the keys given replace the config's (``lm_rates``).
+    concrete: None, or a temperature: relaxed (concrete-dropout) masks.
+  Returns:
+    ``sample_masks``' dict for the layers ``lm_layer_sizes(cfg)`` and 4 gates, e.g.
+    variational: ``emb`` [B, T], ``x[l]`` [B, D_l] or [4, B, D_l], ``h[l]`` [B, H] or
+    [4, B, H], ``out`` [B, H]; naive: ``x_steps[l]`` [T, B, D_l], ``out`` [T, B, H]; absent
+    masks ``None``.
   """
   rates = lm_rates(cfg) if rates is None else {**lm_rates(cfg), **rates}
   return masks_lib.sample_masks(key, rates, tokens, scheme=cfg.scheme, tied=cfg.tied_gates,
@@ -136,12 +182,24 @@ def lm_masks(key: Array, cfg, tokens: Array, rates: Optional[dict] = None,
 
 
 def lm_rates(cfg) -> dict:
-  """The model config's rates as ``sample_masks`` takes them (``masks.config_rates``)."""
+  """The model config's rates as ``sample_masks`` takes them (``masks.config_rates``).
+
+  Args:
+    cfg: model config (its p_emb, p_x, p_h, p_out, p_weight_drop, zoneout_c, zoneout_h).
+  Returns:
+    ``{"emb", "x", "h", "out", "weight", "zone_c", "zone_h"}`` rates (0.0 for absent fields).
+  """
   return masks_lib.config_rates(cfg)
 
 
 def lm_zoneout(cfg) -> tuple[float, float]:
-  """``(zoneout_c, zoneout_h)`` of a model config: the expectation the deterministic pass uses."""
+  """``(zoneout_c, zoneout_h)`` of a model config: the expectation the deterministic pass uses.
+
+  Args:
+    cfg: model config (zoneout_c and zoneout_h optional, default 0).
+  Returns:
+    ``(z_c, z_h)``, two Python floats (``lm_hidden``'s ``zoneout``).
+  """
   return float(cfg.get("zoneout_c", 0.0)), float(cfg.get("zoneout_h", 0.0))
 
 
@@ -195,7 +253,17 @@ def lm_hidden(params: dict, carry: list, tokens: Array, masks: Optional[dict] = 
 
 
 def lm_logits(params: dict, ys: Array, compute_dtype=None, temperature: float = 1.0) -> Array:
-  """Softmax logits ``[..., V]`` from top-layer states ``[..., H]`` (divided by ``temperature``)."""
+  """Softmax logits ``[..., V]`` from top-layer states ``[..., H]`` (divided by ``temperature``).
+
+  Args:
+    params: from ``init_lm``: ``softmax.w [H, V]`` (or, tied, ``embed [V, H]`` transposed) and
+      ``softmax.b [V]``.
+    ys: ``[..., H]`` top-layer states, e.g. ``[T, B, H]`` from ``lm_hidden``.
+    compute_dtype: matmul operand dtype (``rnn.matmul``; None = the inputs' dtype).
+    temperature: the logits are divided by it (1.0: unchanged).
+  Returns:
+    ``[..., V]`` logits, e.g. ``[T, B, V]``.
+  """
   w = params["softmax"]["w"] if "w" in params["softmax"] else params["embed"].T
   logits = rnn.matmul(ys, w, compute_dtype) + params["softmax"]["b"]
   return logits if temperature == 1.0 else logits / temperature
@@ -216,6 +284,18 @@ def lm_nll(params: dict,
 
   The loss for the gradient (Zaremba's and Gal's code) is ``nll.mean(axis=1).sum()``:
   the sum over time steps of the batch-mean NLL. Arguments as ``lm_hidden``'s.
+
+  Args:
+    params: from ``init_lm``.
+    carry: list over layers of ``(c, h)``, each ``[B, H]``.
+    tokens: ``[B, T]`` int input token ids.
+    targets: ``[B, T]`` int target ids (the next tokens).
+    masks: from ``lm_masks`` (None = deterministic, the dropout approximation).
+    unroll, compute_dtype, embedded, impl, zoneout: as in ``lm_hidden`` (``embedded``
+      ``[T, B, E]``); ``hoist_input`` is ``lm_hidden``'s default (True).
+  Returns:
+    ``(nll, carry)``: nll ``[T, B]`` (time-major), carry the new list of ``(c, h)``, each
+    ``[B, H]``.
   """
   ys, carry = lm_hidden(params, carry, tokens, masks, unroll=unroll, compute_dtype=compute_dtype,
                         embedded=embedded, impl=impl, zoneout=zoneout)
@@ -243,6 +323,12 @@ def softmax_nll(logits: Array, targets: Array) -> Array:
 
   Its backward pass is one fused elementwise pass, ``(softmax - onehot) * g``, instead of
   autodiff's scatter into a zero ``[..., V]`` array followed by the log-softmax transpose.
+
+  Args:
+    logits: ``[..., V]``, e.g. ``[T, B, V]``.
+    targets: ``[...]`` int ids in [0, V), e.g. ``[T, B]`` (no gradient).
+  Returns:
+    ``[...]`` negative log-likelihoods (natural log), e.g. ``[T, B]``.
   """
   return _softmax_nll_fwd(logits, targets)[0]
 
@@ -260,8 +346,12 @@ SEQ_INITS = ("fused", "per_gate")  # ``model.init`` of the sequence model
 def init_seq(key: Array, cfg) -> dict:
   """Sentiment-model parameters.
 
-  ``cfg`` fields: vocab_size, emb_dim, hidden, cell ("lstm" | "gru"), out_dim, and optionally
-  init (default "fused") and ortho_scale (default 1.0).
+  Args:
+    key: PRNG key.
+    cfg: model config. ``cfg`` fields: vocab_size (V), emb_dim (E), hidden (H), cell ("lstm" |
+      "gru"; G = 4 or 3 gates), out_dim (K), and optionally init (default "fused", one of
+      ``SEQ_INITS``, else ValueError) and ortho_scale (default 1.0).
+
   Embedding U(-0.05, 0.05); dense Glorot-uniform; biases 0 except the LSTM forget gate, 1.
   The recurrent layer's kernels by ``init``:
 
@@ -272,7 +362,9 @@ def init_seq(key: Array, cfg) -> dict:
     Per gate, the input weights are ``sqrt((E + G*H) / (E + H))`` (1.6x for the LSTM at
     E = H) and the recurrent weights ``sqrt(G)`` (2x) larger than fused.
 
-  Returns ``{"embed": [V, E], "rnn": {"w_x", "w_h", "b"}, "dense": {"w": [H, K], "b": [K]}}``.
+  Returns:
+    ``{"embed": [V, E], "rnn": {"w_x", "w_h", "b"}, "dense": {"w": [H, K], "b": [K]}}`` with
+    ``rnn`` ``w_x [E, G*H]``, ``w_h [H, G*H]``, ``b [G*H]``, all float32.
   """
   G = GATES[cfg.cell]
   H, E = cfg.hidden, cfg.emb_dim
@@ -309,6 +401,20 @@ def seq_masks(key: Array, cfg, tokens: Array, rates: Optional[dict] = None) -> d
 
   Optional ``cfg`` fields: ``naive_per_gate`` (naive: one mask per gate and step) and
   ``dropout_scaling`` (``inverted``, or ``keras0``: 0/1 masks), see ``vdrnn.config.seq_base``.
+
+  Args:
+    key: PRNG key; one key gives the batch's complete set of masks.
+    cfg: model config: scheme, tied_gates, emb_dim (E), hidden (H), cell (G = 4 for "lstm",
+      3 for "gru"), the rate fields (``masks.RATE_FIELDS``) and optionally
+      emb_shared_across_batch, naive_per_gate, dropout_scaling.
+    tokens: ``[B, T]`` token ids of the batch (for the word-type masks).
+    rates: ``sample_masks``' rates, used as given instead of the config's (default
+      ``masks.config_rates(cfg)``).
+  Returns:
+    ``sample_masks``' dict for the one layer ``(E, H)``: variational ``emb`` [B, T], ``x[0]``
+    [B, E] or [G, B, E], ``h[0]`` [B, H] or [G, B, H], ``out`` [B, H]; naive ``x_steps[0]``
+    [T, B, E] or [T, G, B, E], ``h_steps[0]`` [T, B, H] or [T, G, B, H], ``out`` [T, B, H];
+    absent masks ``None``.
   """
   if rates is None:
     rates = masks_lib.config_rates(cfg)
@@ -322,7 +428,16 @@ def seq_masks(key: Array, cfg, tokens: Array, rates: Optional[dict] = None) -> d
 def seq_semantics(cfg) -> dict:
   """``seq_apply``'s keyword arguments for the model config ``cfg``: ``cell``, ``gate_act``,
   ``candidate_act``, ``skip_padding`` and, with ``dropout_scaling = "keras0"``, ``eval_keep``
-  (the keep probability of every dropout site, applied in the deterministic pass)."""
+  (the keep probability of every dropout site, applied in the deterministic pass).
+
+  Args:
+    cfg: model config: cell, scheme, optionally gate_act (default "sigmoid"), candidate_act
+      ("tanh"), skip_padding (True), dropout_scaling ("inverted"), and with "keras0" the
+      rates p_emb, p_x, p_h, p_out.
+  Returns:
+    ``{"cell", "gate_act", "candidate_act", "skip_padding"}`` plus, for ``"keras0"`` and a
+    scheme other than ``"none"``, ``"eval_keep": {"emb", "x", "h", "out"}`` (``1 - p``).
+  """
   out = {"cell": cfg.cell, "gate_act": cfg.get("gate_act", "sigmoid"),
          "candidate_act": cfg.get("candidate_act", "tanh"),
          "skip_padding": cfg.get("skip_padding", True)}
@@ -336,7 +451,18 @@ def keep_masks(eval_keep: dict, B: int, T: int, D: int, H: int) -> dict:
   """The deterministic pass of non-inverted (Keras 0.x) dropout as constant masks: every
   dropout site multiplied by its keep probability (``{"emb", "x", "h", "out"}``); a keep of 1
   gives no mask. A constant mask is the same for every gate and step, so one tied mask
-  stands for the naive and the untied schemes too."""
+  stands for the naive and the untied schemes too.
+
+  Args:
+    eval_keep: ``{"emb", "x", "h", "out"}`` keep probabilities (a missing key: 1).
+    B: batch rows.
+    T: time steps.
+    D: input features of the recurrent layer (E).
+    H: hidden units.
+  Returns:
+    ``{"emb": [B, T], "x": [[B, D]], "h": [[B, H]], "out": [B, H]}`` float32 masks filled with
+    the keep probability, ``None`` (in place of the array) where it is 1.
+  """
   def full(k, shape):
     return None if eval_keep.get(k, 1.0) == 1.0 else jnp.full(shape, eval_keep[k], jnp.float32)
   return {"emb": full("emb", (B, T)), "x": [full("x", (B, D))], "h": [full("h", (B, H))],
@@ -359,6 +485,21 @@ def seq_apply(params: dict, tokens: Array, masks: Optional[dict] = None, *, cell
   ``gate_act`` / ``candidate_act``: see ``rnn.lstm`` / ``rnn.gru``. ``eval_keep``: non-inverted
   (Keras 0.x) dropout: with ``masks=None`` (the deterministic pass) every dropout site is
   multiplied by its keep probability (``keep_masks``). ``seq_semantics(cfg)`` gives all three.
+
+  Args:
+    params: from ``init_seq``: ``embed [V, E]``, ``rnn`` ``{"w_x": [E, G*H], "w_h": [H, G*H],
+      "b": [G*H]}``, ``dense`` ``{"w": [H, K], "b": [K]}``.
+    tokens: ``[B, T]`` int token ids, 0 = padding.
+    masks: from ``seq_masks`` (None = deterministic, the dropout approximation).
+    cell: ``"lstm"`` or ``"gru"``, as ``params`` were made for.
+    unroll, compute_dtype: as in ``rnn.lstm`` (the LSTM runs with ``hoist_input=False``).
+    gate_act: ``sigmoid`` or ``hard_sigmoid`` (Keras 0.x).
+    candidate_act: the GRU's candidate activation, ``tanh`` or ``sigmoid``.
+    eval_keep: None, or ``{"emb", "x", "h", "out"}`` keep probabilities (``keep_masks``), used
+      only when ``masks`` is None.
+    skip_padding: padded steps leave the state unchanged (see above).
+  Returns:
+    ``[B, K]`` outputs (the dense layer on the last hidden state ``[B, H]``).
   """
   B, T = tokens.shape
   H = params["rnn"]["w_h"].shape[0]

@@ -77,7 +77,23 @@ def rnn_masks(key: Array, batch: int, steps: int, in_features: int, hidden_featu
   ``"zone_c"``, ``"zone_h"`` ``[T, B, H]`` (zoneout); ``None`` for a rate of exactly 0.
 
   These are the masks ``vdrnn.masks.sample_masks(key, ...)`` draws for a one-layer model
-  (its ``[0]`` entries), so a layer and the functional core agree for the same key."""
+  (its ``[0]`` entries), so a layer and the functional core agree for the same key.
+
+  Args:
+    key: PRNG key.
+    batch: B, the number of rows.
+    steps: T, the number of time steps (the zoneout masks' length).
+    in_features: D, the input features.
+    hidden_features: H, the hidden units.
+    n_gates: G (4 for the LSTM, 3 for the GRU).
+    rate_x: drop probability of the input ``x_t``.
+    rate_h: drop probability of the recurrent state ``h_{t-1}``.
+    tied_gates: one mask shared by the gates (``[B, .]``) or one per gate (``[G, B, .]``).
+    weight_drop: drop probability of ``W_h``'s entries (DropConnect).
+    zoneout_c, zoneout_h: zoneout probabilities of the LSTM's cell and hidden state.
+  Returns:
+    ``{"x", "h", "w_h", "zone_c", "zone_h"}`` with the shapes above.
+  """
   rates = {"emb": 0.0, "x": rate_x, "h": rate_h, "out": 0.0, "weight": weight_drop,
            "zone_c": zoneout_c, "zone_h": zoneout_h}
   placeholder = jnp.zeros((batch, steps), jnp.int32)  # its shape only (no embedding mask)
@@ -90,7 +106,18 @@ def valid_steps(T: int, B: int, seq_lengths: Optional[Array], valid: Optional[Ar
                 time_major: bool) -> Optional[Array]:
   """The core's ``valid [T, B]`` from ``seq_lengths [B]`` (right padding: step ``t`` of row
   ``b`` is valid when ``t < seq_lengths[b]``) or a validity mask (``[B, T]``; ``[T, B]`` when
-  time-major); None when neither is given."""
+  time-major); None when neither is given.
+
+  Args:
+    T: time steps.
+    B: batch rows.
+    seq_lengths: None or ``[B]`` ints (right padding).
+    valid: None or a validity mask, ``[B, T]`` (``[T, B]`` when ``time_major``). Giving both
+      raises ValueError, as does a wrong shape.
+    time_major: the layout of ``valid``.
+  Returns:
+    ``[T, B]`` bool, or None.
+  """
   if seq_lengths is not None and valid is not None:
     raise ValueError("pass seq_lengths or valid, not both")
   if seq_lengths is not None:
@@ -162,10 +189,18 @@ class _RandomLayer(nnx.Module):
 
   @property
   def rates(self) -> tuple:
+    """The layer's drop probabilities: ``(rate,)``."""
     return (self.rate,)
 
   def set_view(self, deterministic: Optional[bool] = None):
-    """``nnx.view`` hook. Args: deterministic: True for the dropout approximation."""
+    """``nnx.view`` hook.
+
+    Args:
+      deterministic: True for the dropout approximation, False for sampled masks; None leaves
+        the stored value unchanged.
+    Returns:
+      None (sets ``self.deterministic`` in place).
+    """
     if deterministic is not None:
       self.deterministic = deterministic
 
@@ -208,14 +243,30 @@ class _VariationalRNN(_RandomLayer):
 
   @property
   def rates(self) -> tuple:
+    """The layer's rates: ``(rate_x, rate_h, weight_drop, zoneout_c, zoneout_h)``."""
     return (self.rate_x, self.rate_h, self.weight_drop, self.zoneout_c, self.zoneout_h)
 
   def params(self) -> dict:
-    """The core's parameter dict ``{"w_x", "w_h", "b"}`` (the variables' current arrays)."""
+    """The core's parameter dict ``{"w_x", "w_h", "b"}`` (the variables' current arrays).
+
+    Returns:
+      ``{"w_x": [D, G*H], "w_h": [H, G*H], "b": [G*H]}``, the argument ``rnn.lstm`` /
+      ``rnn.gru`` take.
+    """
     return {"w_x": self.w_x[...], "w_h": self.w_h[...], "b": self.b[...]}
 
   def draw_masks(self, key: Array, batch: int, steps: int = 1) -> dict:
-    """The masks (``rnn_masks``) a call with ``key`` uses for ``batch`` rows of ``steps``."""
+    """The masks (``rnn_masks``) a call with ``key`` uses for ``batch`` rows of ``steps``.
+
+    Args:
+      key: PRNG key.
+      batch: B, the number of rows.
+      steps: T, the number of time steps (only the zoneout masks depend on it).
+    Returns:
+      ``rnn_masks``' dict: ``"x"`` ``[B, D]`` or ``[G, B, D]``, ``"h"`` ``[B, H]`` or
+      ``[G, B, H]``, ``"w_h"`` ``[H, G*H]``, ``"zone_c"``, ``"zone_h"`` ``[T, B, H]``; ``None``
+      for a rate of exactly 0.
+    """
     return rnn_masks(key, batch, steps, self.in_features, self.hidden_features, self.n_gates,
                      rate_x=self.rate_x, rate_h=self.rate_h, tied_gates=self.tied_gates,
                      weight_drop=self.weight_drop, zoneout_c=self.zoneout_c,
@@ -227,14 +278,18 @@ class _VariationalRNN(_RandomLayer):
     """Runs the layer over ``inputs`` ``[B, T, D]`` (``[T, B, D]`` when time-major).
 
     Args:
+      inputs: ``[B, T, D]`` (``[T, B, D]`` when time-major).
       initial_carry: the state to start from (default zeros): ``(c, h)`` for the LSTM, ``h``
         for the GRU, each ``[B, H]``.
       seq_lengths: ``[B]`` ints, right padding; or ``valid``: validity mask (see module doc).
+      valid: ``[B, T]`` bool (``[T, B]`` time-major), any padding side; not with
+        ``seq_lengths``.
       return_carry, time_major, deterministic: override the constructor's values.
       rngs: an ``nnx.Rngs``, an ``nnx.RngStream`` or a key, instead of the stored stream.
     Returns:
       outputs ``[B, T, H]`` (``[T, B, H]`` time-major), float32; with ``return_carry``,
-      ``(carry, outputs)``.
+      ``(carry, outputs)``, carry the final state: ``(c, h)`` for the LSTM, ``h`` for the GRU,
+      each ``[B, H]`` (the state after the last valid step).
     """
     time_major = self.time_major if time_major is None else time_major
     return_carry = self.return_carry if return_carry is None else return_carry
@@ -309,7 +364,18 @@ class VariationalLSTM(_VariationalRNN):
                 **kwargs) -> "VariationalLSTM":
     """A layer holding copies of ``cell``'s parameters (``dense_i.kernel`` -> ``w_x``,
     ``dense_h.kernel`` -> ``w_h``, ``dense_h.bias`` -> ``b``); ``kwargs`` as the constructor's.
-    ``rngs`` supplies the dropout stream (none: pass keys at call time, or use rates 0)."""
+    ``rngs`` supplies the dropout stream (none: pass keys at call time, or use rates 0).
+
+    Args:
+      cell: an ``nnx.OptimizedLSTMCell`` with the default ``gate_fn`` (sigmoid) and
+        ``activation_fn`` (tanh); ``dense_i.kernel [D, 4H]``, ``dense_h.kernel [H, 4H]``,
+        ``dense_h.bias [4H]``.
+      rngs: the dropout stream's source (optional).
+      **kwargs: the constructor's keyword arguments (``param_dtype`` defaults to the cell's).
+    Returns:
+      A ``VariationalLSTM`` with ``in_features`` D, ``hidden_features`` H and the cell's
+      parameters.
+    """
     if not isinstance(cell, nnx.OptimizedLSTMCell):
       raise TypeError(f"from_cell takes an nnx.OptimizedLSTMCell, got {type(cell).__name__}")
     if cell.gate_fn is not jax.nn.sigmoid or cell.activation_fn is not jnp.tanh:
@@ -323,7 +389,14 @@ class VariationalLSTM(_VariationalRNN):
 
   def to_cell(self, **kwargs) -> nnx.OptimizedLSTMCell:
     """An ``nnx.OptimizedLSTMCell`` holding copies of this layer's parameters (no dropout:
-    the cell has none); ``kwargs`` go to its constructor (e.g. ``dtype``)."""
+    the cell has none); ``kwargs`` go to its constructor (e.g. ``dtype``).
+
+    Args:
+      **kwargs: further keyword arguments of ``nnx.OptimizedLSTMCell``.
+    Returns:
+      The cell, ``dense_i.kernel [D, 4H]`` = ``w_x``, ``dense_h.kernel [H, 4H]`` = ``w_h``,
+      ``dense_h.bias [4H]`` = ``b``.
+    """
     w_x, w_h, b = self.w_x[...], self.w_h[...], self.b[...]
     return nnx.OptimizedLSTMCell(self.in_features, self.hidden_features, kernel_init=_constant(w_x),
                                  recurrent_kernel_init=_constant(w_h), bias_init=_constant(b),
@@ -333,7 +406,15 @@ class VariationalLSTM(_VariationalRNN):
 class VariationalGRU(_VariationalRNN):
   """GRU layer with variational dropout, on ``vdrnn.rnn.gru`` (gate order z, r, n; reset
   before ``W_hn``, as Gal's Keras GRU). Arguments as ``VariationalLSTM``'s (no
-  ``hoist_input``, no zoneout); the carry is ``h [B, H]``."""
+  ``hoist_input``, no zoneout); the carry is ``h [B, H]``.
+
+  Args:
+    in_features, hidden_features, rate_x, rate_h, weight_drop, tied_gates, unroll,
+      compute_dtype, time_major, return_carry, deterministic, rng_collection, kernel_init,
+      recurrent_kernel_init, bias_init, param_dtype, rngs: as ``VariationalLSTM``'s; the
+      parameters are ``w_x [D, 3H]``, ``w_h [H, 3H]``, ``b [3H]``.
+    zoneout_c, zoneout_h: must be 0 (ValueError otherwise).
+  """
 
   n_gates = 3
 
@@ -354,6 +435,14 @@ class WordTypeDropout(_RandomLayer):
 
   Call: ``inputs`` ``[B, T, E]`` embeddings and ``tokens`` ``[B, T]`` ids (``[T, B, E]`` and
   ``[T, B]`` when time-major); returns ``inputs * mask[..., None]``.
+
+  Args:
+    rate: probability of dropping a word type, in [0, 1).
+    shared_across_batch: one draw per word type for the whole batch instead of per row.
+    time_major: inputs ``[T, B, E]`` and tokens ``[T, B]``.
+    deterministic, rng_collection: as in ``nnx.Dropout``.
+    rngs: the ``rng_collection`` stream (or the default one) is forked and stored for the
+      masks; None: pass keys at call time.
   """
 
   def __init__(self, rate: float, *, shared_across_batch: bool = False, time_major: bool = False,
@@ -366,6 +455,17 @@ class WordTypeDropout(_RandomLayer):
 
   def __call__(self, inputs: Array, tokens: Array, *, deterministic: Optional[bool] = None,
                rngs=None) -> Array:
+    """Drops word types of ``inputs``.
+
+    Args:
+      inputs: ``[B, T, E]`` embeddings (``[T, B, E]`` time-major).
+      tokens: ``[B, T]`` integer token ids of ``inputs`` (``[T, B]`` time-major).
+      deterministic: overrides the constructor's value.
+      rngs: an ``nnx.Rngs``, an ``nnx.RngStream`` or a key, instead of the stored stream.
+    Returns:
+      ``inputs * mask[..., None]``, ``inputs``' shape and dtype (``inputs`` itself when
+      deterministic or at rate 0).
+    """
     key = self._key(deterministic, rngs)
     if key is None:
       return inputs
@@ -389,6 +489,13 @@ class LockedDropout(_RandomLayer):
   they do not change with the batch size or the sharding and equal those of the functional
   core (``vdrnn.models`` / ``vdrnn.masks``) for the same key. It is not enough for the
   *recurrent* state: there the mask must be applied inside the scan (``VariationalLSTM``).
+
+  Args:
+    rate: drop probability in [0, 1).
+    time_major: inputs ``[T, B, F]``.
+    deterministic, rng_collection: as in ``nnx.Dropout``.
+    rngs: the ``rng_collection`` stream (or the default one) is forked and stored for the
+      masks; None: pass keys at call time.
   """
 
   def __init__(self, rate: float, *, time_major: bool = False,
@@ -400,6 +507,16 @@ class LockedDropout(_RandomLayer):
     self._init_rngs(rngs)
 
   def __call__(self, inputs: Array, *, deterministic: Optional[bool] = None, rngs=None) -> Array:
+    """Multiplies ``inputs`` by one ``[B, F]`` mask per row, held over the other axes.
+
+    Args:
+      inputs: ``[B, ..., F]`` (e.g. ``[B, T, F]`` or ``[B, F]``), or ``[T, B, F]`` time-major.
+      deterministic: overrides the constructor's value.
+      rngs: an ``nnx.Rngs``, an ``nnx.RngStream`` or a key, instead of the stored stream.
+    Returns:
+      The masked ``inputs``, same shape and dtype (``inputs`` itself when deterministic or at
+      rate 0).
+    """
     key = self._key(deterministic, rngs)
     if key is None:
       return inputs
@@ -448,7 +565,20 @@ class _LinenVariationalRNN(linen.Module):
                valid: Optional[Array] = None, return_carry: Optional[bool] = None,
                deterministic: Optional[bool] = None):
     """As ``VariationalLSTM.__call__``; the dropout key is ``make_rng(rng_collection)``, taken
-    once per call (not when deterministic or every rate is 0)."""
+    once per call (not when deterministic or every rate is 0).
+
+    Args:
+      inputs: ``[B, T, D]`` (``[T, B, D]`` with ``time_major``); D sets the ``w_x [D, G*H]``.
+      initial_carry: the state to start from (default zeros): ``(c, h)`` for the LSTM, ``h``
+        for the GRU, each ``[B, H]``.
+      seq_lengths: ``[B]`` ints, right padding; or ``valid``: ``[B, T]`` bool (``[T, B]``
+        time-major), any padding side; not both.
+      return_carry: overrides the field.
+      deterministic: given here or as the field, exactly once (``linen.merge_param``).
+    Returns:
+      outputs ``[B, T, H]`` (``[T, B, H]`` time-major); with ``return_carry``,
+      ``(carry, outputs)``, carry ``(c, h)`` for the LSTM, ``h`` for the GRU, each ``[B, H]``.
+    """
     G, H = self.n_gates, self.hidden_features
     return_carry = self.return_carry if return_carry is None else return_carry
     masks_lib.check_rate(self.rate_x, "rate_x")
@@ -480,7 +610,16 @@ class _LinenVariationalRNN(linen.Module):
 
 
 class VariationalLSTMLinen(_LinenVariationalRNN):
-  """Linen twin of ``VariationalLSTM`` (same fields, plus ``hoist_input``)."""
+  """Linen twin of ``VariationalLSTM`` (same fields, plus ``hoist_input``).
+
+  Args:
+    hidden_features: H (``in_features`` D is taken from the input).
+    rate_x, rate_h, tied_gates, weight_drop, zoneout_c, zoneout_h, unroll, compute_dtype,
+      time_major, return_carry, rng_collection, kernel_init, recurrent_kernel_init, bias_init,
+      param_dtype, hoist_input: as ``VariationalLSTM``'s. Parameters ``w_x [D, 4H]``,
+      ``w_h [H, 4H]``, ``b [4H]`` in ``params``.
+    deterministic: default None: give it here or at call time (``linen.merge_param``).
+  """
 
   hoist_input: bool = True
   n_gates = 4
@@ -489,7 +628,15 @@ class VariationalLSTMLinen(_LinenVariationalRNN):
 
 
 class VariationalGRULinen(_LinenVariationalRNN):
-  """Linen twin of ``VariationalGRU``."""
+  """Linen twin of ``VariationalGRU``.
+
+  Args:
+    hidden_features, rate_x, rate_h, tied_gates, weight_drop, unroll, compute_dtype,
+      time_major, return_carry, deterministic, rng_collection, kernel_init,
+      recurrent_kernel_init, bias_init, param_dtype: as ``VariationalLSTMLinen``'s (no
+      ``hoist_input``; zoneout must be 0). Parameters ``w_x [D, 3H]``, ``w_h [H, 3H]``,
+      ``b [3H]`` in ``params``.
+  """
 
   n_gates = 3
 

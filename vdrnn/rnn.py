@@ -74,12 +74,25 @@ CANDIDATE_ACTS = ("tanh", "sigmoid")
 
 def hard_sigmoid(x: Array) -> Array:
   """Theano's / Keras 0.x ``hard_sigmoid``: ``clip(0.2 x + 0.5, 0, 1)`` (the released sentiment
-  code's gate activation, the fork's default ``inner_activation``)."""
+  code's gate activation, the fork's default ``inner_activation``).
+
+  Args:
+    x: pre-activations, any shape.
+  Returns:
+    An array of ``x``'s shape with entries in [0, 1].
+  """
   return jnp.clip(0.2 * x + 0.5, 0.0, 1.0)
 
 
 def activation(name: str):
-  """``sigmoid`` | ``hard_sigmoid`` | ``tanh`` as a function."""
+  """``sigmoid`` | ``hard_sigmoid`` | ``tanh`` as a function.
+
+  Args:
+    name: ``"sigmoid"``, ``"hard_sigmoid"`` or ``"tanh"``; any other name raises ValueError.
+  Returns:
+    The element-wise function (``jax.nn.sigmoid``, ``hard_sigmoid`` or ``jnp.tanh``): an
+    array of any shape to one of the same shape.
+  """
   acts = {"sigmoid": jax.nn.sigmoid, "hard_sigmoid": hard_sigmoid, "tanh": jnp.tanh}
   if name not in acts:
     raise ValueError(f"activation must be one of {sorted(acts)}, got {name!r}")
@@ -126,7 +139,16 @@ def matmul(x: Array, w: Array, compute_dtype=None) -> Array:
   With ``compute_dtype`` (bfloat16) the operands are cast to it and products accumulate
   in float32, in the backward pass too: the float32 cotangent is cast as well, so both
   gradient matmuls also run in ``compute_dtype`` (plain autodiff would upcast the weights
-  and run them in float32)."""
+  and run them in float32).
+
+  Args:
+    x: ``[..., K]`` left operand (any number of leading axes, e.g. ``[T, B, K]``).
+    w: ``[K, N]`` right operand.
+    compute_dtype: operand dtype (e.g. ``jnp.bfloat16``), None for the operands' own.
+  Returns:
+    ``[..., N]``: float32 with ``compute_dtype``, otherwise ``jnp.result_type(x, w)``. The
+    gradients come back in the dtypes of ``x`` and ``w``.
+  """
   return _matmul(x, w, compute_dtype)
 
 
@@ -162,6 +184,11 @@ def transposed(x: Array) -> Array:
   dot's dimension numbers; the non-canonical dot then runs slower, and a bfloat16 one is
   upcast to float32 (no AMX). Measured on the 2-core Xeon for ``[700, 650]^T @ [700, 10000]``:
   bfloat16 46 ms -> 14 ms, float32 42 ms -> 36 ms (``x`` is small, so the copy is cheap).
+
+  Args:
+    x: ``[M, K]`` array.
+  Returns:
+    ``[K, M]``, equal to ``x.T``, in ``x``'s dtype.
   """
   M, K = x.shape
   idx = (np.arange(K, dtype=np.int32)[:, None] +
@@ -203,7 +230,16 @@ def gate_matmul(x: Array, w: Array, compute_dtype=None) -> Array:
   one batched matmul rather than G separate ones: on the 2-core CPU at the sentiment shapes
   (``[4, 25600, 128] @ [4, 128, 128]``) the batched forward, input-gradient and weight-gradient
   products ran 1.4x, 2.2x and 3.2x faster than G separate ``matmul`` calls. ``compute_dtype``
-  as in ``matmul`` (both backward products in it too)."""
+  as in ``matmul`` (both backward products in it too).
+
+  Args:
+    x: ``[G, M, K]``, one row block per gate.
+    w: ``[G, K, N]``, one weight block per gate.
+    compute_dtype: operand dtype (e.g. ``jnp.bfloat16``), None for the operands' own.
+  Returns:
+    ``[G, M, N]`` with ``result[k] == x[k] @ w[k]``: float32 with ``compute_dtype``,
+    otherwise ``jnp.result_type(x, w)``.
+  """
   return _gate_matmul(x, w, compute_dtype)
 
 
@@ -224,6 +260,20 @@ def input_projection(xs: Array, w_x: Array, b: Array, mask_x: Optional[Array], G
   tied / none: ``(x_t * m) @ W_x + b``; untied: gate k uses ``(x_t * m[k]) @ W_x[:, kH:(k+1)H]``.
   ``mask_x_steps`` (instead of ``mask_x``): ``[T, B, D]`` multiplies ``x_t`` by its step's mask;
   ``[T, G, B, D]`` gives gate k the mask ``mask_x_steps[t, k]``.
+
+  Args:
+    xs: ``[T, B, D]`` inputs.
+    w_x: ``[D, G*H]`` input kernel, gate blocks of H columns.
+    b: ``[G*H]`` bias.
+    mask_x: ``None``, ``[B, D]`` (tied) or ``[G, B, D]`` (untied, one per gate). Shapes are
+      not checked here (``lstm`` / ``gru`` check them).
+    G: number of gates (4 for the LSTM, 3 for the GRU).
+    compute_dtype: matmul operand dtype (None = the inputs' dtype), as in ``matmul``.
+    gate_major: return ``[T, G, B, H]`` rather than ``[T, B, G*H]``.
+    mask_x_steps: ``None``, ``[T, B, D]`` or ``[T, G, B, D]``, a fresh mask per step (given
+      instead of ``mask_x``).
+  Returns:
+    float32 pre-activations ``[T, B, G*H]``, or ``[T, G, B, H]`` with ``gate_major``.
   """
   T, B, D = xs.shape
   H = w_x.shape[1] // G
