@@ -41,5 +41,5 @@ Modules: ``common`` (configs, FLOP counts, timers, the GEMM yardstick, interleav
 ``sections`` (gemm, train, mc, population, sentiment, flax), ``peers`` (the Keras and PyTorch
 contenders, worker processes, the side-by-side rounds), ``flax_peer`` (the Flax contenders),
 ``driver`` (plan, run, table, command line); beside them ``ab`` (A/B timing of two git
-revisions, interleaved) and ``mc_memory`` (peak memory of MC evaluation).
+revisions, interleaved). ``python -m launch.mc_memory`` measures MC evaluation's peak memory.
 """

@@ -1,7 +1,7 @@
 """Peak memory and throughput of MC-dropout evaluation (``vdrnn.lm_eval``) at the PTB
 medium shapes (2 x 650 LSTM, vocabulary 10,000, untied variational masks), random parameters.
 
-  python -m vdrnn.bench.mc_memory [--samples 100,1000] [--chunk 100] [--tokens 141]
+  python -m launch.mc_memory [--samples 100,1000] [--chunk 100] [--tokens 141]
 
 Each S runs in a fresh subprocess that reports its own peak RSS
 (``getrusage(RUSAGE_SELF).ru_maxrss``), so the numbers do not mix. The stream is the first
@@ -62,7 +62,7 @@ def main(argv) -> None:
   print("load average before:", os.getloadavg(), file=sys.stderr)
   for s in [int(x) for x in _SAMPLES.value]:
     t0 = time.time()
-    out = subprocess.run([sys.executable, "-m", "vdrnn.bench.mc_memory", f"--child={s}",
+    out = subprocess.run([sys.executable, "-m", "launch.mc_memory", f"--child={s}",
                           f"--chunk={_CHUNK.value}", f"--tokens={_TOKENS.value}"],
                          capture_output=True, text=True)
     if out.returncode:
