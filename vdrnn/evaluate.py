@@ -51,13 +51,13 @@ def summary(result: dict) -> str:
   s = (f"{result['split']} perplexity: MC dropout {result['ppl']:.2f} with {result['samples']} "
        f"samples ({result.get('mc_mean', 'arithmetic')} mean), dropout approximation "
        f"{result['det_ppl']:.2f}")
+  if "det_ppl_temperature" in result:
+    s += f" ({result['det_ppl_temperature']:.2f} at temperature {result['temperature']:g})"
+  s += f"; step {result.get('step', '?')}; {result['sample_tokens_per_s']:.0f} sample-tokens/s"
   if "ppl_geometric" in result:
     s += (f"\nMC means side by side: arithmetic {result['ppl_arithmetic']:.2f}, geometric "
           f"{result['ppl_geometric']:.2f}, power (exponent {result['mc_power']:g}) "
           f"{result['ppl_power']:.2f}")
-  if "det_ppl_temperature" in result:
-    s += f" ({result['det_ppl_temperature']:.2f} at temperature {result['temperature']:g})"
-  s += f"; step {result.get('step', '?')}; {result['sample_tokens_per_s']:.0f} sample-tokens/s"
   if "files" in result:
     s += "\nwrote " + ", ".join(result["files"])
   return s
