@@ -50,6 +50,23 @@ def config_rates(model) -> dict:
   return {key: model.get(field, 0.0) for field, key in RATE_FIELDS.items()}
 
 
+def _check_probability(rate: Any, name: str, closed: bool) -> Any:
+  """``rate`` if every entry is a probability in [0, 1) (``closed``: [0, 1]); else ValueError
+  naming it. Traced values pass through."""
+  if isinstance(rate, jax.core.Tracer):
+    return rate
+  interval = "[0, 1]" if closed else "[0, 1)"
+  try:
+    r = np.asarray(rate, dtype=np.float64)
+  except (TypeError, ValueError):
+    raise ValueError(f"{name} must be a number in {interval}, got {rate!r}") from None
+  too_big = np.any(r > 1) if closed else np.any(r >= 1)
+  if r.size == 0 or not np.all(np.isfinite(r)) or np.any(r < 0) or too_big:
+    what = "probability" if closed else "dropout probability"
+    raise ValueError(f"{name} must be a {what} in {interval}, got {rate!r}")
+  return rate
+
+
 def check_rate(rate: Any, name: str = "rate") -> Any:
   """Returns ``rate`` if it is a probability in [0, 1); raises ValueError naming it.
 
@@ -61,15 +78,7 @@ def check_rate(rate: Any, name: str = "rate") -> Any:
   Returns:
     ``rate`` itself, unchanged.
   """
-  if isinstance(rate, jax.core.Tracer):
-    return rate
-  try:
-    r = np.asarray(rate, dtype=np.float64)
-  except (TypeError, ValueError):
-    raise ValueError(f"{name} must be a number in [0, 1), got {rate!r}") from None
-  if r.size == 0 or not np.all(np.isfinite(r)) or np.any(r < 0) or np.any(r >= 1):
-    raise ValueError(f"{name} must be a dropout probability in [0, 1), got {rate!r}")
-  return rate
+  return _check_probability(rate, name, closed=False)
 
 
 def is_zero(rate: Any) -> bool:
@@ -259,15 +268,7 @@ def check_zoneout(rate: Any, name: str = "zoneout rate") -> Any:
   Returns:
     ``rate`` itself, unchanged.
   """
-  if isinstance(rate, jax.core.Tracer):
-    return rate
-  try:
-    r = np.asarray(rate, dtype=np.float64)
-  except (TypeError, ValueError):
-    raise ValueError(f"{name} must be a number in [0, 1], got {rate!r}") from None
-  if r.size == 0 or not np.all(np.isfinite(r)) or np.any(r < 0) or np.any(r > 1):
-    raise ValueError(f"{name} must be a probability in [0, 1], got {rate!r}")
-  return rate
+  return _check_probability(rate, name, closed=True)
 
 
 def weight_drop_mask(key: Array, shape: Sequence[int], rate: Any, dtype=jnp.float32) -> Array:

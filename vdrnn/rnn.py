@@ -149,29 +149,34 @@ def matmul(x: Array, w: Array, compute_dtype=None) -> Array:
     ``[..., N]``: float32 with ``compute_dtype``, otherwise ``jnp.result_type(x, w)``. The
     gradients come back in the dtypes of ``x`` and ``w``.
   """
-  return _matmul(x, w, compute_dtype)
+  return _matmul(x, w, compute_dtype, False)
 
 
-def _matmul_fwd(x, w, dtype):
+def _matmul_fwd(x, w, dtype, batched):
   xc, wc = _cast(x, dtype), _cast(w, dtype)
   pet = None if dtype is None else jnp.float32
-  out = jnp.einsum("...k,kn->...n", xc, wc, preferred_element_type=pet)
+  spec = "gmk,gkn->gmn" if batched else "...k,kn->...n"
+  out = jnp.einsum(spec, xc, wc, preferred_element_type=pet)
   return out, (xc, wc, jnp.zeros((), x.dtype), jnp.zeros((), w.dtype))
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
-def _matmul(x, w, dtype):
-  return _matmul_fwd(x, w, dtype)[0]
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
+def _matmul(x, w, dtype, batched):
+  """``matmul`` (``batched=False``) and ``gate_matmul`` (True): one custom VJP for both."""
+  return _matmul_fwd(x, w, dtype, batched)[0]
 
 
-def _matmul_bwd(dtype, res, g):
+def _matmul_bwd(dtype, batched, res, g):
   xc, wc, x_type, w_type = res
   g = _cast(g, dtype)
   pet = None if dtype is None else jnp.float32
-  dx = jnp.einsum("...n,kn->...k", g, wc, preferred_element_type=pet)
-  dw = jnp.dot(transposed(xc.reshape(-1, xc.shape[-1])),
-               g.reshape(-1, g.shape[-1]),
-               preferred_element_type=pet)
+  if batched:  # per gate: dx = g W_k^T, dW_k = x_k^T g_k, each one batched matmul
+    dx = jnp.einsum("gmn,gkn->gmk", g, wc, preferred_element_type=pet)
+    dw = jnp.einsum("gmk,gmn->gkn", xc, g, preferred_element_type=pet)
+  else:
+    dx = jnp.einsum("...n,kn->...k", g, wc, preferred_element_type=pet)
+    dw = jnp.dot(transposed(xc.reshape(-1, xc.shape[-1])), g.reshape(-1, g.shape[-1]),
+                 preferred_element_type=pet)
   return dx.astype(x_type.dtype), dw.astype(w_type.dtype)
 
 
@@ -199,30 +204,6 @@ def transposed(x: Array) -> Array:
 _matmul.defvjp(_matmul_fwd, _matmul_bwd)
 
 
-def _gate_matmul_fwd(x, w, dtype):
-  xc, wc = _cast(x, dtype), _cast(w, dtype)
-  pet = None if dtype is None else jnp.float32
-  out = jnp.einsum("gmk,gkn->gmn", xc, wc, preferred_element_type=pet)
-  return out, (xc, wc, jnp.zeros((), x.dtype), jnp.zeros((), w.dtype))
-
-
-@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
-def _gate_matmul(x, w, dtype):
-  return _gate_matmul_fwd(x, w, dtype)[0]
-
-
-def _gate_matmul_bwd(dtype, res, g):
-  xc, wc, x_type, w_type = res
-  g = _cast(g, dtype)
-  pet = None if dtype is None else jnp.float32
-  dx = jnp.einsum("gmn,gkn->gmk", g, wc, preferred_element_type=pet)
-  dw = jnp.einsum("gmk,gmn->gkn", xc, g, preferred_element_type=pet)
-  return dx.astype(x_type.dtype), dw.astype(w_type.dtype)
-
-
-_gate_matmul.defvjp(_gate_matmul_fwd, _gate_matmul_bwd)
-
-
 def gate_matmul(x: Array, w: Array, compute_dtype=None) -> Array:
   """One matmul per gate, batched over the gate axis: ``x [G, M, K] @ w [G, K, N] -> [G, M, N]``.
 
@@ -240,7 +221,7 @@ def gate_matmul(x: Array, w: Array, compute_dtype=None) -> Array:
     ``[G, M, N]`` with ``result[k] == x[k] @ w[k]``: float32 with ``compute_dtype``,
     otherwise ``jnp.result_type(x, w)``.
   """
-  return _gate_matmul(x, w, compute_dtype)
+  return _matmul(x, w, compute_dtype, True)
 
 
 def _stack_gates(parts: list) -> Array:
