@@ -253,6 +253,10 @@ def collect(row: Row, root: str, extra: list[str]) -> dict:
   info = _read_json(os.path.join(workdir, "run_info.json")) or {"sessions": []}
   cfg = _read_json(os.path.join(workdir, "config.json")) or {}
   res = _read_json(os.path.join(workdir, "results.json"))
+  if res is not None and row.task == "sentiment":  # the final checkpoint re-evaluated since
+    again = _read_json(os.path.join(workdir, "eval_latest_test.json")) or {}
+    if again.get("step") == res.get("step"):
+      res = {**{k: v for k, v in again.items() if k in REEVALUATED}, **res}
   hist = _history(workdir)
   sessions = info.get("sessions", [])
   if sessions:
@@ -371,6 +375,18 @@ def _line(rec: dict, label: str, p, v) -> dict:
           "command": rec["command"]}
 
 
+# Sentiment metrics a row's results may lack (runs from before they existed): taken from the
+# final checkpoint's re-evaluation, ``python -m vdrnn.evaluate --workdir W`` (eval_latest_test.json).
+REEVALUATED = ("test_ll_fit", "test_tau_fit", "test_ll_fit_mc", "test_tau_fit_mc",
+               "test_std_epistemic_mc", "test_std_aleatoric_mc", "test_std_aleatoric_fit_mc")
+SENTIMENT_UNCERTAINTY = (
+    ("test log-likelihood, released tau 0.1 (dropout approx. / MC)", "test_ll", "test_ll_mc"),
+    ("test log-likelihood, tau fitted on training examples (dropout approx. / MC)",
+     "test_ll_fit", "test_ll_fit_mc"),
+    ("MC predictive std: epistemic / aleatoric (fitted tau)", "test_std_epistemic_mc",
+     "test_std_aleatoric_fit_mc"))
+
+
 def sentiment_lines(records: list[dict]) -> list[dict]:
   lines = []
   for rec in records:
@@ -391,6 +407,9 @@ def sentiment_lines(records: list[dict]) -> list[dict]:
       if rec["status"] != "done" and label.startswith("MC"):
         continue
       lines.append(_line(rec, label, None, v))
+    for label, a, b in SENTIMENT_UNCERTAINTY:
+      if rec["status"] == "done" and (res.get(a) is not None or res.get(b) is not None):
+        lines.append({**_line(rec, label, None, res.get(a)), "vdrnn_b": res.get(b)})
   return lines
 
 
@@ -423,6 +442,8 @@ def markdown(ptb: list[dict], sent: list[dict], records: list[dict]) -> str:
           "|---|---|---|---|---|---|---|"]
   for l in sent:
     v = _fmt(l["vdrnn"], 4) if l["vdrnn"] is not None else _missing(l)
+    if "vdrnn_b" in l:  # a pair: dropout approximation / MC, or epistemic / aleatoric
+      v = f"{_fmt(l['vdrnn'], 4)} / {_fmt(l['vdrnn_b'], 4)}"
     out.append(f"| {l['row']} | {l['metric']} | {v} | {l['seeds'] or '–'} | {status(l)} "
                f"| {l['device'] or '–'} | {wall(l['wall_s'])} |")
   sent_recs = [r for r in records if r["task"] == "sentiment" and r["curve"]]

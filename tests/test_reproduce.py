@@ -89,7 +89,12 @@ def test_report_from_fixture_workdirs(tmp_path):
                device="NVIDIA H100 80GB HBM3 (gpu)", epochs=55)
   hist = [{"epoch": e, "test_rmse": 0.2 - 0.01 * e, "train_rmse": 0.1} for e in range(1, 6)]
   fake_workdir(root, "sentiment_lstm_variational", epochs=5, history=hist,
-               results={"test_rmse": 0.15, "test_rmse_mc": 0.149, "mc_samples": 10})
+               results={"test_rmse": 0.15, "test_rmse_mc": 0.149, "mc_samples": 10, "step": 50,
+                        "test_ll": -2.07, "test_ll_mc": -2.07})
+  # its final checkpoint re-evaluated by today's code: the fitted-tau metrics join its results
+  write(root / "sentiment_lstm_variational" / "eval_latest_test.json",
+        {"step": 50, "test_ll_fit": 0.41, "test_ll_fit_mc": 0.45, "test_std_epistemic_mc": 0.031,
+         "test_std_aleatoric_fit_mc": 0.148, "test_rmse": 0.15})
   # Still running, its current session not ended: the epochs' times count toward its wall time.
   fake_workdir(root, "sentiment_lstm_naive", epochs=5, wall=(20.0,),
                history=[{**h, "time_s": 25.0, "eval_time_s": 5.0} for h in hist[:2]])
@@ -128,6 +133,8 @@ def test_report_from_fixture_workdirs(tmp_path):
   assert "| 0.1800 |" in partial and "partial (2/5 epochs)" in partial
   # Sentiment: final numbers, the fixed-epoch table and one figure per cell with a curve.
   assert "| sentiment_lstm_variational | MC test RMSE (10 samples), last epoch | 0.1490 |" in table
+  assert "tau fitted on training examples (dropout approx. / MC) | 0.4100 / 0.4500 |" in table
+  assert "MC predictive std: epistemic / aleatoric (fitted tau) | 0.0310 / 0.1480 |" in table
   assert "| sentiment_lstm_variational | 0.1900 | 0.1800 | 0.1500 |" in table  # epochs 1, 2, 5
   assert (out / "sentiment_lstm.png").stat().st_size > 1000
   assert not (out / "sentiment_gru.png").exists()
