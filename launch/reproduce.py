@@ -82,6 +82,11 @@ def _sentiment_rows():
   rows.append(Row("sentiment_lstm_variational_tuned_wd1e-3", tuned,
                   (("train.weight_decay", "0.001"),), task="sentiment", where="cpu",
                   note="p = 0.25, weight decay 1e-3 as the text states (appendix B)"))
+  rows.append(Row("sentiment_lstm_naive_text", "configs/sentiment_lstm.py:naive,released",
+                  (("train.num_epochs", "250"), ("model.p_h", "0.0"), ("model.p_emb", "0.0"),
+                   ("model.naive_per_gate", "False")), task="sentiment", where="cpu",
+                  note="naive dropout as the paper's text defines it: fresh masks per step on "
+                       "the inputs and the outputs only, shared by the gates"))
   return rows
 
 
