@@ -348,7 +348,10 @@ def ptb_lines(records: list[dict]) -> list[dict]:
         continue
       if key == "valid_ppl" and rec["status"] != "done":
         continue
-      lines.append(_line(rec, label, p, v))
+      line = _line(rec, label, p, v)
+      if key == "mc_test_ppl" and res.get("mc_samples"):  # the paper's: 1000 samples
+        line["samples"] = res["mc_samples"]
+      lines.append(line)
     if rec["family"]:
       families.setdefault(rec["family"], []).append(rec)
   for fam, recs in families.items():
@@ -381,7 +384,8 @@ def _line(rec: dict, label: str, p, v) -> dict:
 
 
 # Sentiment metrics a row's results may lack (runs from before they existed): taken from the
-# final checkpoint's re-evaluation, ``python -m vdrnn.evaluate --workdir W`` (eval_latest_test.json).
+# final checkpoint's re-evaluation, ``python -m vdrnn.evaluate --workdir W``
+# (eval_latest_test.json).
 REEVALUATED = ("test_ll_fit", "test_tau_fit", "test_ll_fit_mc", "test_tau_fit_mc",
                "test_std_epistemic_mc", "test_std_aleatoric_mc", "test_std_aleatoric_fit_mc")
 SENTIMENT_UNCERTAINTY = (
@@ -437,7 +441,8 @@ def markdown(ptb: list[dict], sent: list[dict], records: list[dict]) -> str:
     v = _fmt(l["vdrnn"]) + ("" if l["vdrnn_sd"] is None else f" ± {l['vdrnn_sd']:.2f}")
     v = v if l["vdrnn"] is not None else _missing(l)
     diff = _fmt(l["diff"]) if l["diff"] is not None else "–"
-    out.append(f"| {l['row']} | {l['metric']} | {_fmt(l['paper'])} | {v} | {diff} "
+    metric = l["metric"] + (f" ({l['samples']} samples)" if l.get("samples") else "")
+    out.append(f"| {l['row']} | {metric} | {_fmt(l['paper'])} | {v} | {diff} "
                f"| {l['seeds'] or '–'} | {status(l)} | {l['device'] or '–'} "
                f"| {wall(l['wall_s'])} |")
   out += ["", "### Sentiment regression (Pang & Lee, test RMSE in rating units)", "",

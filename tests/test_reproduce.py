@@ -85,7 +85,8 @@ def test_report_from_fixture_workdirs(tmp_path):
   fake_workdir(root, "zaremba_small_seed1", seed=1,
                results={"valid_ppl": 120.0, "valid_ppl_lua": 119.0, "test_ppl": 115.0})
   fake_workdir(root, "large_variational_untied", results={"valid_ppl": 79.0, "valid_ppl_lua": 78.0,
-                                                          "test_ppl": 75.5, "mc_test_ppl": 73.6},
+                                                          "test_ppl": 75.5, "mc_test_ppl": 73.6,
+                                                          "mc_samples": 1000},
                device="NVIDIA H100 80GB HBM3 (gpu)", epochs=55)
   hist = [{"epoch": e, "test_rmse": 0.2 - 0.01 * e, "train_rmse": 0.1} for e in range(1, 6)]
   fake_workdir(root, "sentiment_lstm_variational", epochs=5, history=hist,
@@ -120,7 +121,7 @@ def test_report_from_fixture_workdirs(tmp_path):
   assert "| 114.5 | 116.00 | 1.50 | 2 |" in lua  # held against Zaremba small, its own family
   lua = next(l for l in lines if l.startswith("| large_variational_untied | valid (Lua formula)"))
   assert "| 77.9 ± 0.3 | 78.00 | 0.10 |" in lua and "NVIDIA H100 80GB HBM3 (gpu)" in lua
-  mc = "| large_variational_untied | MC test | 73.4 ± 0.0 | 73.60 | 0.20 |"
+  mc = "| large_variational_untied | MC test (1000 samples) | 73.4 ± 0.0 | 73.60 | 0.20 |"
   assert any(l.startswith(mc) for l in lines)
   # Rows without a result: "not run" with their command, never a number.
   med = next(l for l in lines if l.startswith("| medium_naive | test "))
@@ -211,7 +212,8 @@ def test_report_rewrites_only_the_readme_results_block(tmp_path):
       f"# title\n\n{reproduce.README_START}\nold table\n{reproduce.README_END}\n\nrest\n")
   root = tmp_path / "runs"
   fake_workdir(root, "large_variational_untied", results={"valid_ppl": 79.0, "valid_ppl_lua": 78.0,
-                                                          "test_ppl": 75.5, "mc_test_ppl": 73.6},
+                                                          "test_ppl": 75.5, "mc_test_ppl": 73.6,
+                                                          "mc_samples": 1000},
                device="NVIDIA H100 80GB HBM3 (gpu)", epochs=55)
   records = reproduce.merge([reproduce.collect(r, str(root), []) for r in reproduce.ROWS], None)
   summary = reproduce.readme_summary(reproduce.ptb_lines(records),
