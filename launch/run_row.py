@@ -32,7 +32,7 @@ def cpu_name() -> str:
     pass
   model = model or platform.processor() or platform.machine() or "unknown CPU"
   cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-  return f"{model}, {cores} cores"
+  return f"{model}, {cores} core{'s' if cores != 1 else ''}"
 
 
 def device_name() -> str:

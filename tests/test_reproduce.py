@@ -137,6 +137,9 @@ def test_report_from_fixture_workdirs(tmp_path):
   assert "tau fitted on training examples (dropout approx. / MC) | 0.4100 / 0.4500 |" in table
   assert "MC predictive std: epistemic / aleatoric (fitted tau) | 0.0310 / 0.1480 |" in table
   assert "| sentiment_lstm_variational | 0.1900 | 0.1800 | 0.1500 |" in table  # epochs 1, 2, 5
+  # equal curves on the two epochs the partial naive row has: variational is not lower
+  assert ("| sentiment_lstm_variational | sentiment_lstm_naive | 2 (to epoch 2) | 0 "
+          "| not lower at epoch 2 | 0.1500 (epoch 5) | 0.1800 (epoch 2) |") in table
   assert (out / "sentiment_lstm.png").stat().st_size > 1000
   assert not (out / "sentiment_gru.png").exists()
   with open(out / "results.csv") as f:
@@ -149,6 +152,22 @@ def test_report_from_fixture_workdirs(tmp_path):
   assert recs2["large_variational_untied"]["results"]["mc_test_ppl"] == 73.6
   assert recs2["sentiment_lstm_naive"]["status"] == "not run"
   assert (out / "README_table.md").read_text().count("NVIDIA H100") >= 3
+
+
+def test_compare_curves_finds_where_one_curve_stays_below():
+  # a over-fits after epoch 2; b starts worse, is lower at 3 and 4, not at 5, lower again at 6
+  a = {1: 0.19, 2: 0.17, 3: 0.18, 4: 0.19, 5: 0.20, 6: 0.21}
+  b = {1: 0.20, 2: 0.18, 3: 0.17, 4: 0.16, 5: 0.21, 6: 0.15, 7: 0.14}
+  c = reproduce.compare_curves(b, a)
+  assert c == {"epochs": 6, "last": 6, "lower": 3, "since": 6, "best_a": (7, 0.14),
+               "best_b": (2, 0.17)}
+  c = reproduce.compare_curves(a, b)
+  assert c["lower"] == 3 and c["since"] is None and c["best_a"] == (2, 0.17)
+  assert reproduce.compare_curves(a, {8: 0.1}) is None
+  b[5] = 0.19  # lower from epoch 3 on
+  assert reproduce.compare_curves(b, a)["since"] == 3
+  b[6] = 0.22  # not lower at the last common epoch: no "since"
+  assert reproduce.compare_curves(b, a)["since"] is None
 
 
 def test_paper_values_are_the_papers():

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from configs import imdb_lstm, sentiment_gru, sentiment_lstm
-from vdrnn import plots, sentiment, uncertainty
+from vdrnn import models, plots, sentiment, uncertainty
 from vdrnn.data import locate
 from vdrnn.data import sentiment as data
 from vdrnn.errors import UserError
@@ -201,6 +201,26 @@ def test_configs_read_like_the_paper():
   assert (k.model.p_x, k.model.p_h, k.data.maxlen, k.train.batch_size) == (0.2, 0.2, 80, 32)
   for cfg in (c, sentiment_gru.get_config("none"), k, imdb_lstm.get_config("naive")):
     sentiment.validate(cfg)
+
+
+@pytest.mark.parametrize("cell,gates", [("lstm", 4), ("gru", 3)])
+def test_l2_scopes_every_weight_or_the_forks_last_gate_block(cell, gates):
+  import jax
+  c = sentiment_lstm.get_config("tiny") if cell == "lstm" else sentiment_gru.get_config("tiny")
+  params = jax.tree.map(np.asarray, models.init_seq(jax.random.key(0), c.model))
+  sq = lambda a: float(np.sum(np.square(a, dtype=np.float64)))  # noqa: E731
+  every = sum(sq(p) for p in jax.tree.leaves(params))
+  np.testing.assert_allclose(float(sentiment.l2(params)), every, rtol=1e-5)
+  H, r = c.model.hidden, params["rnn"]
+  last = sq(r["w_x"][:, -H:]) + sq(r["w_h"][:, -H:]) + sq(r["b"][-H:])  # LSTM o, GRU n blocks
+  fork = (sq(params["embed"]) + sq(params["dense"]["w"]) + sq(params["dense"]["b"])
+          + gates * last)
+  np.testing.assert_allclose(float(sentiment.l2(params, "fork")), fork, rtol=1e-5)
+  assert abs(fork - every) > 1e-3 * every  # the two scopes differ on these weights
+  bad = sentiment_lstm.get_config("tiny")
+  bad.train.weight_decay_scope = "keras"
+  with pytest.raises(UserError, match="weight_decay_scope"):
+    sentiment.validate(bad)
 
 
 # ----------------------------------------------------------------------------------------

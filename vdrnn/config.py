@@ -230,6 +230,9 @@ def seq_base() -> ml_collections.ConfigDict:
   c.train.b2 = 0.999
   c.train.eps = 1e-8
   c.train.weight_decay = 1e-6  # Keras l2(1e-6) on every weight: 1e-6 * sum(w^2) added to the loss
+  # "all": every weight once; "fork": the Keras 0.x fork's slip (configs/PAPER.md), only the
+  # recurrent layer's last gate block (G times), the embedding and the dense layer
+  c.train.weight_decay_scope = "all"
   c.train.max_grad_norm = 0.0  # >0: clip the global gradient norm (the released code does not)
   # >0: also checkpoint within an epoch (always at every epoch end)
   c.train.checkpoint_every_steps = 0

@@ -9,7 +9,8 @@ code (``configs/PAPER.md``):
   one per sequence row (``vdrnn.models.seq_masks``);
 * loss: the weighted batch mean of the squared error on standardised ratings (regression)
   or of the softmax cross-entropy (classification), **plus** ``weight_decay * sum(w^2)``
-  over every parameter (Keras's ``l2(1e-6)`` regularisers are added to the loss, so Adam
+  over every parameter, or over the fork's blocks with ``train.weight_decay_scope="fork"``
+  (``l2``; Keras's ``l2(1e-6)`` regularisers are added to the loss, so Adam
   sees their gradient ``2 * weight_decay * w`` with its adaptive scaling; this is not
   AdamW's decoupled decay);
 * Adam with Keras's defaults; the training set is reshuffled every epoch (Keras
@@ -54,7 +55,8 @@ from vdrnn.sentiment_eval import (evaluate, fit_taus, is_regression, make_predic
 
 # Config fields that must match for a workdir's checkpoint to be resumed.
 RESUME_KEYS = [
-    "task", "seed", "data", "model", "train.batch_size", "train.lr", "train.weight_decay"
+    "task", "seed", "data", "model", "train.batch_size", "train.lr", "train.weight_decay",
+    "train.weight_decay_scope"
 ]
 RESUME_DEFAULTS = json.loads(seq_base().to_json())  # a field a checkpoint lacks: its default
 
@@ -90,6 +92,9 @@ def validate(config) -> None:
     raise UserError(f"data.truncating must be pre or post, got {d.truncating!r}")
   if t.lr <= 0 or t.weight_decay < 0 or t.max_grad_norm < 0:
     raise UserError("train.lr must be > 0, train.weight_decay and train.max_grad_norm >= 0")
+  if t.weight_decay_scope not in L2_SCOPES:
+    raise UserError(f"train.weight_decay_scope must be one of {L2_SCOPES}, "
+                    f"got {t.weight_decay_scope!r}")
   if t.compute_dtype not in ("float32", "bfloat16"):
     raise UserError(f"train.compute_dtype must be float32 or bfloat16, got {t.compute_dtype!r}")
   if e.mc_samples < 0 or e.mc_every_epochs < 0 or e.train_examples < 0:
@@ -130,9 +135,29 @@ def init_state(config) -> dict:
           "step": jnp.zeros((), jnp.int32), "acc": zero_acc()}
 
 
-def l2(params) -> jax.Array:
-  """``sum(w^2)`` over every parameter (Keras's l2 regulariser sums, not means)."""
-  return sum(jnp.sum(jnp.square(p)) for p in jax.tree.leaves(params))
+L2_SCOPES = ("all", "fork")
+
+
+def l2(params, scope: str = "all") -> jax.Array:
+  """The L2 penalty's ``sum(w^2)`` (Keras's l2 regulariser sums, not means).
+
+  Args:
+    params: ``init_seq``'s tree; ``rnn`` kernels ``[E, G*H]``, ``[H, G*H]``, bias ``[G*H]``.
+    scope: ``"all"``: every parameter once. ``"fork"``: what the Keras 0.x fork of the released
+      code computes (``configs/PAPER.md``): its recurrent layer registers one regulariser object
+      per kind once per gate block and each registration re-points it, so only the last block
+      (the LSTM's ``W_o, U_o, b_o``, the GRU's ``W_h, U_h, b_h``: vdrnn's last gate in both
+      orders) is regularised, counted G times; the embedding and the dense layer once each.
+  """
+  if scope == "all":
+    return sum(jnp.sum(jnp.square(p)) for p in jax.tree.leaves(params))
+  rnn = params["rnn"]
+  G = rnn["w_h"].shape[1] // rnn["w_h"].shape[0]
+  H = rnn["w_h"].shape[0]
+  last = sum(jnp.sum(jnp.square(p[..., (G - 1) * H:])) for p in jax.tree.leaves(rnn))
+  rest = sum(jnp.sum(jnp.square(p)) for k, v in params.items() if k != "rnn"
+             for p in jax.tree.leaves(v))
+  return rest + G * last
 
 
 def per_example_loss(config, out: jax.Array, y: jax.Array) -> jax.Array:
@@ -162,7 +187,7 @@ def make_train_step(config):
                              compute_dtype=dtype)
       per = per_example_loss(config, out, y)
       loss = jnp.sum(w * per) / jnp.maximum(jnp.sum(w), 1.0)
-      return loss + t.weight_decay * l2(params), (per, out)
+      return loss + t.weight_decay * l2(params, t.weight_decay_scope), (per, out)
 
     (loss, (per, out)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state["params"])
     updates, opt_state = opt.update(grads, state["opt"], state["params"])
