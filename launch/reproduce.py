@@ -33,6 +33,7 @@ import json
 import math
 import os
 import shlex
+import shutil
 import time
 from typing import Optional
 
@@ -43,6 +44,7 @@ from vdrnn.config import load_config_file
 from vdrnn.errors import UserError, run_main
 
 DEFAULT_ROOT = "workdirs/reproduce"  # where rows run unless --workdir_root says otherwise
+MC_CURVE_SAMPLES = (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000)  # the MC curve table's columns
 SENTIMENT_EPOCHS = (1, 2, 5, 10, 20, 50, 100, 250, 500, 1250)  # the fixed-epoch table's columns
 
 
@@ -279,6 +281,11 @@ def collect(row: Row, root: str, extra: list[str]) -> dict:
   rec["curve"] = [{k: h.get(k) for k in keys if h.get(k) is not None} for h in hist]
   if res is not None and hist and len(hist) > res.get("epochs", len(hist)):
     res = None  # results.json of the shorter run this one extends: not this run's end
+  mc = _read_json(os.path.join(workdir, "mc_test.json"))
+  if res is not None and mc and res.get("mc_samples") == len(mc.get("ppl_by_samples", [])):
+    by = mc["ppl_by_samples"]  # MC test perplexity with the first k samples, k = 1..K
+    rec["mc_curve"] = {k: by[k - 1] for k in MC_CURVE_SAMPLES if k <= len(by)}
+    rec["mc_curve"].setdefault(len(by), by[-1])
   if res is not None:
     rec["status"] = "done"
     rec["epochs"] = num_epochs
@@ -496,6 +503,15 @@ def markdown(ptb: list[dict], sent: list[dict], records: list[dict]) -> str:
     out.append(f"| {l['row']} | {metric} | {_fmt(l['paper'])} | {v} | {diff} "
                f"| {l['seeds'] or '–'} | {status(l)} | {l['device'] or '–'} "
                f"| {wall(l['wall_s'])} |")
+  curves = [r for r in records if r.get("mc_curve")]
+  if curves:
+    cols = sorted({int(k) for r in curves for k in r["mc_curve"]})
+    out += ["", "MC test perplexity against the number of samples (masks held over the whole "
+            "test stream, probabilities averaged; figure `<row>_mc_test.png`):", "",
+            "| row | " + " | ".join(str(k) for k in cols) + " |", "|---|" + "---|" * len(cols)]
+    for r in curves:
+      at = {int(k): v for k, v in r["mc_curve"].items()}
+      out.append(f"| {r['row']} | " + " | ".join(_fmt(at.get(k)) for k in cols) + " |")
   out += ["", "### Sentiment regression (Pang & Lee, test RMSE in rating units)", "",
           "Paper: Gal & Ghahramani 2016, Sec. 5.2, figure only (no published number). All rows "
           "use the released scripts' semantics and split (`:<scheme>,released`).", "",
@@ -654,6 +670,10 @@ def report(root: str, results_dir: str, extra: list[str]) -> list[dict]:
   with open(os.path.join(results_dir, "README_table.md"), "w") as f:
     f.write(table)
   figures = plot_sentiment(records, results_dir)
+  for r in records:  # each MC curve's figure beside the table
+    png = os.path.join(root, r["row"], "mc_test.png")
+    if r.get("mc_curve") and os.path.exists(png):
+      figures.append(shutil.copyfile(png, os.path.join(results_dir, f"{r['row']}_mc_test.png")))
   root_dir = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
   if os.path.abspath(results_dir) == os.path.join(root_dir, "launch", "results"):
     if update_readme(os.path.join(root_dir, "README.md"), readme_summary(ptb, sent)):

@@ -88,6 +88,10 @@ def test_report_from_fixture_workdirs(tmp_path):
                                                           "test_ppl": 75.5, "mc_test_ppl": 73.6,
                                                           "mc_samples": 1000},
                device="NVIDIA H100 80GB HBM3 (gpu)", epochs=55)
+  # its MC curve: perplexity with the first k of its 1000 samples, and the figure
+  write(root / "large_variational_untied" / "mc_test.json",
+        {"ppl_by_samples": [73.6 + 10.0 / k for k in range(1, 1001)]})
+  (root / "large_variational_untied" / "mc_test.png").write_bytes(b"png")
   hist = [{"epoch": e, "test_rmse": 0.2 - 0.01 * e, "train_rmse": 0.1} for e in range(1, 6)]
   fake_workdir(root, "sentiment_lstm_variational", epochs=5, history=hist,
                results={"test_rmse": 0.15, "test_rmse_mc": 0.149, "mc_samples": 10, "step": 50,
@@ -123,6 +127,9 @@ def test_report_from_fixture_workdirs(tmp_path):
   assert "| 77.9 ± 0.3 | 78.00 | 0.10 |" in lua and "NVIDIA H100 80GB HBM3 (gpu)" in lua
   mc = "| large_variational_untied | MC test (1000 samples) | 73.4 ± 0.0 | 73.60 | 0.20 |"
   assert any(l.startswith(mc) for l in lines)
+  assert ("| large_variational_untied | 83.60 | 78.60 | 75.60 | 74.60 | 74.10 | 73.80 | 73.70 "
+          "| 73.65 | 73.62 | 73.61 |") in lines
+  assert (out / "large_variational_untied_mc_test.png").read_bytes() == b"png"
   # Rows without a result: "not run" with their command, never a number.
   med = next(l for l in lines if l.startswith("| medium_naive | test "))
   assert "| 82.7 | not run | – |" in med
@@ -152,6 +159,7 @@ def test_report_from_fixture_workdirs(tmp_path):
   assert recs2["large_variational_untied"]["results"]["mc_test_ppl"] == 73.6
   assert recs2["sentiment_lstm_naive"]["status"] == "not run"
   assert (out / "README_table.md").read_text().count("NVIDIA H100") >= 3
+  assert "| large_variational_untied | 83.60 | 78.60 |" in (out / "README_table.md").read_text()
 
 
 def test_compare_curves_finds_where_one_curve_stays_below():
