@@ -14,6 +14,7 @@ from configs import imdb_lstm, sentiment_gru, sentiment_lstm
 from vdrnn import models, plots, sentiment, uncertainty
 from vdrnn.data import locate
 from vdrnn.data import sentiment as data
+from vdrnn.config import load_run_config
 from vdrnn.errors import UserError
 from vdrnn.metrics import read_jsonl
 
@@ -334,10 +335,23 @@ def test_resume_mid_epoch_is_exact(lstm_run, tmp_path):
   assert _epochs(workdir) == _epochs(full)
 
 
-def test_evaluate_workdir_matches_training(lstm_run):
+def test_evaluate_workdir_matches_training(lstm_run, tmp_path):
   c, workdir, r = lstm_run
   latest = sentiment.evaluate_workdir(None, workdir, checkpoint="latest")
   assert latest["test_rmse"] == r["test_rmse"] and latest["test_rmse_mc"] == r["test_rmse_mc"]
+  # a run written before a field existed: config.json without it takes the field's default
+  old = str(tmp_path / "old")
+  shutil.copytree(workdir, old)
+  with open(os.path.join(old, "config.json")) as f:
+    cfg = json.load(f)
+  del cfg["train"]["weight_decay_scope"], cfg["model"]["skip_padding"]
+  with open(os.path.join(old, "config.json"), "w") as f:
+    json.dump(cfg, f)
+  loaded = load_run_config(old)
+  assert (loaded.train.weight_decay_scope, loaded.model.skip_padding) == ("all", True)
+  assert loaded.train.num_epochs == c.train.num_epochs  # the run's own values kept
+  again = sentiment.evaluate_workdir(None, old, checkpoint="latest")
+  assert again["test_rmse"] == r["test_rmse"]
   best = sentiment.evaluate_workdir(c, workdir, checkpoint="best", split="valid")
   assert math.isfinite(best["valid_rmse_mc"]) and os.path.exists(
       os.path.join(workdir, "eval_best_valid.json"))
