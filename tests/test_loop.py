@@ -14,7 +14,7 @@ import pytest
 
 from configs import ptb_tiny, sentiment_lstm
 from vdrnn import checkpoint, experiment, lm, loop, sentiment, sharding
-from vdrnn.config import load_config_file
+from vdrnn.config import lm_base, load_config_file, with_defaults
 from vdrnn.errors import UserError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -156,16 +156,19 @@ def test_progress_bar_values_are_short_for_one_run_and_a_population():
 def test_a_field_added_since_the_checkpoint_reads_as_its_default():
   """A checkpoint from before ``model.lua_biases`` existed resumes when the run keeps the
   field's default; any other difference is named field by field."""
-  saved = {"task": "ptb", "model": {"hidden": 16}}
-  now = {"task": "ptb", "model": {"hidden": 16, "lua_biases": False}}
-  defaults = {"task": "ptb", "model": {"hidden": 200, "lua_biases": False}}
-  checkpoint.check_compatible(saved, now, ["task", "model"], "w", defaults)
-  changed = {"task": "ptb", "model": {"hidden": 16, "lua_biases": True}}
+  saved = with_defaults({"task": "ptb", "model": {"hidden": 16}})
+  assert saved["model"]["hidden"] == 16 and saved["model"]["lua_biases"] is False
+  assert saved["train"]["seq_length"] == lm_base().train.seq_length  # a whole group it lacks
+  now = {"task": "ptb", "model": {**saved["model"]}}
+  checkpoint.check_compatible(saved, now, ["task", "model"], "w")
+  changed = {"task": "ptb", "model": {**saved["model"], "lua_biases": True}}
   with pytest.raises(UserError, match=r"\(model.lua_biases: False there, True now\)"):
-    checkpoint.check_compatible(saved, changed, ["task", "model"], "w", defaults)
-  wider = {"task": "ptb", "model": {"hidden": 32, "lua_biases": False}}
+    checkpoint.check_compatible(saved, changed, ["task", "model"], "w")
+  wider = {"task": "ptb", "model": {**saved["model"], "hidden": 32}}
   with pytest.raises(UserError, match=r"\(model.hidden: 16 there, 32 now\)"):
-    checkpoint.check_compatible(saved, wider, ["task", "model"], "w", defaults)
-  with pytest.raises(UserError, match=r"model.lua_biases: '<absent>' there"):
-    checkpoint.check_compatible(saved, now, ["task", "model"], "w")  # no defaults given
-  assert lm.RESUME_DEFAULTS["model"]["lua_biases"] is False
+    checkpoint.check_compatible(saved, wider, ["task", "model"], "w")
+  # unfilled, the first field it lacks is named absent (model.concrete, alphabetically)
+  with pytest.raises(UserError, match=r"\(model.concrete: '<absent>' there, False now\)"):
+    checkpoint.check_compatible({"task": "ptb", "model": {"hidden": 16}}, now, ["model"], "w")
+  # a sentiment run's fields come from the sequence models' base
+  assert with_defaults({"task": "sentiment"})["train"]["weight_decay_scope"] == "all"

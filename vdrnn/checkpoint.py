@@ -145,12 +145,11 @@ def _first_line(e: BaseException) -> str:
   return text.splitlines()[0] if text else type(e).__name__
 
 
-def check_compatible(saved: dict, current: dict, keys: list[str], where: str,
-                     defaults: Optional[dict] = None) -> None:
+def check_compatible(saved: dict, current: dict, keys: list[str], where: str) -> None:
   """Raises a UserError naming the first field of ``keys`` (dotted) that differs.
 
-  A field the saved config lacks (one the code gained after the checkpoint was made) reads
-  as its value in ``defaults``: the base config, whose defaults keep the old behaviour."""
+  ``saved``: the checkpoint's config with the fields it predates filled in
+  (``config.with_defaults``)."""
   absent = "<absent>"
 
   def get(d, dotted):
@@ -161,11 +160,7 @@ def check_compatible(saved: dict, current: dict, keys: list[str], where: str,
     return d
 
   for k in keys:
-    a, b, d = get(saved, k), get(current, k), get(defaults or {}, k)
-    if isinstance(a, dict) and isinstance(d, dict):
-      a = {**d, **a}
-    elif a == absent:
-      a = d
+    a, b = get(saved, k), get(current, k)
     if a == b:
       continue
     if isinstance(a, dict) and isinstance(b, dict):  # name the field inside, e.g. model.hidden

@@ -53,27 +53,31 @@ def load_run_config(workdir: str) -> ml_collections.ConfigDict:
   """A training run's config, from ``<workdir>/config.json``.
 
   A field the file lacks (the run was written before the field existed) takes its default
-  from the task's base config (``lm_base`` or ``seq_base``); each field added since defaults
-  to the behaviour before it, so an older run is evaluated as it was trained."""
+  (``with_defaults``), so an older run is evaluated as it was trained."""
   if not os.path.isdir(workdir):
     raise UserError(f"workdir {workdir} does not exist")
   path = os.path.join(workdir, "config.json")
   if not os.path.exists(path):
     raise UserError(f"{path} not found; is {workdir} a training workdir?")
   with open(path) as f:
-    run = json.load(f)
-  base = lm_base() if run.get("task", "ptb") == "ptb" else seq_base()
-  return ml_collections.ConfigDict(_with_defaults(run, json.loads(base.to_json())))
+    return ml_collections.ConfigDict(with_defaults(json.load(f)))
 
 
-def _with_defaults(run: dict, base: dict) -> dict:
-  """``run`` with every field of ``base`` it lacks, at any depth (``run``'s values kept)."""
-  out = dict(run)
+def with_defaults(saved: dict) -> dict:
+  """A config an older run saved (its ``config.json``, a checkpoint's metadata) with every
+  field it lacks, at any depth, from its task's base config (``lm_base`` or ``seq_base``):
+  each field added since defaults to the behaviour before it. The saved values are kept."""
+  base = lm_base() if saved.get("task", "ptb") == "ptb" else seq_base()
+  return _fill(saved, json.loads(base.to_json()))
+
+
+def _fill(saved: dict, base: dict) -> dict:
+  out = dict(saved)
   for k, v in base.items():
     if k not in out:
       out[k] = v
     elif isinstance(v, dict) and isinstance(out[k], dict):
-      out[k] = _with_defaults(out[k], v)
+      out[k] = _fill(out[k], v)
   return out
 
 

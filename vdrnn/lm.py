@@ -35,13 +35,12 @@ import optax
 
 from vdrnn import loop, lm_eval, models, plots, sharding
 from vdrnn import checkpoint as ckpt_lib
-from vdrnn.config import compute_dtype, lm_base, load_run_config, validate_rates
+from vdrnn.config import compute_dtype, load_run_config, validate_rates
 from vdrnn.data import ptb
 from vdrnn.errors import UserError
 
 # Config fields that must match for a workdir's checkpoint to be resumed.
 RESUME_KEYS = ["task", "seed", "data_limit", "model", "train.batch_size", "train.seq_length"]
-RESUME_DEFAULTS = json.loads(lm_base().to_json())  # a field a checkpoint lacks: its default
 
 
 def validate(c) -> None:
@@ -266,7 +265,6 @@ class LMTask:
   items_per_step: int
   select = "valid_ppl"
   resume_keys = RESUME_KEYS
-  resume_defaults = RESUME_DEFAULTS
   nonfinite_hint = "lower train.lr or train.max_grad_norm"
   members = ()
 

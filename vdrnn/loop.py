@@ -37,6 +37,7 @@ from absl import logging
 from tqdm import tqdm
 
 from vdrnn import checkpoint, sharding
+from vdrnn.config import with_defaults
 from vdrnn.errors import UserError
 from vdrnn.metrics import MetricsWriter
 
@@ -53,7 +54,6 @@ class Task(Protocol):
   items_per_step: int          # tokens or examples a step trains on (for the logged rate)
   select: Optional[str]        # epoch-record key (lower is better) of the best checkpoint
   resume_keys: Sequence[str]   # config fields a resumed run must share
-  resume_defaults: dict        # the base config: the value of a field a checkpoint predates
   meta: dict                   # facts saved with every checkpoint that a resume must match
   nonfinite_hint: str          # what to do after a non-finite loss
   members: Sequence[tuple[str, dict]]  # a population's (subdirectory, config) pairs, or ()
@@ -205,8 +205,8 @@ def _resume(task: Task, ckpts, state, cfg_dict: dict, workdir: str):
   meta = {"config": cfg_dict, "history": [], "best": None, **task.meta}
 
   def compatible(saved: dict) -> None:
-    checkpoint.check_compatible(saved["config"], cfg_dict, task.resume_keys, workdir,
-                                task.resume_defaults)
+    checkpoint.check_compatible(with_defaults(saved["config"]), cfg_dict, task.resume_keys,
+                                workdir)
     for k, v in task.meta.items():
       if saved.get(k) != json.loads(json.dumps(v)):  # as it reads back from the JSON
         raise UserError(f"{workdir} holds a checkpoint made with {k}={saved.get(k)!r}, now "

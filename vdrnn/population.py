@@ -151,7 +151,6 @@ class PopulationTask:
 
   select = "valid_ppl"
   resume_keys = lm.RESUME_KEYS
-  resume_defaults = lm.RESUME_DEFAULTS
   nonfinite_hint = "lower train.lr or train.max_grad_norm"
 
   def __init__(self, config, workdir: str):

@@ -47,7 +47,7 @@ import optax
 
 from vdrnn import checkpoint as ckpt_lib
 from vdrnn import loop, models, plots, sharding
-from vdrnn.config import compute_dtype, load_run_config, seq_base, validate_rates
+from vdrnn.config import compute_dtype, load_run_config, validate_rates
 from vdrnn.data import sentiment as data_lib
 from vdrnn.errors import UserError
 from vdrnn.sentiment_eval import (evaluate, fit_taus, is_regression, make_predict_fns, predict,
@@ -58,7 +58,6 @@ RESUME_KEYS = [
     "task", "seed", "data", "model", "train.batch_size", "train.lr", "train.weight_decay",
     "train.weight_decay_scope"
 ]
-RESUME_DEFAULTS = json.loads(seq_base().to_json())  # a field a checkpoint lacks: its default
 
 
 def validate(config) -> None:
@@ -265,7 +264,6 @@ class SentimentTask:
   ``workdir`` receives the learning curve and, for classification, the reliability diagram."""
 
   resume_keys = RESUME_KEYS
-  resume_defaults = RESUME_DEFAULTS
   nonfinite_hint = "lower train.lr or set train.max_grad_norm"
   members = ()
 
