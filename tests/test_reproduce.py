@@ -168,9 +168,10 @@ def test_compare_curves_finds_where_one_curve_stays_below():
   b = {1: 0.20, 2: 0.18, 3: 0.17, 4: 0.16, 5: 0.21, 6: 0.15, 7: 0.14}
   c = reproduce.compare_curves(b, a)
   assert c == {"epochs": 6, "last": 6, "lower": 3, "since": 6, "best_a": (7, 0.14),
-               "best_b": (2, 0.17)}
+               "best_b": (2, 0.17), "below_best": 4}
   c = reproduce.compare_curves(a, b)
   assert c["lower"] == 3 and c["since"] is None and c["best_a"] == (2, 0.17)
+  assert c["below_best"] is None  # a never gets below b's 0.14 (b's epoch 7, beyond a's end)
   assert reproduce.compare_curves(a, {8: 0.1}) is None
   b[5] = 0.19  # lower from epoch 3 on
   assert reproduce.compare_curves(b, a)["since"] == 3
