@@ -451,22 +451,24 @@ def compare_curves(a: dict, b: dict) -> Optional[dict]:
       break
     since = e
   best = lambda c: min(c.items(), key=lambda kv: kv[1])  # noqa: E731
-  below_best = next((e for e in sorted(a) if a[e] < best(b)[1]), None)
+  best_a, best_b = best(a), best(b)
+  below_best = next((e for e in sorted(a) if a[e] < best_b[1]), None)
   return {"epochs": len(common), "last": common[-1], "lower": sum(lower), "since": since,
-          "best_a": best(a), "best_b": best(b), "below_best": below_best}
+          "best_a": best_a, "best_b": best_b, "below_best": below_best}
 
 
 def sentiment_comparisons(records: list[dict]) -> list[str]:
   """Markdown lines: each variational row of a cell against its naive and no-dropout rows."""
   out = []
   for cell in ("lstm", "gru"):
-    recs = [r for r in records if r["task"] == "sentiment"
-            and r["row"].startswith(f"sentiment_{cell}_") and _test_curve(r)]
+    curves = {r["row"]: _test_curve(r) for r in records if r["task"] == "sentiment"
+              and r["row"].startswith(f"sentiment_{cell}_")}
+    recs = [r for r in records if curves.get(r["row"])]
     ours = [r for r in recs if r["row"].startswith(f"sentiment_{cell}_variational")]
     others = [r for r in recs if not r["row"].startswith(f"sentiment_{cell}_variational")]
     for v in ours:
       for o in others:
-        c = compare_curves(_test_curve(v), _test_curve(o))
+        c = compare_curves(curves[v["row"]], curves[o["row"]])
         if c is None:
           continue
         since = (f"lower at every epoch from {c['since']} to {c['last']}" if c["since"]
