@@ -23,7 +23,6 @@ The step is ``jax.jit``-ted with ``NamedSharding``s over a 1-D device mesh (data
 
 from __future__ import annotations
 
-import json
 import math
 import os
 from typing import Optional
