@@ -12,7 +12,7 @@
 #      35 (= T, the full unroll) and the Pallas kernel, large then medium, untied;
 #   4. launch/gpu_lstm.py --sections=peers: vdrnn (scan, Pallas) vs PyTorch nn.LSTM (cuDNN)
 #      and AWD-LSTM, medium untied, interleaved rounds;
-#   5. python -m vdrnn.bench --only population,mc: population K = 1, 4, 16 and MC S = 100, 1000;
+#   5. python -m launch.bench --only population,mc: population K = 1, 4, 16 and MC S = 100, 1000;
 #   6. XLA command buffers (CUDA graphs): the large untied bf16 step (unroll 1) with command
 #      buffers off, and with WHILE/CONDITIONAL added (one process per XLA_FLAGS setting);
 #   7. launch/gpu_lstm.py --sections=tiles: the kernel's block_h / num_warps.
@@ -108,7 +108,7 @@ step "step: unroll 1 and pallas, medium" 35 $BENCH --sections=step --shapes=medi
   --json="$OUT/step.json" --append
 step "peers: cuDNN, AWD-LSTM vs vdrnn, medium" 60 $BENCH --sections=peers --rounds=5 \
   --json="$OUT/peers.json"
-step "bench: population, mc" 70 $PY -m vdrnn.bench --only population,mc --json "$OUT/bench.json"
+step "bench: population, mc" 70 $PY -m launch.bench --only population,mc --json "$OUT/bench.json"
 CB_OFF="--xla_gpu_enable_command_buffer="
 CB_WHILE="--xla_gpu_enable_command_buffer=FUSION,CUBLAS,CUBLASLT,CUSTOM_CALL,CUDNN"
 CB_WHILE="$CB_WHILE,CONDITIONAL,WHILE --xla_gpu_graph_min_graph_size=1"

@@ -15,7 +15,7 @@ Sections (each result is appended to the JSON file as soon as it is measured):
   the untied medium and large recipes; the Pallas arm sets ``train.rnn_impl = "pallas"``.
 * ``peers``: vdrnn's untied medium step (scan and Pallas) side by side with PyTorch
   ``nn.LSTM`` (cuDNN, no recurrent dropout) and AWD-LSTM (DropConnect on ``W_hh``, then
-  cuDNN) from ``vdrnn.bench.peers``, in interleaved rounds; medians of per-round times.
+  cuDNN) from ``launch.bench.peers``, in interleaved rounds; medians of per-round times.
 * ``tiles``: the Pallas kernel's block_h / num_warps at the untied large layer, bfloat16.
 
 XLA flags (command buffers) are per process: run the script once per setting (see
@@ -37,7 +37,7 @@ from absl import app, flags
 
 from vdrnn import lm, pallas_lstm, rnn
 from vdrnn import masks as masks_lib
-from vdrnn.bench import peers
+from launch.bench import peers
 from vdrnn.config import load_config_file
 
 _SECTIONS = flags.DEFINE_list("sections", ["layer", "step", "peers", "tiles"], "what to run")

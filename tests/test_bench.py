@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from vdrnn import models, rnn
-from vdrnn.bench import common, driver, peers
+from launch.bench import common, driver, peers
 
 
 def test_tiny_benchmark_runs_and_reports(tmp_path):

@@ -1,4 +1,4 @@
-"""The PyTorch peers of the benchmark (vdrnn/bench/peers.py): build at a toy shape on the CPU,
+"""The PyTorch peers of the benchmark (launch/bench/peers.py): build at a toy shape on the CPU,
 run 2 steps. Skipped when PyTorch is not installed."""
 
 import json
@@ -9,7 +9,7 @@ import pytest
 from configs import ptb_tiny
 
 torch = pytest.importorskip("torch", reason="PyTorch is not installed (pip install -e .[bench])")
-from vdrnn.bench import peers  # noqa: E402 - after the skip
+from launch.bench import peers  # noqa: E402 - after the skip
 
 
 def toy():

@@ -520,7 +520,7 @@ def seq_apply(params: dict, tokens: Array, masks: Optional[dict] = None, *, cell
   if cell == "lstm":
     # The per-step fused matmul (hoist_input=False): at sentiment shapes (B = 128, D = H = 128,
     # T = 200) its loop-only backward ran the training step 1.3x faster than the hoisted input
-    # projection with its [T, 4, B, .] intermediates (python -m vdrnn.bench --only sentiment).
+    # projection with its [T, 4, B, .] intermediates (python -m launch.bench --only sentiment).
     (_, h), _ = rnn.lstm(params["rnn"], (z, z), xs, m_x, m_h, valid=valid, unroll=unroll,
                          compute_dtype=compute_dtype, gate_act=gate_act, hoist_input=False,
                          **steps)

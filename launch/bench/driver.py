@@ -1,5 +1,5 @@
 """The benchmark's driver: what to run (``plan``), running it (``run``), the table and the
-command line (``python -m vdrnn.bench``; see ``vdrnn.bench``)."""
+command line (``python -m launch.bench``; see ``launch.bench``)."""
 
 from __future__ import annotations
 
@@ -11,10 +11,10 @@ import time
 import jax
 from absl import app, flags
 
-from vdrnn.bench import peers
-from vdrnn.bench.common import (_load, _shape_str, device_info, gemm_probe, lm_config,
+from launch.bench import peers
+from launch.bench.common import (_load, _shape_str, device_info, gemm_probe, lm_config,
                                 matmul_params, supports_bf16)
-from vdrnn.bench.sections import (bench_flax, bench_gemm, bench_mc, bench_population,
+from launch.bench.sections import (bench_flax, bench_gemm, bench_mc, bench_population,
                                   bench_sentiment, bench_train, sentiment_config,
                                   sentiment_matmul_params)
 
@@ -341,7 +341,7 @@ def main(argv) -> None:
   if flags.FLAGS.table:
     os.makedirs(os.path.dirname(os.path.abspath(flags.FLAGS.table)), exist_ok=True)
     with open(flags.FLAGS.table, "w") as f:
-      f.write(f"# python -m vdrnn.bench {' '.join(sys.argv[1:])}\n{table}\n")
+      f.write(f"# python -m launch.bench {' '.join(sys.argv[1:])}\n{table}\n")
   if flags.FLAGS.json:
     write_json(report, flags.FLAGS.json)
     print(f"wrote {flags.FLAGS.json}", file=sys.stderr)

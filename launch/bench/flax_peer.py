@@ -1,5 +1,5 @@
-"""Flax contenders for the benchmark's peers (registered in ``vdrnn.bench.peers``) and its
-``flax`` section (``vdrnn.bench.sections.bench_flax``).
+"""Flax contenders for the benchmark's peers (registered in ``launch.bench.peers``) and its
+``flax`` section (``launch.bench.sections.bench_flax``).
 
 Both build the PTB language-model training step of ``vdrnn.lm.make_train_step`` at a
 config's shapes (embedding -> L LSTM layers -> output dropout -> softmax; loss = sum over

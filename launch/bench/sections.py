@@ -10,8 +10,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from vdrnn import lm_eval, models, population, sentiment
-from vdrnn.bench import flax_peer
-from vdrnn.bench.common import (_block, _fraction, _median_rate, _random_batches, core_step,
+from launch.bench import flax_peer
+from launch.bench.common import (_block, _fraction, _median_rate, _random_batches, core_step,
                                 gemm_probe, interleaved_rounds, lm_config, matmul_params,
                                 round_stats, step_runner, time_train, xla_cost)
 from vdrnn.config import load_config_file

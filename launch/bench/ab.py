@@ -1,6 +1,6 @@
 """A/B timing of two revisions of vdrnn, interleaved: is a change faster, on a noisy machine?
 
-  python -m vdrnn.bench.ab --base HEAD~1 [--new WORKTREE] [--what train|mc|sentiment] \
+  python -m launch.bench.ab --base HEAD~1 [--new WORKTREE] [--what train|mc|sentiment] \
       [--shape medium] [--gates untied] [--dtype float32] [--samples 1000] [--rounds 12] \
       [--config configs/sentiment_lstm.py:variational,released]
 
@@ -50,12 +50,15 @@ _WORKER = flags.DEFINE_string("worker", None, "Internal: the JSON spec of a work
 def _api():
   """``(lm_config, train module, MC module)`` of the ``vdrnn`` on ``sys.path`` (any layout)."""
   import importlib  # noqa: PLC0415 - the revision's modules, found at run time
-  try:
-    lm_config = importlib.import_module("vdrnn.bench.common").lm_config
-    return lm_config, importlib.import_module("vdrnn.lm"), importlib.import_module("vdrnn.lm_eval")
-  except ImportError:  # revisions before the one-loop layout
-    return (importlib.import_module("vdrnn.bench").lm_config,
-            importlib.import_module("vdrnn.train"), importlib.import_module("vdrnn.evaluate"))
+  for where in ("launch.bench.common", "vdrnn.bench.common"):  # the benchmark's home, then its old one
+    try:
+      lm_config = importlib.import_module(where).lm_config
+      return lm_config, importlib.import_module("vdrnn.lm"), importlib.import_module("vdrnn.lm_eval")
+    except ImportError:
+      pass
+  # revisions before the one-loop layout
+  return (importlib.import_module("vdrnn.bench").lm_config,
+          importlib.import_module("vdrnn.train"), importlib.import_module("vdrnn.evaluate"))
 
 
 def worker(spec: dict) -> None:
@@ -137,11 +140,12 @@ def _sentiment_step(config: str, overrides: list):
 
 
 def checkout(rev: str, into: str) -> str:
-  """The tree holding ``vdrnn/`` and ``configs/`` of ``rev`` (``WORKTREE``: this checkout)."""
+  """The tree holding ``vdrnn/``, ``configs/`` and ``launch/`` of ``rev`` (``WORKTREE``: this
+  checkout)."""
   if rev == "WORKTREE":
     return REPO
   os.makedirs(into)
-  archive = subprocess.run(["git", "-C", REPO, "archive", rev, "vdrnn", "configs"], check=True,
+  archive = subprocess.run(["git", "-C", REPO, "archive", rev, "vdrnn", "configs", "launch"], check=True,
                            capture_output=True)
   subprocess.run(["tar", "-x", "-C", into], input=archive.stdout, check=True)
   return into

@@ -1,4 +1,4 @@
-"""Throughput benchmark: ``python -m vdrnn.bench [--quick] [--json P] [--table P] [--only S]``.
+"""Throughput benchmark: ``python -m launch.bench [--quick] [--json P] [--table P] [--only S]``.
 
 Measures, on the default JAX device (CPU or one accelerator):
 

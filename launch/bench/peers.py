@@ -4,7 +4,7 @@ in a worker process, timed in interleaved rounds with vdrnn.
 * ``keras``: ``LSTM(dropout, recurrent_dropout)`` (untied per-sequence masks);
 * ``torch``: an ``LSTMCell`` loop with per-sequence masks (tied);
 * ``flax``: ``nnx.RNN(OptimizedLSTMCell)`` with recurrent dropout assembled the documented
-  Flax way (``vdrnn.bench.flax_peer``; tied);
+  Flax way (``launch.bench.flax_peer``; tied);
 * ``cudnn`` (``build_torch_cudnn``): one ``nn.LSTM(num_layers=L, dropout=p_x)``: standard dropout
   (a fresh mask per element and step) on the embedded input, between layers and on the
   output; no recurrent dropout. The speed ceiling of an LSTM: cuDNN cannot drop ``h``.
@@ -32,8 +32,8 @@ import warnings
 import jax
 import numpy as np
 
-from vdrnn.bench import flax_peer
-from vdrnn.bench.common import (_random_batches, core_step, gemm_probe, interleaved_rounds,
+from launch.bench import flax_peer
+from launch.bench.common import (_random_batches, core_step, gemm_probe, interleaved_rounds,
                                 lm_config, round_stats, step_runner)
 
 # ----------------------------------------------------------------------------------------
@@ -409,7 +409,7 @@ def start_peer(name: str, shape: str, dtype: str, isolate: bool = True):
     return build_peer(name, shape, dtype)
   env = {**os.environ, "KERAS_BACKEND": "jax"} if name == "keras" else dict(os.environ)
   proc = subprocess.Popen(
-      [sys.executable, "-m", "vdrnn.bench", f"--peer_worker={name},{shape},{dtype}"],
+      [sys.executable, "-m", "launch.bench", f"--peer_worker={name},{shape},{dtype}"],
       stdin=subprocess.PIPE,
       stdout=subprocess.PIPE,
       stderr=subprocess.PIPE,
