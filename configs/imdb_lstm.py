@@ -9,15 +9,16 @@ batch 32, 15 epochs, validated on the test set as the example does. ``tiny`` shr
 shapes for tests and smoke runs (tests/data).
 """
 
-from vdrnn.config import parse_arg, seq_base, seq_tiny
+from vdrnn.config import parse_arg
+from vdrnn.imdb import base_config
+from vdrnn.seq_task import tiny
 
 ARGS = ("variational", "naive", "none", "keras")
 
 
 def get_config(arg=None):
   scheme, opts = parse_arg(arg, "imdb_lstm", ARGS, "variational", flags=("tiny",))
-  c = seq_base()
-  c.task = "imdb"
+  c = base_config()
   c.data.num_words = 20000       # 20,000 most frequent training words (Keras max_features = 20000)
   c.data.maxlen = 200            # cut / left-pad to 200 tokens (issue default; Keras example: 80)
   c.data.truncating = "pre"      # keep the last maxlen tokens (Keras pad_sequences default)
@@ -46,6 +47,5 @@ def get_config(arg=None):
     c.train.num_epochs = 15      # epochs=15
     c.train.weight_decay = 0.0   # no regulariser
   if "tiny" in opts:
-    seq_tiny(c)
-    c.model.out_dim = 2
+    tiny(c)
   return c

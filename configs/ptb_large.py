@@ -10,12 +10,13 @@ Every LSTM gate has the Lua code's two trained biases (``model.lua_biases``: i2h
 ``--config.model.lua_biases=False`` gives one bias.
 """
 
-from vdrnn.config import lm_base, parse_arg
+from vdrnn.config import parse_arg
+from vdrnn.lm import base_config
 
 
 def get_config(arg=None):
   arg, _ = parse_arg(arg, "ptb_large", ("untied", "tied", "zaremba"), "untied")
-  c = lm_base()
+  c = base_config()
   c.model.emb_dim = 1500       # 2 x 1500
   c.model.hidden = 1500
   c.model.num_layers = 2

@@ -15,13 +15,14 @@ Every LSTM gate has the Lua code's two trained biases (``model.lua_biases``, the
 ``nn.Linear`` layers of LM_code/*.lua); ``--config.model.lua_biases=False`` gives one bias.
 """
 
-from vdrnn.config import lm_base, parse_arg
+from vdrnn.config import parse_arg
+from vdrnn.lm import base_config
 
 
 def get_config(arg=None):
   arg, _ = parse_arg(arg, "ptb_medium", ("variational_untied", "variational_tied", "naive", "none"),
                      "variational_untied")
-  c = lm_base()
+  c = base_config()
   c.model.emb_dim = 650        # Zaremba medium: 2 x 650
   c.model.hidden = 650
   c.model.num_layers = 2

@@ -4,12 +4,13 @@
 ``--config.model.lua_biases=False`` gives one bias per gate (test 116.9 against 115.0 with
 two, launch/results/)."""
 
-from vdrnn.config import lm_base, parse_arg
+from vdrnn.config import parse_arg
+from vdrnn.lm import base_config
 
 
 def get_config(arg=None):
   parse_arg(arg, "ptb_small", (), "")
-  c = lm_base()
+  c = base_config()
   c.model.emb_dim = 200        # Zaremba small: 2 x 200
   c.model.hidden = 200
   c.model.num_layers = 2

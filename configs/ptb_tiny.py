@@ -4,13 +4,14 @@ Arg picks the scheme as in ptb_medium (default variational_untied). The data can
 the first ``data_limit`` tokens of each split to keep a run to seconds.
 """
 
-from vdrnn.config import lm_base, parse_arg
+from vdrnn.config import parse_arg
+from vdrnn.lm import base_config
 
 
 def get_config(arg=None):
   arg, _ = parse_arg(arg, "ptb_tiny", ("variational_untied", "variational_tied", "naive", "none"),
                      "variational_untied")
-  c = lm_base()
+  c = base_config()
   c.model.emb_dim = 16
   c.model.hidden = 16
   c.model.num_layers = 2

@@ -27,8 +27,8 @@ L2 registration slip (one regulariser object per kind re-pointed at each gate bl
 so only the last-registered block of the layer is regularised, and that one 4x).
 """
 
-from vdrnn.config import sentiment_recipe
+from vdrnn.sentiment import recipe
 
 
 def get_config(arg=None):
-  return sentiment_recipe("lstm", arg)
+  return recipe("lstm", arg)

@@ -1,12 +1,12 @@
 """Shared test helpers: step-by-step NumPy references of the LSTM and the GRU (float64, one gate
 and one step at a time: the obviously correct versions the scans are held against), and small
-random parameters, inputs and masks."""
+random parameters, inputs and masks; the evaluation command line run in this process."""
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from vdrnn import masks
+from vdrnn import evaluate, masks
 
 
 def sigmoid(x):
@@ -102,3 +102,8 @@ def make_masks(kind, G, B, D, H, seed=1):
   mx = jnp.swapaxes(masks.per_row(kx, B, (G, D), 0.4), 0, 1)
   mh = jnp.swapaxes(masks.per_row(kh, B, (G, H), 0.3), 0, 1)
   return mx, mh, np.asarray(mx), np.asarray(mh)
+
+
+def evaluate_cli(argv: list[str]) -> None:
+  """``python -m vdrnn.evaluate`` with ``argv`` in this process (``argv[0]`` is the program)."""
+  evaluate.main(evaluate.flags_parser(list(argv)))

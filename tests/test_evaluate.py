@@ -14,7 +14,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from vdrnn import evaluate, lm, lm_eval, models
+from helpers import evaluate_cli
+from vdrnn import lm, lm_eval, models, tasks
 from vdrnn.errors import UserError
 
 REPO = Path(__file__).resolve().parents[1]
@@ -283,9 +284,14 @@ def test_training_runs_mc_at_the_end(workdir):
   assert os.path.getsize(os.path.join(wd, "mc_test.png")) > 1000
 
 
+def evaluate_workdir(wd: str, **kwargs) -> dict:
+  """What ``python -m vdrnn.evaluate --workdir wd`` computes, without overrides."""
+  return tasks.evaluate_workdir(tasks.load_run_config(wd), wd, **kwargs)
+
+
 def test_evaluate_workdir_reproduces_training(workdir):
   wd, results = workdir
-  r = evaluate.evaluate_workdir(None, wd, checkpoint="latest")
+  r = evaluate_workdir(wd, checkpoint="latest")
   assert r["step"] == results["step"]
   assert r["ppl"] == pytest.approx(results["mc_test_ppl"], rel=1e-6)
   assert r["det_ppl"] == pytest.approx(results["test_ppl"], rel=1e-6)
@@ -293,7 +299,7 @@ def test_evaluate_workdir_reproduces_training(workdir):
 
 def test_cli_overrides(workdir, capsys):
   wd, results = workdir
-  evaluate.cli([
+  evaluate_cli([
       "evaluate", f"--workdir={wd}", "--config.eval.mc_samples=4", "--config.eval.mc_chunk=4",
       "--checkpoint", "best", "--split=valid"
   ])
@@ -312,12 +318,12 @@ def test_cli_overrides(workdir, capsys):
 ])
 def test_evaluate_workdir_errors(workdir, kwargs, match):
   with pytest.raises(UserError, match=match):
-    evaluate.evaluate_workdir(None, workdir[0], **kwargs)
+    evaluate_workdir(workdir[0], **kwargs)
 
 
 def test_cli_bad_override_is_one_line(workdir, capsys):
   with pytest.raises(SystemExit) as e:
-    evaluate.cli(["evaluate", f"--workdir={workdir[0]}", "--config.eval.mc_samples=many"])
+    evaluate_cli(["evaluate", f"--workdir={workdir[0]}", "--config.eval.mc_samples=many"])
   assert e.value.code == 2
   err = capsys.readouterr().err
   assert err.startswith("error: ") and err.count("\n") == 1
@@ -332,18 +338,17 @@ def test_cli_missing_workdir_is_one_line(tmp_path):
   assert p.stdout == ""
 
 
-def test_sentiment_workdirs_go_to_vdrnn_sentiment(tmp_path, monkeypatch):
-  from vdrnn import sentiment
+def test_imdb_workdirs_go_to_the_imdb_task(tmp_path, monkeypatch):
+  from vdrnn import imdb
   calls = []
-  monkeypatch.setattr(sentiment, "evaluate_workdir", lambda *a, **k: calls.append(
+  monkeypatch.setattr(imdb, "evaluate_workdir", lambda *a, **k: calls.append(
       (a, k)) or {"ok": 1})
   (tmp_path / "config.json").write_text(json.dumps({"task": "imdb", "eval": {"mc_samples": 3}}))
-  assert evaluate.evaluate_workdir(None, str(tmp_path), checkpoint="best", split="train") == {
+  assert evaluate_workdir(str(tmp_path), checkpoint="best", split="train") == {
       "ok": 1
   }
   (config, wd), kwargs = calls[0]
   assert config.task == "imdb" and wd == str(tmp_path) and kwargs == {
       "checkpoint": "best",
       "split": "train",
-      "progress": None
   }

@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 
 from configs import ptb_tiny, sentiment_lstm
-from vdrnn import checkpoint, experiment, lm, loop, sentiment, sharding
-from vdrnn.config import lm_base, load_config_file, with_defaults
+from vdrnn import checkpoint, lm, loop, sharding, tasks, train
+from vdrnn.config import load_config_file
 from vdrnn.errors import UserError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -45,7 +45,7 @@ def test_every_config_arg_loads_and_names_its_workdir(name):
     spec = f"configs/{name}.py" + (f":{arg}" if arg else "")
     load_config_file(spec)  # raises on an arg the file does not know
     want = name + ("_" + arg.replace(",", "_") if arg else "")
-    assert experiment.default_workdir(spec) == os.path.join("workdirs", want)
+    assert train.default_workdir(spec) == os.path.join("workdirs", want)
   with pytest.raises(ValueError, match="unknown arg"):
     load_config_file(f"configs/{name}.py:no_such_arg")
 
@@ -141,7 +141,7 @@ def test_sentiment_loop_writes_files_on_process_0_only(tmp_path, monkeypatch):
   c = sentiment_lstm.get_config("variational,tiny")
   c.data_dir, c.verify_checksums, c.train.num_epochs = TINY, False, 1
   monkeypatch.setattr(sharding, "is_primary", lambda: False)  # as on process 1 of 2
-  r = sentiment.train_and_evaluate(c, str(tmp_path))
+  r = tasks.train_and_evaluate(c, str(tmp_path))
   assert np.isfinite(r["test_rmse"])
   written = sorted(f for f in os.listdir(tmp_path) if f != "checkpoints")
   assert written == [], written
@@ -156,9 +156,9 @@ def test_progress_bar_values_are_short_for_one_run_and_a_population():
 def test_a_field_added_since_the_checkpoint_reads_as_its_default():
   """A checkpoint from before ``model.lua_biases`` existed resumes when the run keeps the
   field's default; any other difference is named field by field."""
-  saved = with_defaults({"task": "ptb", "model": {"hidden": 16}})
+  saved = tasks.with_defaults({"task": "ptb", "model": {"hidden": 16}})
   assert saved["model"]["hidden"] == 16 and saved["model"]["lua_biases"] is False
-  assert saved["train"]["seq_length"] == lm_base().train.seq_length  # a whole group it lacks
+  assert saved["train"]["seq_length"] == lm.base_config().train.seq_length  # a whole group it lacks
   now = {"task": "ptb", "model": {**saved["model"]}}
   checkpoint.check_compatible(saved, now, ["task", "model"], "w")
   changed = {"task": "ptb", "model": {**saved["model"], "lua_biases": True}}
@@ -171,4 +171,4 @@ def test_a_field_added_since_the_checkpoint_reads_as_its_default():
   with pytest.raises(UserError, match=r"\(model.concrete: '<absent>' there, False now\)"):
     checkpoint.check_compatible({"task": "ptb", "model": {"hidden": 16}}, now, ["model"], "w")
   # a sentiment run's fields come from the sequence models' base
-  assert with_defaults({"task": "sentiment"})["train"]["weight_decay_scope"] == "all"
+  assert tasks.with_defaults({"task": "sentiment"})["train"]["weight_decay_scope"] == "all"

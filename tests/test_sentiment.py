@@ -11,10 +11,9 @@ import numpy as np
 import pytest
 
 from configs import imdb_lstm, sentiment_gru, sentiment_lstm
-from vdrnn import models, plots, sentiment, uncertainty
+from vdrnn import models, plots, seq_task, tasks, uncertainty
 from vdrnn.data import locate
 from vdrnn.data import sentiment as data
-from vdrnn.config import load_run_config
 from vdrnn.errors import UserError
 from vdrnn.metrics import read_jsonl
 
@@ -173,18 +172,18 @@ def test_missing_data_is_one_clear_error(tmp_path):
   c = tiny(sentiment_lstm, "variational,tiny")
   c.data_dir = str(tmp_path)
   with pytest.raises(UserError, match="scaledata"):
-    sentiment.train_and_evaluate(c, str(tmp_path / "w"))
+    tasks.train_and_evaluate(c, str(tmp_path / "w"))
 
 
 def test_config_errors():
   c = tiny(sentiment_lstm, "tiny")
   c.model.vocab_size = 99
   with pytest.raises(UserError, match="vocab_size"):
-    sentiment.validate(c)
+    tasks.of(c).validate(c)
   c = tiny(imdb_lstm, "tiny")
   c.model.out_dim = 1
   with pytest.raises(UserError, match="out_dim"):
-    sentiment.validate(c)
+    tasks.of(c).validate(c)
   with pytest.raises(ValueError, match="unknown arg"):
     sentiment_gru.get_config("variatonal")
 
@@ -201,7 +200,7 @@ def test_configs_read_like_the_paper():
   k = imdb_lstm.get_config("keras")
   assert (k.model.p_x, k.model.p_h, k.data.maxlen, k.train.batch_size) == (0.2, 0.2, 80, 32)
   for cfg in (c, sentiment_gru.get_config("none"), k, imdb_lstm.get_config("naive")):
-    sentiment.validate(cfg)
+    tasks.of(cfg).validate(cfg)
 
 
 @pytest.mark.parametrize("cell,gates", [("lstm", 4), ("gru", 3)])
@@ -211,17 +210,17 @@ def test_l2_scopes_every_weight_or_the_forks_last_gate_block(cell, gates):
   params = jax.tree.map(np.asarray, models.init_seq(jax.random.key(0), c.model))
   sq = lambda a: float(np.sum(np.square(a, dtype=np.float64)))  # noqa: E731
   every = sum(sq(p) for p in jax.tree.leaves(params))
-  np.testing.assert_allclose(float(sentiment.l2(params)), every, rtol=1e-5)
+  np.testing.assert_allclose(float(seq_task.l2(params)), every, rtol=1e-5)
   H, r = c.model.hidden, params["rnn"]
   last = sq(r["w_x"][:, -H:]) + sq(r["w_h"][:, -H:]) + sq(r["b"][-H:])  # LSTM o, GRU n blocks
   fork = (sq(params["embed"]) + sq(params["dense"]["w"]) + sq(params["dense"]["b"])
           + gates * last)
-  np.testing.assert_allclose(float(sentiment.l2(params, "fork")), fork, rtol=1e-5)
+  np.testing.assert_allclose(float(seq_task.l2(params, "fork")), fork, rtol=1e-5)
   assert abs(fork - every) > 1e-3 * every  # the two scopes differ on these weights
   bad = sentiment_lstm.get_config("tiny")
   bad.train.weight_decay_scope = "keras"
   with pytest.raises(UserError, match="weight_decay_scope"):
-    sentiment.validate(bad)
+    tasks.of(bad).validate(bad)
 
 
 # ----------------------------------------------------------------------------------------
@@ -301,7 +300,7 @@ def _epochs(workdir):
 def lstm_run(tmp_path_factory):
   workdir = str(tmp_path_factory.mktemp("sent") / "lstm")
   c = tiny(sentiment_lstm, "variational,tiny", num_epochs=2, checkpoint_every_steps=3)
-  return c, workdir, sentiment.train_and_evaluate(c, workdir)
+  return c, workdir, tasks.train_and_evaluate(c, workdir)
 
 
 def test_sentiment_lstm_trains_and_reports(lstm_run):
@@ -325,11 +324,11 @@ def test_resume_mid_epoch_is_exact(lstm_run, tmp_path):
   c, full, r_full = lstm_run
   workdir = str(tmp_path / "resumed")
   c1 = tiny(sentiment_lstm, "variational,tiny", num_epochs=1, checkpoint_every_steps=3)
-  sentiment.train_and_evaluate(c1, workdir)
+  tasks.train_and_evaluate(c1, workdir)
   spe = json.load(open(os.path.join(workdir, "results.json")))["step"]
   # Simulate a run killed mid-epoch: drop the epoch-end checkpoint, keep the one at step 3.
   shutil.rmtree(os.path.join(workdir, "checkpoints", str(spe)))
-  r = sentiment.train_and_evaluate(c, workdir)
+  r = tasks.train_and_evaluate(c, workdir)
   for k in ("test_rmse", "test_rmse_mc", "test_ll_mc", "step"):
     assert r[k] == r_full[k], k
   assert _epochs(workdir) == _epochs(full)
@@ -337,7 +336,7 @@ def test_resume_mid_epoch_is_exact(lstm_run, tmp_path):
 
 def test_evaluate_workdir_matches_training(lstm_run, tmp_path):
   c, workdir, r = lstm_run
-  latest = sentiment.evaluate_workdir(None, workdir, checkpoint="latest")
+  latest = tasks.evaluate_workdir(tasks.load_run_config(workdir), workdir, checkpoint="latest")
   assert latest["test_rmse"] == r["test_rmse"] and latest["test_rmse_mc"] == r["test_rmse_mc"]
   # a run written before a field existed: config.json without it takes the field's default
   old = str(tmp_path / "old")
@@ -347,29 +346,29 @@ def test_evaluate_workdir_matches_training(lstm_run, tmp_path):
   del cfg["train"]["weight_decay_scope"], cfg["model"]["skip_padding"]
   with open(os.path.join(old, "config.json"), "w") as f:
     json.dump(cfg, f)
-  loaded = load_run_config(old)
+  loaded = tasks.load_run_config(old)
   assert (loaded.train.weight_decay_scope, loaded.model.skip_padding) == ("all", True)
   assert loaded.train.num_epochs == c.train.num_epochs  # the run's own values kept
-  again = sentiment.evaluate_workdir(None, old, checkpoint="latest")
+  again = tasks.evaluate_workdir(tasks.load_run_config(old), old, checkpoint="latest")
   assert again["test_rmse"] == r["test_rmse"]
-  best = sentiment.evaluate_workdir(c, workdir, checkpoint="best", split="valid")
+  best = tasks.evaluate_workdir(c, workdir, checkpoint="best", split="valid")
   assert math.isfinite(best["valid_rmse_mc"]) and os.path.exists(
       os.path.join(workdir, "eval_best_valid.json"))
   with pytest.raises(UserError, match="split"):
-    sentiment.evaluate_workdir(c, workdir, split="nope")
+    tasks.evaluate_workdir(c, workdir, split="nope")
 
 
 def test_resume_refuses_another_model(lstm_run, tmp_path):
   c, workdir, _ = lstm_run
   other = tiny(sentiment_lstm, "naive,tiny", num_epochs=3)
   with pytest.raises(UserError, match="incompatible"):
-    sentiment.train_and_evaluate(other, workdir)
+    tasks.train_and_evaluate(other, workdir)
 
 
 @pytest.mark.parametrize("module,arg", [(sentiment_gru, "naive,tiny,paper"), (imdb_lstm, "tiny")])
 def test_other_configs_train(module, arg, tmp_path):
   c = tiny(module, arg, num_epochs=1)
-  r = sentiment.train_and_evaluate(c, str(tmp_path))
+  r = tasks.train_and_evaluate(c, str(tmp_path))
   if c.task == "sentiment":
     assert math.isfinite(r["test_rmse"]) and math.isfinite(r["test_rmse_mc"])
     assert r["best"]["metric"] == "train_rmse"  # the paper split has no validation set
@@ -385,4 +384,4 @@ def test_non_finite_loss_stops_with_the_step(tmp_path):
   c = tiny(sentiment_lstm, "none,tiny", num_epochs=1)
   c.train.weight_decay = float("inf")
   with pytest.raises(UserError, match="non-finite loss or gradient at step 0"):
-    sentiment.train_and_evaluate(c, str(tmp_path))
+    tasks.train_and_evaluate(c, str(tmp_path))

@@ -149,7 +149,7 @@ def check_compatible(saved: dict, current: dict, keys: list[str], where: str) ->
   """Raises a UserError naming the first field of ``keys`` (dotted) that differs.
 
   ``saved``: the checkpoint's config with the fields it predates filled in
-  (``config.with_defaults``)."""
+  (``vdrnn.tasks.with_defaults``)."""
   absent = "<absent>"
 
   def get(d, dotted):

@@ -29,14 +29,89 @@ from typing import Optional
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 import optax
 
 from vdrnn import loop, lm_eval, models, plots, sharding
 from vdrnn import checkpoint as ckpt_lib
-from vdrnn.config import compute_dtype, load_run_config, validate_rates
+from vdrnn.config import compute_dtype, validate_rates
 from vdrnn.data import ptb
 from vdrnn.errors import UserError
+
+def base_config() -> ml_collections.ConfigDict:
+  """Defaults every PTB config starts from (``configs/ptb_*.py``): Zaremba et al.'s small
+  model without dropout; the config files set the paper's values."""
+  c = ml_collections.ConfigDict()
+  c.task = "ptb"
+  c.seed = 0
+  c.data_dir = ""            # see vdrnn/data/locate.py for the search order
+  c.verify_checksums = True  # False: accept a corpus of your own under ptb/
+  c.data_limit = 0           # >0: keep only the first data_limit tokens of each split (smoke runs)
+
+  c.model = ml_collections.ConfigDict()
+  c.model.vocab_size = 10000
+  c.model.emb_dim = 200
+  c.model.hidden = 200
+  c.model.num_layers = 2
+  c.model.init_scale = 0.1
+  c.model.tie_embeddings = False   # Press & Wolf 2016 (an extra; not in the paper)
+  c.model.lua_biases = False       # True: two biases per LSTM gate, as the Lua code's i2h/h2h
+  c.model.scheme = "none"          # variational | naive | none
+  c.model.tied_gates = False       # variational: one mask for all gates (True) or one per gate
+  c.model.p_emb = 0.0              # word-type embedding dropout (dropout_x)
+  c.model.p_x = 0.0  # LSTM-input dropout, every layer (dropout_i); naive: all non-recurrent
+  c.model.p_h = 0.0                # recurrent dropout (dropout_h)
+  c.model.p_out = 0.0              # dropout before the softmax (dropout_o)
+  c.model.emb_shared_across_batch = False  # AWD-LSTM embedding dropout: one draw per type per batch
+  # Beyond the paper, with any scheme (vdrnn/rnn.py lstm):
+  c.model.p_weight_drop = 0.0  # AWD-LSTM weight drop: DropConnect on W_h, one mask per batch
+  c.model.zoneout_c = 0.0      # zoneout (Krueger et al. 2016): P(a cell unit keeps its old value)
+  c.model.zoneout_h = 0.0      # ... and a hidden unit (their PTB setting: 0.5 and 0.05)
+  # Concrete dropout (Gal, Hron & Kendall 2017): learn p_emb, p_out and each layer's p_x, p_h
+  # (variational scheme; the rates above are the initial values, each in (0, 1))
+  c.model.concrete = False
+  c.model.concrete_temperature = 0.1   # the paper's relaxation temperature
+  c.model.concrete_length_scale = 0.1  # prior length-scale l of the KL's weight term (our choice)
+
+  c.train = ml_collections.ConfigDict()
+  c.train.batch_size = 20
+  c.train.seq_length = 20
+  c.train.num_epochs = 13
+  c.train.lr = 1.0
+  c.train.max_epoch = 4      # lr constant for epochs 1..max_epoch+1, then / lr_decay per epoch
+  c.train.lr_decay = 2.0
+  c.train.max_grad_norm = 5.0
+  c.train.weight_decay = 0.0  # params -= weight_decay * params after each SGD step
+  c.train.checkpoint_every_steps = 500  # plus one at every epoch end
+  c.train.log_every_steps = 50
+  c.train.unroll = 1          # lax.scan unroll
+  c.train.rnn_impl = "scan"   # or pallas: the fused recurrent kernel (vdrnn/pallas_lstm.py; GPU)
+  c.train.compute_dtype = "float32"  # or bfloat16 (matmul operands; fp32 accumulation)
+  c.train.progress = True
+
+  c.eval = ml_collections.ConfigDict()
+  c.eval.seq_length = 35       # window for the deterministic valid/test passes (state carried)
+  c.eval.mc_samples = 0        # >0: MC-dropout test at the end of training
+  c.eval.mc_chunk = 250  # samples evaluated together (bounds memory: ~0.6 GB at medium shapes)
+  c.eval.mc_emb_dropout = False  # released code: embedding dropout off in MC evaluation
+  c.eval.temperature = 1.0     # Melis et al. 2018: softmax temperature at evaluation
+  c.eval.rate_multiplier = 1.0  # Melis et al. 2018: multiply every dropout rate at evaluation
+  # How MC samples are averaged (all three are reported, from one pass): arithmetic (the
+  # paper's: the mean of the probabilities) | geometric | power (exponent mc_power); the last two
+  # renormalised over the vocabulary (Melis et al. 2018)
+  c.eval.mc_mean = "arithmetic"
+  c.eval.mc_power = 0.5        # our choice, between geometric (-> 0) and arithmetic (1)
+  c.eval.seed = 1
+
+  # Population training (vdrnn/population.py): one value per member for any of these fields,
+  # e.g. --config.population.p_h=0,0.1,0.2,0.3 (a tuple). Fields left empty take the model's
+  # value (the config's seed).
+  c.population = ml_collections.ConfigDict()
+  for name in ("p_emb", "p_x", "p_h", "p_out", "seed"):
+    c.population[name] = ()
+  return c
+
 
 # Config fields that must match for a workdir's checkpoint to be resumed.
 RESUME_KEYS = ["task", "seed", "data_limit", "model", "train.batch_size", "train.seq_length"]
@@ -209,7 +284,7 @@ def make_step_body(config, n_tokens: Optional[int] = None):
         params["dropout_logit"] = logits
     acc = state["acc"]
     finite = jnp.isfinite(loss) & jnp.isfinite(norm)
-    bad = jnp.where((acc["bad_step"] < 0) & ~finite, step, acc["bad_step"])
+    bad = loop.mark_bad(acc, step, finite)
     acc = {"nll_sum": acc["nll_sum"] + nll.sum(), "count": acc["count"] + nll.size, "bad_step": bad}
     return {"params": params, "carry": carry, "step": step + 1, "acc": acc}
 
@@ -257,7 +332,7 @@ def shardings(mesh, state) -> dict:
           "step": rep, "acc": jax.tree.map(lambda _: rep, state["acc"])}
 
 
-class LMTask:
+class LMTask(loop.Task):
   """The PTB run of ``config`` as ``vdrnn.loop.run`` trains it (``loop.Task``); ``workdir``
   receives the MC test's files and the learned rates' figure."""
 
@@ -265,7 +340,6 @@ class LMTask:
   select = "valid_ppl"
   resume_keys = RESUME_KEYS
   nonfinite_hint = "lower train.lr or train.max_grad_norm"
-  members = ()
 
   def __init__(self, config, workdir: str):
     validate(config)
@@ -287,6 +361,9 @@ class LMTask:
     self.summary = (f"{num_params(config) / 1e6:.1f}M parameters, {len(jax.devices())} "
                     f"device(s), {jax.process_count()} process(es), {self.steps_per_epoch} "
                     f"windows/epoch")
+
+  def base_config(self):
+    return base_config()
 
   def init_state(self):
     return jax.device_put(init_state(self.config, self.config.train.batch_size), self.shardings)
@@ -316,9 +393,9 @@ class LMTask:
            for k, lua in (("valid_ppl", False), ("valid_ppl_lua", True))}
     return {**out, **learned_rates(self.config, params)}
 
-  def finish(self, state, history: list[dict]) -> dict:
+  def finish(self, state, meta: dict) -> dict:
     """The test perplexity (one stream, batch 1) and, with ``eval.mc_samples``, MC dropout's."""
-    config, params = self.config, state["params"]
+    config, params, history = self.config, state["params"], meta["history"]
     test = lm_eval.evaluate_split(config, self.eval_fn, params, self.splits["test"], 1, full=True,
                                   mesh=self.mesh)
     last = history[-1] if history else {}
@@ -351,8 +428,7 @@ def learned_rates(config, params) -> dict:
 
 
 def num_params(config) -> int:
-  shapes = jax.eval_shape(lambda: models.init_lm(jax.random.key(0), config.model))
-  return sum(int(np.prod(p.shape)) for p in jax.tree.leaves(shapes))
+  return loop.num_params(lambda: models.init_lm(jax.random.key(0), config.model))
 
 
 def train_and_evaluate(config, workdir: str) -> dict:
@@ -364,9 +440,8 @@ def evaluate_workdir(config, workdir: str, *, checkpoint: str = "latest", split:
                      progress: Optional[bool] = None) -> dict:
   """Evaluates a PTB workdir's checkpoint (latest | best | step) on ``split`` (test | valid):
   the dropout approximation and, with ``eval.mc_samples``, MC dropout (``mc_<split>.json`` /
-  ``.png`` written to the workdir). ``config`` supplies the model and the ``eval`` settings
-  (None: the workdir's ``config.json``)."""
-  config = load_run_config(workdir) if config is None else config
+  ``.png`` written to the workdir). ``config`` (the workdir's ``config.json``, overrides
+  applied) supplies the model and the ``eval`` settings."""
   if split not in lm_eval.SPLITS:
     raise UserError(f"--split must be one of {lm_eval.SPLITS}, got {split!r}")
   validate(config)
@@ -381,3 +456,23 @@ def evaluate_workdir(config, workdir: str, *, checkpoint: str = "latest", split:
     result = {"split": split, "det_ppl": lm_eval.deterministic_ppl(config, params, splits[split]),
               "tokens": int(len(splits[split]) - 1)}
   return {"workdir": workdir, "checkpoint": str(checkpoint), "step": int(step), **result}
+
+
+def summary(result: dict) -> str:
+  """A short human-readable line on an evaluation (``vdrnn.evaluate`` prints it)."""
+  if "ppl" not in result:
+    return (f"{result['split']} perplexity {result['det_ppl']:.2f} (dropout approximation, "
+            f"step {result['step']})")
+  s = (f"{result['split']} perplexity: MC dropout {result['ppl']:.2f} with {result['samples']} "
+       f"samples ({result.get('mc_mean', 'arithmetic')} mean), dropout approximation "
+       f"{result['det_ppl']:.2f}")
+  if "det_ppl_temperature" in result:
+    s += f" ({result['det_ppl_temperature']:.2f} at temperature {result['temperature']:g})"
+  s += f"; step {result.get('step', '?')}; {result['sample_tokens_per_s']:.0f} sample-tokens/s"
+  if "ppl_geometric" in result:
+    s += (f"\nMC means side by side: arithmetic {result['ppl_arithmetic']:.2f}, geometric "
+          f"{result['ppl_geometric']:.2f}, power (exponent {result['mc_power']:g}) "
+          f"{result['ppl_power']:.2f}")
+  if "files" in result:
+    s += "\nwrote " + ", ".join(result["files"])
+  return s

@@ -1,9 +1,10 @@
-"""The training loop of every task (``vdrnn.lm``, ``vdrnn.sentiment``, ``vdrnn.population``).
+"""The training loop of every task (``vdrnn.lm``, ``vdrnn.seq_task``, ``vdrnn.population``).
 
-A task is an object with the attributes and methods of ``Task``: its initial state, the batch
-and the jitted pure step of every training step, what to reset when an epoch starts, its
-running training metrics, its evaluation at the end of an epoch and its final results. ``run``
-owns everything else, the same for every task:
+A task is a subclass of ``Task``: its initial state, the batch and the jitted pure step of every
+training step, what to reset when an epoch starts, its running training metrics, its
+evaluation at the end of an epoch and its final results, and (optionally) hooks at the start,
+at a non-finite step and at each epoch's end. ``run`` owns everything else, the same for every
+task:
 
 * resume from the newest readable checkpoint (a damaged one is reported and skipped; one
   from another config stops the run) and continue from its step: data position, carried
@@ -14,11 +15,10 @@ owns everything else, the same for every task:
 * checkpoints every ``train.checkpoint_every_steps`` steps and at each epoch's end (the two
   latest and the best one by the task's ``select`` metric are kept, ``vdrnn.checkpoint``);
 * a non-finite loss or gradient stops the run, naming the step, before any checkpoint or
-  log line past it is written;
-* a population (``Task.members``: K runs stacked on a leading state axis, list-valued
-  metrics) is written run by run as well: every member's directory gets its own metrics, best
-  and final checkpoints and results, like a single run's workdir; a member that diverges is
-  reported and the others go on;
+  log line past it is written (``Task.stop_step`` says which step stops it: a population
+  reports each of its runs and goes on);
+* the best epoch by ``Task.select`` (``meta["best"]``, the one record of it: the checkpoint
+  saved with it carries the metric that keeps it, and ``Task.finish`` reads it from ``meta``);
 * under ``jax.distributed`` every process runs the loop and only process 0 writes files.
 """
 
@@ -29,15 +29,16 @@ import math
 import os
 import sys
 import time
-from typing import Any, Optional, Protocol, Sequence
+from typing import Any, Optional, Sequence
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 from absl import logging
 from tqdm import tqdm
 
 from vdrnn import checkpoint, sharding
-from vdrnn.config import with_defaults
+from vdrnn.config import fill_defaults
 from vdrnn.errors import UserError
 from vdrnn.metrics import MetricsWriter
 
@@ -45,43 +46,79 @@ SYNC_SECONDS = 2.0  # the progress bar waits for the device at most this often
 BOOKKEEPING = ("epoch", "time_s", "eval_time_s", "items_per_s")  # not shown in the epoch line
 
 
-class Task(Protocol):
-  """What a task gives ``run``. The state is a pytree with ``"step"`` (int32) and ``"acc"``
-  (on-device running sums with ``"bad_step"``, -1 until a non-finite step); a population's
-  leaves have a leading member axis."""
+class Task:
+  """What a task gives ``run``: a subclass sets the attributes and implements the methods that
+  raise here; the hooks have defaults. The state is a pytree with ``"step"`` (int32) and
+  ``"acc"`` (on-device running sums with ``"bad_step"``, -1 until a non-finite step: see
+  ``mark_bad``); a population's leaves have a leading axis, one entry per run."""
 
   steps_per_epoch: int         # training steps (windows, batches) per epoch
   items_per_step: int          # tokens or examples a step trains on (for the logged rate)
-  select: Optional[str]        # epoch-record key (lower is better) of the best checkpoint
-  resume_keys: Sequence[str]   # config fields a resumed run must share
-  meta: dict                   # facts saved with every checkpoint that a resume must match
-  nonfinite_hint: str          # what to do after a non-finite loss
-  members: Sequence[tuple[str, dict]]  # a population's (subdirectory, config) pairs, or ()
-  summary: str                 # one line on the run (sizes, devices), printed when it starts
+  select: Optional[str] = None  # epoch-record key (lower is better) of the best checkpoint
+  resume_keys: Sequence[str] = ()  # config fields a resumed run must share
+  meta: dict = {}              # facts saved with every checkpoint that a resume must match
+  nonfinite_hint: str = ""     # what to do after a non-finite loss
+  summary: str = ""            # one line on the run (sizes, devices), printed when it starts
+  workdir: str                 # where the run writes
+
+  def base_config(self):
+    """The task's base config (a run saved before a field existed reads it from here)."""
+    raise NotImplementedError
 
   def init_state(self) -> Any:
     """The initial train state, on the devices."""
+    raise NotImplementedError
 
   def start_epoch(self, state: Any, epoch: int) -> Any:
     """The state at step 0 of ``epoch`` (e.g. a zero carry, fresh accumulators)."""
+    raise NotImplementedError
 
   def batch(self, epoch: int, i: int) -> tuple:
     """The arguments after the state of step ``i`` of ``epoch``."""
+    raise NotImplementedError
 
   def train_step(self, state: Any, *batch) -> Any:
     """One jitted training step."""
+    raise NotImplementedError
 
   def train_metrics(self, acc: dict, epoch: int) -> dict:
     """Running training metrics from the host copy of ``state["acc"]``."""
+    raise NotImplementedError
 
   def evaluate(self, state: Any, epoch: int) -> dict:
     """Evaluation metrics at the end of ``epoch`` (0-based)."""
+    raise NotImplementedError
 
-  def finish(self, state: Any, history: list[dict]) -> dict:
-    """The final results (``results.json``); a population's has ``"members"``, a list."""
+  def finish(self, state: Any, meta: dict) -> dict:
+    """The final results (``results.json``); ``meta["history"]`` holds the epoch records and
+    ``meta["best"]`` the best epoch."""
+    raise NotImplementedError
 
   def plot(self, history: list[dict], results: Optional[dict] = None) -> None:
     """Figures of the history so far into the workdir (process 0 only)."""
+
+  # Hooks.
+
+  def start(self, step: int) -> None:
+    """Called once the run has resumed (at ``step``) and before its first step."""
+
+  def stop_step(self, acc: dict) -> int:
+    """The non-finite step that stops the run, or -1 to go on (``acc``: the host copy)."""
+    return int(np.max(acc["bad_step"]))
+
+  def end_epoch(self, state: Any, meta: dict, step: int) -> None:
+    """Called after each epoch's record is in ``meta["history"]``, before its checkpoint."""
+
+
+def mark_bad(acc: dict, step, finite) -> jax.Array:
+  """``acc["bad_step"]`` after ``step``: the first step whose loss (and gradient) was not
+  ``finite``, or -1 (inside the jitted step)."""
+  return jnp.where((acc["bad_step"] < 0) & ~finite, step, acc["bad_step"])
+
+
+def num_params(init_params) -> int:
+  """The number of parameters ``init_params()`` makes (shapes only: nothing is allocated)."""
+  return sum(int(np.prod(p.shape)) for p in jax.tree.leaves(jax.eval_shape(init_params)))
 
 
 def current_step(state) -> int:
@@ -90,16 +127,6 @@ def current_step(state) -> int:
 
 def finite(record: dict) -> dict:
   return {k: v for k, v in record.items() if not (isinstance(v, float) and not math.isfinite(v))}
-
-
-def member_state(state, k: int):
-  """Member ``k``'s slice of a population's stacked state, shaped as a single run's."""
-  return jax.tree.map(lambda a: a[k], jax.device_get(state))
-
-
-def member_record(record: dict, k: int) -> dict:
-  """Member ``k``'s values of a population record (list values are one per member)."""
-  return {n: v[k] if isinstance(v, list) else v for n, v in record.items()}
 
 
 def _short(v):
@@ -116,7 +143,7 @@ def epoch_line(record: dict) -> str:
           f" (+{record.get('eval_time_s', 0.0):.0f}s eval)")
 
 
-class _NoWriter:
+class NoWriter:
   """Stands in for ``MetricsWriter`` on processes other than 0."""
 
   def write(self, *args, **kwargs):
@@ -126,87 +153,13 @@ class _NoWriter:
     pass
 
 
-class _Members:
-  """A population's run-by-run records: each member's directory reads like a single run's
-  workdir (``config.json``, ``metrics.jsonl``, ``tb/``, ``checkpoints/`` with its best and final
-  states, ``results.json``)."""
-
-  def __init__(self, task: Task, workdir: str, step: int, primary: bool):
-    self.task, self.step0, self.primary = task, step, primary
-    self.dirs = [os.path.join(workdir, name) for name, _ in task.members]
-    self.writers = {}
-    self.reported_bad = set()
-    if primary:
-      for d, (_, cfg) in zip(self.dirs, task.members):
-        os.makedirs(d, exist_ok=True)
-        with open(os.path.join(d, "config.json"), "w") as f:
-          json.dump(cfg, f, indent=2)
-
-  def writer(self, k: int):
-    if not self.primary:
-      return _NoWriter()
-    if k not in self.writers:  # truncated to the resumed step, as a single run's
-      self.writers[k] = MetricsWriter(self.dirs[k], truncate_after_step=self.step0)
-    return self.writers[k]
-
-  def report_nonfinite(self, acc: dict) -> None:
-    """Names each member's first non-finite step once; the others go on."""
-    for k in np.flatnonzero(np.asarray(acc["bad_step"]) >= 0):
-      if k not in self.reported_bad:
-        self.reported_bad.add(k)
-        print(f"member {k}: non-finite loss at step {int(acc['bad_step'][k])}; it keeps training "
-              f"(its results will be nan)", file=sys.stderr)
-
-  def meta(self, meta: dict, k: int) -> dict:
-    """Member ``k``'s checkpoint metadata: its config, history and best epoch."""
-    history = [member_record(r, k) for r in meta["history"]]
-    return {**{n: v for n, v in meta.items() if n not in ("history", "best", "member_best")},
-            "config": self.task.members[k][1], "history": history,
-            "best": meta["member_best"][k]}
-
-  def end_epoch(self, state, meta: dict, step: int) -> None:
-    """Each member's epoch record, and its checkpoint when it is its best so far."""
-    record, host = meta["history"][-1], None
-    meta.setdefault("member_best", [None] * len(self.dirs))
-    for k, d in enumerate(self.dirs):
-      rec = member_record(record, k)
-      self.writer(k).write("epoch", step, **finite(rec))
-      value = rec.get(self.task.select)
-      best = meta["member_best"][k]
-      if value is not None and math.isfinite(value) and (best is None or value < best["value"]):
-        meta["member_best"][k] = {"epoch": rec["epoch"], "step": step,
-                                  "metric": self.task.select, "value": value}
-        host = jax.device_get(state) if host is None else host
-        checkpoint.save(self.ckpts(d), step, member_state(host, k), self.meta(meta, k),
-                        metric=value)
-
-  def finish(self, state, meta: dict, results: dict, step: int) -> None:
-    """Each member's results, test record and final checkpoint."""
-    host = jax.device_get(state)
-    meta.setdefault("member_best", [None] * len(self.dirs))
-    for k, (d, res) in enumerate(zip(self.dirs, results["members"])):
-      w = self.writer(k)
-      w.write("test", step, **finite({n: v for n, v in res.items() if isinstance(v, float)}))
-      w.close()
-      mngr = self.ckpts(d)
-      if mngr.latest_step() != step:
-        checkpoint.save(mngr, step, member_state(host, k), self.meta(meta, k))
-      if self.primary:
-        with open(os.path.join(d, "results.json"), "w") as f:
-          json.dump(res, f, indent=2)
-
-  @staticmethod
-  def ckpts(d: str):
-    return checkpoint.manager(os.path.join(d, "checkpoints"))
-
-
 def _resume(task: Task, ckpts, state, cfg_dict: dict, workdir: str):
   """``(state, meta)`` from the newest compatible checkpoint, or the initial ones."""
   meta = {"config": cfg_dict, "history": [], "best": None, **task.meta}
 
   def compatible(saved: dict) -> None:
-    checkpoint.check_compatible(with_defaults(saved["config"]), cfg_dict, task.resume_keys,
-                                workdir)
+    old = fill_defaults(saved["config"], json.loads(task.base_config().to_json()))
+    checkpoint.check_compatible(old, cfg_dict, task.resume_keys, workdir)
     for k, v in task.meta.items():
       if saved.get(k) != json.loads(json.dumps(v)):  # as it reads back from the JSON
         raise UserError(f"{workdir} holds a checkpoint made with {k}={saved.get(k)!r}, now "
@@ -237,21 +190,19 @@ def run(task: Task, config, workdir: str) -> dict:
   if primary:
     with open(os.path.join(workdir, "config.json"), "w") as f:
       f.write(config.to_json(indent=2))
-  writer = MetricsWriter(workdir, truncate_after_step=step) if primary else _NoWriter()
-  members = _Members(task, workdir, step, primary) if task.members else None
+  writer = MetricsWriter(workdir, truncate_after_step=step) if primary else NoWriter()
+  task.start(step)
   spe = task.steps_per_epoch
 
   def check_finite(acc, epoch: int, bar) -> None:
-    bad = np.asarray(acc["bad_step"])
-    if members is not None:
-      members.report_nonfinite(acc)
-    elif bad.max() >= 0:
+    bad = task.stop_step(acc)
+    if bad >= 0:
       bar.close()
       writer.close()
       kept = ckpts.latest_step()
       where = (f"the last good checkpoint (step {kept}) in {workdir} is intact"
                if kept is not None else f"no checkpoint had been saved in {workdir} yet")
-      raise UserError(f"non-finite loss or gradient at step {int(bad.max())} (epoch {epoch}); "
+      raise UserError(f"non-finite loss or gradient at step {bad} (epoch {epoch}); "
                       f"stopped. {where[0].upper() + where[1:]}; {task.nonfinite_hint}")
 
   for epoch in range(step // spe, t.num_epochs):
@@ -297,22 +248,19 @@ def run(task: Task, config, workdir: str) -> dict:
     metric = value if isinstance(value, float) and math.isfinite(value) else None
     if metric is not None and (meta["best"] is None or metric < meta["best"]["value"]):
       meta["best"] = {"epoch": epoch + 1, "step": step, "metric": task.select, "value": metric}
-    if members is not None:
-      members.end_epoch(state, meta, step)
+    task.end_epoch(state, meta, step)
     checkpoint.save(ckpts, step, state, meta, metric=metric)
     if primary:
       task.plot(meta["history"])
 
-  results = task.finish(state, meta["history"])
-  if members is not None:
-    members.finish(state, meta, results, step)
+  results = task.finish(state, meta)
   writer.write("test", step, **finite({k: v for k, v in results.items() if isinstance(v, float)}))
   writer.close()
   if primary:
     task.plot(meta["history"], results)
     with open(os.path.join(workdir, "results.json"), "w") as f:
       json.dump(results, f, indent=2)
-    print(json.dumps({k: v for k, v in results.items() if k not in ("data", "members")}),
+    print(json.dumps({k: v for k, v in results.items() if not isinstance(v, (dict, list))}),
           flush=True)
   logging.info("finished %s at step %d", workdir, step)
   return results

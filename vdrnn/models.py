@@ -400,7 +400,7 @@ def seq_masks(key: Array, cfg, tokens: Array, rates: Optional[dict] = None) -> d
   """Masks for one batch of the sequence model (same structure as ``lm_masks``, one layer).
 
   Optional ``cfg`` fields: ``naive_per_gate`` (naive: one mask per gate and step) and
-  ``dropout_scaling`` (``inverted``, or ``keras0``: 0/1 masks), see ``vdrnn.config.seq_base``.
+  ``dropout_scaling`` (``inverted``, or ``keras0``: 0/1 masks), see ``vdrnn.seq_task.base_config``.
 
   Args:
     key: PRNG key; one key gives the batch's complete set of masks.

@@ -54,11 +54,11 @@ def mc_curve(path: str, result: dict, ppl_k: np.ndarray) -> None:
 
 def learning_curve(path: str,
                    history: list[dict],
-                   regression: bool,
+                   metric: str,
                    final: Optional[dict] = None) -> None:
-  """PNG of the per-epoch metric (RMSE in rating units, or accuracy) on every split; the
-  end-of-training MC-dropout test value (``final``) as a star at the last epoch."""
-  metric = "rmse" if regression else "acc"
+  """PNG of the per-epoch ``metric`` (``rmse``: RMSE in rating units, or ``acc``: accuracy) on
+  every split; the end-of-training MC-dropout test value (``final``) as a star at the last
+  epoch."""
   fig, ax = plt.subplots(figsize=(6, 4))
   epochs = [r["epoch"] for r in history]
   for key, label, style in ((f"train_running_{metric}", "train (running, with dropout)",
@@ -73,7 +73,7 @@ def learning_curve(path: str,
             label=f"test, MC dropout ({final.get('mc_samples')} samples), end")
   ax.xaxis.set_major_locator(ticker.MaxNLocator(integer=True))
   ax.set_xlabel("epoch")
-  ax.set_ylabel("RMSE (rating units)" if regression else "accuracy")
+  ax.set_ylabel({"rmse": "RMSE (rating units)", "acc": "accuracy"}.get(metric, metric))
   ax.grid(alpha=0.3)
   ax.legend(fontsize=8)
   fig.tight_layout()

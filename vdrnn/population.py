@@ -20,8 +20,9 @@ batches and learning-rate schedule.
 Workdir layout: ``checkpoints/`` holds the stacked state (leading axis K) and resumes the
 population; ``member_XX/`` is laid out like a single run's workdir (``config.json`` with the
 member's rates and seed, ``metrics.jsonl``, ``tb/``, ``checkpoints/`` with its best epoch and
-its final state, ``results.json``), written by the training loop (``vdrnn.loop``) as it writes
-a single run's; ``results.json`` lists every member's results.
+its final state, ``results.json``), written here through the training loop's hooks
+(``vdrnn.loop.Task``) as the loop writes a single run's; ``results.json`` lists every member's
+results. A member that diverges is reported and the others go on.
 """
 
 from __future__ import annotations
@@ -34,9 +35,10 @@ import sys
 import jax
 import numpy as np
 
-from vdrnn import lm, lm_eval, loop, masks
+from vdrnn import checkpoint, lm, lm_eval, loop, masks, sharding
 from vdrnn.data import ptb
 from vdrnn.errors import UserError
+from vdrnn.metrics import MetricsWriter
 
 RATES = {f: masks.RATE_FIELDS[f] for f in masks.DROPOUT_FIELDS}  # config field -> rate key
 FIELDS = (*RATES, "seed")
@@ -139,15 +141,26 @@ def is_population(config) -> bool:
   return any(_values(config.get("population", {}).get(k, ())) for k in FIELDS)
 
 
+def member_state(state, k: int):
+  """Member ``k``'s slice of a population's stacked state, shaped as a single run's."""
+  return jax.tree.map(lambda a: a[k], jax.device_get(state))
+
+
+def member_record(record: dict, k: int) -> dict:
+  """Member ``k``'s values of a population record (list values are one per member)."""
+  return {n: v[k] if isinstance(v, list) else v for n, v in record.items()}
+
+
 def _ppl(nll_sum, count) -> list[float]:
   return [float(np.exp(s / max(int(c), 1))) for s, c in zip(nll_sum, count)]
 
 
-class PopulationTask:
+class PopulationTask(loop.Task):
   """The population given by ``config.population`` as ``vdrnn.loop.run`` trains it: K members
   stacked on the state's leading axis, every metric a list with one value per member. The loop
-  checkpoints the stacked state in ``workdir/checkpoints`` and writes each member's records,
-  best and final checkpoints and results to ``workdir/member_XX`` (``Task.members``)."""
+  checkpoints the stacked state in ``workdir/checkpoints``; the hooks write each member's
+  records, best and final checkpoints and results to ``workdir/member_XX``, laid out like a
+  single run's workdir."""
 
   select = "valid_ppl"
   resume_keys = lm.RESUME_KEYS
@@ -174,11 +187,81 @@ class PopulationTask:
     self.eval_fn = jax.jit(jax.vmap(lm_eval.make_eval_fn(config),
                                     in_axes=(0, None, None, None, None)))
     self.lr = lm.lr_by_epoch(t)
+    self.dirs = [os.path.join(workdir, name) for name, _ in self.members]
+    self.writers, self.reported_bad, self.step0 = {}, set(), 0
     self.summary = (f"population of {K}: {lm.num_params(config) / 1e6:.1f}M parameters each, "
                     f"{self.steps_per_epoch} windows/epoch")
 
+  def base_config(self):
+    return lm.base_config()
+
   def init_state(self):
     return init_population_state(self.config, self.list)
+
+  # The loop's hooks: each member's directory reads like a single run's workdir.
+
+  def start(self, step: int) -> None:
+    """Each member's ``config.json``; its metrics are truncated to the resumed ``step``."""
+    self.step0 = step
+    if sharding.is_primary():
+      for d, (_, cfg) in zip(self.dirs, self.members):
+        os.makedirs(d, exist_ok=True)
+        with open(os.path.join(d, "config.json"), "w") as f:
+          json.dump(cfg, f, indent=2)
+
+  def writer(self, k: int):
+    if not sharding.is_primary():
+      return loop.NoWriter()
+    if k not in self.writers:  # truncated to the resumed step, as a single run's
+      self.writers[k] = MetricsWriter(self.dirs[k], truncate_after_step=self.step0)
+    return self.writers[k]
+
+  def stop_step(self, acc: dict) -> int:
+    """Names each member's first non-finite step once; the others go on (never stops)."""
+    for k in np.flatnonzero(np.asarray(acc["bad_step"]) >= 0):
+      if k not in self.reported_bad:
+        self.reported_bad.add(k)
+        print(f"member {k}: non-finite loss at step {int(acc['bad_step'][k])}; it keeps training "
+              f"(its results will be nan)", file=sys.stderr)
+    return -1
+
+  def member_meta(self, meta: dict, k: int) -> dict:
+    """Member ``k``'s checkpoint metadata: its config, history and best epoch."""
+    history = [member_record(r, k) for r in meta["history"]]
+    return {**{n: v for n, v in meta.items() if n not in ("history", "best", "member_best")},
+            "config": self.members[k][1], "history": history,
+            "best": meta["member_best"][k]}
+
+  def end_epoch(self, state, meta: dict, step: int) -> None:
+    """Each member's epoch record, and its checkpoint when it is its best so far."""
+    record, host = meta["history"][-1], None
+    meta.setdefault("member_best", [None] * len(self.dirs))
+    for k, d in enumerate(self.dirs):
+      rec = member_record(record, k)
+      self.writer(k).write("epoch", step, **loop.finite(rec))
+      value = rec.get(self.select)
+      best = meta["member_best"][k]
+      if value is not None and math.isfinite(value) and (best is None or value < best["value"]):
+        meta["member_best"][k] = {"epoch": rec["epoch"], "step": step,
+                                  "metric": self.select, "value": value}
+        host = jax.device_get(state) if host is None else host
+        checkpoint.save(_ckpts(d), step, member_state(host, k), self.member_meta(meta, k),
+                        metric=value)
+
+  def write_members(self, state, meta: dict, results: dict, step: int) -> None:
+    """Each member's results, test record and final checkpoint."""
+    host = jax.device_get(state)
+    meta.setdefault("member_best", [None] * len(self.dirs))
+    for k, (d, res) in enumerate(zip(self.dirs, results["members"])):
+      w = self.writer(k)
+      w.write("test", step, **loop.finite({n: v for n, v in res.items() if isinstance(v, float)}))
+      w.close()
+      mngr = _ckpts(d)
+      if mngr.latest_step() != step:
+        checkpoint.save(mngr, step, member_state(host, k), self.member_meta(meta, k))
+      if sharding.is_primary():
+        with open(os.path.join(d, "results.json"), "w") as f:
+          json.dump(res, f, indent=2)
 
   def start_epoch(self, state, epoch: int):
     """A zero carry and fresh accumulators for every member."""
@@ -205,36 +288,39 @@ class PopulationTask:
     return {"valid_ppl": self.ppl(state["params"], "valid", B, full=False),
             "valid_ppl_lua": self.ppl(state["params"], "valid", B, full=False, lua=True)}
 
-  def finish(self, state, history: list[dict]) -> dict:
-    """Every member's results (each written to ``member_XX/results.json`` by the loop)."""
-    step = loop.current_step(state)
+  def finish(self, state, meta: dict) -> dict:
+    """Every member's results (each also written to ``member_XX/``: ``write_members``)."""
+    step, history = loop.current_step(state), meta["history"]
     test = self.ppl(state["params"], "test", 1, full=True)
     out = []
     for k, m in enumerate(self.list):
-      recs = [loop.member_record(r, k) for r in history]
+      recs = [member_record(r, k) for r in history]
       valid = [r["valid_ppl"] for r in recs if math.isfinite(r["valid_ppl"])]
       res = {"valid_ppl": recs[-1]["valid_ppl"] if recs else None,
              "valid_ppl_lua": recs[-1]["valid_ppl_lua"] if recs else None,
              "test_ppl": test[k], "best_valid_ppl": min(valid) if valid else None, "step": step}
       if self.config.eval.mc_samples:
         mdir = os.path.join(self.workdir, member_name(k))
-        mc = lm_eval.mc_lm(self.configs[k], loop.member_state(state, k)["params"],
+        mc = lm_eval.mc_lm(self.configs[k], member_state(state, k)["params"],
                            self.splits["test"], workdir=mdir)
         res["mc_test_ppl"], res["mc_samples"] = mc["ppl"], self.config.eval.mc_samples
       out.append({**m, **res, "workdir": os.path.join(self.workdir, member_name(k))})
     for r in sorted(out, key=lambda r: (not _finite(r["valid_ppl"]), r["valid_ppl"] or 0.0)):
       print("  ".join(f"{n} {r[n]:g}" for n in FIELDS) +
             f"  valid {r['valid_ppl']:.2f}  test {r['test_ppl']:.2f}", file=sys.stderr)
-    return {"members": out, "step": step}
-
-  def plot(self, history: list[dict], results=None) -> None:
-    pass
+    results = {"members": out, "step": step}
+    self.write_members(state, meta, results, step)
+    return results
 
 
 def train_and_evaluate(config, workdir: str) -> dict:
   """Trains the population given by ``config.population``; returns ``{"members": [...], "step"}``
   with each member's rates, seed, final valid / test and best valid perplexities."""
   return loop.run(PopulationTask(config, workdir), config, workdir)
+
+
+def _ckpts(d: str):
+  return checkpoint.manager(os.path.join(d, "checkpoints"))
 
 
 def _finite(v) -> bool:

@@ -1,19 +1,30 @@
 """Training entry point: ``python -m vdrnn.train --config configs/ptb_large.py[:arg]``.
 
-Flags only; the work is ``vdrnn.experiment.train_and_evaluate``. Re-running the same command
-on the same workdir resumes exactly.
+Flags only; the work is ``vdrnn.tasks.train_and_evaluate`` (the config's ``task``). Re-running
+the same command on the same workdir resumes exactly.
 Multi-host: ``--distributed`` (or ``--coordinator_address``, ``--num_processes``,
 ``--process_id``) calls ``jax.distributed.initialize``; every process runs this command.
 """
 
 from __future__ import annotations
 
+import os
+
 import jax
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from vdrnn.experiment import default_workdir, train_and_evaluate
 from vdrnn.errors import UserError, config_value, parse_flags, run_main
+from vdrnn.tasks import train_and_evaluate
+
+
+def default_workdir(config_spec: str) -> str:
+  """``workdirs/<config file stem>[_<arg>]`` for ``path/to/config.py[:arg]`` (commas in the
+  arg become underscores)."""
+  path, _, arg = (config_spec or "run").partition(":")
+  stem = os.path.splitext(os.path.basename(path))[0]
+  return os.path.join("workdirs", stem + (f"_{arg.replace(',', '_')}" if arg else ""))
+
 
 def define_flags() -> None:
   """The command line's flags, defined when it runs."""

@@ -78,7 +78,7 @@ def mc_predict(model, tokens, samples):
 # [readme-end]
 
 # Sizes: Keras's examples/imdb_lstm.py (20k words, maxlen 80, 128 units, batch 32, Adam 1e-3)
-# and, for tests and smoke runs, those of vdrnn.config.seq_tiny (the corpus in tests/data).
+# and, for tests and smoke runs, those of vdrnn.seq_task.tiny (the corpus in tests/data).
 SIZES = {"full": dict(num_words=20000, maxlen=80, emb_dim=128, hidden=128, batch_size=32, lr=1e-3),
          "tiny": dict(num_words=40, maxlen=12, emb_dim=8, hidden=8, batch_size=8, lr=1e-2)}
 

@@ -1,0 +1,206 @@
+"""Evaluation of the sequence models (``vdrnn.seq_task``: Pang & Lee regression, IMDB
+classification): the dropout approximation and MC dropout, and their metrics.
+
+* ``make_predict_fns``: the jitted deterministic pass and a chunk of MC samples; sample ``s`` of
+  evaluation batch ``j`` uses the masks of ``fold_in(fold_in(key(eval.seed), j), s)``;
+  ``eval.mc_chunk`` samples are evaluated together to bound memory;
+* ``predict``: outputs for every row of a split, in batches of ``eval.batch_size``;
+* a task's ``Head`` says what its outputs mean: ``REGRESSION`` (one output, squared error on
+  standardised ratings; metrics in rating units: RMSE, the predictive log-likelihood with the
+  released ``tau`` and with ``tau`` fitted on training examples, the MC predictive std and its
+  epistemic and aleatoric parts) or ``CLASSIFICATION`` (K outputs, softmax cross-entropy;
+  accuracy, NLL, ECE, predictive entropy and mutual information, ``vdrnn.uncertainty``);
+* ``evaluate``: the head's ``summarize`` of one split, and a reliability diagram for
+  classification.
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import Callable, NamedTuple, Optional
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from tqdm import tqdm
+
+from vdrnn import models, plots, sharding, uncertainty
+from vdrnn.config import compute_dtype
+
+
+def make_predict_fns(config):
+  """``det(params, x) -> [B, K]`` and ``mc(params, x, key, ids [C]) -> [C, B, K]`` (jitted)."""
+  m, t = config.model, config.train
+  dtype = compute_dtype(config)
+
+  def det(params, x):
+    return models.seq_apply(params, x, None, **models.seq_semantics(m), unroll=t.unroll,
+                            compute_dtype=dtype)
+
+  def mc(params, x, key, ids):
+    def one(s):
+      masks = models.seq_masks(jax.random.fold_in(key, s), m, x)
+      return models.seq_apply(params, x, masks, **models.seq_semantics(m), unroll=t.unroll,
+                              compute_dtype=dtype)
+    return jax.vmap(one)(ids)
+
+  return jax.jit(det), jax.jit(mc)
+
+
+def predict(config, fns, params, x: np.ndarray, mesh, *, samples: int = 0, progress: bool = False):
+  """Outputs for every row of ``x [N, T]``: ``(det [N, K], mc [S, N, K] or None)``.
+
+  Rows go in batches of ``eval.batch_size`` (the last padded and cut off again); MC samples
+  in chunks of ``eval.mc_chunk`` (the last chunk padded with extra samples, dropped).
+  """
+  det_fn, mc_fn = fns
+  e = config.eval
+  B, C = e.batch_size, e.mc_chunk
+  base = jax.random.key(e.seed)
+  n = len(x)
+  dets, mcs = [], []
+  n_batches = -(-n // B)
+  bar = tqdm(total=n_batches,
+             desc=f"MC x{samples}" if samples else "eval",
+             disable=not progress,
+             leave=False,
+             dynamic_ncols=True,
+             file=sys.stderr)
+  for j in range(n_batches):
+    rows = x[j * B:(j + 1) * B]
+    k = len(rows)
+    xb = sharding.put_batch(np.concatenate([rows, np.zeros((B - k, x.shape[1]), np.int32)]), mesh)
+    dets.append(sharding.to_host(det_fn(params, xb))[:k])
+    if samples:
+      key = jax.random.fold_in(base, j)
+      outs = [
+          sharding.to_host(mc_fn(params, xb, key, jnp.arange(s, s + C, dtype=jnp.uint32)))[:, :k]
+          for s in range(0, samples, C)
+      ]
+      mcs.append(np.concatenate(outs)[:samples])
+    bar.update(1)
+  bar.close()
+  return np.concatenate(dets), (np.concatenate(mcs, axis=1) if samples else None)
+
+
+def ratings(info: dict, out: np.ndarray) -> np.ndarray:
+  """Regression outputs ``[..., 1]`` (standardised) in rating units ``[...]``, float64."""
+  return out[..., 0].astype(np.float64) * info["y_std"] + info["y_mean"]
+
+
+def fit_taus(info: dict, y: np.ndarray, det: np.ndarray, mc: Optional[np.ndarray]) -> dict:
+  """Model precisions fitted on ``(y, predictions)`` (``uncertainty.fit_tau``): ``det`` for the
+  dropout approximation and, given samples, ``mc`` for MC dropout."""
+  taus = {"det": uncertainty.fit_tau(y, ratings(info, det)[None])}
+  if mc is not None:
+    taus["mc"] = uncertainty.fit_tau(y, ratings(info, mc))
+  return taus
+
+
+def _regression_summary(config, info: dict, y: np.ndarray, det: np.ndarray,
+                        mc: Optional[np.ndarray], taus: Optional[dict] = None) -> dict:
+  """Regression, in rating units: ``rmse``; ``ll`` with the config's ``eval.tau`` (the released
+  scripts' 0.1); with ``taus`` (``fit_taus`` on training examples) also ``ll_fit`` and
+  ``tau_fit``; MC dropout adds the predictive std and its parts, ``std_epistemic`` (the
+  samples' spread) and ``std_aleatoric`` (``sqrt(1 / tau)``)."""
+  e = config.eval
+
+  def summary(pred, tau, suffix, keys):
+    r = uncertainty.regression_summary(y, pred, tau)
+    return {f"{k}{suffix}": r[k] for k in keys}
+
+  out = summary(ratings(info, det)[None], e.tau, "", ("rmse", "ll"))
+  if taus is not None:
+    out.update(summary(ratings(info, det)[None], taus["det"], "_fit", ("ll",)))
+    out["tau_fit"] = taus["det"]
+  if mc is not None:
+    out.update(summary(ratings(info, mc), e.tau, "_mc",
+                       ("rmse", "ll", "pred_std", "std_epistemic", "std_aleatoric")))
+    if taus is not None and "mc" in taus:
+      out.update(summary(ratings(info, mc), taus["mc"], "_fit_mc", ("ll", "std_aleatoric")))
+      out["tau_fit_mc"] = taus["mc"]
+  return out
+
+
+def _classification_summary(config, info: dict, y: np.ndarray, det: np.ndarray,
+                            mc: Optional[np.ndarray], taus: Optional[dict] = None) -> dict:
+  """Classification: accuracy, NLL, ECE and predictive entropy of the dropout approximation;
+  with MC samples also theirs and the mutual information, suffixed ``_mc``."""
+  e = config.eval
+  out = uncertainty.classification_summary(uncertainty.softmax(det)[None], y, e.ece_bins)
+  out = {k: v for k, v in out.items() if not k.startswith("mi")}  # 0 for a single pass
+  if mc is not None:
+    out.update({
+        f"{k}_mc": v for k, v in uncertainty.classification_summary(uncertainty.softmax(mc), y,
+                                                                    e.ece_bins).items()
+    })
+  return out
+
+
+def _regression_targets(split: dict, info: dict) -> np.ndarray:
+  return ((split["y"] - info["y_mean"]) / info["y_std"]).astype(np.float32)
+
+
+def _regression_running(acc: dict, info: dict) -> dict:
+  count = max(float(acc["count"]), 1.0)
+  return {"train_running_rmse": float(np.sqrt(float(acc["loss_sum"]) / count)) * info["y_std"]}
+
+
+def _classification_running(acc: dict, info: dict) -> dict:
+  count = max(float(acc["count"]), 1.0)
+  return {"train_running_nll": float(acc["loss_sum"]) / count,
+          "train_running_acc": float(acc["correct"]) / count}
+
+
+def _squared_error(out: jax.Array, y: jax.Array) -> jax.Array:
+  return jnp.square(out[:, 0] - y)
+
+
+def _cross_entropy(out: jax.Array, y: jax.Array) -> jax.Array:
+  return -jnp.take_along_axis(jax.nn.log_softmax(out, axis=-1), y[:, None], axis=-1)[:, 0]
+
+
+class Head(NamedTuple):
+  """What a sequence task's outputs ``[B, K]`` mean: everything in ``vdrnn.seq_task`` that
+  differs between regression and classification."""
+
+  metric: str       # the epoch records' headline metric (rmse | acc); the learning curve's
+  select: str       # lower is better: ``valid_<select>`` (or ``train_<select>``) picks the best
+  loss: Callable    # (out [B, K], y [B]) -> [B] per-example loss (jax)
+  classes: bool     # outputs are class logits: accuracy is counted, a reliability diagram drawn
+  targets: Callable   # (split, info) -> y the loss sees, [N]
+  running: Callable   # (host acc, info) -> the running training metrics
+  summarize: Callable  # (config, info, y, det [N, K], mc [S, N, K] | None, taus) -> metrics
+  fits_tau: bool    # regression: the model precision is fitted on training examples
+
+
+REGRESSION = Head(metric="rmse", select="rmse", loss=_squared_error, classes=False,
+                  targets=_regression_targets, running=_regression_running,
+                  summarize=_regression_summary, fits_tau=True)
+CLASSIFICATION = Head(metric="acc", select="nll", loss=_cross_entropy, classes=True,
+                      targets=lambda split, info: split["y"].astype(np.int32),
+                      running=_classification_running, summarize=_classification_summary,
+                      fits_tau=False)
+
+
+def evaluate(config,
+             head: Head,
+             fns,
+             params,
+             split: dict,
+             info: dict,
+             mesh,
+             *,
+             samples: int = 0,
+             progress: bool = False,
+             reliability_png: Optional[str] = None,
+             taus: Optional[dict] = None) -> dict:
+  """The head's ``summarize`` of ``split``'s predictions (``taus``: see ``fit_taus``)."""
+  det, mc = predict(config, fns, params, split["x"], mesh, samples=samples, progress=progress)
+  out = head.summarize(config, info, split["y"], det, mc, taus)
+  if reliability_png and head.classes:
+    curves = {"dropout approx.": uncertainty.softmax(det)}
+    if mc is not None:
+      curves[f"MC dropout ({samples})"] = uncertainty.softmax(mc).mean(0)
+    plots.reliability_diagram(reliability_png, curves, split["y"], config.eval.ece_bins)
+  return out

@@ -1,0 +1,92 @@
+"""Which tasks exist: the one registry of task names, and the dispatch on a config's ``task``.
+
+A task is a module (or any object) with
+
+* ``base_config() -> ConfigDict``: the defaults every config of the task starts from (a config
+  saved before a field existed reads that field from here: ``with_defaults``);
+* ``train_and_evaluate(config, workdir) -> dict``: trains in ``workdir`` (resuming what is
+  there; usually ``vdrnn.loop.run`` over a ``vdrnn.loop.Task``) and returns the final results;
+* ``evaluate_workdir(config, workdir, *, checkpoint, split, progress) -> dict``: evaluates a
+  finished (or checkpointed) workdir;
+* ``summary(result) -> str``: one human-readable line on such an evaluation.
+
+Built in: ``ptb`` (``vdrnn.lm``; a population of them, ``vdrnn.population``, when any
+``population.*`` field is set), ``sentiment`` (Pang & Lee regression, ``vdrnn.sentiment``) and
+``imdb`` (classification, ``vdrnn.imdb``). ``register`` adds one (e.g. from a test or a
+project of your own) without touching this package. ``python -m vdrnn.train`` and
+``python -m vdrnn.evaluate`` call ``train_and_evaluate`` / ``evaluate_workdir`` here.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any
+
+import ml_collections
+
+from vdrnn import imdb, lm, population, sentiment
+from vdrnn.config import fill_defaults
+from vdrnn.errors import UserError
+
+_TASKS: dict[str, Any] = {"ptb": lm, "sentiment": sentiment, "imdb": imdb}
+
+
+def register(name: str, task: Any) -> None:
+  """Makes ``config.task == name`` train and evaluate with ``task`` (see the module
+  docstring for what it provides); a name already taken is replaced."""
+  _TASKS[name] = task
+
+
+def names() -> list[str]:
+  return list(_TASKS)
+
+
+def get(name: str) -> Any:
+  """The task registered as ``name``; a one-line ``UserError`` for an unknown one."""
+  if name not in _TASKS:
+    raise UserError(f"unknown task {name!r}; use one of {', '.join(_TASKS)}")
+  return _TASKS[name]
+
+
+def of(config) -> Any:
+  """The task of ``config`` (``config.task``; configs without the field are PTB's)."""
+  return get(config.get("task", "ptb"))
+
+
+def with_defaults(saved: dict) -> dict:
+  """A config an older run saved, with every field it lacks from its task's base config."""
+  base = json.loads(get(saved.get("task", "ptb")).base_config().to_json())
+  return fill_defaults(saved, base)
+
+
+def load_run_config(workdir: str) -> ml_collections.ConfigDict:
+  """A training run's config, from ``<workdir>/config.json``; a field the file lacks (the run
+  was written before the field existed) takes its default (``with_defaults``), so an older run
+  is evaluated as it was trained."""
+  if not os.path.isdir(workdir):
+    raise UserError(f"workdir {workdir} does not exist")
+  path = os.path.join(workdir, "config.json")
+  if not os.path.exists(path):
+    raise UserError(f"{path} not found; is {workdir} a training workdir?")
+  with open(path) as f:
+    return ml_collections.ConfigDict(with_defaults(json.load(f)))
+
+
+def train_and_evaluate(config, workdir: str) -> dict:
+  """Trains ``config`` in ``workdir`` (resuming what is there); returns the final results."""
+  task = of(config)
+  if population.is_population(config):
+    return population.train_and_evaluate(config, workdir)
+  return task.train_and_evaluate(config, workdir)
+
+
+def evaluate_workdir(config, workdir: str, **kwargs) -> dict:
+  """Evaluates a finished (or checkpointed) workdir with its task's ``evaluate_workdir``;
+  ``config``: the workdir's (``load_run_config``, overrides applied); ``kwargs``:
+  ``checkpoint``, ``split``, ``progress``."""
+  task = of(config)
+  if population.is_population(config):
+    raise UserError(f"{workdir} holds a population run; evaluate a member's workdir instead, "
+                    f"e.g. {os.path.join(workdir, 'member_00')}")
+  return task.evaluate_workdir(config, workdir, **kwargs)
