@@ -12,13 +12,16 @@ A task is a module (or any object) with
 
 Built in: ``ptb`` (``vdrnn.lm``; a population of them, ``vdrnn.population``, when any
 ``population.*`` field is set), ``sentiment`` (Pang & Lee regression, ``vdrnn.sentiment``) and
-``imdb`` (classification, ``vdrnn.imdb``). ``register`` adds one (e.g. from a test or a
-project of your own) without touching this package. ``python -m vdrnn.train`` and
+``imdb`` (classification, ``vdrnn.imdb``). A task of your own needs no change to this package:
+``register`` it from Python, or name it by its module path (``config.task = "mypkg.mytask"``,
+importable where the commands run): that module is then the task, for
+``python -m vdrnn.train`` and, from the workdir's ``config.json``, ``python -m vdrnn.evaluate``. ``python -m vdrnn.train`` and
 ``python -m vdrnn.evaluate`` call ``train_and_evaluate`` / ``evaluate_workdir`` here.
 """
 
 from __future__ import annotations
 
+import importlib
 import json
 import os
 from typing import Any
@@ -30,6 +33,7 @@ from vdrnn.config import fill_defaults
 from vdrnn.errors import UserError
 
 _TASKS: dict[str, Any] = {"ptb": lm, "sentiment": sentiment, "imdb": imdb}
+INTERFACE = ("base_config", "train_and_evaluate", "evaluate_workdir", "summary")
 
 
 def register(name: str, task: Any) -> None:
@@ -43,9 +47,20 @@ def names() -> list[str]:
 
 
 def get(name: str) -> Any:
-  """The task registered as ``name``; a one-line ``UserError`` for an unknown one."""
+  """The task registered as ``name``, else the module of that import path (registered then);
+  a one-line ``UserError`` for an unknown name or a module that is no task."""
   if name not in _TASKS:
-    raise UserError(f"unknown task {name!r}; use one of {', '.join(_TASKS)}")
+    try:
+      module = importlib.import_module(name) if name else None
+    except ImportError:
+      module = None
+    if module is None:
+      raise UserError(f"unknown task {name!r}; use one of {', '.join(_TASKS)} or the import "
+                      f"path of a task module")
+    missing = [a for a in INTERFACE if not hasattr(module, a)]
+    if missing:
+      raise UserError(f"module {name!r} is not a task: it lacks {', '.join(missing)}")
+    register(name, module)
   return _TASKS[name]
 
 
