@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from configs import ptb_tiny
-from vdrnn import checkpoint, lm, loop, population
+from vdrnn import checkpoint, lm, population
 from vdrnn.errors import UserError
 
 # Rates and seeds chosen to cover: the config's rates, static zeros (the single run draws no
@@ -101,7 +101,7 @@ def test_population_of_4_equals_4_single_runs():
     single_step = jax.jit(lm.make_train_step(mc))
     for (x, y), lr in zip(((w[:, :-1], w[:, 1:]) for w in tokens), lrs):
       single = single_step(single, x, y, lr)
-    got = loop.member_state(state, k)
+    got = population.member_state(state, k)
     assert int(got["step"]) == int(single["step"]) == len(lrs)
     assert int(got["acc"]["count"]) == int(single["acc"]["count"])
     diffs.append(max_diff(got, single))

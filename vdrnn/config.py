@@ -63,6 +63,31 @@ def fill_defaults(saved: dict, base: dict) -> dict:
   return out
 
 
+def get_field(config, dotted: str):
+  """``config.a.b`` for ``"a.b"``."""
+  node = config
+  for part in dotted.split("."):
+    node = node[part]
+  return node
+
+
+def check_positive_ints(config, names: Sequence[str]) -> None:
+  """A one-line ``UserError`` for the first field of ``names`` (dotted) below 1."""
+  for name in names:
+    v = get_field(config, name)
+    if int(v) < 1:
+      raise UserError(f"{name} must be a positive integer, got {v!r}")
+
+
+COMPUTE_DTYPES = ("float32", "bfloat16")
+
+
+def check_compute_dtype(config) -> None:
+  name = config.train.compute_dtype
+  if name not in COMPUTE_DTYPES:
+    raise UserError(f"train.compute_dtype must be float32 or bfloat16, got {name!r}")
+
+
 def compute_dtype(config):
   """The matmul operand dtype of ``train.compute_dtype`` (None: float32, no casts)."""
   name = config.train.compute_dtype

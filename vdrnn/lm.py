@@ -35,7 +35,8 @@ import optax
 
 from vdrnn import loop, lm_eval, models, plots, sharding
 from vdrnn import checkpoint as ckpt_lib
-from vdrnn.config import compute_dtype, validate_rates
+from vdrnn.config import (check_compute_dtype, check_positive_ints, compute_dtype,
+                          validate_rates)
 from vdrnn.data import ptb
 from vdrnn.errors import UserError
 
@@ -126,14 +127,11 @@ def validate(c) -> None:
     raise UserError(f"data_limit must be an integer >= 0 (0: the whole corpus), got "
                     f"{c.data_limit!r}")
   t = c.train
-  for name in ("batch_size", "seq_length", "num_epochs"):
-    if int(t[name]) < 1:
-      raise UserError(f"train.{name} must be a positive integer, got {t[name]!r}")
+  check_positive_ints(c, ("train.batch_size", "train.seq_length", "train.num_epochs"))
   for name in ("lr", "lr_decay", "max_grad_norm"):
     if not (isinstance(t[name], (int, float)) and math.isfinite(t[name]) and t[name] > 0):
       raise UserError(f"train.{name} must be a positive finite number, got {t[name]!r}")
-  if t.compute_dtype not in ("float32", "bfloat16"):
-    raise UserError(f"train.compute_dtype must be float32 or bfloat16, got {t.compute_dtype!r}")
+  check_compute_dtype(c)
   if t.get("rnn_impl", "scan") not in ("scan", "pallas"):
     raise UserError(f"train.rnn_impl must be scan or pallas, got {t.rnn_impl!r}")
   if c.eval.mc_samples < 0 or c.eval.mc_chunk < 1:

@@ -44,7 +44,8 @@ import optax
 
 from vdrnn import checkpoint as ckpt_lib
 from vdrnn import loop, models, plots, sharding
-from vdrnn.config import compute_dtype, validate_rates
+from vdrnn.config import (check_compute_dtype, check_positive_ints, compute_dtype,
+                          validate_rates)
 from vdrnn.data import sentiment as data_lib
 from vdrnn.errors import UserError
 from vdrnn.seq_eval import Head, evaluate, fit_taus, make_predict_fns, predict
@@ -182,12 +183,9 @@ def validate(config, head: Head) -> None:
     raise UserError(f"model.out_dim must be 1 for {config.task} (regression), got {m.out_dim}")
   if head.classes and m.out_dim < 2:
     raise UserError(f"model.out_dim must be >= 2 (classes) for {config.task}, got {m.out_dim}")
-  for name, v in (("data.num_words", d.num_words), ("data.maxlen", d.maxlen),
-                  ("model.emb_dim", m.emb_dim), ("model.hidden", m.hidden),
-                  ("train.batch_size", t.batch_size), ("train.num_epochs", t.num_epochs),
-                  ("eval.batch_size", e.batch_size), ("eval.mc_chunk", e.mc_chunk)):
-    if int(v) < 1:
-      raise UserError(f"{name} must be a positive integer, got {v!r}")
+  check_positive_ints(config, ("data.num_words", "data.maxlen", "model.emb_dim", "model.hidden",
+                               "train.batch_size", "train.num_epochs", "eval.batch_size",
+                               "eval.mc_chunk"))
   if m.vocab_size != d.num_words + data_lib.OFFSET:
     raise UserError(
         f"model.vocab_size must be data.num_words + {data_lib.OFFSET} = "
@@ -204,8 +202,7 @@ def validate(config, head: Head) -> None:
   if t.weight_decay_scope not in L2_SCOPES:
     raise UserError(f"train.weight_decay_scope must be one of {L2_SCOPES}, "
                     f"got {t.weight_decay_scope!r}")
-  if t.compute_dtype not in ("float32", "bfloat16"):
-    raise UserError(f"train.compute_dtype must be float32 or bfloat16, got {t.compute_dtype!r}")
+  check_compute_dtype(config)
   if e.mc_samples < 0 or e.mc_every_epochs < 0 or e.train_examples < 0:
     raise UserError("eval.mc_samples, eval.mc_every_epochs and eval.train_examples must be >= 0")
   if e.tau <= 0 or e.ece_bins < 1:
