@@ -32,7 +32,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from vdrnn import loop, lm_eval, models, plots, sharding
+from vdrnn import loop, lm_eval, metrics, models, plots, sharding
 from vdrnn import checkpoint as ckpt_lib
 from vdrnn.config import compute_dtype, load_run_config, validate_rates
 from vdrnn.data import ptb
@@ -208,7 +208,7 @@ def make_step_body(config, n_tokens: Optional[int] = None):
       if logits is not None:
         params["dropout_logit"] = logits
     acc = state["acc"]
-    finite = jnp.isfinite(loss) & jnp.isfinite(norm)
+    finite = jnp.isfinite(loss) & jnp.isfinite(norm) & (nll.mean() < metrics.MAX_MEAN_NLL)
     bad = jnp.where((acc["bad_step"] < 0) & ~finite, step, acc["bad_step"])
     acc = {"nll_sum": acc["nll_sum"] + nll.sum(), "count": acc["count"] + nll.size, "bad_step": bad}
     return {"params": params, "carry": carry, "step": step + 1, "acc": acc}
