@@ -207,8 +207,9 @@ def make_step_body(config, n_tokens: Optional[int] = None):
       params = jax.tree.map(lambda p: p - t.weight_decay * p, params)
       if logits is not None:
         params["dropout_logit"] = logits
+    loss = jnp.where(nll.mean() < metrics.MAX_MEAN_NLL, loss, jnp.inf)  # inf perplexity: diverged
     acc = state["acc"]
-    finite = jnp.isfinite(loss) & jnp.isfinite(norm) & (nll.mean() < metrics.MAX_MEAN_NLL)
+    finite = jnp.isfinite(loss) & jnp.isfinite(norm)
     bad = jnp.where((acc["bad_step"] < 0) & ~finite, step, acc["bad_step"])
     acc = {"nll_sum": acc["nll_sum"] + nll.sum(), "count": acc["count"] + nll.size, "bad_step": bad}
     return {"params": params, "carry": carry, "step": step + 1, "acc": acc}
