@@ -242,3 +242,29 @@ def test_embedding_grad_sq_sums_rows_of_repeated_tokens():
   g = jax.random.normal(jax.random.key(0), (6, 5))
   dense = jnp.zeros((4, 5)).at[ids].add(g)
   np.testing.assert_allclose(lm.embedding_grad_sq(ids, g), jnp.sum(dense * dense), rtol=1e-6)
+
+
+def test_a_diverged_run_stops_with_the_non_finite_line_not_an_overflow(tmp_path):
+  """lr=1e30 without clipping: the loss stays finite in float32 but its mean NLL (~1e29 nats)
+  is beyond any float's perplexity. This once ended in ``OverflowError: math range error``
+  from the validation perplexity (exit 1, a traceback); the step whose perplexity is infinite
+  is now a non-finite step, and the run stops with the loop's one line, naming it."""
+  p = run_cli("--config", "configs/ptb_tiny.py", "--workdir", str(tmp_path / "w"),
+              "--config.train.lr=1e30", "--config.train.max_grad_norm=1e30")
+  out, err = p.communicate(timeout=300)
+  lines = err.strip().splitlines()
+  assert p.returncode == 2, err[-2000:]
+  assert "Traceback" not in err and "Overflow" not in err, err[-2000:]
+  assert [l for l in lines if l.startswith("error:")] == lines[-1:], err
+  want = "error: non-finite loss or gradient at step 1 (epoch 1); stopped. No checkpoint"
+  assert lines[-1].startswith(want), err
+  assert not (tmp_path / "w" / "results.json").exists()
+
+
+def test_perplexity_of_a_huge_mean_nll_is_inf_not_an_exception():
+  from vdrnn import metrics
+  assert metrics.perplexity(1.0) == pytest.approx(np.e)
+  assert metrics.perplexity(1e30) == float("inf") and metrics.perplexity(np.float32(800)) == np.inf
+  assert np.isnan(metrics.perplexity(float("nan"))) and metrics.perplexity(-1e30) == 0.0
+  assert metrics.lua_valid_ppl_from_sum(1e35, batch=2, rows=8, seq_length=3) == float("inf")
+  assert metrics.lua_valid_ppl([1e30, 1.0], rows=8, seq_length=3) == float("inf")

@@ -33,7 +33,7 @@ import ml_collections
 import numpy as np
 import optax
 
-from vdrnn import loop, lm_eval, models, plots, sharding
+from vdrnn import loop, lm_eval, metrics, models, plots, sharding
 from vdrnn import checkpoint as ckpt_lib
 from vdrnn.config import (check_compute_dtype, check_positive_ints, compute_dtype,
                           validate_rates)
@@ -280,6 +280,7 @@ def make_step_body(config, n_tokens: Optional[int] = None):
       params = jax.tree.map(lambda p: p - t.weight_decay * p, params)
       if logits is not None:
         params["dropout_logit"] = logits
+    loss = jnp.where(nll.mean() < metrics.MAX_MEAN_NLL, loss, jnp.inf)  # inf perplexity: diverged
     acc = state["acc"]
     finite = jnp.isfinite(loss) & jnp.isfinite(norm)
     bad = loop.mark_bad(acc, step, finite)

@@ -39,7 +39,6 @@ temperature ``det_ppl_temperature`` is reported as well.
 from __future__ import annotations
 
 import json
-import math
 import os
 import sys
 import time
@@ -329,7 +328,7 @@ def member_ppls(config, eval_fn, params, ids: np.ndarray, batch_size: int, *, fu
   nll, count = np.atleast_1d(np.asarray(nll, np.float64)), np.atleast_1d(np.asarray(count))
   if lua:
     return [metrics.lua_valid_ppl_from_sum(n, batch_size, streams.shape[1], T) for n in nll]
-  return [float(np.exp(n / c)) for n, c in zip(nll, count)]
+  return [metrics.perplexity(n / c) for n, c in zip(nll, count)]
 
 
 def evaluate_split(config, eval_fn, params, ids: np.ndarray, batch_size: int, *, full: bool,
@@ -383,8 +382,9 @@ def mc_lm(config, params, ids: np.ndarray, *, workdir: Optional[str] = None, spl
                     power=power)
   ppl_k = np.exp(-res["log_pbar"])
   pts = curve_points(S)
-  means = {"arithmetic": float(ppl_k[-1]), "geometric": math.exp(-res["log_pbar_geometric"]),
-           "power": math.exp(-res["log_pbar_power"])}
+  means = {"arithmetic": float(ppl_k[-1]),
+           "geometric": metrics.perplexity(-res["log_pbar_geometric"]),
+           "power": metrics.perplexity(-res["log_pbar_power"])}
   result = {
       "split": split,
       "ppl": means[mean],

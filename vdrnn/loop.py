@@ -41,6 +41,7 @@ from vdrnn import checkpoint, sharding
 from vdrnn.config import fill_defaults
 from vdrnn.errors import UserError
 from vdrnn.metrics import MetricsWriter
+from vdrnn.workdir import locked
 
 SYNC_SECONDS = 2.0  # the progress bar waits for the device at most this often
 BOOKKEEPING = ("epoch", "time_s", "eval_time_s", "items_per_s")  # not shown in the epoch line
@@ -173,6 +174,7 @@ def _resume(task: Task, ckpts, state, cfg_dict: dict, workdir: str):
   return state, meta, True
 
 
+@locked  # one run per workdir: a second one stops naming the first (vdrnn.workdir)
 def run(task: Task, config, workdir: str) -> dict:
   """Trains ``task`` for ``config.train.num_epochs`` epochs in ``workdir``; returns (and,
   on process 0, writes to ``results.json``) the task's final results."""

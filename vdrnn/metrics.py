@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import sys
 from typing import Optional
 
 from tensorboardX import SummaryWriter
@@ -59,6 +60,22 @@ class MetricsWriter:
       self._tb.close()
 
 
+# The largest mean NLL (nats per token) whose perplexity is a finite float64, about 709.78: a
+# training step whose mean NLL reaches it has diverged as surely as a NaN loss (vdrnn.lm).
+MAX_MEAN_NLL = math.log(sys.float_info.max)
+
+
+def perplexity(mean_nll) -> float:
+  """``exp(mean_nll)`` as a float: ``inf`` when it overflows (a diverged model's mean NLL can be
+  finite yet far above ``log(float max)``, about 709.78), ``nan`` for a ``nan``. ``math.exp``
+  would raise ``OverflowError`` and ``np.exp`` would warn; a perplexity is a metric, and a
+  non-finite one is the training loop's to report (``vdrnn.loop``), not a crash."""
+  try:
+    return math.exp(float(mean_nll))
+  except OverflowError:
+    return math.inf
+
+
 def read_jsonl(path: str) -> list[dict]:
   with open(path) as f:
     return [json.loads(l) for l in f if l.strip()]
@@ -88,7 +105,7 @@ def lua_valid_ppl(window_mean_nll, rows: int, seq_length: int) -> float:
   if len(nll) != (rows - 1) // seq_length:
     raise ValueError(f"expected (rows - 1) // seq_length = {(rows - 1) // seq_length} whole "
                      f"windows, got {len(nll)}")
-  return math.exp(sum(nll) / ((rows - 1) / seq_length))
+  return perplexity(sum(nll) / ((rows - 1) / seq_length))
 
 
 def lua_valid_ppl_from_sum(nll_sum: float, batch: int, rows: int, seq_length: int) -> float:
@@ -97,4 +114,4 @@ def lua_valid_ppl_from_sum(nll_sum: float, batch: int, rows: int, seq_length: in
   if rows < 2 or seq_length < 1 or batch < 1:
     raise ValueError(f"need rows >= 2, seq_length >= 1 and batch >= 1, got {rows}, {seq_length}, "
                      f"{batch}")
-  return math.exp(float(nll_sum) / (batch * seq_length) / ((rows - 1) / seq_length))
+  return perplexity(float(nll_sum) / (batch * seq_length) / ((rows - 1) / seq_length))
