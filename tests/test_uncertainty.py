@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from vdrnn import uncertainty
+from vdrnn import plots, uncertainty
 
 
 def _probs(rng, n, k, s=None):
@@ -241,3 +241,15 @@ def test_ood_detection_scores_the_ood_set_as_positive():
   one = uncertainty.ood_detection(confident[:1], vague[:1])
   assert one["auroc_mi"] == 0.5 and one["aupr_mi"] == pytest.approx(10 / 30)
 
+
+def test_risk_coverage_png(tmp_path):
+  rng = np.random.RandomState(9)
+  ps, y = _probs(rng, 30, 2, s=5), rng.randint(0, 2, 30)
+  path = str(tmp_path / "rc.png")
+  plots.risk_coverage(path, {"dropout approx.": ps[0], "MC dropout (5)": ps}, y)
+  plots.risk_coverage(str(tmp_path / "rc_mi.png"), {"MC dropout (5)": ps}, y, by="mi")
+  for p in (path, str(tmp_path / "rc_mi.png")):
+    with open(p, "rb") as f:
+      assert f.read(8) == b"\x89PNG\r\n\x1a\n"
+  with pytest.raises(ValueError, match="by"):
+    plots.risk_coverage(path, {"a": ps}, y, by="variance")
