@@ -43,7 +43,11 @@ of the ``num_words`` most frequent training words with the same offset; ``[1] + 
 left-padded to ``maxlen``. ``truncating="pre"`` (default, Keras ``pad_sequences``) keeps the
 *last* ``maxlen`` tokens of a long review, ``"post"`` the first. The training reviews are
 shuffled with ``RandomState(shuffle_seed)`` (the files are sorted by label) and the last
-``valid_fraction`` of them held out for validation.
+``valid_fraction`` of them held out for validation (``imdb_held_out``): the vocabulary is fitted
+without them and the best checkpoint is picked on them, so no choice depends on the test set
+(still reported every epoch). ``valid_fraction = 0`` is Keras's examples/imdb_lstm.py setting:
+all 25,000 reviews train and the test set is the only held-out data (the example's
+``validation_data``); the best checkpoint is then picked on training examples, never on test.
 """
 
 from __future__ import annotations
@@ -260,6 +264,31 @@ def scaledata_splits(texts: Sequence[str], ratings: np.ndarray, *, num_words: in
   return splits, info
 
 
+def imdb_held_out(n: int, valid_fraction: float, shuffle_seed: int) -> tuple[np.ndarray,
+                                                                              np.ndarray]:
+  """``(fit, held)``: indices of the ``n`` IMDB training reviews kept for training and held out
+  for validation (checkpoint selection), the last ``int(n * valid_fraction)`` of the
+  ``shuffled(n, shuffle_seed)`` order. ``valid_fraction = 0``: all of them train, none held."""
+  order = shuffled(n, shuffle_seed)
+  n_valid = int(n * valid_fraction)
+  return order[:n - n_valid], order[n - n_valid:]
+
+
+def imdb_vocab(train_texts: Sequence[str], *, num_words: int, valid_fraction: float = 0.0,
+               shuffle_seed: int = 0) -> dict[str, int]:
+  """The vocabulary ``imdb_splits`` uses: the ``num_words`` most frequent words of the
+  training reviews that are not held out for validation."""
+  fit, _ = imdb_held_out(len(train_texts), valid_fraction, shuffle_seed)
+  return build_vocab([tokenize(train_texts[i], "words") for i in fit], num_words)
+
+
+def imdb_inputs(docs: Sequence[Sequence[str]], vocab: dict[str, int], maxlen: int,
+                truncating: str = "pre") -> np.ndarray:
+  """``[N, maxlen]`` int32 model inputs of tokenised documents, as every IMDB split:
+  ``[START] + ids`` (``OOV`` outside ``vocab``), cut or left-padded to ``maxlen``."""
+  return pad([encode(d, vocab) for d in docs], maxlen, truncating)
+
+
 def imdb_splits(train: tuple[list[str], np.ndarray],
                 test: tuple[list[str], np.ndarray],
                 *,
@@ -268,10 +297,10 @@ def imdb_splits(train: tuple[list[str], np.ndarray],
                 truncating: str = "pre",
                 valid_fraction: float = 0.0,
                 shuffle_seed: int = 0) -> tuple[dict, dict]:
-  """IMDB train / valid / test arrays (see the module docstring); ``y`` int32 labels."""
-  order = shuffled(len(train[0]), shuffle_seed)
-  n_valid = int(len(order) * valid_fraction)
-  fit, held = order[: len(order) - n_valid], order[len(order) - n_valid:]
+  """IMDB train / valid / test arrays (see the module docstring); ``y`` int32 labels, ``review``
+  the index of the review in its file. ``valid`` (``imdb_held_out``) exists when
+  ``valid_fraction > 0``; the vocabulary never sees it or the test set."""
+  fit, held = imdb_held_out(len(train[0]), valid_fraction, shuffle_seed)
   tok = {"train": [tokenize(train[0][i], "words") for i in fit],
          "valid": [tokenize(train[0][i], "words") for i in held],
          "test": [tokenize(t, "words") for t in test[0]]}
@@ -279,7 +308,7 @@ def imdb_splits(train: tuple[list[str], np.ndarray],
   index = {"train": fit, "valid": held, "test": np.arange(len(test[0]))}
   vocab = build_vocab(tok["train"], num_words)
   splits = {
-      k: _split(pad([encode(d, vocab) for d in docs], maxlen, truncating), labels[k], index[k])
+      k: _split(imdb_inputs(docs, vocab, maxlen, truncating), labels[k], index[k])
       for k, docs in tok.items()
       if len(docs)
   }
@@ -329,3 +358,4 @@ def load(task: str,
         np.std(splits["train"]["y"]))
   info["folder"] = str(folder)
   return splits, info
+
