@@ -1,5 +1,5 @@
 """Figures (PNG, matplotlib's Agg backend): MC perplexity against samples, learning curves,
-reliability diagrams."""
+reliability diagrams, risk-coverage curves."""
 
 from __future__ import annotations
 
@@ -131,6 +131,35 @@ def reliability_diagram(path: str, curves: dict, labels, n_bins: int = 15) -> No
   ax.set_title("reliability diagram")
   hx.set_xlabel("confidence (max predictive probability)")
   hx.set_ylabel("share")
+  fig.tight_layout()
+  fig.savefig(path, dpi=100)
+  plt.close(fig)
+
+
+def risk_coverage(path: str, curves: dict, labels, by: str = "entropy") -> None:
+  """Writes a PNG: accuracy against coverage of selective prediction (Geifman & El-Yaniv
+  2017; ``uncertainty.risk_coverage``) for each ``name -> probs`` in ``curves``, ``[N, K]`` or
+  ``[S, N, K]`` (MC samples or ensemble members; ``[N, K]`` is one sample), the inputs
+  accepted in order of ``by`` (``uncertainty.ood_scores``: ``entropy``, ``mi`` or
+  ``least_confidence``), with the AURC in the legend."""
+  fig, ax = plt.subplots(figsize=(5, 4))
+  for name, probs in curves.items():
+    ps = np.asarray(probs, np.float64)
+    ps = ps[None] if ps.ndim == 2 else ps
+    scores = uncertainty.ood_scores(ps)
+    if by not in scores:
+      plt.close(fig)
+      raise ValueError(f"by must be one of {sorted(scores)}, got {by!r}")
+    correct = ps.mean(0).argmax(-1) == np.asarray(labels)
+    rc = uncertainty.risk_coverage(scores[by], correct)
+    ax.step(np.r_[0.0, rc["coverage"]], np.r_[rc["accuracy"][0], rc["accuracy"]], where="pre",
+            label=f"{name} (AURC {uncertainty.aurc(scores[by], correct):.4f})")
+  ax.set_xlim(0, 1)
+  ax.set_xlabel("coverage (share of inputs predicted)")
+  ax.set_ylabel("accuracy on the inputs predicted")
+  ax.set_title(f"risk-coverage, least uncertain first (by {by})", fontsize=9)
+  ax.grid(alpha=0.3)
+  ax.legend(loc="lower left", fontsize=8)
   fig.tight_layout()
   fig.savefig(path, dpi=100)
   plt.close(fig)

@@ -18,6 +18,16 @@ Classification, probabilities ``p [S, N, K]`` (softmax of each pass)::
   entropy    = H[p(y | x)] = -sum_k p_k log p_k     total uncertainty (nats)
   MI (BALD)  = H[p(y | x)] - (1/S) sum_s H[p_s]     epistemic part (Houlsby et al. 2011)
   ECE        = sum_b (n_b / N) |acc_b - conf_b|     confidence = max_k p_k, equal-width bins
+  Brier      = (1/N) sum_n sum_k (p_nk - [y_n = k])^2
+
+Uncertainty benchmarks (IMDB against the dropout approximation and a deep ensemble,
+Lakshminarayanan et al. 2017, whose members' probabilities stack into the same ``[S, N, K]``):
+
+* out-of-distribution detection (Hendrycks & Gimpel 2017): a score per input, higher = more
+  likely OOD (predictive entropy, mutual information, ``1 - max_k p_k``), summarised by AUROC
+  and AUPR with the OOD inputs as the positive class (``ood_scores``, ``auroc``, ``aupr``);
+* selective prediction (Geifman & El-Yaniv 2017): predict only on the inputs of lowest
+  uncertainty; accuracy / risk against coverage and its area (``risk_coverage``, ``aurc``).
 """
 
 from __future__ import annotations
@@ -125,6 +135,14 @@ def nll(probs, labels) -> float:
   return float(-np.mean(np.log(np.maximum(p, 1e-12))))
 
 
+def brier(probs, labels) -> float:
+  """Multi-class Brier score: the mean over examples of ``sum_k (p_k - [y = k])^2`` (Brier
+  1950), from probabilities ``[N, K]`` and labels ``[N]``; 0 is perfect, 2 the worst."""
+  p = np.asarray(probs, np.float64)
+  onehot = np.eye(p.shape[-1])[np.asarray(labels)]
+  return float(np.mean(np.sum((p - onehot) ** 2, axis=-1)))
+
+
 def accuracy(probs, labels) -> float:
   return float(np.mean(np.argmax(probs, -1) == np.asarray(labels)))
 
@@ -132,17 +150,19 @@ def accuracy(probs, labels) -> float:
 def calibration_bins(probs, labels, n_bins: int = 15) -> dict:
   """Per-bin ``count``, mean ``confidence`` and ``accuracy`` (NaN for empty bins).
 
-  Bin ``b`` holds confidences in ``(b / n, (b + 1) / n]`` (the first bin also holds 0).
+  Bin ``b`` holds confidences in ``(b / n, (b + 1) / n]`` (the first bin also holds 0), the
+  edges ``b / n`` as floats: a confidence one ulp above an edge is in the bin above it
+  (``ceil(conf * n)`` would round it down).
   """
   p = np.asarray(probs, np.float64)
   conf, correct = p.max(-1), (p.argmax(-1) == np.asarray(labels)).astype(np.float64)
-  idx = np.clip(np.ceil(conf * n_bins).astype(int) - 1, 0, n_bins - 1)
+  edges = np.arange(n_bins + 1) / n_bins
+  idx = np.clip(np.searchsorted(edges, conf, side="left") - 1, 0, n_bins - 1)
   count = np.bincount(idx, minlength=n_bins).astype(np.float64)
   with np.errstate(invalid="ignore", divide="ignore"):
     mean_conf = np.bincount(idx, conf, n_bins) / count
     mean_acc = np.bincount(idx, correct, n_bins) / count
-  return {"count": count, "confidence": mean_conf, "accuracy": mean_acc,
-          "edges": np.linspace(0.0, 1.0, n_bins + 1)}
+  return {"count": count, "confidence": mean_conf, "accuracy": mean_acc, "edges": edges}
 
 
 def ece(probs, labels, n_bins: int = 15) -> float:
@@ -155,7 +175,7 @@ def ece(probs, labels, n_bins: int = 15) -> float:
 
 def classification_summary(probs_samples, labels, n_bins: int = 15) -> dict:
   """Metrics of the predictive distribution from ``[S, N, K]`` probabilities (S = 1: the
-  dropout approximation): accuracy, nll, ece, and means of the predictive entropy and the
+  dropout approximation): accuracy, nll, brier, ece, and means of the predictive entropy and the
   mutual information, over all points and over correct / wrong predictions."""
   ps = np.asarray(probs_samples, np.float64)
   p = ps.mean(0)
@@ -168,6 +188,7 @@ def classification_summary(probs_samples, labels, n_bins: int = 15) -> dict:
   return {
       "acc": accuracy(p, labels),
       "nll": nll(p, labels),
+      "brier": brier(p, labels),
       "ece": ece(p, labels, n_bins),
       "entropy": float(h.mean()),
       "entropy_correct": mean(h, right),
@@ -176,3 +197,125 @@ def classification_summary(probs_samples, labels, n_bins: int = 15) -> dict:
       "mi_correct": mean(mi, right),
       "mi_wrong": mean(mi, ~right)
   }
+
+
+# ----------------------------------------------------------------------------------------
+# Out-of-distribution detection and selective prediction.
+
+
+def ood_scores(probs) -> dict:
+  """Per-input scores ``[N]`` from probabilities ``[S, N, K]``, higher = more likely
+  out-of-distribution (Hendrycks & Gimpel 2017's baseline and its Bayesian refinements):
+
+  * ``entropy``: the predictive entropy ``H[(1/S) sum_s p_s]`` (total uncertainty);
+  * ``mi``: the mutual information (``mutual_information``; epistemic, 0 when ``S = 1``);
+  * ``least_confidence``: ``1 - max_k p_k`` of the predictive probability (Hendrycks &
+    Gimpel's maximum softmax probability, reversed so that higher = more likely OOD).
+  """
+  ps = np.asarray(probs, np.float64)
+  p = ps.mean(0)
+  return {"entropy": entropy(p), "mi": mutual_information(ps),
+          "least_confidence": 1.0 - p.max(-1)}
+
+
+def _scores_and_labels(scores, positive) -> tuple[np.ndarray, np.ndarray]:
+  s, y = np.asarray(scores, np.float64), np.asarray(positive)
+  if s.ndim != 1 or s.shape != y.shape:
+    raise ValueError(f"scores and positive must be [N] alike, got {s.shape} and {y.shape}")
+  if np.isnan(s).any():
+    raise ValueError("scores contain NaN")
+  if not np.isin(y, (0, 1)).all():
+    raise ValueError("positive must be 0 / 1 (or bool)")
+  y = y.astype(bool)
+  if y.all() or not y.any():
+    raise ValueError("AUROC / AUPR need at least one positive and one negative example")
+  return s, y
+
+
+def _midranks(x: np.ndarray) -> np.ndarray:
+  """1-based ranks ``[N]`` of ``x`` ascending, tied values sharing their mean rank."""
+  order = np.argsort(x, kind="stable")
+  xs = x[order]
+  new = np.r_[True, xs[1:] != xs[:-1]]  # first position of each run of equal values
+  starts = np.flatnonzero(new)
+  ends = np.r_[starts[1:], len(x)]
+  ranks = np.empty(len(x))
+  ranks[order] = ((starts + 1 + ends) / 2.0)[np.cumsum(new) - 1]
+  return ranks
+
+
+def auroc(scores, positive) -> float:
+  """Area under the ROC curve of ``scores [N]`` (higher = positive) for the labels
+  ``positive [N]`` (bool; for OOD detection, True = out-of-distribution): the probability
+  that a random positive scores above a random negative, ties counting 1/2 (the
+  Mann-Whitney U statistic over ``P * Q`` pairs, from mid-ranks; ``O(N log N)``)."""
+  s, y = _scores_and_labels(scores, positive)
+  n_pos, n_neg = int(y.sum()), int((~y).sum())
+  r = _midranks(s)
+  return float((r[y].sum() - n_pos * (n_pos + 1) / 2.0) / (n_pos * n_neg))
+
+
+def aupr(scores, positive) -> float:
+  """Area under the precision-recall curve of ``scores [N]`` (higher = positive) for the
+  labels ``positive [N]`` (for OOD detection, True = out-of-distribution), as average
+  precision (scikit-learn's step-wise ``average_precision_score``): with the distinct scores
+  ``t_1 > t_2 > ...`` as thresholds (predict positive when ``score >= t_j``),
+
+    AP = sum_j (R_j - R_{j-1}) P_j,    R_0 = 0,
+
+  ``P_j`` and ``R_j`` the precision and recall at ``t_j``. No interpolation; its chance level
+  is the share of positives."""
+  s, y = _scores_and_labels(scores, positive)
+  order = np.argsort(-s, kind="stable")
+  ss, ys = s[order], y[order]
+  last = np.r_[ss[1:] != ss[:-1], True]  # last position of each run of equal scores
+  tp = np.cumsum(ys)[last]
+  precision = tp / (np.flatnonzero(last) + 1)
+  recall = tp / ys.sum()
+  return float(np.sum(np.diff(recall, prepend=0.0) * precision))
+
+
+def ood_detection(probs_in, probs_out) -> dict:
+  """``auroc_<score>`` and ``aupr_<score>`` (``ood_scores``' scores; positive = OOD) of
+  in-distribution ``[S, N, K]`` against out-of-distribution ``[S, M, K]`` probabilities."""
+  s_in, s_out = ood_scores(probs_in), ood_scores(probs_out)
+  positive = np.r_[np.zeros(len(s_in["entropy"]), bool), np.ones(len(s_out["entropy"]), bool)]
+  out = {}
+  for k in s_in:
+    both = np.r_[s_in[k], s_out[k]]
+    out[f"auroc_{k}"], out[f"aupr_{k}"] = auroc(both, positive), aupr(both, positive)
+  return out
+
+
+def risk_coverage(uncertainty, correct) -> dict:
+  """The risk-coverage curve of selective prediction (Geifman & El-Yaniv 2017): predict only
+  on the inputs whose ``uncertainty [N]`` is at most a threshold, abstain on the rest.
+
+  At each distinct uncertainty ``t_1 < t_2 < ... < t_M`` (``threshold [M]``), accepting the
+  ``n_j`` inputs with ``uncertainty <= t_j``: ``coverage_j = n_j / N``, ``accuracy_j`` the
+  share of ``correct [N]`` among them and ``risk_j = 1 - accuracy_j``. Tied inputs enter
+  together, so the curve does not depend on the order of ties; the last point is the full
+  set (coverage 1, the plain accuracy).
+  """
+  u, c = np.asarray(uncertainty, np.float64), np.asarray(correct, np.float64)
+  if u.ndim != 1 or u.shape != c.shape or not len(u):
+    raise ValueError(f"uncertainty and correct must be [N] alike, got {u.shape} and {c.shape}")
+  order = np.argsort(u, kind="stable")
+  us = u[order]
+  last = np.r_[us[1:] != us[:-1], True]
+  n = np.flatnonzero(last) + 1
+  acc = np.cumsum(c[order])[last] / n
+  return {"threshold": us[last], "coverage": n / len(u), "accuracy": acc, "risk": 1.0 - acc}
+
+
+def aurc(uncertainty, correct) -> float:
+  """Area under the risk-coverage curve (``risk_coverage``), step-wise:
+
+    AURC = sum_j (coverage_j - coverage_{j-1}) risk_j,    coverage_0 = 0,
+
+  i.e. without ties the mean over ``k = 1..N`` of the risk on the ``k`` least uncertain
+  inputs (Geifman, Uziel & El-Yaniv 2019's AURC); a tied group counts at the risk it has once
+  all of it is accepted. Lower is better; a constant uncertainty gives the plain error rate.
+  """
+  rc = risk_coverage(uncertainty, correct)
+  return float(np.sum(np.diff(rc["coverage"], prepend=0.0) * rc["risk"]))

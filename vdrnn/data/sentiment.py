@@ -43,7 +43,15 @@ of the ``num_words`` most frequent training words with the same offset; ``[1] + 
 left-padded to ``maxlen``. ``truncating="pre"`` (default, Keras ``pad_sequences``) keeps the
 *last* ``maxlen`` tokens of a long review, ``"post"`` the first. The training reviews are
 shuffled with ``RandomState(shuffle_seed)`` (the files are sorted by label) and the last
-``valid_fraction`` of them held out for validation.
+``valid_fraction`` of them held out for validation (``imdb_held_out``): the vocabulary is fitted
+without them and the best checkpoint is picked on them, so no choice depends on the test set
+(still reported every epoch). ``valid_fraction = 0`` is Keras's examples/imdb_lstm.py setting:
+all 25,000 reviews train and the test set is the only held-out data (the example's
+``validation_data``); the best checkpoint is then picked on training examples, never on test.
+
+Out-of-distribution text for an IMDB model (``ood_inputs``): the Pang & Lee reviews (near
+shift) or the PTB test sentences grouped into review-length pseudo-documents (far shift), put
+through exactly the IMDB test set's tokens, vocabulary, ``START``, cut and padding.
 """
 
 from __future__ import annotations
@@ -58,6 +66,7 @@ from typing import Optional, Sequence
 import numpy as np
 
 from vdrnn.data import locate
+from vdrnn.data import ptb as ptb_lib
 from vdrnn.errors import UserError
 
 PAD, START, OOV = 0, 1, 2
@@ -260,6 +269,31 @@ def scaledata_splits(texts: Sequence[str], ratings: np.ndarray, *, num_words: in
   return splits, info
 
 
+def imdb_held_out(n: int, valid_fraction: float, shuffle_seed: int) -> tuple[np.ndarray,
+                                                                              np.ndarray]:
+  """``(fit, held)``: indices of the ``n`` IMDB training reviews kept for training and held out
+  for validation (checkpoint selection), the last ``int(n * valid_fraction)`` of the
+  ``shuffled(n, shuffle_seed)`` order. ``valid_fraction = 0``: all of them train, none held."""
+  order = shuffled(n, shuffle_seed)
+  n_valid = int(n * valid_fraction)
+  return order[:n - n_valid], order[n - n_valid:]
+
+
+def imdb_vocab(train_texts: Sequence[str], *, num_words: int, valid_fraction: float = 0.0,
+               shuffle_seed: int = 0) -> dict[str, int]:
+  """The vocabulary ``imdb_splits`` uses: the ``num_words`` most frequent words of the
+  training reviews that are not held out for validation."""
+  fit, _ = imdb_held_out(len(train_texts), valid_fraction, shuffle_seed)
+  return build_vocab([tokenize(train_texts[i], "words") for i in fit], num_words)
+
+
+def imdb_inputs(docs: Sequence[Sequence[str]], vocab: dict[str, int], maxlen: int,
+                truncating: str = "pre") -> np.ndarray:
+  """``[N, maxlen]`` int32 model inputs of tokenised documents, as every IMDB split:
+  ``[START] + ids`` (``OOV`` outside ``vocab``), cut or left-padded to ``maxlen``."""
+  return pad([encode(d, vocab) for d in docs], maxlen, truncating)
+
+
 def imdb_splits(train: tuple[list[str], np.ndarray],
                 test: tuple[list[str], np.ndarray],
                 *,
@@ -268,10 +302,10 @@ def imdb_splits(train: tuple[list[str], np.ndarray],
                 truncating: str = "pre",
                 valid_fraction: float = 0.0,
                 shuffle_seed: int = 0) -> tuple[dict, dict]:
-  """IMDB train / valid / test arrays (see the module docstring); ``y`` int32 labels."""
-  order = shuffled(len(train[0]), shuffle_seed)
-  n_valid = int(len(order) * valid_fraction)
-  fit, held = order[: len(order) - n_valid], order[len(order) - n_valid:]
+  """IMDB train / valid / test arrays (see the module docstring); ``y`` int32 labels, ``review``
+  the index of the review in its file. ``valid`` (``imdb_held_out``) exists when
+  ``valid_fraction > 0``; the vocabulary never sees it or the test set."""
+  fit, held = imdb_held_out(len(train[0]), valid_fraction, shuffle_seed)
   tok = {"train": [tokenize(train[0][i], "words") for i in fit],
          "valid": [tokenize(train[0][i], "words") for i in held],
          "test": [tokenize(t, "words") for t in test[0]]}
@@ -279,7 +313,7 @@ def imdb_splits(train: tuple[list[str], np.ndarray],
   index = {"train": fit, "valid": held, "test": np.arange(len(test[0]))}
   vocab = build_vocab(tok["train"], num_words)
   splits = {
-      k: _split(pad([encode(d, vocab) for d in docs], maxlen, truncating), labels[k], index[k])
+      k: _split(imdb_inputs(docs, vocab, maxlen, truncating), labels[k], index[k])
       for k, docs in tok.items()
       if len(docs)
   }
@@ -329,3 +363,104 @@ def load(task: str,
         np.std(splits["train"]["y"]))
   info["folder"] = str(folder)
   return splits, info
+
+
+# ----------------------------------------------------------------------------------------
+# Out-of-distribution inputs for an IMDB model (Hendrycks & Gimpel 2017's protocol: the
+# in-distribution test set against text from elsewhere, scored by the model's uncertainty).
+
+OOD_SETS = ("ptb", "scaledata")
+
+
+def ptb_tokens(line: str) -> list[str]:
+  """A PTB line through the IMDB tokenizer (``tokenize(., "words")``), except that PTB's
+  ``<unk>`` (a word outside PTB's 10k vocabulary) stays one token: the IMDB tokenizer never
+  yields it (``<`` and ``>`` are tokens of their own), so it can be in no IMDB vocabulary
+  and encodes as ``OOV``, where the rare word it replaced would most likely have gone."""
+  return [t for w in line.split() for t in ([w] if w == "<unk>" else tokenize(w, "words"))]
+
+
+def ptb_documents(sentences: Sequence[Sequence[str]],
+                  lengths: Sequence[int]) -> tuple[list[list[str]], list[int]]:
+  """Consecutive sentences grouped into pseudo-documents, document ``i`` taking sentences
+  until it has at least ``lengths[i % len(lengths)]`` tokens (at least 1); a last document
+  short of its length is dropped. Returns ``(documents, first)``, ``first[i]`` the index of
+  document ``i``'s first sentence.
+
+  Why not one sentence per input: PTB test sentences have about 21 tokens, IMDB test reviews
+  about 265 (half of them over 200), so per sentence the inputs would differ from reviews in
+  length (and in how much of the ``maxlen`` window is padding) before they differ in content,
+  and a detector could score length alone. Given the IMDB test reviews' lengths, the
+  pseudo-documents have about the same length distribution (each overshoots its length by
+  less than one sentence; the PTB test file gives 294 of mean length 281, 58% over 200).
+  """
+  docs, first, i = [], [], 0
+  while i < len(sentences):
+    want, doc, start = max(int(lengths[len(docs) % len(lengths)]), 1), [], i
+    while i < len(sentences) and len(doc) < want:
+      doc += list(sentences[i])
+      i += 1
+    if len(doc) < want:
+      break
+    docs.append(doc)
+    first.append(start)
+  return docs, first
+
+
+def _ood_documents(name: str, config, imdb_folder: Path) -> tuple[list[list[str]], list[int],
+                                                                   Path]:
+  """``(documents, source, folder)`` of OOD set ``name``, tokenised as IMDB reviews."""
+  data_dir, verify = config.data_dir or None, config.verify_checksums
+  if name == "scaledata":  # near shift: movie reviews by 4 critics (Pang & Lee 2005)
+    folder = locate.find("scaledata", SCALEDATA_FILES, data_dir, verify=verify)
+    texts, _ = read_scaledata(folder)
+    return [tokenize(t, "words") for t in texts], list(range(len(texts))), folder
+  # far shift: Wall Street Journal sentences (PTB test, Mikolov's preprocessing: lower-case,
+  # no punctuation, numbers as N), grouped to the IMDB test reviews' lengths.
+  f = "ptb.test.txt"
+  folder = locate.find("ptb", {f: ptb_lib.FILES[f]}, data_dir, verify=verify,
+                       urls={f: ptb_lib.URLS[f]})
+  with open(folder / f, encoding="utf-8") as fh:
+    sentences = [ptb_tokens(line) for line in fh.read().splitlines()]
+  lengths = [len(tokenize(t, "words")) for t in read_imdb(imdb_folder, "test")[0]]
+  docs, first = ptb_documents(sentences, lengths)
+  return docs, first, folder
+
+
+def ood_inputs(config, name: str) -> tuple[dict, dict]:
+  """Out-of-distribution inputs for an IMDB model, preprocessed exactly as the IMDB test set
+  (``imdb_inputs``): the ``"words"`` tokens, the IMDB vocabulary of ``config.data``
+  (``imdb_vocab``: the same training reviews, num_words, valid_fraction and shuffle_seed),
+  ``OOV`` for other words, ``START``, cut or left-padded to ``data.maxlen`` with
+  ``data.truncating``; ``data.max_test > 0`` keeps only the first that many, as for test.
+
+  ``name``: ``"scaledata"``, the Pang & Lee reviews, one input per review (a near shift:
+  the same genre, other writers and years); ``"ptb"``, the PTB test sentences grouped into
+  pseudo-documents of IMDB review lengths (a far shift; ``ptb_documents`` says why grouped).
+
+  Returns ``({"x": int32 [N, maxlen], "source": int32 [N]}, info)``; ``source`` is the
+  index of the review (scaledata, reader order) or of the first sentence (ptb test line);
+  ``info`` has the counts, mean length (with ``START``), the share of inputs cut to
+  ``maxlen``, the share of ``OOV`` tokens and the folder.
+  """
+  if name not in OOD_SETS:
+    raise UserError(f"unknown OOD set {name!r}; use one of {', '.join(OOD_SETS)}")
+  if config.task != "imdb":
+    raise UserError(f"OOD inputs use the IMDB vocabulary: task must be imdb, got {config.task!r}")
+  d = config.data
+  imdb_folder = locate.find("imdb", IMDB_FILES, config.data_dir or None,
+                            verify=config.verify_checksums)
+  vocab = imdb_vocab(read_imdb(imdb_folder, "train")[0], num_words=d.num_words,
+                     valid_fraction=d.valid_fraction, shuffle_seed=d.shuffle_seed)
+  docs, source, folder = _ood_documents(name, config, imdb_folder)
+  if d.get("max_test", 0):
+    docs, source = docs[:d.max_test], source[:d.max_test]
+  lengths = np.asarray([len(doc) + 1 for doc in docs])
+  tokens = sum(len(doc) for doc in docs)
+  info = {"ood": name, "documents": len(docs),
+          "mean_tokens": float(np.mean(lengths)) if len(docs) else 0.0,
+          "truncated_fraction": float(np.mean(lengths > d.maxlen)) if len(docs) else 0.0,
+          "oov_fraction": sum(w not in vocab for doc in docs for w in doc) / max(tokens, 1),
+          "folder": str(folder)}
+  return {"x": imdb_inputs(docs, vocab, d.maxlen, d.truncating),
+          "source": np.asarray(source, np.int32)}, info
