@@ -6,6 +6,7 @@ extend through the sweep queue; launch/run_row.py records the device."""
 import csv
 import json
 import os
+import re
 import shlex
 import subprocess
 import sys
@@ -265,3 +266,13 @@ def test_commands_name_no_path_of_the_machine():
                                    "--workdir workdirs/reproduce/medium_naive")
   assert collect.portable("python -m vdrnn.train --workdir=/scratch/r/large_zaremba/") == (
       "python -m vdrnn.train --workdir=workdirs/reproduce/large_zaremba")
+
+
+def test_committed_results_name_no_path_of_the_machine():
+  """Every command in the committed results is as the report writes it (``collect.portable``)."""
+  results = ROOT / "launch" / "results"
+  for path in results.rglob("results.json"):
+    for rec in json.loads(path.read_text())["rows"]:
+      assert collect.portable(rec["command"]) == rec["command"], (path, rec["row"])
+  for path in [*results.rglob("*.md"), *results.rglob("*.csv")]:
+    assert not re.search(r"--workdir[= ]/", path.read_text()), path
