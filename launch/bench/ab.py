@@ -50,10 +50,12 @@ _WORKER = flags.DEFINE_string("worker", None, "Internal: the JSON spec of a work
 def _api():
   """``(lm_config, train module, MC module)`` of the ``vdrnn`` on ``sys.path`` (any layout)."""
   import importlib  # noqa: PLC0415 - the revision's modules, found at run time
-  for where in ("launch.bench.common", "vdrnn.bench.common"):  # the benchmark's home, then its old one
+  # the benchmark's home, then its old one
+  for where in ("launch.bench.common", "vdrnn.bench.common"):
     try:
       lm_config = importlib.import_module(where).lm_config
-      return lm_config, importlib.import_module("vdrnn.lm"), importlib.import_module("vdrnn.lm_eval")
+      lm, lm_eval = importlib.import_module("vdrnn.lm"), importlib.import_module("vdrnn.lm_eval")
+      return lm_config, lm, lm_eval
     except ImportError:
       pass
   # revisions before the one-loop layout
@@ -145,8 +147,8 @@ def checkout(rev: str, into: str) -> str:
   if rev == "WORKTREE":
     return REPO
   os.makedirs(into)
-  archive = subprocess.run(["git", "-C", REPO, "archive", rev, "vdrnn", "configs", "launch"], check=True,
-                           capture_output=True)
+  archive = subprocess.run(["git", "-C", REPO, "archive", rev, "vdrnn", "configs", "launch"],
+                           check=True, capture_output=True)
   subprocess.run(["tar", "-x", "-C", into], input=archive.stdout, check=True)
   return into
 
