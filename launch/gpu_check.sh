@@ -16,7 +16,8 @@
 #   6. XLA command buffers (CUDA graphs): the large untied bf16 step (unroll 1) with command
 #      buffers off, and with WHILE/CONDITIONAL added (one process per XLA_FLAGS setting);
 #   7. launch/gpu_lstm.py --sections=tiles: the kernel's block_h / num_warps.
-# Results under $OUT: gpu_check.log (everything printed), layer.json, step.json (command
+# Results under $OUT (the device tool's output folder; elsewhere a new mktemp -d directory,
+# printed at the start): gpu_check.log (everything printed), layer.json, step.json (command
 # buffer arms tagged), peers.json, bench.json.
 #
 # How to call it (from the repo root on the developer machine):
@@ -45,14 +46,15 @@
 #    nvidia-cufft-cu12, nvidia-cusolver-cu12, nvidia-cusparse-cu12, nvidia-nccl-cu12,
 #    nvidia-nvjitlink-cu12 at the versions jax-cuda12-plugin 0.10.2's metadata pins)
 # So this script runs on the image's JAX 0.11.2 and prints the versions it used; the numbers
-# are that JAX's. Any carried wheel in .whl/ is installed to /tmp/site first (a jax wheel put
-# there would take precedence over the image's).
+# are that JAX's. Any carried wheel in .whl/ is installed first into a scratch directory
+# (mktemp -d) put on PYTHONPATH (a jax wheel put there would take precedence over the image's).
 #
 # Check here without a GPU: bash -n launch/gpu_check.sh
 
 set -u -o pipefail
-OUT="${OUT:-/tmp/gpu_check_out}"
+OUT="${OUT:-$(mktemp -d -t gpu_check.XXXXXX)}"
 mkdir -p "$OUT"
+echo "results in $OUT"
 exec > >(tee "$OUT/gpu_check.log") 2>&1
 START=$SECONDS
 DEADLINE=470  # seconds: leaves the call's remaining time for the transfers back
@@ -81,8 +83,9 @@ step() {
 
 echo "=== setup"
 if compgen -G ".whl/*.whl" > /dev/null; then
+  SITE="$(mktemp -d -t gpu_check_site.XXXXXX)"
   $PY -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
-    --target /tmp/site .whl/*.whl && export PYTHONPATH=/tmp/site
+    --target "$SITE" .whl/*.whl && export PYTHONPATH="$SITE"
 fi
 nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv
 $PY - <<'EOF'

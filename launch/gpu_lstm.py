@@ -1,7 +1,7 @@
 """GPU timings for issue 14: the recurrent step (lax.scan vs the Pallas kernel), scan unroll
 settings, and the strong PyTorch peers, at the PTB medium and large shapes.
 
-  python -m launch.gpu_lstm --sections=layer,step,peers,tiles --json=/tmp/gpu_lstm.json
+  python -m launch.gpu_lstm --sections=layer,step,peers,tiles --json=gpu_lstm.json
 
 Sections (each result is appended to the JSON file as soon as it is measured):
 

@@ -1,5 +1,5 @@
-"""The published numbers that ``launch/reproduce.py`` compares against (kept in the repository
-so that it stands alone).
+"""The published numbers the reproduction's rows (``launch/rows.py``) are held against in the
+report (kept in the repository so that it stands alone).
 
 Penn Treebank word-level perplexities, ``(value, spread)``; the spread is the ± of the
 paper's 3-run means, ``None`` where none was given:

@@ -21,6 +21,10 @@ validation first, goes to stdout and ``<workdir_root>/summary.csv``.
 ``--slurm FILE`` writes a SLURM array script for the same grid instead (one array task
 per run; re-submitting it also skips finished runs and resumes the rest);
 ``--summary_only`` prints the table of whatever has finished.
+
+Bad input (a flag, a grid spec, a config file or field) is one ``error: ...`` line on stderr
+and exit status 2, as everywhere in the project (``vdrnn.errors``); a run that fails makes the
+sweep exit 1 after the summary.
 """
 
 from __future__ import annotations
@@ -40,7 +44,7 @@ import time
 from absl import app, flags
 
 from vdrnn.config import load_config_file
-from vdrnn.errors import UserError
+from vdrnn.errors import UserError, run_main
 
 SECTIONS = ("", "model", "train", "eval")  # where a bare key is looked up
 
@@ -48,16 +52,10 @@ SECTIONS = ("", "model", "train", "eval")  # where a bare key is looked up
 def resolve_key(config, key: str) -> str:
   """The dotted config path of ``key``: a path, a top-level field, or a bare name found in exactly
   one of ``model``, ``train``, ``eval``."""
-  def has(path):
-    node = config
-    for part in path.split("."):
-      if not hasattr(node, "keys") or part not in node:
-        return False
-      node = node[part]
-    return not hasattr(node, "keys")
+  has = lambda path: _is_field(config, path)  # noqa: E731
   if "." in key:
     if not has(key):
-      raise SystemExit(f"error: --grid key {key!r} is not a config field")
+      raise UserError(f"--grid key {key!r} is not a config field")
     return key
   if has(key):  # a top-level field (seed) wins over eval.seed
     return key
@@ -65,10 +63,8 @@ def resolve_key(config, key: str) -> str:
   if len(found) != 1:
     where = f"in {' and '.join(found)}" if found else "not a field of the config, " + ", ".join(
         SECTIONS[1:])
-    raise SystemExit(
-        f"error: --grid key {key!r} is {where}; give its full path, e.g. "
-        f"{(found or ['model.' + key])[0]}"
-    )
+    raise UserError(f"--grid key {key!r} is {where}; give its full path, e.g. "
+                    f"{(found or ['model.' + key])[0]}")
   return found[0]
 
 
@@ -79,22 +75,58 @@ def parse_grid(config, specs: list[str]) -> list[list[dict]]:
   for spec in specs:
     keys, sep, values = spec.partition("=")
     if not sep or not keys or not values:
-      raise SystemExit(f"error: --grid {spec!r}: expected KEY[,KEY...]=VALUE[,VALUE...]")
+      raise UserError(f"--grid {spec!r}: expected KEY[,KEY...]=VALUE[,VALUE...]")
     paths = [resolve_key(config, k.strip()) for k in keys.split(",")]
     for p in paths:
       if p in seen:
-        raise SystemExit(f"error: {p} appears in two --grid axes")
+        raise UserError(f"{p} appears in two --grid axes")
       seen.add(p)
     vals = [v.strip() for v in values.split(",")]
+    if len(set(vals)) != len(vals):
+      raise UserError(f"--grid {spec!r}: a value appears twice")
     for p in paths:
-      kind = type(_get(config, p))
       for v in vals:
-        try:
-          kind(v) if kind is not bool else ["false", "true"].index(v.lower())
-        except ValueError:
-          raise SystemExit(f"error: --grid {p}={v!r} is not a {kind.__name__}") from None
+        check_value(config, p, v, "--grid ")
     axes.append([{p: v for p in paths} for v in vals])
   return axes
+
+
+def check_value(config, path: str, value: str, prefix: str) -> None:
+  """A ``UserError`` unless ``value`` parses as the type of the scalar field ``path`` (bool, int,
+  float; other fields take any value, as ml_collections does)."""
+  kind = type(_get(config, path))
+  try:
+    if kind is bool:
+      ["false", "true"].index(value.lower())
+    elif kind in (int, float):
+      kind(value)
+  except ValueError:
+    name = kind.__name__
+    raise UserError(f"{prefix}{path}={value!r} is not {'an' if name == 'int' else 'a'} {name}") \
+        from None
+
+
+def check_overrides(config, extra: list[str], grid_paths: set) -> None:
+  """The pass-through ``--config.PATH[=VALUE]`` flags: each a field of the config, its value of
+  the field's type, and none a ``--grid`` key (it would override the grid in every run)."""
+  for flag in extra:
+    path, sep, value = flag.removeprefix("--config.").partition("=")
+    if not _is_field(config, path):
+      raise UserError(f"{flag.partition('=')[0]}: {path!r} is not a config field")
+    if path in grid_paths:
+      raise UserError(f"{flag.partition('=')[0]} is also a --grid key; give it in one place")
+    if sep:
+      check_value(config, path, value, "--config.")
+
+
+def _is_field(config, path: str) -> bool:
+  """``path`` names a leaf field (not a section) of ``config``."""
+  node = config
+  for part in path.split("."):
+    if not hasattr(node, "keys") or part not in node:
+      return False
+    node = node[part]
+  return not hasattr(node, "keys")
 
 
 def _get(config, path):
@@ -310,45 +342,61 @@ def define_flags() -> None:
   flags.DEFINE_string("module", "vdrnn.train", "The training module (tests use a stand-in).")
 
 
-def main(argv) -> int:
-  """``argv[1:]`` are the ``--config.FIELD=VALUE`` flags that pass through to every run."""
+def load_config(spec: str):
+  """The sweep's config; a missing file or one that fails to load (a bad ``:arg``, an error
+  inside it) is a ``UserError``."""
+  try:
+    return load_config_file(spec)
+  except UserError:
+    raise
+  except Exception as e:  # noqa: BLE001 - whatever the config file raises is the user's input
+    msg = " ".join(str(e).split()) or type(e).__name__
+    raise UserError(f"--config {spec}: {msg}") from None
+
+
+def write_file(path: str, text: str) -> None:
+  try:
+    with open(path, "w") as f:
+      f.write(text)
+  except OSError as e:
+    raise UserError(f"cannot write {path}: {e.strerror or e}") from None
+
+
+def sweep(argv) -> int:
+  """The tool: ``argv[1:]`` are the ``--config.FIELD=VALUE`` flags that pass through to every
+  run. Returns the exit status (1 when a run failed)."""
   FLAGS = flags.FLAGS
   extra = argv[1:]
   bad = [a for a in extra if not a.startswith("--config.")]
   if bad:
-    raise app.UsageError(f"unrecognized arguments: {' '.join(bad)} (only --config.FIELD=VALUE "
-                         f"flags pass through)")
+    raise UserError(f"unrecognized arguments: {' '.join(bad)} (only --config.FIELD=VALUE "
+                    "flags pass through)")
   if not FLAGS.config or not FLAGS.workdir_root:
-    raise app.UsageError("--config and --workdir_root are required")
+    raise UserError("--config and --workdir_root are required")
   if not FLAGS.grid:
-    raise app.UsageError("give at least one --grid KEYS=VALUES")
-  try:
-    config = load_config_file(FLAGS.config)
-  except UserError as e:
-    raise SystemExit(f"error: {e}") from None
+    raise UserError("give at least one --grid KEYS=VALUES")
+  if FLAGS.parallel < 1:
+    raise UserError(f"--parallel {FLAGS.parallel}: give 1 or more")
+  config = load_config(FLAGS.config)
   root = FLAGS.workdir_root
   runs = plan(config, FLAGS.grid, root)
   if len({r["name"] for r in runs}) != len(runs):
-    raise app.UsageError(
-        "two grid points map to the same run name; check --grid for repeated values")
-  os.makedirs(root, exist_ok=True)
-  with open(os.path.join(root, "sweep.json"), "w") as f:
-    json.dump({"argv": sys.argv[1:], "config": FLAGS.config, "extra": extra, "runs": runs}, f,
-              indent=2)
+    raise UserError("two grid points map to the same run name; check --grid for repeated values")
+  check_overrides(config, extra, set(runs[0]["point"]))
+  try:
+    os.makedirs(root, exist_ok=True)
+  except OSError as e:
+    raise UserError(f"cannot create --workdir_root {root}: {e.strerror or e}") from None
+  write_file(os.path.join(root, "sweep.json"),
+             json.dumps({"argv": sys.argv[1:], "config": FLAGS.config, "extra": extra,
+                         "runs": runs}, indent=2))
   if FLAGS.slurm:
-    with open(FLAGS.slurm, "w") as f:
-      summary_cmd = shlex.join(["python", "-m", "launch.sweep", "--config", FLAGS.config,
-                                *(f"--grid={g}" for g in FLAGS.grid), "--workdir_root", root,
-                                *extra, "--summary_only"])
-      f.write(
-          slurm_script(runs,
-                       FLAGS.config,
-                       extra,
-                       root,
-                       summary_cmd,
-                       max_parallel=FLAGS.slurm_max_parallel,
-                       sbatch=FLAGS.sbatch,
-                       module=FLAGS.module))
+    summary_cmd = shlex.join(["python", "-m", "launch.sweep", "--config", FLAGS.config,
+                              *(f"--grid={g}" for g in FLAGS.grid), "--workdir_root", root,
+                              *extra, "--summary_only"])
+    write_file(FLAGS.slurm, slurm_script(runs, FLAGS.config, extra, root, summary_cmd,
+                                         max_parallel=FLAGS.slurm_max_parallel,
+                                         sbatch=FLAGS.sbatch, module=FLAGS.module))
     print(f"wrote {FLAGS.slurm}: {len(runs)} array tasks; submit with sbatch {FLAGS.slurm}")
     return 0
   if FLAGS.dry_run:
@@ -369,10 +417,26 @@ def main(argv) -> int:
   return 1 if failed else 0
 
 
+def main(argv) -> int:
+  """``sweep`` with the project's convention for bad input: one ``error:`` line, exit 2."""
+  code = 0
+
+  def _main():
+    nonlocal code
+    code = sweep(argv)
+
+  run_main(_main)
+  return code
+
+
 def parse_known(argv: list[str]) -> list[str]:
   """absl parses this tool's flags; the ``--config.FIELD=VALUE`` overrides stay in ``argv``
-  for the runs."""
-  return flags.FLAGS(argv, known_only=True)
+  for the runs. A flag absl cannot parse (``--parallel x``) is one ``error:`` line, exit 2."""
+  try:
+    return flags.FLAGS(argv, known_only=True)
+  except Exception as e:  # noqa: BLE001 - any parsing failure is the user's input
+    print(f"error: {' '.join(str(e).split())[:500]}", file=sys.stderr)
+    sys.exit(2)
 
 
 if __name__ == "__main__":

@@ -1,17 +1,20 @@
-"""launch/reproduce.py: --dry_run lists every row with its command; the report is built from
-fixture workdirs (missing rows "not run" with their command, seeds aggregated, committed rows
-kept); rows run, skip and extend through the sweep queue; launch/run_row.py records the device."""
+"""launch/reproduce.py and the modules behind it (rows, running, collect, tables, report):
+--dry_run lists every row with its command; the report is built from fixture workdirs (missing
+rows "not run" with their command, seeds aggregated, committed rows kept); rows run, skip and
+extend through the sweep queue; launch/run_row.py records the device."""
 
 import csv
 import json
 import os
+import re
 import shlex
 import subprocess
 import sys
 from pathlib import Path
 
 
-from launch import paper, reproduce, run_row
+from launch import collect, paper, report, run_row, running, tables
+from launch.rows import DEFAULT_ROOT, ROWS
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -24,12 +27,12 @@ def cli(*args, env=None, timeout=300):
 def test_dry_run_lists_every_row_and_its_command(tmp_path):
   out = cli("--dry_run", "--workdir_root", str(tmp_path / "r"))
   assert out.returncode == 0, out.stderr
-  for row in reproduce.ROWS:
+  for row in ROWS:
     overrides = [f"--config.{p}={v}" for p, v in row.overrides]
     want = shlex.join(["python", "-m", "vdrnn.train", "--config", row.config, "--workdir",
                        str(tmp_path / "r" / row.name), *overrides])
     assert f"{row.name} [not run" in out.stdout and want in out.stdout, row.name
-  names = {r.name for r in reproduce.ROWS}
+  names = {r.name for r in ROWS}
   schemes = ("variational", "naive", "none")
   sentiment = [f"sentiment_{c}_{s}" for c in ("lstm", "gru") for s in schemes]
   for required in ("zaremba_small_seed0", "zaremba_small_seed1", "zaremba_small_seed2",
@@ -104,7 +107,7 @@ def test_report_from_fixture_workdirs(tmp_path):
   fake_workdir(root, "sentiment_lstm_naive", epochs=5, wall=(20.0,),
                history=[{**h, "time_s": 25.0, "eval_time_s": 5.0} for h in hist[:2]])
 
-  recs = {r["row"]: r for r in reproduce.report(str(root), str(out), [])}
+  recs = {r["row"]: r for r in report.report(str(root), str(out), [])}
   # commands as anyone runs them, under the default root: no path of this machine
   assert recs["zaremba_small_seed0"]["command"] == (
       "python -m vdrnn.train --workdir workdirs/reproduce/zaremba_small_seed0")
@@ -133,8 +136,8 @@ def test_report_from_fixture_workdirs(tmp_path):
   # Rows without a result: "not run" with their command, never a number.
   med = next(l for l in lines if l.startswith("| medium_naive | test "))
   assert "| 82.7 | not run | – |" in med
-  row = next(r for r in reproduce.ROWS if r.name == "medium_naive")
-  cmd = reproduce.command(row, reproduce.DEFAULT_ROOT, [])  # the reader's root, not this one
+  row = next(r for r in ROWS if r.name == "medium_naive")
+  cmd = running.command(row, DEFAULT_ROOT, [])  # the reader's root, not this one
   assert f"* medium_naive (not run): `{cmd}`" in table and str(root) not in cmd
   partial = next(l for l in lines if l.startswith("| sentiment_lstm_naive | test RMSE, last epoch"))
   # a run still going: its latest epoch's value, marked partial with its epoch count
@@ -155,7 +158,7 @@ def test_report_from_fixture_workdirs(tmp_path):
                                       "zaremba_small (mean of 2 seeds)"}
 
   # Regenerated from the committed results alone (no workdirs): the done rows are kept.
-  recs2 = {r["row"]: r for r in reproduce.report(str(tmp_path / "empty"), str(out), [])}
+  recs2 = {r["row"]: r for r in report.report(str(tmp_path / "empty"), str(out), [])}
   assert recs2["large_variational_untied"]["results"]["mc_test_ppl"] == 73.6
   assert recs2["sentiment_lstm_naive"]["status"] == "not run"
   assert (out / "README_table.md").read_text().count("NVIDIA H100") >= 3
@@ -166,24 +169,24 @@ def test_compare_curves_finds_where_one_curve_stays_below():
   # a over-fits after epoch 2; b starts worse, is lower at 3 and 4, not at 5, lower again at 6
   a = {1: 0.19, 2: 0.17, 3: 0.18, 4: 0.19, 5: 0.20, 6: 0.21}
   b = {1: 0.20, 2: 0.18, 3: 0.17, 4: 0.16, 5: 0.21, 6: 0.15, 7: 0.14}
-  c = reproduce.compare_curves(b, a)
+  c = tables.compare_curves(b, a)
   assert c == {"epochs": 6, "last": 6, "lower": 3, "since": 6, "best_a": (7, 0.14),
                "best_b": (2, 0.17), "below_best": 4}
-  c = reproduce.compare_curves(a, b)
+  c = tables.compare_curves(a, b)
   assert c["lower"] == 3 and c["since"] is None and c["best_a"] == (2, 0.17)
   assert c["below_best"] is None  # a never gets below b's 0.14 (b's epoch 7, beyond a's end)
-  assert reproduce.compare_curves(a, {8: 0.1}) is None
+  assert tables.compare_curves(a, {8: 0.1}) is None
   b[5] = 0.19  # lower from epoch 3 on
-  assert reproduce.compare_curves(b, a)["since"] == 3
+  assert tables.compare_curves(b, a)["since"] == 3
   b[6] = 0.22  # not lower at the last common epoch: no "since"
-  assert reproduce.compare_curves(b, a)["since"] is None
+  assert tables.compare_curves(b, a)["since"] is None
 
 
 def test_paper_values_are_the_papers():
   assert paper.PTB["zaremba_small"]["test"] == (114.5, None)
   assert paper.PTB["large_variational_untied"]["mc_test"] == (73.4, 0.0)
   assert paper.PTB["large_variational_untied_tied_embeddings"]["test"] == (73.2, None)
-  for row in reproduce.ROWS:
+  for row in ROWS:
     assert (row.paper is not None) == (row.task == "ptb"), row.name
 
 
@@ -237,20 +240,39 @@ def test_report_rewrites_only_the_readme_results_block(tmp_path):
   """``--report`` writes the README's results table between its markers and nothing else."""
   readme = tmp_path / "README.md"
   readme.write_text(
-      f"# title\n\n{reproduce.README_START}\nold table\n{reproduce.README_END}\n\nrest\n")
+      f"# title\n\n{tables.README_START}\nold table\n{tables.README_END}\n\nrest\n")
   root = tmp_path / "runs"
   fake_workdir(root, "large_variational_untied", results={"valid_ppl": 79.0, "valid_ppl_lua": 78.0,
                                                           "test_ppl": 75.5, "mc_test_ppl": 73.6,
                                                           "mc_samples": 1000},
                device="NVIDIA H100 80GB HBM3 (gpu)", epochs=55)
-  records = reproduce.merge([reproduce.collect(r, str(root), []) for r in reproduce.ROWS], None)
-  summary = reproduce.readme_summary(reproduce.ptb_lines(records),
-                                     reproduce.sentiment_lines(records))
-  assert reproduce.update_readme(str(readme), summary)
+  records = collect.merge([collect.collect(r, str(root), []) for r in ROWS], None)
+  summary = tables.readme_summary(tables.ptb_lines(records),
+                                  tables.sentiment_lines(records))
+  assert report.update_readme(str(readme), summary)
   text = readme.read_text()
   assert text.startswith("# title\n\n") and text.endswith("\n\nrest\n") and "old table" not in text
   row = next(l for l in text.splitlines() if l.startswith("| large_variational_untied |"))
   assert "77.9 ± 0.3 / 75.2 ± 0.2 / 73.4 ± 0.0" in row and "78.0 / 75.5 / 73.6" in row
   assert "55 epochs" in row and "H100" in row
   assert "| medium_naive | 86.2 / 82.7 | not run | not run |" in text
-  assert not reproduce.update_readme(str(tmp_path / "missing.md"), summary)
+  assert not report.update_readme(str(tmp_path / "missing.md"), summary)
+
+
+def test_commands_name_no_path_of_the_machine():
+  """Both spellings of ``--workdir`` land under the default root, whatever root the row ran in."""
+  ran = "python -m vdrnn.train --config configs/ptb_small.py --workdir /scratch/r/medium_naive"
+  assert collect.portable(ran) == ("python -m vdrnn.train --config configs/ptb_small.py "
+                                   "--workdir workdirs/reproduce/medium_naive")
+  assert collect.portable("python -m vdrnn.train --workdir=/scratch/r/large_zaremba/") == (
+      "python -m vdrnn.train --workdir=workdirs/reproduce/large_zaremba")
+
+
+def test_committed_results_name_no_path_of_the_machine():
+  """Every command in the committed results is as the report writes it (``collect.portable``)."""
+  results = ROOT / "launch" / "results"
+  for path in results.rglob("results.json"):
+    for rec in json.loads(path.read_text())["rows"]:
+      assert collect.portable(rec["command"]) == rec["command"], (path, rec["row"])
+  for path in [*results.rglob("*.md"), *results.rglob("*.csv")]:
+    assert not re.search(r"--workdir[= ]/", path.read_text()), path

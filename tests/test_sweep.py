@@ -16,6 +16,7 @@ import pytest
 
 from configs import ptb_tiny
 from launch import sweep
+from vdrnn.errors import UserError
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -65,8 +66,34 @@ def test_plan_ties_keys_and_takes_the_product():
   assert runs[1]["workdir"] == os.path.join("root", "p_emb=0_p_h=0_p_x=0.5_p_out=0.5_lr=1")
   assert sweep.resolve_key(ptb_tiny.get_config(), "seed") == "seed"
   for bad in ["seq_length=5", "p_q=1", "p_h=x", "p_h"]:
-    with pytest.raises(SystemExit):
+    with pytest.raises(UserError):
       sweep.plan(ptb_tiny.get_config(), [bad], "root")
+
+
+BAD_INPUTS = [
+    ("--grid", "p_zz=0,1"),  # not a field
+    ("--grid", "p_h"),  # no values
+    ("--grid", "p_h=x"),  # not a float
+    ("--grid", "p_h=0", "--grid", "model.p_h=1"),  # one key in two axes
+    ("--grid", "p_h=0", "--parallel", "x"),  # a flag absl cannot parse
+    ("--grid", "p_h=0", "--config.model.nope=1"),  # a pass-through field that does not exist
+    ("--grid", "p_h=0", "--config.model.p_h=0.5"),  # a pass-through that would override the grid
+    ("--grid", "p_h=0", "stray"),
+    ("--grid", "p_h=0", "--config", "configs/ptb_tiny.py:nope"),  # the config file rejects its arg
+]
+
+
+def test_bad_input_is_one_line_and_exit_2(tmp_path):
+  """Every bad grid or flag: ``error: ...`` alone on stderr, exit status 2, nothing run."""
+  for bad in BAD_INPUTS:
+    cmd = [sys.executable, "-m", "launch.sweep", "--config", "configs/ptb_tiny.py",
+           "--workdir_root", str(tmp_path / "sweep"), "--dry_run", *bad]
+    out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 2, (bad, out.returncode, out.stderr)
+    lines = out.stderr.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), (bad, out.stderr)
+    assert "Traceback" not in out.stderr and not out.stdout, bad
+  assert not (tmp_path / "sweep").exists()
 
 
 def test_sweep_runs_queues_skips_resumes_and_summarizes(tmp_path):

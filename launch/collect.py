@@ -1,0 +1,133 @@
+"""Collecting a row's workdir into one record: status, numbers, epochs, seed, device, wall time,
+the command (portable: no path of the machine it ran on), the per-epoch curve and the MC curve;
+and merging those records with the committed ones (``merge``).
+
+A workdir holds ``results.json``, ``config.json``, ``metrics.jsonl``, ``run_info.json`` (written
+by ``launch/run_row.py``) and, after MC evaluation, ``mc_test.json``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shlex
+from typing import Optional
+
+from launch.rows import DEFAULT_ROOT, Row
+from launch.running import command
+
+MC_CURVE_SAMPLES = (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000)  # the MC curve table's columns
+
+# Sentiment metrics a row's results may lack (runs from before they existed): taken from the
+# final checkpoint's re-evaluation, ``python -m vdrnn.evaluate --workdir W``
+# (eval_latest_test.json).
+REEVALUATED = ("test_ll_fit", "test_tau_fit", "test_ll_fit_mc", "test_tau_fit_mc",
+               "test_std_epistemic_mc", "test_std_aleatoric_mc", "test_std_aleatoric_fit_mc")
+
+
+def read_json(path: str):
+  """The JSON file at ``path``; None when there is none."""
+  if not os.path.exists(path):
+    return None
+  with open(path) as f:
+    return json.load(f)
+
+
+def _history(workdir: str) -> list[dict]:
+  """The per-epoch records of ``metrics.jsonl`` (the last record of each epoch)."""
+  path = os.path.join(workdir, "metrics.jsonl")
+  if not os.path.exists(path):
+    return []
+  by_epoch = {}
+  with open(path) as f:
+    for line in f:
+      if line.strip():
+        r = json.loads(line)
+        if r.get("event") == "epoch":
+          by_epoch[r["epoch"]] = r
+  return [by_epoch[e] for e in sorted(by_epoch)]
+
+
+def portable(cmd: str) -> str:
+  """``cmd`` with its ``--workdir`` (``--workdir W`` or ``--workdir=W``) under the default root
+  (``workdirs/reproduce/<row>``): the command as anyone runs it from a checkout, not the path of
+  the machine it ran on. The report writes every command through it."""
+  def under_root(workdir):
+    return os.path.join(DEFAULT_ROOT, os.path.basename(os.path.normpath(workdir)))
+
+  argv = shlex.split(cmd)
+  for i, arg in enumerate(argv):
+    if arg == "--workdir" and i + 1 < len(argv):
+      argv[i + 1] = under_root(argv[i + 1])
+    elif arg.startswith("--workdir="):
+      argv[i] = "--workdir=" + under_root(arg.partition("=")[2])
+  return shlex.join(argv)
+
+
+def collect(row: Row, root: str, extra: list[str]) -> dict:
+  """The row's record: status, numbers, epochs, seed, device, wall time, command, curves.
+
+  A row that ran shows the command it ran with; one that did not, the command that runs it
+  in the default workdir root (what a reader would type), whatever ``root`` the report reads."""
+  workdir = os.path.join(root, row.name)
+  rec = {"row": row.name, "family": row.family, "task": row.task, "config": row.config,
+         "overrides": [f"--config.{p}={v}" for p, v in row.overrides], "note": row.note,
+         "status": "not run", "command": command(row, DEFAULT_ROOT, extra), "device": None,
+         "wall_s": None,
+         "epochs": None, "seed": None, "results": None, "curve": []}
+  if not os.path.isdir(workdir):
+    return rec
+  info = read_json(os.path.join(workdir, "run_info.json")) or {"sessions": []}
+  cfg = read_json(os.path.join(workdir, "config.json")) or {}
+  res = read_json(os.path.join(workdir, "results.json"))
+  # TODO(registry): the task by name, until vdrnn/tasks.py's registry says it.
+  if res is not None and row.task == "sentiment":  # the final checkpoint re-evaluated since
+    again = read_json(os.path.join(workdir, "eval_latest_test.json")) or {}
+    if again.get("step") == res.get("step"):
+      res = {**{k: v for k, v in again.items() if k in REEVALUATED}, **res}
+  hist = _history(workdir)
+  sessions = info.get("sessions", [])
+  if sessions:
+    rec["command"] = portable(sessions[-1]["command"])
+    rec["device"] = sessions[-1]["device"]
+    ended = [s["end"] - s["start"] for s in sessions if s.get("end")]
+    rec["wall_s"] = sum(ended) if ended else None
+  if hist:  # an interrupted session has no end: its epochs' own times still count
+    epochs_s = sum(h.get("time_s", 0.0) + h.get("eval_time_s", 0.0) for h in hist)
+    rec["wall_s"] = max(rec["wall_s"] or 0.0, epochs_s)
+  num_epochs = cfg.get("train", {}).get("num_epochs")
+  rec["seed"] = cfg.get("seed")
+  # TODO(registry): the task by name, until vdrnn/tasks.py's registry says it.
+  keys = (("epoch", "test_rmse", "test_rmse_mc", "train_rmse", "train_running_rmse")
+          if row.task == "sentiment" else ("epoch", "train_ppl", "valid_ppl", "valid_ppl_lua"))
+  rec["curve"] = [{k: h.get(k) for k in keys if h.get(k) is not None} for h in hist]
+  if res is not None and hist and len(hist) > res.get("epochs", len(hist)):
+    res = None  # results.json of the shorter run this one extends: not this run's end
+  mc = read_json(os.path.join(workdir, "mc_test.json"))
+  if res is not None and mc and res.get("mc_samples") == len(mc.get("ppl_by_samples", [])):
+    by = mc["ppl_by_samples"]  # MC test perplexity with the first k samples, k = 1..K
+    rec["mc_curve"] = {k: by[k - 1] for k in MC_CURVE_SAMPLES if k <= len(by)}
+    rec["mc_curve"].setdefault(len(by), by[-1])
+  if res is not None:
+    rec["status"] = "done"
+    rec["epochs"] = num_epochs
+    rec["results"] = {k: v for k, v in res.items()
+                      if isinstance(v, (int, float)) and not isinstance(v, bool)}
+  elif hist or sessions:
+    rec["status"] = f"partial ({len(hist)}/{num_epochs} epochs)" if num_epochs else "partial"
+    rec["epochs"] = len(hist)
+  return rec
+
+
+def merge(collected: list[dict], committed: Optional[dict]) -> list[dict]:
+  """Each row's record from its workdir, or the committed one when the workdir has no result
+  and the committed record does."""
+  old = {r["row"]: r for r in (committed or {}).get("rows", [])}
+  out = []
+  for rec in collected:
+    prev = old.get(rec["row"])
+    if rec["status"] != "done" and prev is not None and prev.get("status") == "done":
+      out.append({**prev, "command": portable(prev["command"])})
+    else:
+      out.append(rec)
+  return out
