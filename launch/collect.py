@@ -80,7 +80,6 @@ def collect(row: Row, root: str, extra: list[str]) -> dict:
   info = read_json(os.path.join(workdir, "run_info.json")) or {"sessions": []}
   cfg = read_json(os.path.join(workdir, "config.json")) or {}
   res = read_json(os.path.join(workdir, "results.json"))
-  # TODO(registry): the task by name, until vdrnn/tasks.py's registry says it.
   if res is not None and row.task == "sentiment":  # the final checkpoint re-evaluated since
     again = read_json(os.path.join(workdir, "eval_latest_test.json")) or {}
     if again.get("step") == res.get("step"):
@@ -97,7 +96,6 @@ def collect(row: Row, root: str, extra: list[str]) -> dict:
     rec["wall_s"] = max(rec["wall_s"] or 0.0, epochs_s)
   num_epochs = cfg.get("train", {}).get("num_epochs")
   rec["seed"] = cfg.get("seed")
-  # TODO(registry): the task by name, until vdrnn/tasks.py's registry says it.
   keys = (("epoch", "test_rmse", "test_rmse_mc", "train_rmse", "train_running_rmse")
           if row.task == "sentiment" else ("epoch", "train_ppl", "valid_ppl", "valid_ppl_lua"))
   rec["curve"] = [{k: h.get(k) for k in keys if h.get(k) is not None} for h in hist]

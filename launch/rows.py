@@ -32,7 +32,7 @@ class Row:
   @property
   def paper(self) -> Optional[dict]:
     key = self.paper_row or self.family or self.name
-    return paper.PTB.get(key) if self.task == "ptb" else None  # TODO(registry): by name
+    return paper.PTB.get(key) if self.task == "ptb" else None
 
 
 def _sentiment_rows():

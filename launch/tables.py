@@ -38,7 +38,7 @@ def ptb_lines(records: list[dict]) -> list[dict]:
   lines = []
   families = {}
   for rec in records:
-    if rec["task"] != "ptb":  # TODO(registry): the task by name
+    if rec["task"] != "ptb":
       continue
     row = next(r for r in ROWS if r.name == rec["row"])
     pap = row.paper or {}
@@ -100,7 +100,7 @@ SENTIMENT_UNCERTAINTY = (
 def sentiment_lines(records: list[dict]) -> list[dict]:
   lines = []
   for rec in records:
-    if rec["task"] != "sentiment":  # TODO(registry): the task by name
+    if rec["task"] != "sentiment":
       continue
     res = rec["results"] or {}
     curve = [c for c in rec["curve"] if c.get("test_rmse") is not None]
@@ -155,7 +155,6 @@ def sentiment_comparisons(records: list[dict]) -> list[str]:
   """Markdown lines: each variational row of a cell against its naive and no-dropout rows."""
   out = []
   for cell in ("lstm", "gru"):
-    # TODO(registry): the task by name, until vdrnn/tasks.py's registry says it.
     curves = {r["row"]: _test_curve(r) for r in records if r["task"] == "sentiment"
               and r["row"].startswith(f"sentiment_{cell}_")}
     recs = [r for r in records if curves.get(r["row"])]
@@ -225,7 +224,6 @@ def markdown(ptb: list[dict], sent: list[dict], records: list[dict]) -> str:
       v = f"{_fmt(l['vdrnn'], 4)} / {_fmt(l['vdrnn_b'], 4)}"
     out.append(f"| {l['row']} | {l['metric']} | {v} | {l['seeds'] or '–'} | {status(l)} "
                f"| {l['device'] or '–'} | {wall(l['wall_s'])} |")
-  # TODO(registry): the task by name, until vdrnn/tasks.py's registry says it.
   sent_recs = [r for r in records if r["task"] == "sentiment" and r["curve"]]
   if sent_recs:
     last = max(c["epoch"] for r in sent_recs for c in r["curve"])
