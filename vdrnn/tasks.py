@@ -13,10 +13,10 @@ A task is a module (or any object) with
 Built in: ``ptb`` (``vdrnn.lm``; a population of them, ``vdrnn.population``, when any
 ``population.*`` field is set), ``sentiment`` (Pang & Lee regression, ``vdrnn.sentiment``) and
 ``imdb`` (classification, ``vdrnn.imdb``). A task of your own needs no change to this package:
-``register`` it from Python, or name it by its module path (``config.task = "mypkg.mytask"``,
-importable where the commands run): that module is then the task, for
-``python -m vdrnn.train`` and, from the workdir's ``config.json``, ``python -m vdrnn.evaluate``. ``python -m vdrnn.train`` and
-``python -m vdrnn.evaluate`` call ``train_and_evaluate`` / ``evaluate_workdir`` here.
+``register`` it from Python, or name it by its module path (``config.task =
+"mypkg.mytask"``, importable where the commands run): that module is then the task, for
+``python -m vdrnn.train`` and, from the workdir's ``config.json``, ``python -m vdrnn.evaluate``
+(which call ``train_and_evaluate`` / ``evaluate_workdir`` here).
 """
 
 from __future__ import annotations
