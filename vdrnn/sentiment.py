@@ -9,6 +9,7 @@ log-likelihood in rating units. ``recipe`` is the released scripts' recipe, shar
 
 from __future__ import annotations
 
+import functools
 from typing import Optional
 
 import ml_collections
@@ -76,24 +77,9 @@ def recipe(cell: str, arg: Optional[str] = None) -> ml_collections.ConfigDict:
   return c
 
 
-def validate(config) -> None:
-  seq_task.validate(config, HEAD)
-
-
-def make_train_step(config):
-  """``seq_task.make_train_step`` with the regression head."""
-  return seq_task.make_train_step(config, HEAD)
-
-
-def train_and_evaluate(config, workdir: str) -> dict:
-  """Trains a Pang & Lee model in ``workdir``; returns the final results (``results.json``)."""
-  return seq_task.train_and_evaluate(config, workdir, HEAD)
-
-
-def evaluate_workdir(config, workdir: str, **kwargs) -> dict:
-  """``seq_task.evaluate_workdir`` with the regression head (``kwargs``: ``checkpoint``,
-  ``split``, ``progress``)."""
-  return seq_task.evaluate_workdir(config, workdir, HEAD, **kwargs)
-
-
+# The sequence task's functions with this head (what ``vdrnn.tasks`` and the tests call).
+validate = functools.partial(seq_task.validate, head=HEAD)
+make_train_step = functools.partial(seq_task.make_train_step, head=HEAD)
+train_and_evaluate = functools.partial(seq_task.train_and_evaluate, head=HEAD)
+evaluate_workdir = functools.partial(seq_task.evaluate_workdir, head=HEAD)
 summary = seq_task.summary
