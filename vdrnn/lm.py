@@ -354,9 +354,9 @@ class LMTask(loop.Task):
     self.eval_fn = lm_eval.make_eval_fn(config)
     self.shardings = shardings(self.mesh, jax.eval_shape(lambda: init_state(config, t.batch_size)))
     bat = sharding.batch_sharding(self.mesh)
-    self.train_step = jax.jit(make_train_step(config, n_tokens=len(self.splits["train"])),
-                              in_shardings=(self.shardings, bat, bat, None),
-                              out_shardings=self.shardings, donate_argnums=0)
+    self.train_step = sharding.jit_train_step(
+        make_train_step(config, n_tokens=len(self.splits["train"])), self.shardings,
+        (bat, bat, None))
     self.summary = (f"{num_params(config) / 1e6:.1f}M parameters, {len(jax.devices())} "
                     f"device(s), {jax.process_count()} process(es), {self.steps_per_epoch} "
                     f"windows/epoch")

@@ -347,8 +347,7 @@ def _compiled(key: str, head: Head):
   rep, bat = sharding.replicated(mesh), sharding.batch_sharding(mesh)
   shardings = jax.tree.map(lambda _: rep, jax.eval_shape(lambda: init_state(config)))
   init = jax.jit(lambda: init_state(config), out_shardings=shardings)
-  train_step = jax.jit(make_train_step(config, head), in_shardings=(shardings, bat, bat, bat),
-                       out_shardings=shardings, donate_argnums=0)
+  train_step = sharding.jit_train_step(make_train_step(config, head), shardings, (bat, bat, bat))
   return init, train_step, make_predict_fns(config), shardings
 
 

@@ -43,6 +43,15 @@ def check_batch(batch_size: int, mesh: Mesh, name: str = "train.batch_size") -> 
     raise UserError(f"{name}={batch_size} is not divisible by the {jax.process_count()} processes")
 
 
+def jit_train_step(step, state_shardings, batch_shardings: tuple):
+  """``step(state, *batch) -> state`` jitted the one way every task's training step is: the
+  state laid out by ``state_shardings`` in and out, and donated (updated in place); the batch
+  arguments by ``batch_shardings`` (``batch_sharding`` for arrays split over the rows, ``None``
+  for host scalars such as the learning rate)."""
+  return jax.jit(step, in_shardings=(state_shardings, *batch_shardings),
+                 out_shardings=state_shardings, donate_argnums=0)
+
+
 def is_primary() -> bool:
   """True on the process that writes files (process 0; every process under a single host)."""
   return jax.process_index() == 0
