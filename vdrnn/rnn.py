@@ -721,7 +721,9 @@ def gru(params: dict, h: Array, xs: Array, mask_x: Optional[Array] = None,
     n = tanh(x_n W_xn + (r * h_n) W_hn + b_n)
     h_t = z * h_{t-1} + (1 - z) * n
 
-  (``gate_act`` in place of the sigmoids, ``candidate_act`` in place of the tanh.)
+  (``gate_act`` in place of the sigmoids, ``candidate_act`` in place of the tanh.) The input
+  projection of all T steps is one matmul before the scan, and the backward pass over the loop
+  is written by hand (see the module docstring).
 
   Args:
     params: ``{"w_x": [D, 3H], "w_h": [H, 3H], "b": [3H]}``.
@@ -738,6 +740,27 @@ def gru(params: dict, h: Array, xs: Array, mask_x: Optional[Array] = None,
   Returns:
     ``(h_T, ys)`` with ys ``[T, B, H]``.
   """
+  return _gru_recurrence(*_gru_inputs(params, h, xs, mask_x, mask_h, valid=valid, unroll=unroll,
+                                      compute_dtype=compute_dtype, mask_x_steps=mask_x_steps,
+                                      mask_h_steps=mask_h_steps, gate_act=gate_act,
+                                      candidate_act=candidate_act, mask_w=mask_w))
+
+
+def _gru_autodiff(params: dict, h: Array, xs: Array, mask_x: Optional[Array] = None,
+                  mask_h: Optional[Array] = None, **kwargs) -> tuple[Array, Array]:
+  """``gru`` (same arguments, same values) differentiated by plain autodiff of ``_gru_scan``
+  rather than by the hand-written backward pass: the reference the tests hold it against."""
+  h, ys, _ = _gru_scan(*_gru_inputs(params, h, xs, mask_x, mask_h, **kwargs))
+  return h, ys
+
+
+def _gru_inputs(params, h, xs, mask_x, mask_h, *, valid=None, unroll=1, compute_dtype=None,
+                mask_x_steps=None, mask_h_steps=None, gate_act="sigmoid", candidate_act="tanh",
+                mask_w=None) -> tuple:
+  """``gru``'s arguments checked, then the arguments of ``_gru_recurrence`` / ``_gru_scan``:
+  the input pre-activations (``[T, B, 3H]``, gate-major ``[T, 3, B, H]`` for untied recurrent
+  masks), ``W_h`` (weight-dropped, in ``compute_dtype``; ``[H, 3H]`` or per gate
+  ``[3, H, H]``), the recurrent mask (per step or not) and the static options."""
   if xs.ndim != 3:
     raise ValueError(f"xs must have shape [T, B, D], got {list(xs.shape)}")
   T, B, D = xs.shape
@@ -751,38 +774,161 @@ def gru(params: dict, h: Array, xs: Array, mask_x: Optional[Array] = None,
   kind_h_steps = _step_mask_kind("mask_h_steps", mask_h_steps, T, B, H, 3, mask_h)
   _check_valid(valid, T, B)
   _check_acts(gate_act, candidate_act)
-  gate, cand = activation(gate_act), activation(candidate_act)
   params = _weight_dropped(params, mask_w, H, 3)
-
-  gx = input_projection(xs, params["w_x"], params["b"], mask_x, 3, compute_dtype,
-                        mask_x_steps=mask_x_steps)
-  w_h = params["w_h"]
+  # Untied recurrent masks: the recurrence runs gate-major (as the LSTM's), gx [T, 3, B, H] and
+  # W_h [3, H, H], so each step's batched matmul output feeds the gates without a transpose.
   untied = kind_h == "untied" or kind_h_steps == "per_gate"
+  gx = input_projection(xs, params["w_x"], params["b"], mask_x, 3, compute_dtype,
+                        gate_major=untied, mask_x_steps=mask_x_steps)
+  w_h = _cast(_per_gate(params["w_h"], 3) if untied else params["w_h"], compute_dtype)
+  steps = mask_h_steps is not None
+  return (gx, w_h, h, mask_h_steps if steps else mask_h, valid, unroll, compute_dtype, gate_act,
+          candidate_act, steps)
+
+
+def _gru_weights(w_h: Array, untied: bool) -> tuple[Array, Array]:
+  """``(W_zr, W_n)``: the z and r gates' recurrent weights ``[H, 2H]`` (untied ``[2, H, H]``)
+  and the candidate's ``[H, H]``, from ``W_h`` ``[H, 3H]`` (untied ``[3, H, H]``)."""
   if untied:
-    wg = _cast(_per_gate(w_h, 3), compute_dtype)
-    w_zr, w_n = wg[:2], wg[2]
-  else:
-    w_zr, w_n = _cast(w_h[:, : 2 * H], compute_dtype), _cast(w_h[:, 2 * H:], compute_dtype)
+    return w_h[:2], w_h[2]
+  H = w_h.shape[0]
+  return w_h[:, :2 * H], w_h[:, 2 * H:]
 
-  def split_mask(m):  # (mask of z and r, mask of the candidate's h)
-    if m is None:
-      return None, None
-    return (m[:2], m[2]) if untied else (m, m)
 
-  m_zr, m_n = split_mask(mask_h)
+def _gru_masks(m: Optional[Array], untied: bool) -> tuple:
+  """``(m_zr, m_n)``: the masks of ``h`` in the z and r gates' product (``[2, B, H]`` untied)
+  and in the candidate's ``(r * h_n) W_hn`` (a tied mask is both; None: no mask)."""
+  if m is None:
+    return None, None
+  return (m[:2], m[2]) if untied else (m, m)
+
+
+def _dcandidate(n: Array, name: str) -> Array:
+  """Derivative of the candidate activation ``name`` (tanh | sigmoid) where it took value ``n``."""
+  return 1.0 - n * n if name == "tanh" else n * (1.0 - n)
+
+
+def _gru_scan(gx, w_h, h0, mask_h, valid, unroll, compute_dtype, gate_act, candidate_act, steps):
+  """Forward scan; also returns what the backward pass needs: the activations ``(z, r, n)``,
+  each ``[T, B, H]``. ``gx``, ``w_h`` as ``_gru_inputs`` makes them; ``steps``: ``mask_h``
+  holds one mask per step (``[T, B, H]`` or ``[T, 3, B, H]``), scanned with the inputs."""
+  untied = _untied(mask_h, steps)
+  gate, cand = activation(gate_act), activation(candidate_act)
   pet = jnp.float32 if compute_dtype is not None else None
+  H = h0.shape[-1]
+  w_zr, w_n = _gru_weights(w_h, untied)
+  masks = _gru_masks(mask_h, untied)
 
   def step(h, inp):
-    gx_t, mh_t, v_t = inp
-    mzr, mn = (m_zr, m_n) if mh_t is None else split_mask(mh_t)
-    zr = gx_t[:, : 2 * H] + _recurrent(h, w_zr, mzr, 2, compute_dtype)
-    z, r = jnp.split(gate(zr), 2, axis=-1)
-    h_n = h if mn is None else h * mn
-    n = cand(gx_t[:, 2 * H:] + jnp.dot(_cast(r * h_n, compute_dtype), w_n,
-                                       preferred_element_type=pet))
+    gx_t, v_t, m_t = inp
+    m_zr, m_n = _gru_masks(m_t, untied) if steps else masks
+    if untied:  # gate-major: gx_t [3, B, H], w_zr [2, H, H]
+      hm = _cast(h[None] * m_zr, compute_dtype)
+      zr = gate(gx_t[:2] + jnp.einsum("gbh,ghk->gbk", hm, w_zr, preferred_element_type=pet))
+      z, r, gx_n = zr[0], zr[1], gx_t[2]
+    else:
+      zr = gate(gx_t[:, :2 * H] + _recurrent(h, w_zr, m_zr, 2, compute_dtype))
+      (z, r), gx_n = jnp.split(zr, 2, axis=-1), gx_t[:, 2 * H:]
+    h_n = h if m_n is None else h * m_n
+    n = cand(gx_n + jnp.dot(_cast(r * h_n, compute_dtype), w_n, preferred_element_type=pet))
     h_new = z * h + (1.0 - z) * n
     if v_t is not None:
       h_new = jnp.where(v_t[:, None], h_new, h)
-    return h_new, h_new
+    return h_new, (h_new, (z, r, n))
 
-  return jax.lax.scan(step, h, (gx, mask_h_steps, valid), unroll=unroll)
+  h, (ys, acts) = jax.lax.scan(step, h0, (gx, valid, mask_h if steps else None), unroll=unroll)
+  return h, ys, acts
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(5, 6, 7, 8, 9))
+def _gru_recurrence(gx, w_h, h0, mask_h, valid, unroll, compute_dtype, gate_act, candidate_act,
+                    steps):
+  """``(h_T, ys)`` from input pre-activations ``gx`` (``_gru_scan``'s arguments), with the
+  hand-written backward pass ``_gru_recurrence_bwd``."""
+  h, ys, _ = _gru_scan(gx, w_h, h0, mask_h, valid, unroll, compute_dtype, gate_act,
+                       candidate_act, steps)
+  return h, ys
+
+
+def _gru_recurrence_fwd(gx, w_h, h0, mask_h, valid, unroll, compute_dtype, gate_act,
+                        candidate_act, steps):
+  h, ys, acts = _gru_scan(gx, w_h, h0, mask_h, valid, unroll, compute_dtype, gate_act,
+                          candidate_act, steps)
+  return (h, ys), (w_h, h0, mask_h, valid, ys, acts)
+
+
+def _gru_recurrence_bwd(unroll, compute_dtype, gate_act, candidate_act, steps, res, cts):
+  """Reverse scan over ``dh`` emitting the pre-activation gradients ``(dz, dr, dn)`` of each step;
+  then ``dW_h`` as large matmuls: ``(h_{t-1} * m_zr)^T [dz, dr]`` and ``(r * h_{t-1} * m_n)^T dn``
+  over all T*B rows.
+
+  Per step (``h_n = h_{t-1} * m_n``, ``q = r * h_n``, ``dh`` the cotangent of ``h_t``)::
+
+    dn = dh (1 - z) cand'(n)          dz = dh (h_{t-1} - n) gate'(z)
+    dq = dn W_n^T                     dr = dq h_n gate'(r)
+    dh_{t-1} = dh z + ([dz, dr] W_zr^T) * m_zr + (dq r) * m_n
+  """
+  w_h, h0, mask_h, valid, ys, (zs, rs, ns) = res
+  dh_T, dys = cts
+  T, B, H = ys.shape
+  pet = jnp.float32 if compute_dtype is not None else None
+  untied = _untied(mask_h, steps)
+  h_prev = jnp.concatenate([h0[None], ys[:-1]])
+  w_zr, w_n = _gru_weights(w_h, untied)
+  masks = _gru_masks(mask_h, untied)
+
+  def step(carry, inp):
+    dh, dm = carry
+    dy, hp, z, r, n, v_t, m_t = inp
+    m_zr, m_n = _gru_masks(m_t, untied) if steps else masks
+    dh = dh + dy
+    dn = dh * (1.0 - z) * _dcandidate(n, candidate_act)
+    dz = dh * (hp - n) * _dgate(z, gate_act)
+    if v_t is not None:  # a padded step: no gradient into its gates, dh passes through
+      dn = jnp.where(v_t[:, None], dn, 0.0)
+      dz = jnp.where(v_t[:, None], dz, 0.0)
+    dq = jnp.einsum("bk,hk->bh", _cast(dn, compute_dtype), w_n, preferred_element_type=pet)
+    h_n = hp if m_n is None else hp * m_n
+    dr = dq * h_n * _dgate(r, gate_act)
+    dh_n = dq * r
+    if untied:  # gate-major, like gx; dhm[k] = d_k @ W_k^T for k in (z, r)
+      dhm = jnp.einsum("gbk,ghk->gbh", _cast(jnp.stack([dz, dr]), compute_dtype), w_zr,
+                       preferred_element_type=pet)
+      dh_prev = dh * z + dhm[0] * m_zr[0] + dhm[1] * m_zr[1] + dh_n * m_n
+      dm_t = jnp.stack([dhm[0] * hp, dhm[1] * hp, dh_n * hp])
+      dg = jnp.stack([dz, dr, dn])                                       # [3, B, H]
+    else:
+      dzr = jnp.concatenate([dz, dr], axis=-1)
+      dhm = jnp.einsum("bk,hk->bh", _cast(dzr, compute_dtype), w_zr, preferred_element_type=pet)
+      dh_m = dhm + dh_n  # the cotangent of h * m (tied) or of h (no mask)
+      dh_prev, dm_t = (dh * z + dh_m, None) if m_n is None else (dh * z + dh_m * m_n, dh_m * hp)
+      dg = jnp.concatenate([dzr, dn], axis=-1)                           # [B, 3H]
+    if not steps and dm_t is not None:  # a constant mask: its cotangent sums over the steps
+      dm, dm_t = dm + dm_t, None
+    if v_t is not None:
+      dh_prev = jnp.where(v_t[:, None], dh_prev, dh)
+    return (dh_prev, dm), (dg, dm_t)
+
+  dm = jnp.zeros((), jnp.float32) if mask_h is None or steps else jnp.zeros_like(mask_h)
+  xs = (dys, h_prev, zs, rs, ns, valid, mask_h if steps else None)
+  (dh0, dm), (dgs, dms) = jax.lax.scan(step, (dh_T, dm), xs, reverse=True, unroll=unroll)
+  if steps:
+    dm = dms
+  cast = lambda a, n: _cast(a, compute_dtype).reshape(T * B, n)  # noqa: E731
+  if untied:  # dW_k = sum_t (lhs_k)^T d_{t,k}, batched over k; dgs is [T, 3, B, H]
+    m = jnp.swapaxes(mask_h, 0, 1) if steps else mask_h[:, None]        # [3, T|1, B, H]
+    lhs = _stack_gates([h_prev * m[0], h_prev * m[1], rs * h_prev * m[2]])  # [3, T, B, H]
+    dw = jnp.einsum("gmk,gmn->gkn", _cast(lhs.reshape(3, T * B, H), compute_dtype),
+                    _cast(jnp.swapaxes(dgs, 0, 1).reshape(3, T * B, H), compute_dtype),
+                    preferred_element_type=pet)
+  else:
+    hm = h_prev if mask_h is None else h_prev * mask_h
+    dw_zr = jnp.dot(transposed(cast(hm, H)), cast(dgs[..., :2 * H], 2 * H),
+                    preferred_element_type=pet)
+    dw_n = jnp.dot(transposed(cast(rs * hm, H)), cast(dgs[..., 2 * H:], H),
+                   preferred_element_type=pet)
+    dw = jnp.concatenate([dw_zr, dw_n], axis=-1)
+  return dgs, dw.astype(w_h.dtype), dh0, None if mask_h is None else dm, None
+
+
+_gru_recurrence.defvjp(_gru_recurrence_fwd, _gru_recurrence_bwd)
