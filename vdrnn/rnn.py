@@ -757,10 +757,11 @@ def _gru_autodiff(params: dict, h: Array, xs: Array, mask_x: Optional[Array] = N
 def _gru_inputs(params, h, xs, mask_x, mask_h, *, valid=None, unroll=1, compute_dtype=None,
                 mask_x_steps=None, mask_h_steps=None, gate_act="sigmoid", candidate_act="tanh",
                 mask_w=None) -> tuple:
-  """``gru``'s arguments checked, then the arguments of ``_gru_recurrence`` / ``_gru_scan``:
-  the input pre-activations (``[T, B, 3H]``, gate-major ``[T, 3, B, H]`` for untied recurrent
-  masks), ``W_h`` (weight-dropped, in ``compute_dtype``; ``[H, 3H]`` or per gate
-  ``[3, H, H]``), the recurrent mask (per step or not) and the static options."""
+  """``gru``'s arguments checked, then the arguments of ``_gru_recurrence`` / ``_gru_scan``: the
+  input pre-activations without the bias (``_gru_input_projection``), the bias, ``W_h``
+  (weight-dropped, in ``compute_dtype``; ``[H, 3H]``, or per gate ``[3, H, H]`` for untied
+  recurrent masks), the initial state, the recurrent mask (per step or not), ``valid`` and the
+  static options."""
   if xs.ndim != 3:
     raise ValueError(f"xs must have shape [T, B, D], got {list(xs.shape)}")
   T, B, D = xs.shape
@@ -775,15 +776,41 @@ def _gru_inputs(params, h, xs, mask_x, mask_h, *, valid=None, unroll=1, compute_
   _check_valid(valid, T, B)
   _check_acts(gate_act, candidate_act)
   params = _weight_dropped(params, mask_w, H, 3)
-  # Untied recurrent masks: the recurrence runs gate-major (as the LSTM's), gx [T, 3, B, H] and
-  # W_h [3, H, H], so each step's batched matmul output feeds the gates without a transpose.
+  gx = _gru_input_projection(xs, params["w_x"], mask_x, mask_x_steps, compute_dtype)
   untied = kind_h == "untied" or kind_h_steps == "per_gate"
-  gx = input_projection(xs, params["w_x"], params["b"], mask_x, 3, compute_dtype,
-                        gate_major=untied, mask_x_steps=mask_x_steps)
   w_h = _cast(_per_gate(params["w_h"], 3) if untied else params["w_h"], compute_dtype)
   steps = mask_h_steps is not None
-  return (gx, w_h, h, mask_h_steps if steps else mask_h, valid, unroll, compute_dtype, gate_act,
-          candidate_act, steps)
+  return (gx, params["b"], w_h, h, mask_h_steps if steps else mask_h, valid, unroll, compute_dtype,
+          gate_act, candidate_act, steps, gx.ndim == 4)
+
+
+def _gru_input_projection(xs: Array, w_x: Array, mask_x: Optional[Array],
+                          mask_x_steps: Optional[Array], compute_dtype) -> Array:
+  """The GRU's input pre-activations of all T steps, without the bias.
+
+  No mask, a tied one or per-step masks shared by the gates: ``(x_t * m) W_x`` as
+  ``[T, B, 3H]``. One mask per gate (untied ``[3, B, D]``, or per step ``[T, 3, B, D]``): gate k's
+  ``(x_t * m[k]) W_xk`` as gate-first ``[3, T, B, H]``, the batched matmul's own output, which
+  the scans read in place: no ``[T, 3, B, H]`` transposes in either direction, and the bias
+  gradient sums contiguous rows (summing a transposed copy, XLA:CPU's fused reduction took
+  ~100 ms at the sentiment shape, against ~5 ms).
+
+  Args:
+    xs: ``[T, B, D]``; w_x: ``[D, 3H]``; mask_x: None, ``[B, D]`` or ``[3, B, D]``;
+    mask_x_steps: None, ``[T, B, D]`` or ``[T, 3, B, D]`` (given instead of ``mask_x``);
+    compute_dtype: as in ``matmul``.
+  Returns:
+    float32 ``[T, B, 3H]`` or ``[3, T, B, H]``.
+  """
+  T, B, D = xs.shape
+  if mask_x_steps is not None and mask_x_steps.ndim == 3:
+    xs, mask_x_steps = xs * mask_x_steps, None
+  if mask_x_steps is None and (mask_x is None or mask_x.ndim == 2):
+    return matmul(xs if mask_x is None else xs * mask_x, w_x, compute_dtype).astype(jnp.float32)
+  gate_mask = (lambda k: mask_x[k]) if mask_x_steps is None else (lambda k: mask_x_steps[:, k])
+  xm = _stack_gates([xs * gate_mask(k) for k in range(3)])  # [3, T, B, D]
+  out = gate_matmul(xm.reshape(3, T * B, D), _per_gate(w_x, 3), compute_dtype)
+  return out.astype(jnp.float32).reshape(3, T, B, -1)
 
 
 def _gru_weights(w_h: Array, untied: bool) -> tuple[Array, Array]:
@@ -803,72 +830,91 @@ def _gru_masks(m: Optional[Array], untied: bool) -> tuple:
   return (m[:2], m[2]) if untied else (m, m)
 
 
+def _gru_step_inputs(gx: Array, b: Array, t, gate_first: bool) -> tuple[Array, Array, Array]:
+  """Step ``t``'s input pre-activations plus the bias, one ``[B, H]`` block per gate (z, r, n),
+  from ``gx`` ``[T, B, 3H]`` or gate-first ``[3, T, B, H]``."""
+  if gate_first:
+    a = jax.lax.dynamic_index_in_dim(gx, t, axis=1, keepdims=False) + b.reshape(3, 1, -1)
+    return a[0], a[1], a[2]
+  a = jax.lax.dynamic_index_in_dim(gx, t, axis=0, keepdims=False) + b
+  return tuple(jnp.split(a, 3, axis=-1))
+
+
 def _dcandidate(n: Array, name: str) -> Array:
   """Derivative of the candidate activation ``name`` (tanh | sigmoid) where it took value ``n``."""
   return 1.0 - n * n if name == "tanh" else n * (1.0 - n)
 
 
-def _gru_scan(gx, w_h, h0, mask_h, valid, unroll, compute_dtype, gate_act, candidate_act, steps):
+def _gru_scan(gx, b, w_h, h0, mask_h, valid, unroll, compute_dtype, gate_act, candidate_act, steps,
+              gate_first):
   """Forward scan; also returns what the backward pass needs: the activations ``(z, r, n)``,
-  each ``[T, B, H]``. ``gx``, ``w_h`` as ``_gru_inputs`` makes them; ``steps``: ``mask_h``
-  holds one mask per step (``[T, B, H]`` or ``[T, 3, B, H]``), scanned with the inputs."""
+  each ``[T, B, H]``. Arguments as ``_gru_inputs`` makes them; ``steps``: ``mask_h`` holds one
+  mask per step (``[T, B, H]`` or ``[T, 3, B, H]``), scanned with the inputs; ``gate_first``:
+  ``gx`` is ``[3, T, B, H]`` (else ``[T, B, 3H]``)."""
   untied = _untied(mask_h, steps)
   gate, cand = activation(gate_act), activation(candidate_act)
   pet = jnp.float32 if compute_dtype is not None else None
-  H = h0.shape[-1]
+  T = gx.shape[1] if gate_first else gx.shape[0]
   w_zr, w_n = _gru_weights(w_h, untied)
   masks = _gru_masks(mask_h, untied)
 
   def step(h, inp):
-    gx_t, v_t, m_t = inp
+    t, v_t, m_t = inp
     m_zr, m_n = _gru_masks(m_t, untied) if steps else masks
-    if untied:  # gate-major: gx_t [3, B, H], w_zr [2, H, H]
+    a_z, a_r, a_n = _gru_step_inputs(gx, b, t, gate_first)
+    if untied:  # one [B, H] @ [H, H] product per gate, batched
       hm = _cast(h[None] * m_zr, compute_dtype)
-      zr = gate(gx_t[:2] + jnp.einsum("gbh,ghk->gbk", hm, w_zr, preferred_element_type=pet))
-      z, r, gx_n = zr[0], zr[1], gx_t[2]
+      u = jnp.einsum("gbh,ghk->gbk", hm, w_zr, preferred_element_type=pet)
+      u_z, u_r = u[0], u[1]
     else:
-      zr = gate(gx_t[:, :2 * H] + _recurrent(h, w_zr, m_zr, 2, compute_dtype))
-      (z, r), gx_n = jnp.split(zr, 2, axis=-1), gx_t[:, 2 * H:]
+      u_z, u_r = jnp.split(_recurrent(h, w_zr, m_zr, 2, compute_dtype), 2, axis=-1)
+    z, r = gate(a_z + u_z), gate(a_r + u_r)
     h_n = h if m_n is None else h * m_n
-    n = cand(gx_n + jnp.dot(_cast(r * h_n, compute_dtype), w_n, preferred_element_type=pet))
+    n = cand(a_n + jnp.dot(_cast(r * h_n, compute_dtype), w_n, preferred_element_type=pet))
     h_new = z * h + (1.0 - z) * n
     if v_t is not None:
       h_new = jnp.where(v_t[:, None], h_new, h)
     return h_new, (h_new, (z, r, n))
 
-  h, (ys, acts) = jax.lax.scan(step, h0, (gx, valid, mask_h if steps else None), unroll=unroll)
+  xs = (jnp.arange(T), valid, mask_h if steps else None)
+  h, (ys, acts) = jax.lax.scan(step, h0, xs, unroll=unroll)
   return h, ys, acts
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(5, 6, 7, 8, 9))
-def _gru_recurrence(gx, w_h, h0, mask_h, valid, unroll, compute_dtype, gate_act, candidate_act,
-                    steps):
-  """``(h_T, ys)`` from input pre-activations ``gx`` (``_gru_scan``'s arguments), with the
+@functools.partial(jax.custom_vjp, nondiff_argnums=(6, 7, 8, 9, 10, 11))
+def _gru_recurrence(gx, b, w_h, h0, mask_h, valid, unroll, compute_dtype, gate_act, candidate_act,
+                    steps, gate_first):
+  """``(h_T, ys)`` from the input pre-activations ``gx`` (``_gru_scan``'s arguments), with the
   hand-written backward pass ``_gru_recurrence_bwd``."""
-  h, ys, _ = _gru_scan(gx, w_h, h0, mask_h, valid, unroll, compute_dtype, gate_act,
-                       candidate_act, steps)
+  h, ys, _ = _gru_scan(gx, b, w_h, h0, mask_h, valid, unroll, compute_dtype, gate_act,
+                       candidate_act, steps, gate_first)
   return h, ys
 
 
-def _gru_recurrence_fwd(gx, w_h, h0, mask_h, valid, unroll, compute_dtype, gate_act,
-                        candidate_act, steps):
-  h, ys, acts = _gru_scan(gx, w_h, h0, mask_h, valid, unroll, compute_dtype, gate_act,
-                          candidate_act, steps)
-  return (h, ys), (w_h, h0, mask_h, valid, ys, acts)
+def _gru_recurrence_fwd(gx, b, w_h, h0, mask_h, valid, unroll, compute_dtype, gate_act,
+                        candidate_act, steps, gate_first):
+  h, ys, acts = _gru_scan(gx, b, w_h, h0, mask_h, valid, unroll, compute_dtype, gate_act,
+                          candidate_act, steps, gate_first)
+  # gx itself: dead after the forward loop, its buffer becomes that of its cotangent (below)
+  return (h, ys), (w_h, h0, mask_h, valid, ys, acts, gx if gate_first else None)
 
 
-def _gru_recurrence_bwd(unroll, compute_dtype, gate_act, candidate_act, steps, res, cts):
-  """Reverse scan over ``dh`` emitting the pre-activation gradients ``(dz, dr, dn)`` of each step;
-  then ``dW_h`` as large matmuls: ``(h_{t-1} * m_zr)^T [dz, dr]`` and ``(r * h_{t-1} * m_n)^T dn``
-  over all T*B rows.
+def _gru_recurrence_bwd(unroll, compute_dtype, gate_act, candidate_act, steps, gate_first, res,
+                        cts):
+  """Reverse scan over ``dh`` emitting the pre-activation gradients ``(dz, dr, dn)`` of each step
+  (in ``gx``'s layout: they are its cotangent); then the bias gradient as their sum and ``dW_h``
+  as large matmuls over all T*B rows: ``(h_{t-1} * m_zr)^T [dz, dr]`` and
+  ``(r * h_{t-1} * m_n)^T dn``.
 
   Per step (``h_n = h_{t-1} * m_n``, ``q = r * h_n``, ``dh`` the cotangent of ``h_t``)::
 
     dn = dh (1 - z) cand'(n)          dz = dh (h_{t-1} - n) gate'(z)
     dq = dn W_n^T                     dr = dq h_n gate'(r)
     dh_{t-1} = dh z + ([dz, dr] W_zr^T) * m_zr + (dq r) * m_n
+
+  (zero gate gradients and ``dh_{t-1} = dh`` at a padded step).
   """
-  w_h, h0, mask_h, valid, ys, (zs, rs, ns) = res
+  w_h, h0, mask_h, valid, ys, (zs, rs, ns), gx = res
   dh_T, dys = cts
   T, B, H = ys.shape
   pet = jnp.float32 if compute_dtype is not None else None
@@ -878,8 +924,8 @@ def _gru_recurrence_bwd(unroll, compute_dtype, gate_act, candidate_act, steps, r
   masks = _gru_masks(mask_h, untied)
 
   def step(carry, inp):
-    dh, dm = carry
-    dy, hp, z, r, n, v_t, m_t = inp
+    dh, dm, dgs = carry
+    t, dy, hp, z, r, n, v_t, m_t = inp
     m_zr, m_n = _gru_masks(m_t, untied) if steps else masks
     dh = dh + dy
     dn = dh * (1.0 - z) * _dcandidate(n, candidate_act)
@@ -891,44 +937,54 @@ def _gru_recurrence_bwd(unroll, compute_dtype, gate_act, candidate_act, steps, r
     h_n = hp if m_n is None else hp * m_n
     dr = dq * h_n * _dgate(r, gate_act)
     dh_n = dq * r
-    if untied:  # gate-major, like gx; dhm[k] = d_k @ W_k^T for k in (z, r)
+    if untied:  # dhm[k] = d_k @ W_k^T for k in (z, r), batched
       dhm = jnp.einsum("gbk,ghk->gbh", _cast(jnp.stack([dz, dr]), compute_dtype), w_zr,
                        preferred_element_type=pet)
       dh_prev = dh * z + dhm[0] * m_zr[0] + dhm[1] * m_zr[1] + dh_n * m_n
       dm_t = jnp.stack([dhm[0] * hp, dhm[1] * hp, dh_n * hp])
-      dg = jnp.stack([dz, dr, dn])                                       # [3, B, H]
     else:
       dzr = jnp.concatenate([dz, dr], axis=-1)
       dhm = jnp.einsum("bk,hk->bh", _cast(dzr, compute_dtype), w_zr, preferred_element_type=pet)
       dh_m = dhm + dh_n  # the cotangent of h * m (tied) or of h (no mask)
       dh_prev, dm_t = (dh * z + dh_m, None) if m_n is None else (dh * z + dh_m * m_n, dh_m * hp)
-      dg = jnp.concatenate([dzr, dn], axis=-1)                           # [B, 3H]
     if not steps and dm_t is not None:  # a constant mask: its cotangent sums over the steps
       dm, dm_t = dm + dm_t, None
     if v_t is not None:
       dh_prev = jnp.where(v_t[:, None], dh_prev, dh)
-    return (dh_prev, dm), (dg, dm_t)
+    if gate_first:  # written in place into the [3, T, B, H] cotangent of gx
+      dgs = jax.lax.dynamic_update_index_in_dim(dgs, jnp.stack([dz, dr, dn]), t, axis=1)
+      return (dh_prev, dm, dgs), (None, dm_t)
+    return (dh_prev, dm, dgs), (jnp.concatenate([dz, dr, dn], axis=-1), dm_t)
 
   dm = jnp.zeros((), jnp.float32) if mask_h is None or steps else jnp.zeros_like(mask_h)
-  xs = (dys, h_prev, zs, rs, ns, valid, mask_h if steps else None)
-  (dh0, dm), (dgs, dms) = jax.lax.scan(step, (dh_T, dm), xs, reverse=True, unroll=unroll)
+  # gate-first: every step overwrites its [3, B, H] block, so the loop can start from gx's
+  # buffer (XLA reuses it in place) rather than a fresh zero-filled [3, T, B, H] one
+  dgs = gx if gate_first else jnp.zeros((), jnp.float32)
+  xs = (jnp.arange(T), dys, h_prev, zs, rs, ns, valid, mask_h if steps else None)
+  (dh0, dm, dgs), (dg_steps, dms) = jax.lax.scan(step, (dh_T, dm, dgs), xs, reverse=True,
+                                                 unroll=unroll)
   if steps:
     dm = dms
-  cast = lambda a, n: _cast(a, compute_dtype).reshape(T * B, n)  # noqa: E731
-  if untied:  # dW_k = sum_t (lhs_k)^T d_{t,k}, batched over k; dgs is [T, 3, B, H]
+  # per gate k: the rows of W_hk's product (h_{t-1} * m_k, or r * h_{t-1} * m_n for n) and the
+  # gradients of its pre-activation, each [T*B, H]
+  dgs = dgs.reshape(3, T * B, H) if gate_first else dg_steps.reshape(T * B, 3 * H)
+  db = dgs.sum(1).reshape(3 * H) if gate_first else dgs.sum(0)
+  d_gate = (lambda k: dgs[k]) if gate_first else (lambda k: dgs[:, k * H:(k + 1) * H])  # noqa: E731
+  if untied:  # batched over the gates
     m = jnp.swapaxes(mask_h, 0, 1) if steps else mask_h[:, None]        # [3, T|1, B, H]
-    lhs = _stack_gates([h_prev * m[0], h_prev * m[1], rs * h_prev * m[2]])  # [3, T, B, H]
-    dw = jnp.einsum("gmk,gmn->gkn", _cast(lhs.reshape(3, T * B, H), compute_dtype),
-                    _cast(jnp.swapaxes(dgs, 0, 1).reshape(3, T * B, H), compute_dtype),
+    lhs = _stack_gates([h_prev * m[0], h_prev * m[1], rs * h_prev * m[2]]).reshape(3, T * B, H)
+    rhs = dgs if gate_first else _stack_gates([d_gate(k) for k in range(3)])
+    dw = jnp.einsum("gmk,gmn->gkn", _cast(lhs, compute_dtype), _cast(rhs, compute_dtype),
                     preferred_element_type=pet)
   else:
     hm = h_prev if mask_h is None else h_prev * mask_h
-    dw_zr = jnp.dot(transposed(cast(hm, H)), cast(dgs[..., :2 * H], 2 * H),
-                    preferred_element_type=pet)
-    dw_n = jnp.dot(transposed(cast(rs * hm, H)), cast(dgs[..., 2 * H:], H),
-                   preferred_element_type=pet)
-    dw = jnp.concatenate([dw_zr, dw_n], axis=-1)
-  return dgs, dw.astype(w_h.dtype), dh0, None if mask_h is None else dm, None
+    hm_t = transposed(_cast(hm, compute_dtype).reshape(T * B, H))      # [H, T*B]
+    q_t = transposed(_cast(rs * hm, compute_dtype).reshape(T * B, H))
+    dot = lambda a, d: jnp.dot(a, _cast(d, compute_dtype), preferred_element_type=pet)  # noqa: E731
+    zr = [dot(hm_t, d_gate(0)), dot(hm_t, d_gate(1))] if gate_first else [dot(hm_t, dgs[:, :2 * H])]
+    dw = jnp.concatenate(zr + [dot(q_t, d_gate(2))], axis=-1)
+  dgx = dgs.reshape(3, T, B, H) if gate_first else dg_steps
+  return dgx, db, dw.astype(w_h.dtype), dh0, None if mask_h is None else dm, None
 
 
 _gru_recurrence.defvjp(_gru_recurrence_fwd, _gru_recurrence_bwd)
