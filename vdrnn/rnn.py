@@ -21,11 +21,18 @@ released sentiment code's naive dropout) and the Keras 0.x fork's non-linearitie
 (``gate_act="hard_sigmoid"``; the GRU's ``candidate_act="sigmoid"``) are options; the
 defaults are the modern ones (sigmoid gates, tanh candidate).
 
-The LSTM's backward pass is written by hand (``jax.custom_vjp``): plain autodiff of
+The backward passes over the loop are written by hand (``jax.custom_vjp``): plain autodiff of
 ``lax.scan`` adds the recurrent-weight gradient ``(h_{t-1} * m_h)^T dz_t`` into a ``[H, 4H]``
-accumulator at every step (T rank-B updates); here the backward scan only carries
+accumulator at every step (T rank-B updates); here the LSTM's backward scan only carries
 ``(dc, dh)`` and emits ``dz_t``, and ``dW_h`` is one ``[H, T*B] @ [T*B, 4H]`` matmul after it.
-Same gradients up to float rounding (tests/test_bench.py checks them against autodiff).
+The GRU's likewise carries only ``dh`` and emits the pre-activation gradients ``(dz, dr, dn)``
+of each step; ``dW_h`` is then ``(h_{t-1} * m_zr)^T [dz, dr]`` for the z and r gates and, since
+the candidate multiplies ``(r * h_n) W_hn``, ``(r * h_{t-1} * m_n)^T dn`` for ``W_hn``: large
+``[H, T*B] @ [T*B, .]`` matmuls (one batched matmul over the gates for untied masks). Its input
+pre-activations for per-gate input masks stay gate-first ``[3, T, B, H]`` (the batched
+matmul's layout), read and written in place by both loops. Same gradients up to float rounding
+(tests/test_bench.py and tests/test_gru.py check them against autodiff, the latter also against
+a NumPy reference).
 """
 
 from __future__ import annotations
