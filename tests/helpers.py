@@ -59,10 +59,14 @@ def np_lstm(p, c, h, xs, mx=None, mh=None, gate_act="sigmoid", valid=None, w_mas
   return c, h, np.stack(ys)
 
 
-def np_gru(p, h, xs, mx=None, mh=None, gate_act="sigmoid", candidate_act="tanh", valid=None):
-  """The GRU of Gal's Keras code (reset before ``W_hn``), gate order (z, r, n).
-  Returns ``(h_T, ys [T, B, H])``."""
+def np_gru(p, h, xs, mx=None, mh=None, gate_act="sigmoid", candidate_act="tanh", valid=None,
+           w_mask=None):
+  """The GRU of Gal's Keras code (reset before ``W_hn``), gate order (z, r, n); masks as
+  ``gate_mask`` reads them, ``W_h`` times ``w_mask`` (weight drop); where ``valid[t]`` is False
+  the state is kept. Returns ``(h_T, ys [T, B, H])``."""
   w_x, w_h, b = (np.asarray(p[k], np.float64) for k in ("w_x", "w_h", "b"))
+  if w_mask is not None:
+    w_h = w_h * np.asarray(w_mask, np.float64)
   H, sg, cand = h.shape[1], np_act(gate_act), np_act(candidate_act)
   sl = [slice(k * H, (k + 1) * H) for k in range(3)]
   ys = []

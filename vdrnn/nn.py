@@ -2,7 +2,7 @@
 
 The layers are thin wrappers around the functional core: parameters are Flax variables in
 the core's layout, a call draws its masks with ``vdrnn.masks`` and runs ``vdrnn.rnn.lstm`` /
-``vdrnn.rnn.gru`` (hoisted input projection, hand-written LSTM backward pass). So a Flax
+``vdrnn.rnn.gru`` (hoisted input projection, hand-written backward passes). So a Flax
 model gets Gal & Ghahramani's variational dropout in one line::
 
   from flax import nnx
