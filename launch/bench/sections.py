@@ -9,7 +9,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from vdrnn import lm_eval, models, population, sentiment
+from vdrnn import lm_eval, models, population, sentiment, seq_task
 from launch.bench import flax_peer
 from launch.bench.common import (_block, _fraction, _median_rate, _random_batches, core_step,
                                 gemm_probe, interleaved_rounds, lm_config, matmul_params,
@@ -131,7 +131,7 @@ def bench_sentiment(cfg, steps: int, reps: int, min_time: float, probe=None) -> 
   """Tokens/s of the sentiment training step (``vdrnn.sentiment.make_train_step``: masks,
   forward, backward, Adam; donated state); padded steps count as tokens."""
   step_fn = jax.jit(sentiment.make_train_step(cfg), donate_argnums=0)
-  state = sentiment.init_state(cfg)
+  state = seq_task.init_state(cfg)
   batch = sentiment_batch(cfg)
   t0 = time.perf_counter()
   state = _block(step_fn(state, *batch))
