@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shlex
 from typing import Optional
 
@@ -62,6 +63,16 @@ def portable(cmd: str) -> str:
     elif arg.startswith("--workdir="):
       argv[i] = "--workdir=" + under_root(arg.partition("=")[2])
   return shlex.join(argv)
+
+
+def with_precision(rec: dict) -> dict:
+  """``rec`` with its device followed by the matmul precision it ran in (``train.compute_dtype``
+  from its command; float32 when the command does not set it, as every base config does), e.g.
+  "NVIDIA H200 (gpu), bfloat16". On a GPU, float32 is XLA's default precision (TF32 matmuls)."""
+  if not rec.get("device") or rec["device"].endswith(("float32", "bfloat16")):
+    return rec
+  m = re.search(r"--config\.train\.compute_dtype[= ](\w+)", rec.get("command") or "")
+  return {**rec, "device": f"{rec['device']}, {m.group(1) if m else 'float32'}"}
 
 
 def collect(row: Row, root: str, extra: list[str]) -> dict:
@@ -125,7 +136,7 @@ def merge(collected: list[dict], committed: Optional[dict]) -> list[dict]:
   for rec in collected:
     prev = old.get(rec["row"])
     if rec["status"] != "done" and prev is not None and prev.get("status") == "done":
-      out.append({**prev, "command": portable(prev["command"])})
+      out.append(with_precision({**prev, "command": portable(prev["command"])}))
     else:
-      out.append(rec)
+      out.append(with_precision(rec))
   return out
