@@ -799,8 +799,8 @@ def _gru_input_projection(xs: Array, w_x: Array, mask_x: Optional[Array],
   ``[T, B, 3H]``. One mask per gate (untied ``[3, B, D]``, or per step ``[T, 3, B, D]``): gate k's
   ``(x_t * m[k]) W_xk`` as gate-first ``[3, T, B, H]``, the batched matmul's own output, which
   the scans read in place: no ``[T, 3, B, H]`` transposes in either direction, and the bias
-  gradient sums contiguous rows (summing a transposed copy, XLA:CPU's fused reduction took
-  ~100 ms at the sentiment shape, against ~5 ms).
+  gradient sums contiguous rows (XLA:CPU fuses a transpose into the reduction that follows it
+  into a slow kernel: ~70 ms more at the sentiment shape on the 2-core AMD EPYC).
 
   Args:
     xs: ``[T, B, D]``; w_x: ``[D, 3H]``; mask_x: None, ``[B, D]`` or ``[3, B, D]``;
