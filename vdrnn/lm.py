@@ -121,7 +121,6 @@ RESUME_KEYS = ["task", "seed", "data_limit", "model", "train.batch_size", "train
 def validate(c) -> None:
   """One-line ``UserError`` for the first bad field of a PTB config."""
   validate_rates(c.model)
-  _validate_concrete(c)
   if not (isinstance(c.data_limit, int) and not isinstance(c.data_limit, bool) and
           c.data_limit >= 0):
     raise UserError(f"data_limit must be an integer >= 0 (0: the whole corpus), got "
@@ -140,6 +139,7 @@ def validate(c) -> None:
     raise UserError(f"eval.mc_mean must be one of {lm_eval.MC_MEANS}, got {c.eval.mc_mean!r}")
   if not c.eval.get("mc_power", 0.5) > 0:
     raise UserError(f"eval.mc_power must be > 0, got {c.eval.mc_power!r}")
+  _validate_concrete(c)
 
 
 def _validate_concrete(c) -> None:

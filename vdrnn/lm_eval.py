@@ -380,18 +380,19 @@ def mc_lm(config, params, ids: np.ndarray, *, workdir: Optional[str] = None, spl
   res = mc_log_pbar(config, params, ids, samples=S, chunk=int(e.mc_chunk), rates=rates,
                     temperature=float(e.temperature), progress=progress, desc=f"MC {split}",
                     power=power)
+  det_ppl = deterministic_ppl(config, params, ids)
   ppl_k = np.exp(-res["log_pbar"])
   pts = curve_points(S)
   means = {"arithmetic": float(ppl_k[-1]),
-           "geometric": metrics.perplexity(-res["log_pbar_geometric"]),
-           "power": metrics.perplexity(-res["log_pbar_power"])}
+           "geometric": float(np.exp(-res["log_pbar_geometric"])),  # inf past float range
+           "power": float(np.exp(-res["log_pbar_power"]))}
   result = {
       "split": split,
       "ppl": means[mean],
       "mc_mean": mean,
       "mc_power": power,
       **{f"ppl_{k}": v for k, v in means.items()},
-      "det_ppl": deterministic_ppl(config, params, ids),
+      "det_ppl": det_ppl,
       "samples": S,
       "chunk": int(e.mc_chunk),
       "tokens": res["tokens"],
