@@ -14,7 +14,7 @@ import os
 import shutil
 import time
 
-from launch.collect import collect, merge, read_json
+from launch.collect import collect, ensembles, merge, read_json
 from launch.rows import ROWS
 from launch.tables import (README_END, README_START, markdown, ptb_lines, readme_summary,
                            sentiment_lines)
@@ -68,12 +68,44 @@ def plot_sentiment(records: list[dict], results_dir: str) -> list[str]:
   return paths
 
 
+def plot_imdb(records: list[dict], root: str, results_dir: str) -> list[str]:
+  """``imdb_risk_coverage.png``: accuracy against coverage (inputs accepted by predictive
+  entropy) of each IMDB row whose test predictions are in its workdir (MC dropout where it
+  ran, else the dropout approximation), and of each deep ensemble (its members' mean)."""
+  import numpy as np  # noqa: PLC0415
+  from vdrnn import plots  # noqa: PLC0415
+  curves, labels = {}, None
+  for r in records:
+    if r["task"] != "imdb" or r["status"] != "done":
+      continue
+    if r.get("members"):
+      fam = r["row"][:-len("_ensemble")]
+      files = [os.path.join(root, m["row"], "predictions_test.npz") for m in records
+               if m["family"] == fam]
+      if files and all(map(os.path.exists, files)):
+        curves[r["row"]] = np.mean([np.load(f)["probs"] for f in files], axis=0)
+      continue
+    if r["family"] and not r["row"].endswith("seed0"):
+      continue  # one seed of a family stands for the single model
+    path = os.path.join(root, r["row"], "predictions_test.npz")
+    if os.path.exists(path):
+      pred = np.load(path)
+      labels = pred["labels"]
+      mc = "probs_mc" in pred.files
+      curves[r["row"] + (" (MC)" if mc else "")] = pred["probs_mc" if mc else "probs"]
+  if not curves or labels is None:
+    return []
+  path = os.path.join(results_dir, "imdb_risk_coverage.png")
+  plots.risk_coverage(path, curves, labels)
+  return [path]
+
+
 def report(root: str, results_dir: str, extra: list[str]) -> list[dict]:
   """Collects every row from ``<root>/<row>`` (``extra``: the flags a not-run row's command
   gets), writes the report into ``results_dir`` and returns the records."""
   os.makedirs(results_dir, exist_ok=True)
   committed = read_json(os.path.join(results_dir, "results.json"))
-  records = merge([collect(r, root, extra) for r in ROWS], committed)
+  records = ensembles(merge([collect(r, root, extra) for r in ROWS], committed), root, committed)
   ptb, sent = ptb_lines(records), sentiment_lines(records)
   with open(os.path.join(results_dir, "results.json"), "w") as f:
     json.dump({"generated": time.strftime("%Y-%m-%d %H:%M:%S"), "rows": records}, f, indent=1)
@@ -89,7 +121,7 @@ def report(root: str, results_dir: str, extra: list[str]) -> list[dict]:
   table = markdown(ptb, sent, records)
   with open(os.path.join(results_dir, "README_table.md"), "w") as f:
     f.write(table)
-  figures = plot_sentiment(records, results_dir)
+  figures = plot_sentiment(records, results_dir) + plot_imdb(records, root, results_dir)
   for r in records:  # each MC curve's figure beside the table
     png = os.path.join(root, r["row"], "mc_test.png")
     if r.get("mc_curve") and os.path.exists(png):

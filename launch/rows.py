@@ -24,7 +24,7 @@ class Row:
   overrides: tuple = ()            # ((config path, value), ...) -> --config.PATH=VALUE
   family: str = ""                 # rows aggregated in the report (one experiment's seeds)
   paper_row: str = ""              # the paper row it is held against (default: family or name)
-  # ptb | sentiment | schemes (PTB rows of the regularisers' table: a report group, not a task)
+  # ptb | sentiment | imdb | schemes (PTB rows of the regularisers' table): a report group
   task: str = "ptb"
   where: str = "gpu"               # where the row is meant to run (informational): cpu | gpu
   note: str = ""
@@ -83,6 +83,33 @@ SCHEMES = {
 }
 
 
+# Every IMDB row's test evaluation: MC dropout with 100 samples and OOD detection against PTB
+# test text (far shift) and the Pang & Lee reviews (near shift), issue 28.
+IMDB_EVAL = (("eval.mc_samples", "100"), ("eval.ood", "ptb,scaledata"))
+ENSEMBLE_K = 5  # Lakshminarayanan et al. 2017: 5 members
+
+
+def _imdb_rows():
+  """The uncertainty benchmark (``configs/imdb_lstm.py``, 10% of the training reviews held out
+  to pick the checkpoint): no dropout as ``ENSEMBLE_K`` seeds (seed 0 is the single model, all
+  K the deep ensemble the report combines from their saved predictions), naive dropout,
+  variational untied and tied, and the variational GRU."""
+  rows = [Row(f"imdb_lstm_none_seed{k}", "configs/imdb_lstm.py:none",
+              (("seed", str(k)), ("eval.mc_samples", "0"), ("eval.ood", "ptb,scaledata")),
+              family="imdb_lstm_none", task="imdb", where="cpu",
+              note="no dropout; the seeds are the deep ensemble's members")
+          for k in range(ENSEMBLE_K)]
+  rows += [Row("imdb_lstm_naive", "configs/imdb_lstm.py:naive", IMDB_EVAL, task="imdb",
+               where="cpu"),
+           Row("imdb_lstm_variational_untied", "configs/imdb_lstm.py:variational", IMDB_EVAL,
+               task="imdb", where="cpu"),
+           Row("imdb_lstm_variational_tied", "configs/imdb_lstm.py:variational",
+               (("model.tied_gates", "True"), *IMDB_EVAL), task="imdb", where="cpu"),
+           Row("imdb_gru_variational_untied", "configs/imdb_lstm.py:variational",
+               (("model.cell", "gru"), *IMDB_EVAL), task="imdb", where="cpu")]
+  return rows
+
+
 def _schemes_rows():
   return [Row(f"schemes_{name}", "configs/ptb_small.py",
               (("train.num_epochs", "6"), *overrides), task="schemes", where="cpu",
@@ -110,6 +137,7 @@ ROWS = (
         (("model.tie_embeddings", "True"),),
         note="beyond the paper: Press & Wolf's embedding tying"),
     *_sentiment_rows(),
+    *_imdb_rows(),
     *_schemes_rows(),
 )
 

@@ -235,6 +235,7 @@ def markdown(ptb: list[dict], sent: list[dict], records: list[dict]) -> str:
       at = {c["epoch"]: c.get("test_rmse") for c in r["curve"]}
       out.append(f"| {r['row']} | " + " | ".join(_fmt(at.get(e), 4) for e in cols) + " |")
     out += sentiment_comparisons(records)
+  out += imdb_table(records)
   schemes = [r for r in records if r["task"] == "schemes"]
   if schemes:
     out += ["", "### Regularisers beyond the paper (PTB, small shape and recipe, 6 epochs)", "",
@@ -259,6 +260,54 @@ def markdown(ptb: list[dict], sent: list[dict], records: list[dict]) -> str:
   out += ["", "Commands (as run, or to run for the rows marked not run):", ""]
   out += [f"* {r['row']} ({r['status']}): `{r['command']}`" for r in records]
   return "\n".join(out) + "\n"
+
+
+def imdb_modes(rec: dict) -> list[tuple[str, str]]:
+  """``(label, suffix)`` of each predictive mode an IMDB record has results for."""
+  res = rec["results"] or {}
+  if rec.get("members"):
+    return [(f"deep ensemble ({rec['members']} members)", "")]
+  modes = [("dropout approx.", "")]
+  if res.get("test_acc_mc") is not None:
+    modes.append((f"MC dropout ({res.get('mc_samples')})", "_mc"))
+  return modes
+
+
+def imdb_table(records: list[dict]) -> list[str]:
+  """The uncertainty benchmark's table: each IMDB row and mode (dropout approximation, MC
+  dropout, the deep ensemble) with accuracy, NLL, Brier, ECE, the area under the
+  risk-coverage curve (entropy) and OOD detection AUROC (entropy / mutual information)."""
+  recs = [r for r in records if r["task"] == "imdb"]
+  if not recs:
+    return []
+  out = ["", "### IMDB: uncertainty (test set; 10% of the training reviews held out to pick the "
+         "checkpoint)", "",
+         "OOD detection: AUROC of the predictive entropy / the mutual information (MC dropout, "
+         "ensemble), IMDB test reviews against PTB test text (far shift) and the Pang & Lee "
+         "reviews (near shift), prepared as the test set. AURC: area under the risk-coverage "
+         "curve, inputs accepted by entropy (lower is better). Figure: `imdb_risk_coverage.png`.",
+         "", "| row | mode | acc | NLL | Brier | ECE | AURC | AUROC PTB | AUROC Pang & Lee "
+         "| run | device |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+  for r in recs:
+    res = r["results"] or {}
+    run = r["status"] if r["status"] != "done" else f"{r['epochs']} epochs"
+    if r["status"] != "done":
+      out.append(f"| {r['row']} | – | {_missing(r)} | | | | | | | {run} | {r['device'] or '–'} |")
+      continue
+    for label, sfx in imdb_modes(r):
+      ens = bool(r.get("members"))
+      get = lambda k: _fmt(res.get(f"test_{k}{sfx}"), 4)  # noqa: E731
+
+      def auroc(name):
+        h = res.get(f"test_ood_{name}_auroc_entropy{sfx}")
+        mi = res.get(f"test_ood_{name}_auroc_mi{sfx}")
+        if h is None:
+          return "–"
+        return _fmt(h, 3) + (f" / {_fmt(mi, 3)}" if (sfx or ens) and mi is not None else "")
+      out.append(f"| {r['row']} | {label} | {get('acc')} | {get('nll')} | {get('brier')} "
+                 f"| {get('ece')} | {get('aurc')} | {auroc('ptb')} | {auroc('scaledata')} "
+                 f"| {run} | {r['device'] or '–'} |")
+  return out
 
 
 README_START, README_END = "<!-- results:start -->", "<!-- results:end -->"

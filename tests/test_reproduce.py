@@ -276,3 +276,44 @@ def test_committed_results_name_no_path_of_the_machine():
       assert collect.portable(rec["command"]) == rec["command"], (path, rec["row"])
   for path in [*results.rglob("*.md"), *results.rglob("*.csv")]:
     assert not re.search(r"--workdir[= ]/", path.read_text()), path
+
+
+def test_imdb_report_combines_the_seeds_into_a_deep_ensemble(tmp_path):
+  """The no-dropout IMDB seeds' saved predictions make the ensemble row: its metrics against a
+  direct computation on the mean of the members' probabilities (accuracy, NLL, and the OOD
+  AUROC as a pairwise count); kept from the committed results when the workdirs are gone."""
+  import numpy as np
+  root, out = tmp_path / "root", tmp_path / "results"
+  rng = np.random.default_rng(0)
+  labels = rng.integers(0, 2, 40)
+  members, oods = [], []
+  for k in range(5):
+    logits = rng.normal(size=(40, 2)) + 1.5 * np.eye(2)[labels]
+    p = np.exp(logits) / np.exp(logits).sum(1, keepdims=True)
+    q = rng.dirichlet([2.0, 2.0], 30)
+    members.append(p)
+    oods.append(q)
+    name = f"imdb_lstm_none_seed{k}"
+    fake_workdir(root, name, seed=k, epochs=15, results={"test_acc": 0.5, "mc_samples": 0})
+    np.savez(root / name / "predictions_test.npz", labels=labels, probs=p)
+    np.savez(root / name / "predictions_ood_ptb_test.npz", probs=q)
+  fake_workdir(root, "imdb_lstm_variational_untied", epochs=15,
+               results={"test_acc": 0.8, "test_acc_mc": 0.81, "test_nll_mc": 0.4, "mc_samples": 100,
+                        "test_ood_ptb_auroc_entropy_mc": 0.7, "test_ood_ptb_auroc_mi_mc": 0.75})
+  recs = {r["row"]: r for r in report.report(str(root), str(out), [])}
+  ens = recs["imdb_lstm_none_ensemble"]
+  p, q = np.mean(members, 0), np.mean(oods, 0)
+  assert ens["status"] == "done" and ens["members"] == 5
+  assert ens["results"]["test_acc"] == np.mean(p.argmax(1) == labels)
+  assert abs(ens["results"]["test_nll"] + np.mean(np.log(p[np.arange(40), labels]))) < 1e-12
+  h = lambda x: -np.sum(x * np.log(x), 1)  # noqa: E731
+  pairs = np.mean([(o > i) + 0.5 * (o == i) for o in h(q) for i in h(p)])
+  assert abs(ens["results"]["test_ood_ptb_auroc_entropy"] - pairs) < 1e-12
+  assert "test_ood_ptb_auroc_mi" in ens["results"]  # disagreement between members
+  table = (out / "README_table.md").read_text()
+  assert "| imdb_lstm_none_ensemble | deep ensemble (5 members) |" in table
+  assert "| imdb_lstm_variational_untied | MC dropout (100) | 0.8100 | 0.4000 |" in table
+  assert "| 0.700 / 0.750 |" in table
+  assert (out / "imdb_risk_coverage.png").stat().st_size > 1000
+  again = {r["row"]: r for r in report.report(str(tmp_path / "empty"), str(out), [])}
+  assert again["imdb_lstm_none_ensemble"]["results"] == ens["results"]

@@ -16,8 +16,9 @@ classification): the dropout approximation and MC dropout, and their metrics.
 
 from __future__ import annotations
 
+import os
 import sys
-from typing import Callable, NamedTuple, Optional
+from typing import Callable, NamedTuple, Optional, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -26,6 +27,7 @@ from tqdm import tqdm
 
 from vdrnn import models, plots, sharding, uncertainty
 from vdrnn.config import compute_dtype
+from vdrnn.data import sentiment as sentiment_data
 
 
 def make_predict_fns(config):
@@ -122,19 +124,72 @@ def _regression_summary(config, info: dict, y: np.ndarray, det: np.ndarray,
   return out
 
 
+def predictions(det: np.ndarray, mc: Optional[np.ndarray], labels=None) -> dict:
+  """What ``predictions_<tag>.npz`` holds, from logits ``det [N, K]`` and ``mc [S, N, K]``:
+  ``probs`` (the dropout approximation, ``[N, K]``) and, with MC samples, ``probs_mc`` (their
+  mean probability, ``[N, K]``) and ``mi_mc`` (the mutual information, ``[N]``); ``labels
+  [N]`` when given. Every classification metric is computed from these arrays."""
+  out = {} if labels is None else {"labels": np.asarray(labels)}
+  out["probs"] = uncertainty.softmax(det)
+  if mc is not None:
+    pred = uncertainty.predictive(uncertainty.softmax(mc))
+    out["probs_mc"], out["mi_mc"] = pred["probs"], pred["mi"]
+  return out
+
+
+def modes(preds: dict) -> dict:
+  """``{"": dropout approximation, "_mc": MC dropout}`` as ``uncertainty.predictive`` dicts
+  (the approximation's mutual information is 0: one pass)."""
+  out = {"": {"probs": preds["probs"], "mi": np.zeros(len(preds["probs"]))}}
+  if "probs_mc" in preds:
+    out["_mc"] = {"probs": preds["probs_mc"], "mi": preds["mi_mc"]}
+  return out
+
+
+def mode_metrics(pred: dict, labels, n_bins: int, one_pass: bool = False) -> dict:
+  """``uncertainty.summary`` of one predictive distribution ``pred`` (``{"probs", "mi"}``)
+  and the area under its risk-coverage curve with the inputs accepted by predictive entropy
+  (``aurc``) and by mutual information (``aurc_mi``); ``one_pass`` (the dropout approximation,
+  whose mutual information is 0) leaves the mutual-information metrics out."""
+  out = uncertainty.summary(pred, labels, n_bins)
+  correct = np.argmax(pred["probs"], -1) == np.asarray(labels)
+  scores = uncertainty.ood_scores(pred)
+  out["aurc"] = uncertainty.aurc(scores["entropy"], correct)
+  out["aurc_mi"] = uncertainty.aurc(scores["mi"], correct)
+  return {k: v for k, v in out.items() if not (one_pass and k.startswith(("mi", "aurc_mi")))}
+
+
+def mode_ood(pred: dict, pred_ood: dict, one_pass: bool = False) -> dict:
+  """AUROC and AUPR (OOD inputs positive) of the predictive entropy and, unless ``one_pass``,
+  the mutual information: ``auroc_entropy``, ``aupr_entropy``, ``auroc_mi``, ``aupr_mi``."""
+  keep = ("entropy",) if one_pass else ("entropy", "mi")
+  return {k: v for k, v in uncertainty.ood_detection(pred, pred_ood).items()
+          if k.split("_", 1)[1] in keep}
+
+
+def prediction_metrics(preds: dict, n_bins: int) -> dict:
+  """``mode_metrics`` of the dropout approximation and, suffixed ``_mc``, of MC dropout."""
+  out = {}
+  for suffix, pred in modes(preds).items():
+    out.update({k + suffix: v for k, v in
+                mode_metrics(pred, preds["labels"], n_bins, one_pass=not suffix).items()})
+  return out
+
+
+def ood_metrics(preds: dict, preds_ood: dict) -> dict:
+  """``mode_ood`` of each mode (``_mc``: MC dropout): ``auroc_entropy``, ``aupr_entropy``,
+  ``auroc_entropy_mc``, ``auroc_mi_mc``, ..."""
+  ood = modes(preds_ood)
+  out = {}
+  for suffix, pred in modes(preds).items():
+    out.update({k + suffix: v for k, v in mode_ood(pred, ood[suffix], not suffix).items()})
+  return out
+
+
 def _classification_summary(config, info: dict, y: np.ndarray, det: np.ndarray,
                             mc: Optional[np.ndarray], taus: Optional[dict] = None) -> dict:
-  """Classification: accuracy, NLL, ECE and predictive entropy of the dropout approximation;
-  with MC samples also theirs and the mutual information, suffixed ``_mc``."""
-  e = config.eval
-  out = uncertainty.classification_summary(uncertainty.softmax(det)[None], y, e.ece_bins)
-  out = {k: v for k, v in out.items() if not k.startswith("mi")}  # 0 for a single pass
-  if mc is not None:
-    out.update({
-        f"{k}_mc": v for k, v in uncertainty.classification_summary(uncertainty.softmax(mc), y,
-                                                                    e.ece_bins).items()
-    })
-  return out
+  """Classification: ``prediction_metrics`` of the dropout approximation and MC dropout."""
+  return prediction_metrics(predictions(det, mc, y), config.eval.ece_bins)
 
 
 def _regression_targets(split: dict, info: dict) -> np.ndarray:
@@ -193,14 +248,37 @@ def evaluate(config,
              *,
              samples: int = 0,
              progress: bool = False,
-             reliability_png: Optional[str] = None,
-             taus: Optional[dict] = None) -> dict:
-  """The head's ``summarize`` of ``split``'s predictions (``taus``: see ``fit_taus``)."""
+             taus: Optional[dict] = None,
+             workdir: Optional[str] = None,
+             tag: str = "test",
+             ood: Sequence[str] = ()) -> dict:
+  """The head's ``summarize`` of ``split``'s predictions (``taus``: see ``fit_taus``).
+
+  Classification with a ``workdir`` also writes there, named by ``tag``: the per-example
+  predictions ``predictions_<tag>.npz`` (``predictions``: the arrays the metrics come from),
+  ``reliability_<tag>.png`` and ``risk_coverage_<tag>.png``; and for each OOD set in ``ood``
+  (``vdrnn.data.sentiment.OOD_SETS``, inputs prepared as the test set) its predictions
+  ``predictions_ood_<name>_<tag>.npz`` and the metrics ``ood_<name>_<auroc|aupr>_...``."""
   det, mc = predict(config, fns, params, split["x"], mesh, samples=samples, progress=progress)
-  out = head.summarize(config, info, split["y"], det, mc, taus)
-  if reliability_png and head.classes:
-    curves = {"dropout approx.": uncertainty.softmax(det)}
+  if not (head.classes and workdir):
+    return head.summarize(config, info, split["y"], det, mc, taus)
+  e = config.eval
+  preds = predictions(det, mc, split["y"])
+  out = prediction_metrics(preds, e.ece_bins)
+  primary = sharding.is_primary()
+  if primary:
+    np.savez(os.path.join(workdir, f"predictions_{tag}.npz"), **preds)
+    curves = {"dropout approx.": preds["probs"]}
     if mc is not None:
-      curves[f"MC dropout ({samples})"] = uncertainty.softmax(mc).mean(0)
-    plots.reliability_diagram(reliability_png, curves, split["y"], config.eval.ece_bins)
+      curves[f"MC dropout ({samples})"] = preds["probs_mc"]
+    plots.reliability_diagram(os.path.join(workdir, f"reliability_{tag}.png"), curves,
+                              split["y"], e.ece_bins)
+    plots.risk_coverage(os.path.join(workdir, f"risk_coverage_{tag}.png"), curves, split["y"])
+  for name in ood:
+    x = sentiment_data.ood_inputs(config, name)[0]["x"]
+    det_o, mc_o = predict(config, fns, params, x, mesh, samples=samples, progress=progress)
+    preds_o = predictions(det_o, mc_o)
+    if primary:
+      np.savez(os.path.join(workdir, f"predictions_ood_{name}_{tag}.npz"), **preds_o)
+    out.update({f"ood_{name}_{k}": v for k, v in ood_metrics(preds, preds_o).items()})
   return out

@@ -141,6 +141,7 @@ def base_config() -> ml_collections.ConfigDict:
   # training examples evaluated (dropout approximation) after every epoch
   c.eval.train_examples = 1000
   c.eval.ece_bins = 15         # classification: equal-width confidence bins
+  c.eval.ood = ""              # IMDB: OOD sets at the test evaluation, e.g. "ptb,scaledata"
   c.eval.seed = 1
   return c
 
@@ -173,6 +174,11 @@ RESUME_KEYS = [
 ]
 
 
+def ood_sets(config) -> list[str]:
+  """The OOD sets named in ``eval.ood`` (comma-separated; classification only)."""
+  return [n.strip() for n in config.eval.get("ood", "").split(",") if n.strip()]
+
+
 def validate(config, head: Head) -> None:
   """One-line ``UserError`` for the first bad field."""
   m, d, t, e = config.model, config.data, config.train, config.eval
@@ -203,6 +209,10 @@ def validate(config, head: Head) -> None:
     raise UserError(f"train.weight_decay_scope must be one of {L2_SCOPES}, "
                     f"got {t.weight_decay_scope!r}")
   check_compute_dtype(config)
+  for name in ood_sets(config):
+    if not head.classes or name not in data_lib.OOD_SETS:
+      raise UserError(f"eval.ood: {name!r} is not an OOD set of {config.task} (IMDB has "
+                      f"{', '.join(data_lib.OOD_SETS)})")
   if e.mc_samples < 0 or e.mc_every_epochs < 0 or e.train_examples < 0:
     raise UserError("eval.mc_samples, eval.mc_every_epochs and eval.train_examples must be >= 0")
   if e.tau <= 0 or e.ece_bins < 1:
@@ -432,8 +442,8 @@ class SeqTask(loop.Task):
     taus, _ = self.training_examples(params, e.mc_samples)
     test = evaluate(config, self.head, self.fns, params, self.splits["test"], self.info,
                     self.mesh, samples=e.mc_samples,
-                    progress=config.train.progress and sharding.is_primary(),
-                    reliability_png=os.path.join(self.workdir, "reliability_test.png"), taus=taus)
+                    progress=config.train.progress and sharding.is_primary(), taus=taus,
+                    workdir=self.workdir, tag="test", ood=ood_sets(config))
     best = meta["best"]
     results = {**{f"test_{k}": v for k, v in test.items()}, "mc_samples": e.mc_samples,
                "checkpoint": "last", "step": loop.current_step(state),
@@ -479,9 +489,9 @@ def evaluate_workdir(config, workdir: str, head: Head, *, checkpoint: str = "lat
     det, mc = predict(config, fns, state["params"], sub, mesh, samples=n)
     taus = fit_taus(info, splits["train"]["y"][:config.eval.train_examples], det, mc)
   out = evaluate(config, head, fns, state["params"], splits[split], info, mesh, samples=n,
-                 progress=config.train.progress if progress is None else progress,
-                 reliability_png=os.path.join(workdir, f"reliability_{checkpoint}_{split}.png"),
-                 taus=taus)
+                 progress=config.train.progress if progress is None else progress, taus=taus,
+                 workdir=workdir, tag=f"{checkpoint}_{split}",
+                 ood=ood_sets(config) if split == "test" else ())
   results = {**{f"{split}_{k}": v for k, v in out.items()}, "mc_samples": n,
              "checkpoint": checkpoint, "step": int(state["step"]),
              "epoch": len(meta.get("history", []))}

@@ -173,13 +173,33 @@ def ece(probs, labels, n_bins: int = 15) -> float:
              np.abs(b["accuracy"][keep] - b["confidence"][keep])))
 
 
-def classification_summary(probs_samples, labels, n_bins: int = 15) -> dict:
-  """Metrics of the predictive distribution from ``[S, N, K]`` probabilities (S = 1: the
-  dropout approximation): accuracy, nll, brier, ece, and means of the predictive entropy and the
-  mutual information, over all points and over correct / wrong predictions."""
-  ps = np.asarray(probs_samples, np.float64)
-  p = ps.mean(0)
-  h, mi = entropy(p), mutual_information(ps)
+def predictive(probs) -> dict:
+  """``{"probs": [N, K], "mi": [N]}`` from per-pass probabilities ``[S, N, K]``: the predictive
+  probability ``(1/S) sum_s p_s`` and the mutual information (0 when ``S = 1``). Every metric
+  below is a function of these two arrays (``summary``, ``ood_scores``), which is what a
+  workdir's ``predictions_*.npz`` holds."""
+  ps = np.asarray(probs, np.float64)
+  return {"probs": ps.mean(0), "mi": mutual_information(ps)}
+
+
+def ensemble(members: list) -> dict:
+  """``predictive`` of a deep ensemble (Lakshminarayanan et al. 2017) from its members'
+  ``{"probs" [N, K], "mi" [N]}`` (each a single pass, ``mi = 0``, or MC dropout's mean over its
+  own S samples): the mean over members, and the mutual information over all member x sample
+  passes, ``H[mean] - mean_m (H[probs_m] - mi_m)`` (each member's mean entropy of its passes is
+  ``H[probs_m] - mi_m``), exact when every member has the same number of passes."""
+  p = np.stack([np.asarray(m["probs"], np.float64) for m in members])
+  within = np.stack([entropy(m["probs"]) - np.asarray(m["mi"], np.float64) for m in members])
+  mean = p.mean(0)
+  return {"probs": mean, "mi": entropy(mean) - within.mean(0)}
+
+
+def summary(pred: dict, labels, n_bins: int = 15) -> dict:
+  """Metrics of a predictive distribution ``pred`` (``predictive``): accuracy, nll, brier,
+  ece, and means of the predictive entropy and the mutual information, over all points and
+  over correct / wrong predictions."""
+  p, mi = pred["probs"], np.asarray(pred["mi"], np.float64)
+  h = entropy(p)
   right = np.argmax(p, -1) == np.asarray(labels)
 
   def mean(v, m):
@@ -199,22 +219,28 @@ def classification_summary(probs_samples, labels, n_bins: int = 15) -> dict:
   }
 
 
+def classification_summary(probs_samples, labels, n_bins: int = 15) -> dict:
+  """``summary`` of ``[S, N, K]`` probabilities (S = 1: the dropout approximation)."""
+  return summary(predictive(probs_samples), labels, n_bins)
+
+
 # ----------------------------------------------------------------------------------------
 # Out-of-distribution detection and selective prediction.
 
 
 def ood_scores(probs) -> dict:
-  """Per-input scores ``[N]`` from probabilities ``[S, N, K]``, higher = more likely
-  out-of-distribution (Hendrycks & Gimpel 2017's baseline and its Bayesian refinements):
+  """Per-input scores ``[N]``, higher = more likely out-of-distribution (Hendrycks & Gimpel
+  2017's baseline and its Bayesian refinements), from probabilities ``[S, N, K]`` or a
+  ``predictive`` dict:
 
   * ``entropy``: the predictive entropy ``H[(1/S) sum_s p_s]`` (total uncertainty);
   * ``mi``: the mutual information (``mutual_information``; epistemic, 0 when ``S = 1``);
   * ``least_confidence``: ``1 - max_k p_k`` of the predictive probability (Hendrycks &
     Gimpel's maximum softmax probability, reversed so that higher = more likely OOD).
   """
-  ps = np.asarray(probs, np.float64)
-  p = ps.mean(0)
-  return {"entropy": entropy(p), "mi": mutual_information(ps),
+  pred = probs if isinstance(probs, dict) else predictive(probs)
+  p = np.asarray(pred["probs"], np.float64)
+  return {"entropy": entropy(p), "mi": np.asarray(pred["mi"], np.float64),
           "least_confidence": 1.0 - p.max(-1)}
 
 
@@ -277,7 +303,8 @@ def aupr(scores, positive) -> float:
 
 def ood_detection(probs_in, probs_out) -> dict:
   """``auroc_<score>`` and ``aupr_<score>`` (``ood_scores``' scores; positive = OOD) of
-  in-distribution ``[S, N, K]`` against out-of-distribution ``[S, M, K]`` probabilities."""
+  in-distribution ``[S, N, K]`` against out-of-distribution ``[S, M, K]`` probabilities (or
+  ``predictive`` dicts of each)."""
   s_in, s_out = ood_scores(probs_in), ood_scores(probs_out)
   positive = np.r_[np.zeros(len(s_in["entropy"]), bool), np.ones(len(s_out["entropy"]), bool)]
   out = {}

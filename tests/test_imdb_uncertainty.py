@@ -1,0 +1,137 @@
+"""The IMDB uncertainty benchmark end to end on the tiny corpora: per-example predictions saved
+beside every test evaluation, the summary metrics recomputed from exactly those arrays by
+direct formulas, OOD detection on text prepared as the test set, the deep-ensemble combination
+against stacking every pass, and bad input as one line and exit 2."""
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from configs import imdb_lstm
+from tests.helpers import evaluate_cli
+from vdrnn import tasks, uncertainty
+from vdrnn.data import sentiment as data
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TINY = os.path.join(ROOT, "tests", "data")
+
+
+def _config():
+  c = imdb_lstm.get_config("tiny")
+  c.data_dir, c.verify_checksums = TINY, False
+  c.train.num_epochs = 1
+  c.train.progress = False
+  c.eval.mc_samples = 4
+  c.eval.ood = "scaledata"
+  return c
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+  c = _config()
+  workdir = str(tmp_path_factory.mktemp("imdb"))
+  return c, workdir, tasks.train_and_evaluate(c, workdir)
+
+
+def _ece_by_loop(p, labels, n_bins):
+  """Expected calibration error by a loop over equal-width bins of the top-label confidence."""
+  conf, pred = p.max(1), p.argmax(1)
+  total = 0.0
+  for b in range(n_bins):
+    lo, hi = b / n_bins, (b + 1) / n_bins
+    inside = [i for i in range(len(p)) if (lo < conf[i] <= hi) or (b == 0 and conf[i] == 0)]
+    if inside:
+      acc = np.mean([pred[i] == labels[i] for i in inside])
+      total += len(inside) / len(p) * abs(acc - np.mean(conf[inside]))
+  return total
+
+
+def _auroc_by_pairs(s_in, s_out):
+  """P(score of an OOD input > score of an in-distribution one), ties counted half."""
+  return np.mean([(o > i) + 0.5 * (o == i) for o in s_out for i in s_in])
+
+
+def _entropy(p):
+  return -np.sum(np.where(p > 0, p * np.log(np.where(p > 0, p, 1)), 0), -1)
+
+
+def test_predictions_are_saved_and_the_metrics_come_from_them(run):
+  c, workdir, r = run
+  pred = np.load(os.path.join(workdir, "predictions_test.npz"))
+  labels, probs, probs_mc, mi_mc = pred["labels"], pred["probs"], pred["probs_mc"], pred["mi_mc"]
+  n = len(labels)
+  assert probs.shape == probs_mc.shape == (n, 2) and mi_mc.shape == (n,)
+  np.testing.assert_allclose(probs.sum(1), 1, atol=1e-12)
+  for suffix, p in (("", probs), ("_mc", probs_mc)):
+    assert r[f"test_acc{suffix}"] == pytest.approx(np.mean(p.argmax(1) == labels))
+    assert r[f"test_nll{suffix}"] == pytest.approx(-np.mean(np.log(p[np.arange(n), labels])))
+    assert r[f"test_brier{suffix}"] == pytest.approx(
+        np.mean(np.sum((p - np.eye(2)[labels]) ** 2, 1)))
+    assert r[f"test_ece{suffix}"] == pytest.approx(_ece_by_loop(p, labels, c.eval.ece_bins))
+    # AURC by sorting: the mean over k of the error on the k least uncertain inputs
+    h = _entropy(p)
+    wrong = (p.argmax(1) != labels)[np.argsort(h, kind="stable")]
+    if len(np.unique(h)) == n:
+      assert r[f"test_aurc{suffix}"] == pytest.approx(np.mean(np.cumsum(wrong) / np.arange(1, n + 1)))
+  assert r["test_mi_mc"] == pytest.approx(mi_mc.mean()) and (mi_mc >= -1e-12).all()
+  for name in ("reliability_test.png", "risk_coverage_test.png"):
+    assert os.path.exists(os.path.join(workdir, name)), name
+
+
+def test_ood_inputs_are_the_scaledata_reviews_and_auroc_is_a_pairwise_count(run):
+  c, workdir, r = run
+  ood = np.load(os.path.join(workdir, "predictions_ood_scaledata_test.npz"))
+  x, _ = data.ood_inputs(c, "scaledata")
+  assert set(ood.files) == {"probs", "probs_mc", "mi_mc"} and len(ood["probs"]) == len(x["x"])
+  ind = np.load(os.path.join(workdir, "predictions_test.npz"))
+  for key, s_in, s_out in (("auroc_entropy", _entropy(ind["probs"]), _entropy(ood["probs"])),
+                           ("auroc_entropy_mc", _entropy(ind["probs_mc"]),
+                            _entropy(ood["probs_mc"])),
+                           ("auroc_mi_mc", ind["mi_mc"], ood["mi_mc"])):
+    assert r[f"test_ood_scaledata_{key}"] == pytest.approx(_auroc_by_pairs(s_in, s_out)), key
+  assert 0 <= r["test_ood_scaledata_aupr_mi_mc"] <= 1
+
+
+def test_evaluate_cli_rewrites_the_same_predictions(run, capsys):
+  c, workdir, r = run
+  evaluate_cli(["evaluate", f"--workdir={workdir}"])
+  again = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+  first = np.load(os.path.join(workdir, "predictions_test.npz"))
+  second = np.load(os.path.join(workdir, "predictions_latest_test.npz"))
+  for k in first.files:
+    np.testing.assert_allclose(second[k], first[k], rtol=1e-6, atol=1e-9)
+  assert again["test_ood_scaledata_auroc_mi_mc"] == pytest.approx(
+      r["test_ood_scaledata_auroc_mi_mc"], abs=1e-6)
+  assert os.path.exists(os.path.join(workdir, "predictions_ood_scaledata_latest_test.npz"))
+
+
+def test_ensemble_equals_stacking_every_member_pass():
+  rng = np.random.default_rng(0)
+  members = [uncertainty.softmax(rng.normal(size=(5, 7, 3)) * (m + 1)) for m in range(4)]
+  stacked = uncertainty.predictive(np.concatenate(members))
+  combined = uncertainty.ensemble([uncertainty.predictive(m) for m in members])
+  np.testing.assert_allclose(combined["probs"], stacked["probs"], rtol=1e-12)
+  np.testing.assert_allclose(combined["mi"], stacked["mi"], rtol=1e-10, atol=1e-12)
+  single = uncertainty.ensemble([{"probs": m[0], "mi": np.zeros(7)} for m in members])
+  np.testing.assert_allclose(single["mi"], uncertainty.mutual_information(
+      np.stack([m[0] for m in members])), atol=1e-12)
+
+
+@pytest.mark.parametrize("flag,message", [
+    ("--config.eval.ood=wiki", "error: eval.ood: 'wiki' is not an OOD set of imdb"),
+    ("--config.eval.mc_samples=-1", "error: eval."),
+])
+def test_bad_ood_set_or_sample_count_is_one_line_and_exit_2(tmp_path, flag, message):
+  p = subprocess.run([sys.executable, "-m", "vdrnn.train", "--config",
+                      "configs/imdb_lstm.py:tiny", f"--config.data_dir={TINY}",
+                      "--config.verify_checksums=False", "--workdir", str(tmp_path / "w"), flag],
+                     cwd=ROOT, env=dict(os.environ, JAX_PLATFORMS="cpu"), capture_output=True,
+                     text=True, timeout=300)
+  lines = p.stderr.strip().splitlines()
+  assert p.returncode == 2, p.stderr[-2000:]
+  assert "Traceback" not in p.stderr and lines[-1].startswith(message), p.stderr[-2000:]
+  assert [l for l in lines if l.startswith("error:")] == lines[-1:]
