@@ -68,6 +68,39 @@ def plot_sentiment(records: list[dict], results_dir: str) -> list[str]:
   return paths
 
 
+def plot_ptb(records: list[dict], results_dir: str) -> list[str]:
+  """``ptb_valid.png``: validation perplexity (the Lua formula's) against epochs for every PTB
+  row with a curve (seed families as their seed rows), each with its paper value dashed."""
+  import matplotlib
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+
+  recs = [r for r in records if r["task"] == "ptb" and
+          any(c.get("valid_ppl_lua") is not None for c in r["curve"])]
+  if not recs:
+    return []
+  fig, ax = plt.subplots(figsize=(7, 4.5))
+  for r in recs:
+    pts = [(c["epoch"], c["valid_ppl_lua"]) for c in r["curve"] if c.get("valid_ppl_lua")]
+    line, = ax.plot(*zip(*pts), lw=1.2, label=f"{r['row']} ({r['device'] or '?'})")
+    paper_row = next((row for row in ROWS if row.name == r["row"]), None)
+    pap = paper_row.paper if paper_row else None
+    if pap and pap.get("valid"):
+      ax.axhline(pap["valid"][0], color=line.get_color(), ls="--", lw=0.8)
+  ax.set_yscale("log")
+  ax.set_ylim(top=min(200, ax.get_ylim()[1]))
+  ax.set_xlabel("epoch")
+  ax.set_ylabel("validation perplexity (Lua formula)")
+  ax.set_title("PTB validation curves (dashed: the paper's final value)", fontsize=9)
+  ax.grid(alpha=0.3, which="both")
+  ax.legend(fontsize=7)
+  fig.tight_layout()
+  path = os.path.join(results_dir, "ptb_valid.png")
+  fig.savefig(path, dpi=100)
+  plt.close(fig)
+  return [path]
+
+
 def plot_imdb(records: list[dict], root: str, results_dir: str) -> list[str]:
   """``imdb_risk_coverage.png``: accuracy against coverage (inputs accepted by predictive
   entropy) of each IMDB row whose test predictions are in its workdir (MC dropout where it
@@ -121,7 +154,8 @@ def report(root: str, results_dir: str, extra: list[str]) -> list[dict]:
   table = markdown(ptb, sent, records)
   with open(os.path.join(results_dir, "README_table.md"), "w") as f:
     f.write(table)
-  figures = plot_sentiment(records, results_dir) + plot_imdb(records, root, results_dir)
+  figures = (plot_ptb(records, results_dir) + plot_sentiment(records, results_dir) +
+             plot_imdb(records, root, results_dir))
   for r in records:  # each MC curve's figure beside the table
     png = os.path.join(root, r["row"], "mc_test.png")
     if r.get("mc_curve") and os.path.exists(png):

@@ -193,7 +193,8 @@ def markdown(ptb: list[dict], sent: list[dict], records: list[dict]) -> str:
          "### Penn Treebank (perplexity)", "",
          "Paper: Gal & Ghahramani 2016, Table 1 (Zaremba et al. 2014 for the no-dropout small "
          "model, Press & Wolf 2016 for tied embeddings). Paper validation numbers are the Lua "
-         "formula's (`valid (Lua formula)`); `valid (exact)` has no paper counterpart.", "",
+         "formula's (`valid (Lua formula)`); `valid (exact)` has no paper counterpart. The "
+         "validation curves of every row: `ptb_valid.png`.", "",
          "| row | metric | paper | vdrnn | difference | seeds | run | device | wall time |",
          "|---|---|---|---|---|---|---|---|---|"]
   for l in ptb:

@@ -90,7 +90,8 @@ def test_report_from_fixture_workdirs(tmp_path):
   fake_workdir(root, "large_variational_untied", results={"valid_ppl": 79.0, "valid_ppl_lua": 78.0,
                                                           "test_ppl": 75.5, "mc_test_ppl": 73.6,
                                                           "mc_samples": 1000},
-               device="NVIDIA H100 80GB HBM3 (gpu)", epochs=55)
+               device="NVIDIA H100 80GB HBM3 (gpu)", epochs=55,
+               history=[{"epoch": 1, "valid_ppl_lua": 150.0}, {"epoch": 2, "valid_ppl_lua": 120.0}])
   # its MC curve: perplexity with the first k of its 1000 samples, and the figure
   write(root / "large_variational_untied" / "mc_test.json",
         {"ppl_by_samples": [73.6 + 10.0 / k for k in range(1, 1001)]})
@@ -133,6 +134,7 @@ def test_report_from_fixture_workdirs(tmp_path):
   assert ("| large_variational_untied | 83.60 | 78.60 | 75.60 | 74.60 | 74.10 | 73.80 | 73.70 "
           "| 73.65 | 73.62 | 73.61 |") in lines
   assert (out / "large_variational_untied_mc_test.png").read_bytes() == b"png"
+  assert (out / "ptb_valid.png").stat().st_size > 1000  # the validation curves
   # Rows without a result: "not run" with their command, never a number.
   med = next(l for l in lines if l.startswith("| medium_naive | test "))
   assert "| 82.7 | not run | – |" in med
@@ -245,7 +247,8 @@ def test_report_rewrites_only_the_readme_results_block(tmp_path):
   fake_workdir(root, "large_variational_untied", results={"valid_ppl": 79.0, "valid_ppl_lua": 78.0,
                                                           "test_ppl": 75.5, "mc_test_ppl": 73.6,
                                                           "mc_samples": 1000},
-               device="NVIDIA H100 80GB HBM3 (gpu)", epochs=55)
+               device="NVIDIA H100 80GB HBM3 (gpu)", epochs=55,
+               history=[{"epoch": 1, "valid_ppl_lua": 150.0}, {"epoch": 2, "valid_ppl_lua": 120.0}])
   records = collect.merge([collect.collect(r, str(root), []) for r in ROWS], None)
   summary = tables.readme_summary(tables.ptb_lines(records),
                                   tables.sentiment_lines(records))
