@@ -174,7 +174,8 @@ def ensemble(family: str, members: list[dict], root: str,
       out = uncertainty.ensemble([single(dict(np.load(f))) for f in files])
       set_name = ood[len("predictions_ood_"):-len("_test.npz")]
       res.update({f"test_ood_{set_name}_{k}": v for k, v in seq_eval.mode_ood(ens, out).items()})
-  rec.update(status="done", results={k: float(v) for k, v in res.items() if np.isfinite(v)}, members=len(preds),
+  rec.update(status="done", results={k: float(v) for k, v in res.items() if np.isfinite(v)},
+             members=len(preds),
              device=", ".join(sorted({m["device"] for m in members if m["device"]})) or None,
              wall_s=sum(m["wall_s"] or 0 for m in members) or None, epochs=members[0]["epochs"])
   return rec
