@@ -352,3 +352,43 @@ def test_imdb_workdirs_go_to_the_imdb_task(tmp_path, monkeypatch):
       "checkpoint": "best",
       "split": "train",
   }
+
+
+def test_an_interrupted_mc_pass_resumes_to_the_uninterrupted_result(tmp_path, monkeypatch):
+  """The MC pass writes its state to ``partial`` (here after every window) and a pass killed
+  half-way resumes from it: same result as one uninterrupted pass, the file removed at the end;
+  the state of another pass (other sample count) is not resumed."""
+  cfg, params, ids = case_setup("variational_untied")
+  rates = lm_eval.mc_rates(cfg)
+  run = lambda samples=4, **kw: lm_eval.mc_log_pbar(  # noqa: E731
+      cfg, params, ids, samples=samples, chunk=2, rates=rates, power=0.5, **kw)
+  want = run()
+  monkeypatch.setattr(lm_eval, "PROGRESS_SECONDS", 0.0)  # one window a segment
+  monkeypatch.setattr(lm_eval, "SAVE_SECONDS", -1.0)     # a save after every segment
+  path = str(tmp_path / "mc_test.partial.npz")
+  save, saves = lm_eval._save_partial, []
+
+  def killed_after_two(*args):
+    save(*args)
+    saves.append(args[2])  # windows done
+    if len(saves) == 2:
+      raise KeyboardInterrupt
+  monkeypatch.setattr(lm_eval, "_save_partial", killed_after_two)
+  with pytest.raises(KeyboardInterrupt):
+    run(partial=path)
+  assert os.path.exists(path) and saves == [1, 2]
+  monkeypatch.setattr(lm_eval, "_save_partial", save)
+  with np.load(path) as z:
+    assert int(z["first"]) == 2
+  other = run(samples=3, partial=path)  # another pass: starts afresh, and ends
+  np.testing.assert_allclose(other["log_pbar"], run(samples=3)["log_pbar"], rtol=1e-6, atol=1e-6)
+  with pytest.raises(KeyboardInterrupt):
+    monkeypatch.setattr(lm_eval, "_save_partial", killed_after_two)
+    saves.clear()
+    run(partial=path)
+  monkeypatch.setattr(lm_eval, "_save_partial", save)
+  got = run(partial=path)
+  assert not os.path.exists(path)
+  np.testing.assert_allclose(got["log_pbar"], want["log_pbar"], rtol=1e-6, atol=1e-6)
+  for k in ("log_pbar_geometric", "log_pbar_power"):
+    assert got[k] == pytest.approx(want[k], rel=1e-6)

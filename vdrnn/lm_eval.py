@@ -194,7 +194,11 @@ def normalised_log_pbar(stat: jax.Array, y: jax.Array, scale: float) -> jax.Arra
 def zero_carry(config, C: int, mesh=None):
   """The LSTM state of C sample rows at the stream's start, split over the devices when C
   divides."""
-  carry = models.lm_zero_carry(config.model, C)
+  return _place(models.lm_zero_carry(config.model, C), C, mesh)
+
+
+def _place(carry, C: int, mesh=None):
+  """``carry`` of C sample rows split over the devices when C divides, as ``zero_carry``."""
   if mesh is not None and mesh.devices.size > 1 and C % mesh.devices.size == 0:
     return jax.device_put(carry, sharding.batch_sharding(mesh))
   return carry
@@ -213,9 +217,24 @@ def make_mc_chunk_fn(config, rates: dict, temperature: float = 1.0):
   return jax.jit(chunk)
 
 
+SAVE_SECONDS = 300.0  # an MC pass with a ``partial`` file writes its state this often
+
+
+def _fingerprint(config, params, ids, samples, chunk, rates, temperature, power) -> str:
+  """What an MC pass's partial state is valid for: its settings, the stream and the model (a
+  checksum of the parameters)."""
+  leaves = jax.tree.leaves(jax.device_get(params))
+  return json.dumps({
+      "samples": samples, "chunk": chunk, "rates": {k: float(v) for k, v in rates.items()},
+      "temperature": float(temperature), "power": float(power), "seed": int(config.eval.seed),
+      "seq_length": int(config.eval.seq_length), "emb": bool(config.eval.mc_emb_dropout),
+      "tokens": int(len(ids)), "ids": int(np.asarray(ids, np.int64).sum()),
+      "params": [float(np.asarray(a, np.float64).sum()) for a in leaves]}, sort_keys=True)
+
+
 def mc_log_pbar(config, params, ids: np.ndarray, *, samples: int, chunk: int, rates: dict,
                 temperature: float = 1.0, progress: bool = False, desc: str = "MC samples",
-                power: float = 0.0) -> dict:
+                power: float = 0.0, partial: Optional[str] = None) -> dict:
   """Streams ``ids`` through S samples, a segment of windows at a time and, for each segment,
   chunk after chunk of samples (each chunk's state carried to its next segment); returns
   ``{"log_pbar": [S] float64 (mean over tokens of log pbar after k = 1..S samples, the
@@ -225,7 +244,13 @@ def mc_log_pbar(config, params, ids: np.ndarray, *, samples: int, chunk: int, ra
   renormalised over the vocabulary; Melis et al. 2018), from the same samples.
 
   Segments are sized (from the first call's time) to take about ``PROGRESS_SECONDS`` a chunk,
-  so the progress bar moves; the results do not depend on the segment size."""
+  so the progress bar moves; the results do not depend on the segment size.
+
+  ``partial``: a file (``.npz``) where the pass writes its state every ``SAVE_SECONDS`` (the
+  windows done, each chunk's LSTM state, the running sums) and which it resumes from when it
+  holds the state of the same pass (settings, stream and parameters); removed at the end. A
+  long MC test killed half-way (a session that ends) goes on where it stopped, with the same
+  result as one uninterrupted pass."""
   if samples < 1 or chunk < 1:
     raise UserError(f"MC evaluation needs eval.mc_samples >= 1 and eval.mc_chunk >= 1, got "
                     f"{samples} and {chunk}")
@@ -251,6 +276,18 @@ def mc_log_pbar(config, params, ids: np.ndarray, *, samples: int, chunk: int, ra
   bar = tqdm(total=samples, desc=desc, unit="sample", disable=not progress, dynamic_ncols=True,
              file=sys.stderr, bar_format="{l_bar}{bar}| {n:.1f}/{total} [{elapsed}<{remaining}]")
   length, run_s, first = None, 0.0, 0
+  fingerprint = partial and _fingerprint(config, params, ids, samples, chunk, rates,
+                                         temperature, power)
+  if partial and os.path.exists(partial):
+    with np.load(partial) as saved:
+      if str(saved["fingerprint"]) == fingerprint:
+        first, acc, sums = int(saved["first"]), saved["acc"], saved["sums"]
+        mode_sums = {"geometric": float(saved["geometric"]), "power": float(saved["power"])}
+        carries = [_place(jax.tree.unflatten(jax.tree.structure(c), [
+            jnp.asarray(saved[f"carry_{j}_{i}"]) for i in range(len(jax.tree.leaves(c)))]),
+                          len(chunks[j]), mesh) for j, c in enumerate(carries)]
+        bar.update(samples * first / n)
+  saved_at = time.time()
   # the modes' [windows, T, V] statistics: at most about 64 MB a segment
   max_len = max(1, int(64e6 // (8 * xs.shape[1] * V))) if modes else n
   while first < n:
@@ -285,7 +322,12 @@ def mc_log_pbar(config, params, ids: np.ndarray, *, samples: int, chunk: int, ra
     if length is None:  # windows per segment for about PROGRESS_SECONDS a chunk
       length = int(min(n, max(1, PROGRESS_SECONDS * len(chunks) / max(spent, 1e-6))))
     first += step
+    if partial and first < n and time.time() - saved_at > SAVE_SECONDS:
+      _save_partial(partial, fingerprint, first, acc, sums, mode_sums, carries)
+      saved_at = time.time()
   bar.close()
+  if partial and os.path.exists(partial):
+    os.remove(partial)
   k = np.arange(1, samples + 1, dtype=np.float64)
   result = {"log_pbar": (sums - count * np.log(k)) / count, "tokens": int(count),
             "compile_s": timing["compile_s"], "run_s": run_s}
@@ -293,6 +335,17 @@ def mc_log_pbar(config, params, ids: np.ndarray, *, samples: int, chunk: int, ra
     result["log_pbar_geometric"] = mode_sums["geometric"] / count
     result["log_pbar_power"] = mode_sums["power"] / count
   return result
+
+
+def _save_partial(path: str, fingerprint: str, first: int, acc, sums, mode_sums: dict,
+                  carries: list) -> None:
+  """``mc_log_pbar``'s state, written to a temporary file then renamed (never half a file)."""
+  carry = {f"carry_{j}_{i}": np.asarray(jax.device_get(leaf))
+           for j, c in enumerate(carries) for i, leaf in enumerate(jax.tree.leaves(c))}
+  tmp = path + ".tmp.npz"
+  np.savez(tmp, fingerprint=np.asarray(fingerprint), first=first, acc=acc, sums=sums,
+           geometric=mode_sums["geometric"], power=mode_sums["power"], **carry)
+  os.replace(tmp, path)
 
 
 def make_eval_fn(config):
@@ -379,7 +432,9 @@ def mc_lm(config, params, ids: np.ndarray, *, workdir: Optional[str] = None, spl
     raise UserError(f"eval.mc_power must be > 0, got {power}")
   res = mc_log_pbar(config, params, ids, samples=S, chunk=int(e.mc_chunk), rates=rates,
                     temperature=float(e.temperature), progress=progress, desc=f"MC {split}",
-                    power=power)
+                    power=power,
+                    partial=(os.path.join(workdir, f"mc_{split}.partial.npz")
+                             if workdir and jax.process_count() == 1 else None))
   det_ppl = deterministic_ppl(config, params, ids)
   ppl_k = np.exp(-res["log_pbar"])
   pts = curve_points(S)
