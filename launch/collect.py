@@ -166,7 +166,9 @@ def ensemble(family: str, members: list[dict], root: str,
   labels = preds[0]["labels"]
   single = lambda p: {"probs": p["probs"], "mi": np.zeros(len(p["probs"]))}  # noqa: E731
   ens = uncertainty.ensemble([single(p) for p in preds])
-  res = {f"test_{k}": v for k, v in seq_eval.mode_metrics(ens, labels, 15).items()}
+  cfg = read_json(os.path.join(root, members[0]["row"], "config.json")) or {}
+  bins = cfg.get("eval", {}).get("ece_bins", 15)  # the members' ECE bins (all configs: 15)
+  res = {f"test_{k}": v for k, v in seq_eval.mode_metrics(ens, labels, bins).items()}
   for ood in sorted({f for m in members for f in os.listdir(os.path.join(root, m["row"]))
                      if f.startswith("predictions_ood_") and f.endswith("_test.npz")}):
     files = [os.path.join(root, m["row"], ood) for m in members]

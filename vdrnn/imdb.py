@@ -9,8 +9,6 @@ reports no IMDB numbers; the model is its sentiment model with a two-class softm
 
 from __future__ import annotations
 
-import functools
-
 import ml_collections
 
 from vdrnn import seq_task
@@ -28,8 +26,5 @@ def base_config() -> ml_collections.ConfigDict:
 
 
 # The sequence task's functions with this head (what ``vdrnn.tasks`` and the tests call).
-validate = functools.partial(seq_task.validate, head=HEAD)
-make_train_step = functools.partial(seq_task.make_train_step, head=HEAD)
-train_and_evaluate = functools.partial(seq_task.train_and_evaluate, head=HEAD)
-evaluate_workdir = functools.partial(seq_task.evaluate_workdir, head=HEAD)
+validate, make_train_step, train_and_evaluate, evaluate_workdir = seq_task.bind(HEAD)
 summary = seq_task.summary

@@ -9,7 +9,6 @@ log-likelihood in rating units. ``recipe`` is the released scripts' recipe, shar
 
 from __future__ import annotations
 
-import functools
 from typing import Optional
 
 import ml_collections
@@ -78,8 +77,5 @@ def recipe(cell: str, arg: Optional[str] = None) -> ml_collections.ConfigDict:
 
 
 # The sequence task's functions with this head (what ``vdrnn.tasks`` and the tests call).
-validate = functools.partial(seq_task.validate, head=HEAD)
-make_train_step = functools.partial(seq_task.make_train_step, head=HEAD)
-train_and_evaluate = functools.partial(seq_task.train_and_evaluate, head=HEAD)
-evaluate_workdir = functools.partial(seq_task.evaluate_workdir, head=HEAD)
+validate, make_train_step, train_and_evaluate, evaluate_workdir = seq_task.bind(HEAD)
 summary = seq_task.summary

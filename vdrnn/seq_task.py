@@ -510,3 +510,12 @@ def summary(result: dict) -> str:
                                                                "nll", "nll_mc", "ece", "ece_mc")]
   return (f"{', '.join(shown)} ({result['mc_samples']} MC samples; checkpoint "
           f"{result['checkpoint']}, step {result['step']})")
+
+
+def bind(head: Head) -> tuple:
+  """``(validate, make_train_step, train_and_evaluate, evaluate_workdir)`` with ``head`` bound:
+  what a sequence task's module exports for ``vdrnn.tasks`` (``vdrnn.sentiment``,
+  ``vdrnn.imdb``)."""
+  return tuple(functools.partial(f, head=head)
+               for f in (validate, make_train_step, train_and_evaluate, evaluate_workdir))
+
