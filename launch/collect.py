@@ -164,7 +164,7 @@ def ensemble(family: str, members: list[dict], root: str,
     return old if old and old.get("status") == "done" else rec
   preds = [dict(np.load(p)) for p in paths]
   labels = preds[0]["labels"]
-  single = lambda p: {"probs": p["probs"], "mi": np.zeros(len(p["probs"]))}  # noqa: E731
+  single = lambda p: seq_eval.modes(p)[""]  # noqa: E731 - a member's one-pass prediction
   ens = uncertainty.ensemble([single(p) for p in preds])
   cfg = read_json(os.path.join(root, members[0]["row"], "config.json")) or {}
   bins = cfg.get("eval", {}).get("ece_bins", 15)  # the members' ECE bins (all configs: 15)
