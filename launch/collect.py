@@ -110,7 +110,8 @@ def collect(row: Row, root: str, extra: list[str]) -> dict:
   keys = {"sentiment": ("epoch", "test_rmse", "test_rmse_mc", "train_rmse", "train_running_rmse"),
           "imdb": ("epoch", "valid_acc", "valid_nll", "test_acc", "test_nll")}.get(
               row.task, ("epoch", "train_ppl", "valid_ppl", "valid_ppl_lua"))
-  rec["curve"] = [{k: h.get(k) for k in keys if h.get(k) is not None} for h in hist]
+  rec["curve"] = [{k: h.get(k) for k in keys if isinstance(h.get(k), (int, float))}
+                  for h in hist]  # a population's lists (one value per member) left out
   if res is not None and hist and len(hist) > res.get("epochs", len(hist)):
     res = None  # results.json of the shorter run this one extends: not this run's end
   mc = read_json(os.path.join(workdir, "mc_test.json"))
@@ -118,6 +119,9 @@ def collect(row: Row, root: str, extra: list[str]) -> dict:
     by = mc["ppl_by_samples"]  # MC test perplexity with the first k samples, k = 1..K
     rec["mc_curve"] = {k: by[k - 1] for k in MC_CURVE_SAMPLES if k <= len(by)}
     rec["mc_curve"].setdefault(len(by), by[-1])
+  if res is not None and "members" in res:  # a population: its members' or ensemble's results
+    rec["members"] = len(res["members"])
+    res = res.get("ensemble", {})
   if res is not None:
     rec["status"] = "done"
     rec["epochs"] = num_epochs
@@ -142,55 +146,4 @@ def merge(collected: list[dict], committed: Optional[dict]) -> list[dict]:
       out.append(with_precision(rec))
   return out
 
-
-def ensemble(family: str, members: list[dict], root: str,
-             committed: Optional[dict] = None) -> dict:
-  """The record of ``family``'s deep ensemble (Lakshminarayanan et al. 2017): the members'
-  saved test predictions (``<root>/<member>/predictions_test.npz`` and the OOD sets'
-  ``predictions_ood_<name>_test.npz``) combined by ``uncertainty.ensemble`` and measured as
-  any row's (``seq_eval.mode_metrics`` / ``mode_ood``), results keyed ``test_<metric>``; the
-  committed record when the members' predictions are not here, else "not run"."""
-  import numpy as np  # noqa: PLC0415 - only the IMDB report needs them
-  from vdrnn import seq_eval, uncertainty  # noqa: PLC0415
-  name = f"{family}_ensemble"
-  old = {r["row"]: r for r in (committed or {}).get("rows", [])}.get(name)
-  rec = {"row": name, "family": "", "task": "imdb", "config": members[0]["config"],
-         "overrides": [], "note": f"deep ensemble of the {len(members)} rows {family}_*, "
-         "combined from their saved test predictions", "status": "not run",
-         "command": f"python -m launch.reproduce --only {family}", "device": None,
-         "wall_s": None, "epochs": None, "seed": None, "results": None, "curve": []}
-  paths = [os.path.join(root, m["row"], "predictions_test.npz") for m in members]
-  if not all(m["status"] == "done" for m in members) or not all(map(os.path.exists, paths)):
-    return old if old and old.get("status") == "done" else rec
-  preds = [dict(np.load(p)) for p in paths]
-  labels = preds[0]["labels"]
-  single = lambda p: seq_eval.modes(p)[""]  # noqa: E731 - a member's one-pass prediction
-  ens = uncertainty.ensemble([single(p) for p in preds])
-  cfg = read_json(os.path.join(root, members[0]["row"], "config.json")) or {}
-  bins = cfg.get("eval", {}).get("ece_bins", 15)  # the members' ECE bins (all configs: 15)
-  res = {f"test_{k}": v for k, v in seq_eval.mode_metrics(ens, labels, bins).items()}
-  for ood in sorted({f for m in members for f in os.listdir(os.path.join(root, m["row"]))
-                     if f.startswith("predictions_ood_") and f.endswith("_test.npz")}):
-    files = [os.path.join(root, m["row"], ood) for m in members]
-    if all(map(os.path.exists, files)):
-      out = uncertainty.ensemble([single(dict(np.load(f))) for f in files])
-      set_name = ood[len("predictions_ood_"):-len("_test.npz")]
-      res.update({f"test_ood_{set_name}_{k}": v for k, v in seq_eval.mode_ood(ens, out).items()})
-  rec.update(status="done", results={k: float(v) for k, v in res.items() if np.isfinite(v)},
-             members=len(preds),
-             device=", ".join(sorted({m["device"] for m in members if m["device"]})) or None,
-             wall_s=sum(m["wall_s"] or 0 for m in members) or None, epochs=members[0]["epochs"])
-  return rec
-
-
-def ensembles(records: list[dict], root: str, committed: Optional[dict] = None) -> list[dict]:
-  """``ensemble`` of every IMDB row family (the no-dropout seeds), after its members."""
-  out = []
-  for rec in records:
-    out.append(rec)
-    fam = rec["family"]
-    members = [r for r in records if r["family"] == fam]
-    if rec["task"] == "imdb" and fam and rec is members[-1]:
-      out.append(ensemble(fam, members, root, committed))
-  return out
 

@@ -14,7 +14,7 @@ import os
 import shutil
 import time
 
-from launch.collect import collect, ensembles, merge, read_json
+from launch.collect import collect, merge, read_json
 from launch.rows import ROWS
 from launch.tables import (README_END, README_START, markdown, ptb_lines, readme_summary,
                            sentiment_lines)
@@ -106,20 +106,19 @@ def plot_imdb(records: list[dict], root: str, results_dir: str) -> list[str]:
   entropy) of each IMDB row whose test predictions are in its workdir (MC dropout where it
   ran, else the dropout approximation), and of each deep ensemble (its members' mean)."""
   import numpy as np  # noqa: PLC0415
-  from vdrnn import plots  # noqa: PLC0415
+  from vdrnn import plots, population  # noqa: PLC0415
   curves, labels = {}, None
   for r in records:
     if r["task"] != "imdb" or r["status"] != "done":
       continue
-    if r.get("members"):
-      fam = r["row"][:-len("_ensemble")]
-      files = [os.path.join(root, m["row"], "predictions_test.npz") for m in records
-               if m["family"] == fam]
-      if files and all(map(os.path.exists, files)):
-        curves[r["row"]] = np.mean([np.load(f)["probs"] for f in files], axis=0)
+    if r.get("members"):  # a population's members: member_00, member_01, ...
+      files = [os.path.join(root, r["row"], population.member_name(k), "predictions_test.npz")
+               for k in range(r["members"])]
+      if all(map(os.path.exists, files)):
+        preds = [np.load(f) for f in files]
+        labels = preds[0]["labels"]
+        curves[r["row"]] = np.mean([p["probs"] for p in preds], axis=0)
       continue
-    if r["family"] and not r["row"].endswith("seed0"):
-      continue  # one seed of a family stands for the single model
     path = os.path.join(root, r["row"], "predictions_test.npz")
     if os.path.exists(path):
       pred = np.load(path)
@@ -138,7 +137,7 @@ def report(root: str, results_dir: str, extra: list[str]) -> list[dict]:
   gets), writes the report into ``results_dir`` and returns the records."""
   os.makedirs(results_dir, exist_ok=True)
   committed = read_json(os.path.join(results_dir, "results.json"))
-  records = ensembles(merge([collect(r, root, extra) for r in ROWS], committed), root, committed)
+  records = merge([collect(r, root, extra) for r in ROWS], committed)
   ptb, sent = ptb_lines(records), sentiment_lines(records)
   with open(os.path.join(results_dir, "results.json"), "w") as f:
     json.dump({"generated": time.strftime("%Y-%m-%d %H:%M:%S"), "rows": records}, f, indent=1)

@@ -1,7 +1,8 @@
 """The IMDB uncertainty benchmark end to end on the tiny corpora: per-example predictions saved
 beside every test evaluation, the summary metrics recomputed from exactly those arrays by
 direct formulas, OOD detection on text prepared as the test set, the deep-ensemble combination
-against stacking every pass, and bad input as one line and exit 2."""
+against stacking every pass, the ensemble trained as a population against single runs, and
+bad input as one line and exit 2."""
 
 import json
 import os
@@ -120,6 +121,37 @@ def test_ensemble_equals_stacking_every_member_pass():
   single = uncertainty.ensemble([{"probs": m[0], "mi": np.zeros(7)} for m in members])
   np.testing.assert_allclose(single["mi"], uncertainty.mutual_information(
       np.stack([m[0] for m in members])), atol=1e-12)
+
+
+def test_ensemble_population_members_are_the_single_runs_with_their_seeds(run, tmp_path):
+  """A deep ensemble trained as one vmapped population (seeds 2 and 0; the config's own seed 7
+  used by neither): member 1's saved test predictions (dropout approximation, MC dropout, OOD)
+  equal the single run with seed 0, member 0's differ; the ensemble's metrics are those of the
+  members' mean probabilities."""
+  _, single0, _ = run
+  c = _config()
+  c.seed, c.population.seed = 7, (2, 0)
+  pop = tasks.train_and_evaluate(c, str(tmp_path / "pop"))
+  members = [str(tmp_path / "pop" / f"member_{k:02d}") for k in range(2)]
+  for name in ("predictions_test.npz", "predictions_ood_scaledata_test.npz"):
+    got, want = np.load(os.path.join(members[1], name)), np.load(os.path.join(single0, name))
+    assert got.files == want.files
+    for k in want.files:
+      np.testing.assert_allclose(got[k], want[k], rtol=1e-5, atol=1e-6, err_msg=k)
+    other = np.load(os.path.join(members[0], name))
+    assert np.abs(other["probs"] - want["probs"]).max() > 1e-4  # another seed, another model
+  preds = [np.load(os.path.join(m, "predictions_test.npz")) for m in members]
+  labels, p = preds[0]["labels"], np.mean([q["probs"] for q in preds], 0)
+  ens = pop["ensemble"]
+  assert ens["test_acc"] == pytest.approx(np.mean(p.argmax(1) == labels))
+  assert ens["test_nll"] == pytest.approx(-np.mean(np.log(p[np.arange(len(labels)), labels])))
+  assert ens["test_ece"] == pytest.approx(_ece_by_loop(p, labels, c.eval.ece_bins))
+  ood = np.mean([np.load(os.path.join(m, "predictions_ood_scaledata_test.npz"))["probs"]
+                 for m in members], 0)
+  assert ens["test_ood_scaledata_auroc_entropy"] == pytest.approx(
+      _auroc_by_pairs(_entropy(p), _entropy(ood)))
+  assert "test_acc_mc" in ens and "test_ood_scaledata_auroc_mi_mc" in ens  # members x samples
+  assert [m["seed"] for m in pop["members"]] == [2, 0]
 
 
 @pytest.mark.parametrize("flag,message", [

@@ -281,30 +281,37 @@ def test_committed_results_name_no_path_of_the_machine():
     assert not re.search(r"--workdir[= ]/", path.read_text()), path
 
 
-def test_imdb_report_combines_the_seeds_into_a_deep_ensemble(tmp_path):
-  """The no-dropout IMDB seeds' saved predictions make the ensemble row: its metrics against a
-  direct computation on the mean of the members' probabilities (accuracy, NLL, and the OOD
-  AUROC as a pairwise count); kept from the committed results when the workdirs are gone."""
+def test_imdb_report_shows_the_deep_ensemble_population(tmp_path):
+  """The ensemble row is a population workdir: its ensemble metrics (``seq_eval.
+  ensemble_metrics`` of the members' saved predictions) against a direct computation on the
+  mean of the members' probabilities (accuracy, NLL, OOD AUROC as a pairwise count); the
+  report's table row and figure; kept from the committed results when the workdirs are gone."""
   import numpy as np
+  from vdrnn import seq_eval
   root, out = tmp_path / "root", tmp_path / "results"
   rng = np.random.default_rng(0)
   labels = rng.integers(0, 2, 40)
-  members, oods = [], []
+  name = "imdb_lstm_none_ensemble"
+  members, oods, dirs = [], [], []
   for k in range(5):
     logits = rng.normal(size=(40, 2)) + 1.5 * np.eye(2)[labels]
     p = np.exp(logits) / np.exp(logits).sum(1, keepdims=True)
     q = rng.dirichlet([2.0, 2.0], 30)
     members.append(p)
     oods.append(q)
-    name = f"imdb_lstm_none_seed{k}"
-    fake_workdir(root, name, seed=k, epochs=15, results={"test_acc": 0.5, "mc_samples": 0})
-    np.savez(root / name / "predictions_test.npz", labels=labels, probs=p)
-    np.savez(root / name / "predictions_ood_ptb_test.npz", probs=q)
+    d = root / name / f"member_{k:02d}"
+    d.mkdir(parents=True)
+    np.savez(d / "predictions_test.npz", labels=labels, probs=p)
+    np.savez(d / "predictions_ood_ptb_test.npz", probs=q)
+    dirs.append(str(d))
+  ensemble = seq_eval.ensemble_metrics(dirs, 15)
+  fake_workdir(root, name, epochs=15, results={"members": [{"seed": k} for k in range(5)],
+                                               "ensemble": ensemble, "step": 9})
   fake_workdir(root, "imdb_lstm_variational_untied", epochs=15,
                results={"test_acc": 0.8, "test_acc_mc": 0.81, "test_nll_mc": 0.4, "mc_samples": 100,
                         "test_ood_ptb_auroc_entropy_mc": 0.7, "test_ood_ptb_auroc_mi_mc": 0.75})
   recs = {r["row"]: r for r in report.report(str(root), str(out), [])}
-  ens = recs["imdb_lstm_none_ensemble"]
+  ens = recs[name]
   p, q = np.mean(members, 0), np.mean(oods, 0)
   assert ens["status"] == "done" and ens["members"] == 5
   assert ens["results"]["test_acc"] == np.mean(p.argmax(1) == labels)
@@ -313,10 +320,11 @@ def test_imdb_report_combines_the_seeds_into_a_deep_ensemble(tmp_path):
   pairs = np.mean([(o > i) + 0.5 * (o == i) for o in h(q) for i in h(p)])
   assert abs(ens["results"]["test_ood_ptb_auroc_entropy"] - pairs) < 1e-12
   assert "test_ood_ptb_auroc_mi" in ens["results"]  # disagreement between members
+  assert "test_acc_mc" not in ens["results"]  # no member has MC samples
   table = (out / "README_table.md").read_text()
-  assert "| imdb_lstm_none_ensemble | deep ensemble (5 members) |" in table
+  assert f"| {name} | deep ensemble (5 members) |" in table
   assert "| imdb_lstm_variational_untied | MC dropout (100) | 0.8100 | 0.4000 |" in table
   assert "| 0.700 / 0.750 |" in table
   assert (out / "imdb_risk_coverage.png").stat().st_size > 1000
   again = {r["row"]: r for r in report.report(str(tmp_path / "empty"), str(out), [])}
-  assert again["imdb_lstm_none_ensemble"]["results"] == ens["results"]
+  assert again[name]["results"] == ens["results"] and again[name]["members"] == 5

@@ -17,12 +17,19 @@ the rates traced instead of static (a traced rate of 0 gives an all-ones mask wh
 static 0 gives none; multiplying by exactly 1.0 changes nothing). All members see the same
 batches and learning-rate schedule.
 
+A sequence task (Pang & Lee, IMDB) has populations of seeds, ``config.population.seed`` only:
+member ``k`` is the single run with seed ``k`` (its initialisation, masks and shuffle of the
+training examples; ``SeqPopulation``), e.g. a deep ensemble of five IMDB LSTMs:
+
+  python -m vdrnn.train --config configs/imdb_lstm.py:none --config.population.seed=0,1,2,3,4
+
 Workdir layout: ``checkpoints/`` holds the stacked state (leading axis K) and resumes the
 population; ``member_XX/`` is laid out like a single run's workdir (``config.json`` with the
 member's rates and seed, ``metrics.jsonl``, ``tb/``, ``checkpoints/`` with its best epoch and
 its final state, ``results.json``), written here through the training loop's hooks
 (``vdrnn.loop.Task``) as the loop writes a single run's; ``results.json`` lists every member's
-results. A member that diverges is reported and the others go on.
+results (a sequence classification's also its ensemble's test metrics, ``"ensemble"``). A
+member that diverges is reported and the others go on.
 """
 
 from __future__ import annotations
@@ -35,7 +42,7 @@ import sys
 import jax
 import numpy as np
 
-from vdrnn import checkpoint, lm, lm_eval, loop, masks, sharding
+from vdrnn import checkpoint, lm, lm_eval, loop, masks, seq_eval, seq_task, sharding
 from vdrnn.data import ptb
 from vdrnn.errors import UserError
 from vdrnn.metrics import MetricsWriter
@@ -97,7 +104,7 @@ def member_config(config, member: dict):
   c.seed = member["seed"]
   for name in RATES:
     c.model[name] = member[name]
-  for name in FIELDS:
+  for name in c.population:
     c.population[name] = ()
   return c
 
@@ -156,49 +163,25 @@ def _ppl(nll_sum, count) -> list[float]:
 
 
 class PopulationTask(loop.Task):
-  """The population given by ``config.population`` as ``vdrnn.loop.run`` trains it: K members
-  stacked on the state's leading axis, every metric a list with one value per member. The loop
-  checkpoints the stacked state in ``workdir/checkpoints``; the hooks write each member's
-  records, best and final checkpoints and results to ``workdir/member_XX``, laid out like a
-  single run's workdir."""
+  """What every population shares as ``vdrnn.loop.run`` trains it: K members stacked on the
+  state's leading axis, every metric a list with one value per member. The loop checkpoints
+  the stacked state in ``workdir/checkpoints``; these hooks write each member's records, best
+  and final checkpoints and results to ``workdir/member_XX``, laid out like a single run's
+  workdir. A subclass gives the state, the step, the batches and the evaluation
+  (``LMPopulation``, ``SeqPopulation``)."""
 
-  select = "valid_ppl"
-  resume_keys = lm.RESUME_KEYS
   nonfinite_hint = "lower train.lr or train.max_grad_norm"
 
   def __init__(self, config, workdir: str):
-    lm.validate(config)
-    self.config, self.workdir = config, workdir
-    self.list = parse_members(config)
-    K, t = len(self.list), config.train
-    if config.model.scheme == "none" and any(_values(config.population[n]) for n in RATES):
-      raise UserError("population rates need model.scheme variational or naive (scheme none "
-                      "draws no masks)")
     if jax.process_count() > 1:
       raise UserError("population training runs in one process on one device; use "
                       "launch/sweep.py across hosts")
-    self.splits, _ = lm.load_data(config)
-    self.streams, self.steps_per_epoch = lm.train_streams(config, self.splits["train"])
-    self.items_per_step = K * t.batch_size * t.seq_length
-    self.meta = {"members": self.list, "epoch_size": self.steps_per_epoch}
+    self.config, self.workdir = config, workdir
+    self.list = parse_members(config)
     self.configs = [member_config(config, m) for m in self.list]
     self.members = [(member_name(k), json.loads(c.to_json())) for k, c in enumerate(self.configs)]
-    self.train_step = jax.jit(make_population_train_step(config, self.list), donate_argnums=0)
-    self.eval_fn = jax.jit(jax.vmap(lm_eval.make_eval_fn(config),
-                                    in_axes=(0, None, None, None, None)))
-    self.lr = lm.lr_by_epoch(t)
     self.dirs = [os.path.join(workdir, name) for name, _ in self.members]
     self.writers, self.reported_bad, self.step0 = {}, set(), 0
-    self.summary = (f"population of {K}: {lm.num_params(config) / 1e6:.1f}M parameters each, "
-                    f"{self.steps_per_epoch} windows/epoch")
-
-  def base_config(self):
-    return lm.base_config()
-
-  def init_state(self):
-    return init_population_state(self.config, self.list)
-
-  # The loop's hooks: each member's directory reads like a single run's workdir.
 
   def start(self, step: int) -> None:
     """Each member's ``config.json``; its metrics are truncated to the resumed ``step``."""
@@ -263,6 +246,37 @@ class PopulationTask(loop.Task):
         with open(os.path.join(d, "results.json"), "w") as f:
           json.dump(res, f, indent=2)
 
+
+class LMPopulation(PopulationTask):
+  """A PTB population: members differ in dropout rates and seed, all see the same batches."""
+
+  select = "valid_ppl"
+  resume_keys = lm.RESUME_KEYS
+
+  def __init__(self, config, workdir: str):
+    lm.validate(config)
+    super().__init__(config, workdir)
+    K, t = len(self.list), config.train
+    if config.model.scheme == "none" and any(_values(config.population[n]) for n in RATES):
+      raise UserError("population rates need model.scheme variational or naive (scheme none "
+                      "draws no masks)")
+    self.splits, _ = lm.load_data(config)
+    self.streams, self.steps_per_epoch = lm.train_streams(config, self.splits["train"])
+    self.items_per_step = K * t.batch_size * t.seq_length
+    self.meta = {"members": self.list, "epoch_size": self.steps_per_epoch}
+    self.train_step = jax.jit(make_population_train_step(config, self.list), donate_argnums=0)
+    self.eval_fn = jax.jit(jax.vmap(lm_eval.make_eval_fn(config),
+                                    in_axes=(0, None, None, None, None)))
+    self.lr = lm.lr_by_epoch(t)
+    self.summary = (f"population of {K}: {lm.num_params(config) / 1e6:.1f}M parameters each, "
+                    f"{self.steps_per_epoch} windows/epoch")
+
+  def base_config(self):
+    return lm.base_config()
+
+  def init_state(self):
+    return init_population_state(self.config, self.list)
+
   def start_epoch(self, state, epoch: int):
     """A zero carry and fresh accumulators for every member."""
     K = len(self.list)
@@ -313,10 +327,90 @@ class PopulationTask(loop.Task):
     return results
 
 
-def train_and_evaluate(config, workdir: str) -> dict:
-  """Trains the population given by ``config.population``; returns ``{"members": [...], "step"}``
-  with each member's rates, seed, final valid / test and best valid perplexities."""
-  return loop.run(PopulationTask(config, workdir), config, workdir)
+class SeqPopulation(PopulationTask):
+  """A population of a sequence task (``vdrnn.seq_task``): members differ only in their seed
+  (initialisation, masks and the order of the training examples), each exactly the single run
+  with that seed, trained as one vmapped step. With K seeds and no dropout it is a deep
+  ensemble (Lakshminarayanan et al. 2017); a classification's results add the ensemble's test
+  metrics (``seq_eval.ensemble_metrics``, from the members' saved predictions)."""
+
+  def __init__(self, config, workdir: str, head):
+    super().__init__(config, workdir)
+    K = len(self.list)
+    # Every member's data, compiled evaluation and results are those of the single run.
+    self.single = seq_task.SeqTask(config, workdir, head)
+    self.head, self.select = head, self.single.select
+    self.resume_keys = [*seq_task.RESUME_KEYS, "population"]
+    self.steps_per_epoch = self.single.steps_per_epoch
+    self.items_per_step = K * config.train.batch_size
+    self.meta = {"members": self.list, **self.single.meta}
+    body, seeds = seq_task.make_step_body(config, head), np.asarray([m["seed"] for m in self.list])
+
+    def step(state, x, y, w):
+      keys = jax.vmap(jax.random.key)(seeds)
+      return jax.vmap(body)(state, x, y, w, keys)
+
+    self.train_step = jax.jit(step, donate_argnums=0)
+    self.summary = f"population of {K} seeds: {self.single.summary}"
+
+  def base_config(self):
+    return seq_task.base_config()
+
+  def init_state(self):
+    states = jax.device_get([seq_task.init_state(c) for c in self.configs])
+    return jax.device_put(jax.tree.map(lambda *xs: np.stack(xs), *states))
+
+  def start_epoch(self, state, epoch: int):
+    zero = jax.device_get(seq_task.zero_acc())
+    state["acc"] = jax.device_put(jax.tree.map(lambda a: np.stack([a] * len(self.list)), zero))
+    return state
+
+  def batch(self, epoch: int, i: int) -> tuple:
+    """Each member's batch ``i`` of its own shuffle: ``x [K, B, T]``, ``y [K, B]``, ``w [K, B]``."""
+    B, s = self.config.train.batch_size, self.single
+    orders = [seq_task.epoch_order(m["seed"], epoch, len(s.y_train)) for m in self.list]
+    rows = [seq_task.batch_rows(s.splits["train"], order[i * B:(i + 1) * B], B, s.y_train)
+            for order in orders]
+    return tuple(np.stack(a) for a in zip(*rows))
+
+  def train_metrics(self, acc: dict, epoch: int) -> dict:
+    return _lists([self.head.running(jax.tree.map(lambda a: a[k], acc), self.single.info)
+                   for k in range(len(self.list))])
+
+  def evaluate(self, state, epoch: int) -> dict:
+    params = jax.device_get(state["params"])
+    return _lists([self.single.evaluate_params(jax.tree.map(lambda a: a[k], params), epoch)
+                   for k in range(len(self.list))])
+
+  def finish(self, state, meta: dict) -> dict:
+    """Every member's results (each also written to ``member_XX/`` with its predictions) and,
+    for classification, the ensemble's (``ensemble``)."""
+    step, params = loop.current_step(state), jax.device_get(state["params"])
+    meta.setdefault("member_best", [None] * len(self.dirs))
+    out = []
+    for k, m in enumerate(self.list):
+      os.makedirs(self.dirs[k], exist_ok=True)
+      res = self.single.results(jax.tree.map(lambda a: a[k], params), self.dirs[k],
+                                meta["member_best"][k], step)
+      out.append({"seed": m["seed"], **res, "workdir": self.dirs[k]})
+    results = {"members": out, "step": step}
+    if self.head.classes:
+      results["ensemble"] = seq_eval.ensemble_metrics(self.dirs, self.config.eval.ece_bins)
+    self.write_members(state, meta, results, step)
+    return results
+
+
+def _lists(records: list[dict]) -> dict:
+  """One record with a list per key (one value per member) from the members' records."""
+  return {k: [r[k] for r in records] for k in records[0]}
+
+
+def train_and_evaluate(config, workdir: str, head=None) -> dict:
+  """Trains the population given by ``config.population``: a PTB one (``head`` None) or one of
+  a sequence task with ``head`` (``vdrnn.seq_eval.Head``). Returns ``{"members": [...],
+  "step"}`` with each member's results (and a sequence classification's ``"ensemble"``)."""
+  task = LMPopulation(config, workdir) if head is None else SeqPopulation(config, workdir, head)
+  return loop.run(task, config, workdir)
 
 
 def _ckpts(d: str):

@@ -186,6 +186,31 @@ def ood_metrics(preds: dict, preds_ood: dict) -> dict:
   return out
 
 
+def ensemble_metrics(dirs: list[str], n_bins: int, tag: str = "test") -> dict:
+  """The deep ensemble of the members whose workdirs are ``dirs``, measured as one model from
+  their saved ``predictions_<tag>.npz``: the mean of their dropout approximations
+  (``uncertainty.ensemble``; keys ``<tag>_<metric>``) and, where every member has MC samples,
+  of their MC predictives (members x samples; ``<tag>_<metric>_mc``), by ``mode_metrics``;
+  OOD detection (``mode_ood``) against every OOD set all members saved
+  (``predictions_ood_<name>_<tag>.npz``; keys ``<tag>_ood_<name>_<metric>[_mc]``)."""
+  load = lambda d, f: modes(dict(np.load(os.path.join(d, f))))  # noqa: E731
+  members = [load(d, f"predictions_{tag}.npz") for d in dirs]
+  labels = np.load(os.path.join(dirs[0], f"predictions_{tag}.npz"))["labels"]
+  suffix = f"_{tag}.npz"
+  oods = sorted(set.intersection(*({f for f in os.listdir(d) if f.startswith("predictions_ood_")
+                                    and f.endswith(suffix)} for d in dirs)))
+  ood_members = {f[len("predictions_ood_"):-len(suffix)]: [load(d, f) for d in dirs] for f in oods}
+  out = {}
+  for mode in set.intersection(*(set(m) for m in members)):  # "" and, if all have it, "_mc"
+    ens = uncertainty.ensemble([m[mode] for m in members])
+    out.update({f"{tag}_{k}{mode}": v for k, v in mode_metrics(ens, labels, n_bins).items()})
+    for name, ms in ood_members.items():
+      if all(mode in m for m in ms):
+        ood = uncertainty.ensemble([m[mode] for m in ms])
+        out.update({f"{tag}_ood_{name}_{k}{mode}": v for k, v in mode_ood(ens, ood).items()})
+  return {k: float(v) for k, v in sorted(out.items())}
+
+
 def _classification_summary(config, info: dict, y: np.ndarray, det: np.ndarray,
                             mc: Optional[np.ndarray], taus: Optional[dict] = None) -> dict:
   """Classification: ``prediction_metrics`` of the dropout approximation and MC dropout."""

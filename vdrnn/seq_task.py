@@ -143,6 +143,11 @@ def base_config() -> ml_collections.ConfigDict:
   c.eval.ece_bins = 15         # classification: equal-width confidence bins
   c.eval.ood = ""              # IMDB: OOD sets at the test evaluation, e.g. "ptb,scaledata"
   c.eval.seed = 1
+
+  # A seed population (vdrnn/population.py): one member per seed, trained as one vmapped step,
+  # e.g. --config.population.seed=0,1,2,3,4 (a deep ensemble, Lakshminarayanan et al. 2017).
+  c.population = ml_collections.ConfigDict()
+  c.population.seed = ()
   return c
 
 
@@ -276,20 +281,21 @@ def l2(params, scope: str = "all") -> jax.Array:
   return rest + G * last
 
 
-def make_train_step(config, head: Head):
-  """``train_step(state, x [B, T] int, y [B], w [B]) -> state``, pure.
+def make_step_body(config, head: Head):
+  """``body(state, x [B, T] int, y [B], w [B], key) -> state``, pure: one training step with
+  masks from ``fold_in(key, step)``; ``key`` may be traced, so a population can ``vmap`` the
+  body over its members' seeds (``vdrnn.population``).
 
   Loss ``sum_b w_b l_b / sum_b w_b + weight_decay * sum(params^2)`` with ``l_b`` the head's
-  per-example loss; masks from ``fold_in(key(seed), step)``.
+  per-example loss.
   """
   m, t = config.model, config.train
-  base_key = jax.random.key(config.seed)
   dtype = compute_dtype(config)
   opt = make_optimizer(t)
 
-  def train_step(state, x, y, w):
+  def body(state, x, y, w, key):
     step = state["step"]
-    masks = models.seq_masks(jax.random.fold_in(base_key, step), m, x)
+    masks = models.seq_masks(jax.random.fold_in(key, step), m, x)
 
     def loss_fn(params):
       out = models.seq_apply(params, x, masks, **models.seq_semantics(m), unroll=t.unroll,
@@ -308,7 +314,14 @@ def make_train_step(config, head: Head):
            "correct": acc["correct"] + correct, "bad_step": bad}
     return {"params": params, "opt": opt_state, "step": step + 1, "acc": acc}
 
-  return train_step
+  return body
+
+
+def make_train_step(config, head: Head):
+  """``train_step(state, x [B, T] int, y [B], w [B]) -> state``, pure: ``make_step_body``
+  with masks from ``fold_in(key(config.seed), step)``."""
+  body, key = make_step_body(config, head), jax.random.key(config.seed)
+  return lambda state, x, y, w: body(state, x, y, w, key)
 
 
 def epoch_order(seed: int, epoch: int, n: int) -> np.ndarray:
@@ -421,9 +434,13 @@ class SeqTask(loop.Task):
     return taus, self.head.summarize(self.config, self.info, self.sub["y"], det, None, taus)
 
   def evaluate(self, state, epoch: int) -> dict:
-    """The training examples, the validation set (if any) and the test set, with the dropout
-    approximation (and MC dropout every ``eval.mc_every_epochs`` epochs)."""
-    config, e, params, head = self.config, self.config.eval, state["params"], self.head
+    return self.evaluate_params(state["params"], epoch)
+
+  def evaluate_params(self, params, epoch: int) -> dict:
+    """The epoch record of ``params``: the training examples, the validation set (if any) and
+    the test set, with the dropout approximation (and MC dropout every
+    ``eval.mc_every_epochs`` epochs)."""
+    config, e, head = self.config, self.config.eval, self.head
     mc_now = e.mc_every_epochs and e.mc_samples and (epoch + 1) % e.mc_every_epochs == 0
     taus, train_metrics = self.training_examples(params, e.mc_samples if mc_now else 0)
     record = {f"train_{k}": v for k, v in train_metrics.items()}
@@ -437,16 +454,20 @@ class SeqTask(loop.Task):
     return record
 
   def finish(self, state, meta: dict) -> dict:
-    """The test set with the dropout approximation and ``eval.mc_samples`` MC samples."""
-    config, e, params = self.config, self.config.eval, state["params"]
+    return self.results(state["params"], self.workdir, meta["best"], loop.current_step(state))
+
+  def results(self, params, workdir: str, best: Optional[dict], step: int) -> dict:
+    """The final results of ``params``: the test set with the dropout approximation and
+    ``eval.mc_samples`` MC samples, its predictions saved in ``workdir``; ``best``: the best
+    epoch's record (``meta["best"]``)."""
+    config, e = self.config, self.config.eval
     taus, _ = self.training_examples(params, e.mc_samples)
     test = evaluate(config, self.head, self.fns, params, self.splits["test"], self.info,
                     self.mesh, samples=e.mc_samples,
                     progress=config.train.progress and sharding.is_primary(), taus=taus,
-                    workdir=self.workdir, tag="test", ood=ood_sets(config))
-    best = meta["best"]
+                    workdir=workdir, tag="test", ood=ood_sets(config))
     results = {**{f"test_{k}": v for k, v in test.items()}, "mc_samples": e.mc_samples,
-               "checkpoint": "last", "step": loop.current_step(state),
+               "checkpoint": "last", "step": step,
                "epochs": config.train.num_epochs,
                "best": None if best is None else {k: best[k] for k in ("epoch", "metric", "value")},
                "data": self.info}

@@ -10,10 +10,11 @@ A task is a module (or any object) with
   finished (or checkpointed) workdir;
 * ``summary(result) -> str``: one human-readable line on such an evaluation.
 
-Built in: ``ptb`` (``vdrnn.lm``; a population of them, ``vdrnn.population``, when any
-``population.*`` field is set), ``sentiment`` (Pang & Lee regression, ``vdrnn.sentiment``) and
-``imdb`` (classification, ``vdrnn.imdb``). A task of your own needs no change to this package:
-``register`` it from Python, or name it by its module path (``config.task =
+Built in: ``ptb`` (``vdrnn.lm``), ``sentiment`` (Pang & Lee regression, ``vdrnn.sentiment``)
+and ``imdb`` (classification, ``vdrnn.imdb``). When any ``population.*`` field is set, a
+population of runs (``vdrnn.population``) trains instead: of PTB, or of a sequence task (a
+module with ``HEAD``, its ``vdrnn.seq_eval.Head``). A task of your own needs no change to this
+package: ``register`` it from Python, or name it by its module path (``config.task =
 "mypkg.mytask"``, importable where the commands run): that module is then the task, for
 ``python -m vdrnn.train`` and, from the workdir's ``config.json``, ``python -m vdrnn.evaluate``
 (which call ``train_and_evaluate`` / ``evaluate_workdir`` here).
@@ -92,7 +93,12 @@ def train_and_evaluate(config, workdir: str) -> dict:
   """Trains ``config`` in ``workdir`` (resuming what is there); returns the final results."""
   task = of(config)
   if population.is_population(config):
-    return population.train_and_evaluate(config, workdir)
+    if task is lm:
+      return population.train_and_evaluate(config, workdir)
+    if not hasattr(task, "HEAD"):
+      raise UserError(f"task {config.task!r} has no population training (PTB and the sequence "
+                      "tasks have)")
+    return population.train_and_evaluate(config, workdir, head=task.HEAD)
   return task.train_and_evaluate(config, workdir)
 
 
