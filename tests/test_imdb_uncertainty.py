@@ -64,10 +64,14 @@ def test_predictions_are_saved_and_the_metrics_come_from_them(run):
   c, workdir, r = run
   pred = np.load(os.path.join(workdir, "predictions_test.npz"))
   labels, probs, probs_mc, mi_mc = pred["labels"], pred["probs"], pred["probs_mc"], pred["mi_mc"]
+  probs_ts, t = pred["probs_ts"], r["test_ts_temperature"]
   n = len(labels)
-  assert probs.shape == probs_mc.shape == (n, 2) and mi_mc.shape == (n,)
+  assert probs.shape == probs_mc.shape == probs_ts.shape == (n, 2) and mi_mc.shape == (n,)
   np.testing.assert_allclose(probs.sum(1), 1, atol=1e-12)
-  for suffix, p in (("", probs), ("_mc", probs_mc)):
+  # temperature scaling: the approximation's logits (log probs up to a constant) over T
+  np.testing.assert_allclose(probs_ts, uncertainty.softmax(np.log(probs) / t), rtol=1e-5)
+  assert (probs_ts.argmax(1) == probs.argmax(1)).all() and 0.05 <= t <= 20
+  for suffix, p in (("", probs), ("_mc", probs_mc), ("_ts", probs_ts)):
     assert r[f"test_acc{suffix}"] == pytest.approx(np.mean(p.argmax(1) == labels))
     assert r[f"test_nll{suffix}"] == pytest.approx(-np.mean(np.log(p[np.arange(n), labels])))
     assert r[f"test_brier{suffix}"] == pytest.approx(
@@ -88,7 +92,7 @@ def test_ood_inputs_are_the_scaledata_reviews_and_auroc_is_a_pairwise_count(run)
   c, workdir, r = run
   ood = np.load(os.path.join(workdir, "predictions_ood_scaledata_test.npz"))
   x, _ = data.ood_inputs(c, "scaledata")
-  assert set(ood.files) == {"probs", "probs_mc", "mi_mc"} and len(ood["probs"]) == len(x["x"])
+  assert set(ood.files) == {"probs", "probs_mc", "mi_mc", "probs_ts"} and len(ood["probs"]) == len(x["x"])
   ind = np.load(os.path.join(workdir, "predictions_test.npz"))
   for key, s_in, s_out in (("auroc_entropy", _entropy(ind["probs"]), _entropy(ood["probs"])),
                            ("auroc_entropy_mc", _entropy(ind["probs_mc"]),

@@ -124,25 +124,34 @@ def _regression_summary(config, info: dict, y: np.ndarray, det: np.ndarray,
   return out
 
 
-def predictions(det: np.ndarray, mc: Optional[np.ndarray], labels=None) -> dict:
+def predictions(det: np.ndarray, mc: Optional[np.ndarray], labels=None,
+                temperature: Optional[float] = None) -> dict:
   """What ``predictions_<tag>.npz`` holds, from logits ``det [N, K]`` and ``mc [S, N, K]``:
-  ``probs`` (the dropout approximation, ``[N, K]``) and, with MC samples, ``probs_mc`` (their
-  mean probability, ``[N, K]``) and ``mi_mc`` (the mutual information, ``[N]``); ``labels
-  [N]`` when given. Every classification metric is computed from these arrays."""
+  ``probs`` (the dropout approximation, ``[N, K]``); with MC samples, ``probs_mc`` (their mean
+  probability, ``[N, K]``) and ``mi_mc`` (the mutual information, ``[N]``); with a
+  ``temperature`` (``uncertainty.fit_temperature`` on the validation split), ``probs_ts``
+  (``softmax(det / temperature)``, ``[N, K]``); ``labels [N]`` when given. Every classification
+  metric is computed from these arrays."""
   out = {} if labels is None else {"labels": np.asarray(labels)}
   out["probs"] = uncertainty.softmax(det)
   if mc is not None:
     pred = uncertainty.predictive(uncertainty.softmax(mc))
     out["probs_mc"], out["mi_mc"] = pred["probs"], pred["mi"]
+  if temperature is not None:
+    out["probs_ts"] = uncertainty.softmax(np.asarray(det, np.float64) / temperature)
   return out
 
 
 def modes(preds: dict) -> dict:
-  """``{"": dropout approximation, "_mc": MC dropout}`` as ``uncertainty.predictive`` dicts
-  (the approximation's mutual information is 0: one pass)."""
-  out = {"": {"probs": preds["probs"], "mi": np.zeros(len(preds["probs"]))}}
+  """``{"": dropout approximation, "_mc": MC dropout, "_ts": the dropout approximation
+  temperature-scaled}`` (those ``preds`` has) as ``uncertainty.predictive`` dicts (one pass
+  has mutual information 0)."""
+  zero = np.zeros(len(preds["probs"]))
+  out = {"": {"probs": preds["probs"], "mi": zero}}
   if "probs_mc" in preds:
     out["_mc"] = {"probs": preds["probs_mc"], "mi": preds["mi_mc"]}
+  if "probs_ts" in preds:
+    out["_ts"] = {"probs": preds["probs_ts"], "mi": zero}
   return out
 
 
@@ -168,21 +177,22 @@ def mode_ood(pred: dict, pred_ood: dict, one_pass: bool = False) -> dict:
 
 
 def prediction_metrics(preds: dict, n_bins: int) -> dict:
-  """``mode_metrics`` of the dropout approximation and, suffixed ``_mc``, of MC dropout."""
+  """``mode_metrics`` of the dropout approximation and, suffixed ``_mc`` and ``_ts``, of MC
+  dropout and of the temperature-scaled approximation (``modes``)."""
   out = {}
   for suffix, pred in modes(preds).items():
     out.update({k + suffix: v for k, v in
-                mode_metrics(pred, preds["labels"], n_bins, one_pass=not suffix).items()})
+                mode_metrics(pred, preds["labels"], n_bins, suffix != "_mc").items()})
   return out
 
 
 def ood_metrics(preds: dict, preds_ood: dict) -> dict:
-  """``mode_ood`` of each mode (``_mc``: MC dropout): ``auroc_entropy``, ``aupr_entropy``,
-  ``auroc_entropy_mc``, ``auroc_mi_mc``, ..."""
+  """``mode_ood`` of each mode (``modes``): ``auroc_entropy``, ``aupr_entropy``,
+  ``auroc_entropy_mc``, ``auroc_mi_mc``, ``auroc_entropy_ts``, ..."""
   ood = modes(preds_ood)
   out = {}
   for suffix, pred in modes(preds).items():
-    out.update({k + suffix: v for k, v in mode_ood(pred, ood[suffix], not suffix).items()})
+    out.update({k + suffix: v for k, v in mode_ood(pred, ood[suffix], suffix != "_mc").items()})
   return out
 
 
@@ -276,33 +286,44 @@ def evaluate(config,
              taus: Optional[dict] = None,
              workdir: Optional[str] = None,
              tag: str = "test",
-             ood: Sequence[str] = ()) -> dict:
+             ood: Sequence[str] = (),
+             calibration: Optional[dict] = None) -> dict:
   """The head's ``summarize`` of ``split``'s predictions (``taus``: see ``fit_taus``).
 
   Classification with a ``workdir`` also writes there, named by ``tag``: the per-example
   predictions ``predictions_<tag>.npz`` (``predictions``: the arrays the metrics come from),
   ``reliability_<tag>.png`` and ``risk_coverage_<tag>.png``; and for each OOD set in ``ood``
   (``vdrnn.data.sentiment.OOD_SETS``, inputs prepared as the test set) its predictions
-  ``predictions_ood_<name>_<tag>.npz`` and the metrics ``ood_<name>_<auroc|aupr>_...``."""
+  ``predictions_ood_<name>_<tag>.npz`` and the metrics ``ood_<name>_<auroc|aupr>_...``. With a
+  ``calibration`` split (the validation set), temperature scaling fitted on its dropout
+  approximation is a further mode (``_ts``; the temperature is ``ts_temperature``)."""
   det, mc = predict(config, fns, params, split["x"], mesh, samples=samples, progress=progress)
   if not (head.classes and workdir):
     return head.summarize(config, info, split["y"], det, mc, taus)
   e = config.eval
-  preds = predictions(det, mc, split["y"])
+  t = None
+  if calibration is not None and len(calibration["y"]):
+    det_c, _ = predict(config, fns, params, calibration["x"], mesh)
+    t = uncertainty.fit_temperature(det_c, calibration["y"])
+  preds = predictions(det, mc, split["y"], t)
   out = prediction_metrics(preds, e.ece_bins)
+  if t is not None:
+    out["ts_temperature"] = t
   primary = sharding.is_primary()
   if primary:
     np.savez(os.path.join(workdir, f"predictions_{tag}.npz"), **preds)
     curves = {"dropout approx.": preds["probs"]}
     if mc is not None:
       curves[f"MC dropout ({samples})"] = preds["probs_mc"]
+    if t is not None:
+      curves[f"temperature-scaled (T = {t:.2f})"] = preds["probs_ts"]
     plots.reliability_diagram(os.path.join(workdir, f"reliability_{tag}.png"), curves,
                               split["y"], e.ece_bins)
     plots.risk_coverage(os.path.join(workdir, f"risk_coverage_{tag}.png"), curves, split["y"])
   for name in ood:
     x = sentiment_data.ood_inputs(config, name)[0]["x"]
     det_o, mc_o = predict(config, fns, params, x, mesh, samples=samples, progress=progress)
-    preds_o = predictions(det_o, mc_o)
+    preds_o = predictions(det_o, mc_o, temperature=t)
     if primary:
       np.savez(os.path.join(workdir, f"predictions_ood_{name}_{tag}.npz"), **preds_o)
     out.update({f"ood_{name}_{k}": v for k, v in ood_metrics(preds, preds_o).items()})

@@ -465,7 +465,8 @@ class SeqTask(loop.Task):
     test = evaluate(config, self.head, self.fns, params, self.splits["test"], self.info,
                     self.mesh, samples=e.mc_samples,
                     progress=config.train.progress and sharding.is_primary(), taus=taus,
-                    workdir=workdir, tag="test", ood=ood_sets(config))
+                    workdir=workdir, tag="test", ood=ood_sets(config),
+                    calibration=self.splits.get("valid"))
     results = {**{f"test_{k}": v for k, v in test.items()}, "mc_samples": e.mc_samples,
                "checkpoint": "last", "step": step,
                "epochs": config.train.num_epochs,
@@ -512,7 +513,8 @@ def evaluate_workdir(config, workdir: str, head: Head, *, checkpoint: str = "lat
   out = evaluate(config, head, fns, state["params"], splits[split], info, mesh, samples=n,
                  progress=config.train.progress if progress is None else progress, taus=taus,
                  workdir=workdir, tag=f"{checkpoint}_{split}",
-                 ood=ood_sets(config) if split == "test" else ())
+                 ood=ood_sets(config) if split == "test" else (),
+                 calibration=splits.get("valid") if split == "test" else None)
   results = {**{f"{split}_{k}": v for k, v in out.items()}, "mc_samples": n,
              "checkpoint": checkpoint, "step": int(state["step"]),
              "epoch": len(meta.get("history", []))}

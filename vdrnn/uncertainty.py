@@ -27,7 +27,9 @@ Lakshminarayanan et al. 2017, whose members' probabilities stack into the same `
   likely OOD (predictive entropy, mutual information, ``1 - max_k p_k``), summarised by AUROC
   and AUPR with the OOD inputs as the positive class (``ood_scores``, ``auroc``, ``aupr``);
 * selective prediction (Geifman & El-Yaniv 2017): predict only on the inputs of lowest
-  uncertainty; accuracy / risk against coverage and its area (``risk_coverage``, ``aurc``).
+  uncertainty; accuracy / risk against coverage and its area (``risk_coverage``, ``aurc``);
+* temperature scaling (Guo et al. 2017), the one-parameter recalibration baseline
+  (``fit_temperature``).
 """
 
 from __future__ import annotations
@@ -75,22 +77,28 @@ def fit_tau(y, samples, lo: float = 1e-3, hi: float = 1e7) -> float:
   y, s = np.asarray(y, np.float64), np.asarray(samples, np.float64)
   if s.shape[0] == 1:
     return float(1.0 / max(np.mean((y - s[0]) ** 2), 1.0 / hi))
-  f = lambda lt: float(gaussian_mc_log_likelihood(y, s, float(np.exp(lt))).mean())  # noqa: E731
+  return _argmax_log(lambda t: float(gaussian_mc_log_likelihood(y, s, t).mean()), lo, hi)
+
+
+def _argmax_log(f, lo: float, hi: float) -> float:
+  """The ``x`` in ``[lo, hi]`` that maximises ``f(x)``, searched over ``log x``: a grid of 161
+  points refined by golden-section search between the best point's neighbours."""
+  g = lambda lx: f(float(np.exp(lx)))  # noqa: E731
   grid = np.linspace(np.log(lo), np.log(hi), 161)
-  i = int(np.argmax([f(g) for g in grid]))
+  i = int(np.argmax([g(v) for v in grid]))
   a, b = grid[max(i - 1, 0)], grid[min(i + 1, len(grid) - 1)]
   r = (np.sqrt(5.0) - 1.0) / 2.0
   c, d = b - r * (b - a), a + r * (b - a)
-  fc, fd = f(c), f(d)
+  fc, fd = g(c), g(d)
   for _ in range(40):
     if fc >= fd:
       b, d, fd = d, c, fc
       c = b - r * (b - a)
-      fc = f(c)
+      fc = g(c)
     else:
       a, c, fc = c, d, fd
       d = a + r * (b - a)
-      fd = f(d)
+      fd = g(d)
   return float(np.exp((a + b) / 2.0))
 
 
@@ -171,6 +179,14 @@ def ece(probs, labels, n_bins: int = 15) -> float:
   return float(
       np.sum(b["count"][keep] / b["count"].sum() *
              np.abs(b["accuracy"][keep] - b["confidence"][keep])))
+
+
+def fit_temperature(logits, labels, lo: float = 0.05, hi: float = 20.0) -> float:
+  """Temperature scaling (Guo et al. 2017): the ``T`` in ``[lo, hi]`` that minimises the mean
+  NLL of ``softmax(logits / T)`` on held-out points (``logits [N, K]``, ``labels [N]``); one
+  scalar, so the predicted class never changes, only the confidence."""
+  z = np.asarray(logits, np.float64)
+  return _argmax_log(lambda t: -nll(softmax(z / t), labels), lo, hi)
 
 
 def predictive(probs) -> dict:
