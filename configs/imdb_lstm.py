@@ -9,8 +9,13 @@ batch 32, 15 epochs, and all 25k training reviews (``data.valid_fraction=0``): t
 ``validation_data`` is the test set, reported here every epoch too, while the best checkpoint
 is picked on training examples, never on test. The other args hold out 10% of the training
 reviews (``data.valid_fraction``, seeded by ``data.shuffle_seed``) to pick the checkpoint, so
-the test set is used for nothing but the reported numbers. ``tiny`` shrinks the
-shapes for tests and smoke runs (tests/data).
+the test set is used for nothing but the reported numbers (and temperature scaling is
+fitted on the held-out reviews). ``tiny`` shrinks the shapes for tests and smoke runs
+(tests/data).
+
+A deep ensemble of five, trained as one vmapped population (``vdrnn.population``):
+``python -m vdrnn.train --config configs/imdb_lstm.py:none --config.population.seed=0,1,2,3,4``
+(``python -m launch.reproduce --only imdb_lstm_none_ensemble``).
 """
 
 from vdrnn.config import parse_arg
