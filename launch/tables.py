@@ -284,8 +284,9 @@ def imdb_modes(rec: dict) -> list[tuple[str, str]]:
 
 def imdb_table(records: list[dict]) -> list[str]:
   """The uncertainty benchmark's table: each IMDB row and mode (dropout approximation, MC
-  dropout, temperature scaling, the deep ensemble) with accuracy, NLL, Brier, ECE, the area under the
-  risk-coverage curve (entropy) and OOD detection AUROC (entropy / mutual information)."""
+  dropout, temperature scaling, the deep ensemble) with accuracy, NLL, Brier, ECE, the area
+  under the risk-coverage curve (entropy) and OOD detection AUROC (entropy / mutual
+  information)."""
   recs = [r for r in records if r["task"] == "imdb"]
   if not recs:
     return []

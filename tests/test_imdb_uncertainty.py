@@ -92,7 +92,8 @@ def test_ood_inputs_are_the_scaledata_reviews_and_auroc_is_a_pairwise_count(run)
   c, workdir, r = run
   ood = np.load(os.path.join(workdir, "predictions_ood_scaledata_test.npz"))
   x, _ = data.ood_inputs(c, "scaledata")
-  assert set(ood.files) == {"probs", "probs_mc", "mi_mc", "probs_ts"} and len(ood["probs"]) == len(x["x"])
+  assert set(ood.files) == {"probs", "probs_mc", "mi_mc", "probs_ts"}
+  assert len(ood["probs"]) == len(x["x"])
   ind = np.load(os.path.join(workdir, "predictions_test.npz"))
   for key, s_in, s_out in (("auroc_entropy", _entropy(ind["probs"]), _entropy(ood["probs"])),
                            ("auroc_entropy_mc", _entropy(ind["probs_mc"]),
@@ -156,6 +157,9 @@ def test_ensemble_population_members_are_the_single_runs_with_their_seeds(run, t
       _auroc_by_pairs(_entropy(p), _entropy(ood)))
   assert "test_acc_mc" in ens and "test_ood_scaledata_auroc_mi_mc" in ens  # members x samples
   assert [m["seed"] for m in pop["members"]] == [2, 0]
+  for m in members:  # each member's directory reads like a single run's workdir
+    for name in ("config.json", "results.json", "learning_curve.png", "reliability_test.png"):
+      assert os.path.exists(os.path.join(m, name)), name
 
 
 @pytest.mark.parametrize("flag,message", [

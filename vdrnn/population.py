@@ -38,11 +38,12 @@ import json
 import math
 import os
 import sys
+from typing import Optional
 
 import jax
 import numpy as np
 
-from vdrnn import checkpoint, lm, lm_eval, loop, masks, seq_eval, seq_task, sharding
+from vdrnn import checkpoint, lm, lm_eval, loop, masks, plots, seq_eval, seq_task, sharding
 from vdrnn.data import ptb
 from vdrnn.errors import UserError
 from vdrnn.metrics import MetricsWriter
@@ -398,6 +399,15 @@ class SeqPopulation(PopulationTask):
       results["ensemble"] = seq_eval.ensemble_metrics(self.dirs, self.config.eval.ece_bins)
     self.write_members(state, meta, results, step)
     return results
+
+
+  def plot(self, history: list[dict], results: Optional[dict] = None) -> None:
+    """Each member's learning curve in its directory, as a single run draws it."""
+    for k, d in enumerate(self.dirs):
+      os.makedirs(d, exist_ok=True)
+      plots.learning_curve(os.path.join(d, "learning_curve.png"),
+                           [member_record(r, k) for r in history], self.head.metric,
+                           None if results is None else results["members"][k])
 
 
 def _lists(records: list[dict]) -> dict:
