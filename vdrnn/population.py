@@ -375,31 +375,30 @@ class SeqPopulation(PopulationTask):
     return tuple(np.stack(a) for a in zip(*rows))
 
   def train_metrics(self, acc: dict, epoch: int) -> dict:
-    return _lists([self.head.running(jax.tree.map(lambda a: a[k], acc), self.single.info)
+    return _lists([self.head.running(member_state(acc, k), self.single.info)
                    for k in range(len(self.list))])
 
   def evaluate(self, state, epoch: int) -> dict:
     params = jax.device_get(state["params"])
-    return _lists([self.single.evaluate_params(jax.tree.map(lambda a: a[k], params), epoch)
+    return _lists([self.single.evaluate_params(member_state(params, k), epoch)
                    for k in range(len(self.list))])
 
   def finish(self, state, meta: dict) -> dict:
     """Every member's results (each also written to ``member_XX/`` with its predictions) and,
-    for classification, the ensemble's (``ensemble``)."""
+    for classification, the ensemble's (``seq_eval.ensemble_metrics``)."""
     step, params = loop.current_step(state), jax.device_get(state["params"])
     meta.setdefault("member_best", [None] * len(self.dirs))
     out = []
     for k, m in enumerate(self.list):
       os.makedirs(self.dirs[k], exist_ok=True)
-      res = self.single.results(jax.tree.map(lambda a: a[k], params), self.dirs[k],
-                                meta["member_best"][k], step)
+      res = self.single.results(member_state(params, k), self.dirs[k], meta["member_best"][k],
+                                step)
       out.append({"seed": m["seed"], **res, "workdir": self.dirs[k]})
     results = {"members": out, "step": step}
     if self.head.classes:
       results["ensemble"] = seq_eval.ensemble_metrics(self.dirs, self.config.eval.ece_bins)
     self.write_members(state, meta, results, step)
     return results
-
 
   def plot(self, history: list[dict], results: Optional[dict] = None) -> None:
     """Each member's learning curve in its directory, as a single run draws it."""
