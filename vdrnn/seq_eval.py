@@ -142,6 +142,9 @@ def predictions(det: np.ndarray, mc: Optional[np.ndarray], labels=None,
   return out
 
 
+ONE_PASS = ("", "_ts")  # the modes of one forward pass (``modes``): no mutual information
+
+
 def modes(preds: dict) -> dict:
   """``{"": dropout approximation, "_mc": MC dropout, "_ts": the dropout approximation
   temperature-scaled}`` (those ``preds`` has) as ``uncertainty.predictive`` dicts (one pass
@@ -182,7 +185,7 @@ def prediction_metrics(preds: dict, n_bins: int) -> dict:
   out = {}
   for suffix, pred in modes(preds).items():
     out.update({k + suffix: v for k, v in
-                mode_metrics(pred, preds["labels"], n_bins, suffix != "_mc").items()})
+                mode_metrics(pred, preds["labels"], n_bins, suffix in ONE_PASS).items()})
   return out
 
 
@@ -192,7 +195,7 @@ def ood_metrics(preds: dict, preds_ood: dict) -> dict:
   ood = modes(preds_ood)
   out = {}
   for suffix, pred in modes(preds).items():
-    out.update({k + suffix: v for k, v in mode_ood(pred, ood[suffix], suffix != "_mc").items()})
+    out.update({k + suffix: v for k, v in mode_ood(pred, ood[suffix], suffix in ONE_PASS).items()})
   return out
 
 
@@ -203,15 +206,16 @@ def ensemble_metrics(dirs: list[str], n_bins: int, tag: str = "test") -> dict:
   of their MC predictives (members x samples; ``<tag>_<metric>_mc``), by ``mode_metrics``;
   OOD detection (``mode_ood``) against every OOD set all members saved
   (``predictions_ood_<name>_<tag>.npz``; keys ``<tag>_ood_<name>_<metric>[_mc]``)."""
-  load = lambda d, f: modes(dict(np.load(os.path.join(d, f))))  # noqa: E731
-  members = [load(d, f"predictions_{tag}.npz") for d in dirs]
-  labels = np.load(os.path.join(dirs[0], f"predictions_{tag}.npz"))["labels"]
+  load = lambda d, f: dict(np.load(os.path.join(d, f)))  # noqa: E731
+  saved = [load(d, f"predictions_{tag}.npz") for d in dirs]
+  labels, members = saved[0]["labels"], [modes(p) for p in saved]
   suffix = f"_{tag}.npz"
   oods = sorted(set.intersection(*({f for f in os.listdir(d) if f.startswith("predictions_ood_")
                                     and f.endswith(suffix)} for d in dirs)))
-  ood_members = {f[len("predictions_ood_"):-len(suffix)]: [load(d, f) for d in dirs] for f in oods}
+  ood_members = {f[len("predictions_ood_"):-len(suffix)]: [modes(load(d, f)) for d in dirs]
+                 for f in oods}
   out = {}
-  for mode in set.intersection(*(set(m) for m in members)):  # "" and, if all have it, "_mc"
+  for mode in set.intersection(*(set(m) for m in members)):  # the modes every member has
     ens = uncertainty.ensemble([m[mode] for m in members])
     out.update({f"{tag}_{k}{mode}": v for k, v in mode_metrics(ens, labels, n_bins).items()})
     for name, ms in ood_members.items():
