@@ -124,8 +124,13 @@ def member_arrays(members: list[dict]) -> dict:
 def init_population_state(config, members: list[dict], batch_size: int | None = None) -> dict:
   """Stacked ``lm.init_state`` of every member: a single run's state, each leaf ``[K, ...]``."""
   batch_size = config.train.batch_size if batch_size is None else batch_size
-  states = jax.device_get([lm.init_state(member_config(config, m), batch_size) for m in members])
-  return jax.device_put(jax.tree.map(lambda *xs: np.stack(xs), *states))  # stacked on the host
+  return stacked([lm.init_state(member_config(config, m), batch_size) for m in members])
+
+
+def stacked(trees: list):
+  """The trees (one per member) as one, each leaf stacked on a new leading axis ``[K, ...]``
+  (on the host, then put on the device)."""
+  return jax.device_put(jax.tree.map(lambda *xs: np.stack(xs), *jax.device_get(trees)))
 
 
 def make_population_train_step(config, members: list[dict]):
@@ -283,8 +288,7 @@ class LMPopulation(PopulationTask):
     K = len(self.list)
     state["carry"] = jax.device_put(
         jax.tree.map(lambda a: np.zeros(a.shape, a.dtype), state["carry"]))
-    zero = jax.device_get(lm.zero_acc())
-    state["acc"] = jax.device_put(jax.tree.map(lambda a: np.stack([a] * K), zero))
+    state["acc"] = stacked([lm.zero_acc()] * K)
     return state
 
   def batch(self, epoch: int, i: int) -> tuple:
@@ -358,12 +362,10 @@ class SeqPopulation(PopulationTask):
     return seq_task.base_config()
 
   def init_state(self):
-    states = jax.device_get([seq_task.init_state(c) for c in self.configs])
-    return jax.device_put(jax.tree.map(lambda *xs: np.stack(xs), *states))
+    return stacked([seq_task.init_state(c) for c in self.configs])
 
   def start_epoch(self, state, epoch: int):
-    zero = jax.device_get(seq_task.zero_acc())
-    state["acc"] = jax.device_put(jax.tree.map(lambda a: np.stack([a] * len(self.list)), zero))
+    state["acc"] = stacked([seq_task.zero_acc()] * len(self.list))
     return state
 
   def batch(self, epoch: int, i: int) -> tuple:
