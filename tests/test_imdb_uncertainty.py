@@ -128,7 +128,7 @@ def test_ensemble_equals_stacking_every_member_pass():
       np.stack([m[0] for m in members])), atol=1e-12)
 
 
-def test_ensemble_population_members_are_the_single_runs_with_their_seeds(run, tmp_path):
+def test_ensemble_population_members_are_the_single_runs_with_their_seeds(run, tmp_path, capsys):
   """A deep ensemble trained as one vmapped population (seeds 2 and 0; the config's own seed 7
   used by neither): member 1's saved test predictions (dropout approximation, MC dropout, OOD)
   equal the single run with seed 0, member 0's differ; the ensemble's metrics are those of the
@@ -157,6 +157,12 @@ def test_ensemble_population_members_are_the_single_runs_with_their_seeds(run, t
       _auroc_by_pairs(_entropy(p), _entropy(ood)))
   assert "test_acc_mc" in ens and "test_ood_scaledata_auroc_mi_mc" in ens  # members x samples
   assert [m["seed"] for m in pop["members"]] == [2, 0]
+  said = capsys.readouterr().err.splitlines()  # a line per member and one for the ensemble
+  def shown(start):  # "start: name value, name value (...)" as {name: value}
+    line = next(l for l in said if l.startswith(start))
+    return dict(kv.split(" ") for kv in line[len(start):].split(" (")[0].split(", "))
+  assert shown("seed 0: ")["test_acc"] == f"{pop['members'][1]['test_acc']:.4g}", said
+  assert shown("ensemble of 2: ")["test_nll_mc"] == f"{ens['test_nll_mc']:.4g}", said
   for m in members:  # each member's directory reads like a single run's workdir
     for name in ("config.json", "results.json", "learning_curve.png", "reliability_test.png"):
       assert os.path.exists(os.path.join(m, name)), name

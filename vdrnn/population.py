@@ -399,6 +399,13 @@ class SeqPopulation(PopulationTask):
     results = {"members": out, "step": step}
     if self.head.classes:
       results["ensemble"] = seq_eval.ensemble_metrics(self.dirs, self.config.eval.ece_bins)
+    if sharding.is_primary():  # the loop prints scalars only: the members' and ensemble's here
+      for r in out:
+        print(f"seed {r['seed']}: {seq_task.summary(r)}", file=sys.stderr)
+      if "ensemble" in results:
+        print(f"ensemble of {len(out)}: " + seq_task.summary(
+            {**results["ensemble"], "mc_samples": self.config.eval.mc_samples,
+             "checkpoint": "last", "step": step}), file=sys.stderr)
     self.write_members(state, meta, results, step)
     return results
 
