@@ -39,7 +39,8 @@ def tiny_stream(n=23, vocab=40):
 
 
 def loop_reference(cfg, params, ids, samples, rates, temperature):
-  """Slow and obvious: for each sample its own masks from fold_in(key(eval.seed), s), the
+  """Slow and obvious: for each sample its own masks from fold_in(key(eval.seed), s) (those
+  fresh per step, naive and zoneout, from fold_in(k_s, window) in each window), the
   stream run window by window at batch 1 with the state carried, log p(y_t) recorded per
   token. The last window is filled up with an arbitrary token (7) whose outputs are dropped:
   the model is causal, and one window shape means one compilation. Returns mean_t log pbar_t
@@ -48,8 +49,10 @@ def loop_reference(cfg, params, ids, samples, rates, temperature):
   m, T = cfg.model, cfg.eval.seq_length
 
   @jax.jit
-  def window(carry, x, y, key):
+  def window(carry, x, y, key, key_window):
     masks = models.lm_masks(key, m, x, rates)
+    zone = models.lm_masks(key_window, m, x, rates)  # zoneout: fresh in every window
+    masks["zone_c"], masks["zone_h"] = zone["zone_c"], zone["zone_h"]
     hs, carry = models.lm_hidden(params, carry, x, masks)
     logp = jax.nn.log_softmax(models.lm_logits(params, hs, None, temperature), axis=-1)  # [T, 1, V]
     return carry, logp[jnp.arange(x.shape[1]), 0, y[0]]
@@ -63,7 +66,7 @@ def loop_reference(cfg, params, ids, samples, rates, temperature):
       n = len(y)
       x, y = (np.concatenate([a, np.full(T - n, 7, a.dtype)]) for a in (ids[start:start + n], y))
       key = jax.random.fold_in(k_s, i) if m.scheme == "naive" else k_s
-      carry, lp = window(carry, x[None], y[None], key)
+      carry, lp = window(carry, x[None], y[None], key, jax.random.fold_in(k_s, i))
       row.append(np.asarray(lp, np.float64)[:n])
     logps.append(np.concatenate(row))
   logps = np.stack(logps)  # [S, N - 1]
@@ -98,6 +101,23 @@ CASES = {
                  "h": 0.0,
                  "out": 0.5
              }),
+    # weight drop (a recurrent matrix per sample: the model vmapped over one-row samples) and
+    # zoneout (fresh per step, per window from fold_in(k_s, window)) on variational masks
+    "weight_drop_zoneout":
+        dict(arg="variational_tied",
+             emb=False,
+             mult=1.0,
+             temp=1.0,
+             model=dict(p_weight_drop=0.4, zoneout_c=0.5, zoneout_h=0.2),
+             rates={
+                 "emb": 0.0,
+                 "x": 0.5,
+                 "h": 0.3,
+                 "out": 0.5,
+                 "weight": 0.4,
+                 "zone_c": 0.5,
+                 "zone_h": 0.2
+             }),
 }
 
 
@@ -106,6 +126,7 @@ def case_setup(name):
   cfg = tiny_config(c["arg"])
   cfg.eval.mc_emb_dropout, cfg.eval.rate_multiplier, cfg.eval.temperature = c["emb"], c["mult"], c[
       "temp"]
+  cfg.model.update(c.get("model", {}))
   return cfg, models.init_lm(jax.random.key(0), cfg.model), tiny_stream()
 
 

@@ -49,7 +49,6 @@ import jax.numpy as jnp
 import numpy as np
 from tqdm import tqdm
 
-from vdrnn import masks as masks_lib
 from vdrnn import metrics, models, plots, sharding
 from vdrnn.config import compute_dtype
 from vdrnn.data import ptb
@@ -100,7 +99,7 @@ def _fold_samples(m: jax.Array) -> jax.Array:
 def make_mc_segment_fn(config, rates: dict, temperature: float = 1.0, power: float = 0.0):
   """``segment(params, carry, acc, sample_ids, first, xs, ys, ws[, geo, pow]) -> (carry, acc,
   sums[, geo, pow])``, jitted: C samples over ``n`` consecutive windows of the stream, state
-  carried in and out.
+  carried in and out. ``rates``: ``mc_rates``' (Python floats).
 
   Args:
     params: LM parameters.
@@ -123,8 +122,8 @@ def make_mc_segment_fn(config, rates: dict, temperature: float = 1.0, power: flo
   m = config.model
   base = jax.random.key(config.eval.seed)
   naive = m.scheme == "naive"
-  weight_drop = not masks_lib.is_zero(rates.get("weight", 0.0))
-  zoned = any(not masks_lib.is_zero(rates.get(k, 0.0)) for k in ("zone_c", "zone_h"))
+  weight_drop = rates.get("weight", 0.0) > 0
+  zoned = any(rates.get(k, 0.0) > 0 for k in ("zone_c", "zone_h"))
   unroll = config.train.unroll
   dtype = compute_dtype(config)
 
