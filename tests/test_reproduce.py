@@ -328,3 +328,50 @@ def test_imdb_report_shows_the_deep_ensemble_population(tmp_path):
   assert (out / "imdb_risk_coverage.png").stat().st_size > 1000
   again = {r["row"]: r for r in report.report(str(tmp_path / "empty"), str(out), [])}
   assert again[name]["results"] == ens["results"] and again[name]["members"] == 5
+
+
+FAKE_GPU_ROW = '''
+import json, os, sys, time
+args = sys.argv[1:]
+wd = args[args.index("--workdir") + 1]
+ov = dict(a[len("--config."):].split("=", 1) for a in args if a.startswith("--config."))
+os.makedirs(os.path.join(wd, "checkpoints"), exist_ok=True)
+open(os.path.join(wd, "checkpoints", "big"), "w").write("x")
+open(os.path.join(wd, "metrics.jsonl"), "w").write('{"event": "epoch", "epoch": 1}\\n')
+json.dump({"train": {"num_epochs": int(ov.get("train.num_epochs", 1))}},
+          open(os.path.join(wd, "config.json"), "w"))
+time.sleep(2)
+env = {k: os.environ.get(k) for k in ("CUDA_VISIBLE_DEVICES", "VDRNN_DATA",
+                                      "XLA_PYTHON_CLIENT_MEM_FRACTION")}
+json.dump({"overrides": ov, "env": env}, open(os.path.join(wd, "results.json"), "w"))
+'''
+
+
+def test_gpu_rows_script_runs_each_row_with_its_precision_and_packs_it(tmp_path):
+  """launch/gpu_rows.sh, as a lent GPU runs it (with a stand-in for vdrnn.train): every row
+  starts at once through launch.reproduce with its own config and overrides and the given
+  precision, and comes back as a tarball of its workdir without checkpoints."""
+  import tarfile
+  (tmp_path / "fake_gpu_row.py").write_text(FAKE_GPU_ROW)
+  out = tmp_path / "out"
+  env = {**os.environ, "PYTHONPATH": str(tmp_path), "JAX_PLATFORMS": "cpu", "OUT": str(out),
+         "GPU_ROWS_DIR": str(tmp_path / "w"), "REPRODUCE_FLAGS": "--module fake_gpu_row",
+         "ROWS": "medium_naive:bfloat16 imdb_lstm_naive"}
+  run = lambda *a: subprocess.run(["bash", "launch/gpu_rows.sh", *a], cwd=ROOT, env=env,
+                                  capture_output=True, text=True, timeout=120)
+  first = run("start", "60")
+  assert first.returncode == 0, first.stdout + first.stderr
+  assert "=== medium_naive: ended" in first.stdout and "=== imdb_lstm_naive: ended" in first.stdout
+  for row, dtype in (("medium_naive", "bfloat16"), ("imdb_lstm_naive", "float32")):
+    with tarfile.open(out / f"{row}.tgz") as tar:
+      names = set(tar.getnames())
+      assert {f"{row}/config.json", f"{row}/metrics.jsonl", f"{row}/results.json"} <= names
+      assert not any("checkpoints" in n for n in names)
+      res = json.load(tar.extractfile(f"{row}/results.json"))
+    assert res["overrides"]["train.compute_dtype"] == dtype
+    assert res["overrides"]["train.checkpoint_every_steps"] == "0"
+    assert res["env"] == {"CUDA_VISIBLE_DEVICES": "0", "VDRNN_DATA": str(ROOT / ".gpu" / "data"),
+                          "XLA_PYTHON_CLIENT_MEM_FRACTION": "0.450"}
+  assert res["overrides"]["eval.mc_samples"] == "100"  # the row's own overrides (IMDB_EVAL)
+  again = run("wait", "30")  # the second call: nothing left running, it packs and reports
+  assert again.returncode == 0 and "=== medium_naive: ended" in again.stdout

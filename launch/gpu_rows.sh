@@ -1,0 +1,105 @@
+#!/usr/bin/env bash
+# Rows of launch/rows.py on one lent GPU, side by side, across two back-to-back device calls.
+#
+#   ROWS="large_zaremba:bfloat16 medium_naive:bfloat16" bash launch/gpu_rows.sh start 578
+#   ROWS="large_zaremba:bfloat16 medium_naive:bfloat16" bash launch/gpu_rows.sh wait 250
+#
+# Call 1 starts every row detached and watches them until DEADLINE seconds; call 2 (within the
+# machine's warm window) watches them until they all end or its DEADLINE passes. Each row runs
+# as `python -m launch.reproduce --only ROW --gpus 0` (so with the row's own config and
+# overrides, through launch/run_row.py, which records the device and wall time) in a process
+# session of its own (setsid): it outlives call 1's command and goes on until the machine is
+# given back. ROW:DTYPE sets train.compute_dtype for that row (default float32); one row's
+# precision is fixed for its whole run. The GPU's memory is shared evenly between the rows
+# (XLA_PYTHON_CLIENT_MEM_FRACTION = 0.9 / number of rows).
+#
+# Every 15 s, and when a row ends, its workdir without checkpoints (config.json, metrics.jsonl,
+# run_info.json, results.json, mc_test.json, predictions_*.npz, the figures, train.log) is
+# packed into $OUT/ROW.tgz: what the device tool brings back is each row's state at the end of
+# each call. Checkpoints cannot come back (over 16 MiB at the large shape), so a row must end
+# within the lease; one that does not comes back as its partial curve only.
+#
+# Carry: .whl (wheels the image lacks: ml-collections, pooch, platformdirs, tensorboardX) and
+# .gpu (data/: ptb, imdb, scaledata, since ../shared does not travel, found via VDRNN_DATA;
+# orbax/: orbax-checkpoint 0.12.8, used only if a row fails before its first epoch with the
+# image's orbax). Workdirs on /dev/shm (epoch-end checkpoints are written synchronously).
+# Back on the developer machine, per row: move any CPU workdir of the same row aside, then
+#   tar -xzf <files_at>/ROW.tgz -C <workdir_root> && python -m launch.reproduce --report ...
+#
+# Measured on an NVIDIA H200 (2026-12-04): PTB large 8.1 s an epoch alone (114k tokens/s);
+# two PTB medium rows side by side 8.4 s an epoch each; the 1000-sample large MC test about 2 min.
+set -u
+MODE=${1:?start or wait}
+DEADLINE=${2:?seconds}
+ROWS=${ROWS:?ROWS="row[:dtype] ..."}
+FLAGS=${REPRODUCE_FLAGS:-}  # more flags of launch.reproduce (the tests: --module fake_train)
+OUT="${OUT:-$(mktemp -d -t gpu_rows.XXXXXX)}"
+W=${GPU_ROWS_DIR:-/dev/shm/vdrnn}  # the workdirs and the wheels' site
+[ -n "${GPU_ROWS_DIR:-}" ] || { touch /dev/shm/.probe 2>/dev/null || W=/tmp/vdrnn; }
+mkdir -p "$W" "$OUT"
+START=$SECONDS
+exec > >(tee -a "$OUT/gpu_rows_$MODE.log") 2>&1
+set -- $ROWS
+N=$#
+export PYTHONUNBUFFERED=1 JAX_PLATFORMS=${JAX_PLATFORMS:-cuda} VDRNN_DATA="$PWD/.gpu/data"
+export XLA_PYTHON_CLIENT_MEM_FRACTION=$(awk -v n="$N" 'BEGIN { printf "%.3f", 0.9 / n }')
+SITE=$W/site
+if [ ! -d "$SITE" ] && compgen -G ".whl/*.whl" > /dev/null; then
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target "$SITE" \
+    .whl/*.whl || echo "wheel install failed"
+fi
+export PYTHONPATH="$SITE:$PWD${PYTHONPATH:+:$PYTHONPATH}"
+
+pack() {  # $1: row. Its workdir without checkpoints, into $OUT/$1.tgz
+  [ -d "$W/$1" ] && tar -czf "$OUT/$1.tgz.tmp" --exclude=checkpoints -C "$W" "$1" 2>/dev/null &&
+    mv "$OUT/$1.tgz.tmp" "$OUT/$1.tgz"
+}
+
+launch() {  # $1: row, $2: dtype
+  setsid nohup python3 -m launch.reproduce --only "$1" --workdir_root "$W" --gpus 0 $FLAGS \
+    --override train.progress=False --override train.checkpoint_every_steps=0 \
+    --override "train.compute_dtype=$2" >> "$W/$1.log" 2>&1 < /dev/null &
+  echo $! > "$W/$1.pid"
+  echo "started $1 ($2) pid $(cat "$W/$1.pid") at $(date -u +%FT%TZ)"
+}
+
+running() { kill -0 "$(cat "$W/$1.pid" 2>/dev/null)" 2>/dev/null; }
+name() { echo "${1%%:*}"; }
+dtype() { [[ $1 == *:* ]] && echo "${1##*:}" || echo float32; }
+any_running() { for s in "$@"; do running "$(name "$s")" && return 0; done; return 1; }
+
+if [ "$MODE" = start ]; then
+  nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv
+  python3 -c "import jax, orbax.checkpoint as o, flax, optax; print('jax', jax.__version__, 'orbax', getattr(o, '__version__', '?'), 'flax', flax.__version__, 'optax', optax.__version__, jax.devices())"
+  for s in "$@"; do launch "$(name "$s")" "$(dtype "$s")"; done
+  retried=0
+fi
+while any_running "$@" && (( SECONDS - START < DEADLINE )); do
+  sleep 5
+  if [ "$MODE" = start ] && (( retried == 0 )); then
+    for s in "$@"; do  # a row that stopped before its first epoch: once more with orbax 0.12.8
+      r=$(name "$s")
+      if ! running "$r" && [ ! -f "$W/$r/results.json" ] &&
+          ! grep -q '"epoch"' "$W/$r/metrics.jsonl" 2>/dev/null; then
+        echo "=== $r stopped before its first epoch:"; tail -30 "$W/$r.log"
+        echo "=== every stopped row again with orbax-checkpoint 0.12.8"
+        python3 -m pip install -q --no-index --no-deps --no-compile --target "$SITE" .gpu/orbax/*.whl
+        retried=1
+        for t in "$@"; do
+          u=$(name "$t")
+          running "$u" || { rm -rf "$W/$u/checkpoints"; launch "$u" "$(dtype "$t")"; }
+        done
+        break
+      fi
+    done
+  fi
+  if (( (SECONDS - START) % 15 < 5 )); then for s in "$@"; do pack "$(name "$s")"; done; fi
+done
+for s in "$@"; do
+  r=$(name "$s"); pack "$r"
+  running "$r" && echo "=== $r: still running after $((SECONDS - START)) s" || echo "=== $r: ended"
+  grep -h '"epoch"' "$W/$r/metrics.jsonl" 2>/dev/null | tail -2 | cut -c1-300
+  tail -3 "$W/$r/train.log" 2>/dev/null
+done
+nvidia-smi --query-gpu=utilization.gpu,memory.used --format=csv 2>/dev/null
+ls -la "$OUT"
