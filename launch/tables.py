@@ -89,6 +89,71 @@ def _line(rec: dict, label: str, p, v) -> dict:
           "command": rec["command"]}
 
 
+# The paper's claim is a comparison: variational dropout against Zaremba's naive dropout at the
+# same size, from the same code. (size, naive row, variational rows.)
+PTB_PAIRS = (("medium", "medium_naive", ("medium_variational_untied", "medium_variational_tied")),
+             ("large", "large_zaremba", ("large_variational_untied", "large_variational_tied")))
+
+
+def ptb_comparisons(ptb: list[dict]) -> list[dict]:
+  """One line per (naive row, variational row) of ``PTB_PAIRS``: test perplexity of each and the
+  variational row's MC test, the paper's and vdrnn's, and vdrnn's gain over naive (test and MC
+  test minus the naive test; None until both rows are done)."""
+  def get(row, metric):
+    return next((l for l in ptb if l["row"] == row and l["metric"] == metric), None)
+
+  out = []
+  for size, naive, variational in PTB_PAIRS:
+    for var in variational:
+      n, v, mc = get(naive, "test"), get(var, "test"), get(var, "MC test")
+      if n is None or v is None:
+        continue
+      paper = [x["paper"][0] if x and x["paper"] else None for x in (n, v, mc)]
+      ours = [x["vdrnn"] if x and x["status"] == "done" else None for x in (n, v, mc)]
+      gain = lambda vals: [None if vals[0] is None or x is None else x - vals[0]  # noqa: E731
+                           for x in vals[1:]]
+      out.append({"size": size, "naive": naive, "variational": var, "paper": paper,
+                  "vdrnn": ours, "paper_gain": gain(paper), "vdrnn_gain": gain(ours),
+                  "status": [n["status"], v["status"]], "epochs": [n["epochs"], v["epochs"]],
+                  "device": [n["device"], v["device"]]})
+  return out
+
+
+def comparison_cells(c: dict) -> tuple[str, str, str]:
+  """A comparison line's paper cell, vdrnn cell and device cell: "82.7 → 79.7, MC 78.6
+  (-3.0, MC -4.1)"; vdrnn's cell says which row is not finished or not run."""
+  def cell(vals, gains):
+    s = f"{_fmt(vals[0], 1)} → {_fmt(vals[1], 1)}"
+    s += f", MC {_fmt(vals[2], 1)}" if vals[2] is not None else ""
+    g = [f"{x:+.1f}" for x in gains if x is not None]
+    return s + (f" ({g[0]}" + (f", MC {g[1]}" if len(g) > 1 else "") + ")" if g else "")
+
+  if all(x is not None for x in c["vdrnn"][:2]):
+    ours = cell(c["vdrnn"], c["vdrnn_gain"])
+  else:
+    ours = "waiting for " + ", ".join(f"{row}: {st}" for row, st in
+                                      zip((c["naive"], c["variational"]), c["status"])
+                                      if st != "done")
+  devs = [d for d in c["device"] if d]
+  dev = ("–" if not devs else devs[0] + " (both)" if len(devs) == 2 and devs[0] == devs[1]
+         else " / ".join(d or "–" for d in c["device"]))
+  return cell(c["paper"], c["paper_gain"]), ours, dev
+
+
+def comparison_table(ptb: list[dict]) -> list[str]:
+  """The markdown lines of the variational-against-naive table (empty without pairs)."""
+  comps = ptb_comparisons(ptb)
+  if not comps:
+    return []
+  out = ["Variational against naive dropout, same code: test perplexity of the naive row → the "
+         "variational row, and its MC test; in brackets the change from naive.", "",
+         "| size | naive → variational | paper | vdrnn | device |", "|---|---|---|---|---|"]
+  for c in comps:
+    paper, ours, dev = comparison_cells(c)
+    out.append(f"| {c['size']} | {c['naive']} → {c['variational']} | {paper} | {ours} | {dev} |")
+  return out
+
+
 SENTIMENT_UNCERTAINTY = (
     ("test log-likelihood, released tau 0.1 (dropout approx. / MC)", "test_ll", "test_ll_mc"),
     ("test log-likelihood, tau fitted on training examples (dropout approx. / MC)",
@@ -214,6 +279,8 @@ def markdown(ptb: list[dict], sent: list[dict], records: list[dict]) -> str:
     for r in curves:
       at = {int(k): v for k, v in r["mc_curve"].items()}
       out.append(f"| {r['row']} | " + " | ".join(_fmt(at.get(k)) for k in cols) + " |")
+  comparison = comparison_table(ptb)
+  out += ["", *comparison] if comparison else []
   out += ["", "### Sentiment regression (Pang & Lee, test RMSE in rating units)", "",
           "Paper: Gal & Ghahramani 2016, Sec. 5.2, figure only (no published number). All rows "
           "use the released scripts' semantics and split (`:<scheme>,released`).", "",
@@ -346,6 +413,8 @@ def readme_summary(ptb: list[dict], sent: list[dict]) -> str:
     first = lines[0]
     run = first["status"] if first["status"] != "done" else f"{first['epochs']} epochs"
     out.append(f"| {row} | {pap} | {ours} | {run} | {first['device'] or '–'} |")
+  comparison = comparison_table(ptb)
+  out += ["", *comparison] if comparison else []
   out += ["", "| sentiment row (released semantics) | test RMSE: last epoch / MC / lowest | run | "
           "device |", "|---|---|---|---|"]
   for row in dict.fromkeys(l["row"] for l in sent):

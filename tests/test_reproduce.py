@@ -375,3 +375,28 @@ def test_gpu_rows_script_runs_each_row_with_its_precision_and_packs_it(tmp_path)
   assert res["overrides"]["eval.mc_samples"] == "100"  # the row's own overrides (IMDB_EVAL)
   again = run("wait", "30")  # the second call: nothing left running, it packs and reports
   assert again.returncode == 0 and "=== medium_naive: ended" in again.stdout
+
+
+def test_variational_against_naive_is_the_difference_of_the_two_rows_test_perplexities():
+  """tables.ptb_comparisons: vdrnn's gain over naive is the variational row's test (and MC test)
+  minus the naive row's test, shown only when both rows are done; the paper's likewise."""
+  def line(row, metric, paper, v, status="done", device="dev"):
+    return {"row": row, "metric": metric, "paper": paper, "vdrnn": v, "status": status,
+            "epochs": 39, "device": device}
+  ptb = [line("medium_naive", "test", (82.7, None), 82.0),
+         line("medium_variational_untied", "test", (79.7, 0.1), 79.5),
+         line("medium_variational_untied", "MC test", (78.6, 0.1), 78.25),
+         line("medium_variational_tied", "test", (79.7, 0.1), 90.0, "partial (3/39 epochs)"),
+         line("medium_variational_tied", "MC test", (79.0, 0.1), None, "partial (3/39 epochs)")]
+  untied, tied = tables.ptb_comparisons(ptb)  # the large pair has no lines: left out
+  assert (untied["naive"], untied["variational"]) == ("medium_naive", "medium_variational_untied")
+  assert untied["vdrnn_gain"] == [79.5 - 82.0, 78.25 - 82.0]
+  assert untied["paper_gain"] == [79.7 - 82.7, 78.6 - 82.7]
+  paper, ours, device = tables.comparison_cells(untied)
+  assert paper == "82.7 → 79.7, MC 78.6 (-3.0, MC -4.1)"
+  assert ours == "82.0 → 79.5, MC 78.2 (-2.5, MC -3.8)" and device == "dev (both)"
+  assert tied["vdrnn"] == [82.0, None, None] and tied["vdrnn_gain"] == [None, None]
+  assert tables.comparison_cells(tied)[1] == (
+      "waiting for medium_variational_tied: partial (3/39 epochs)")
+  assert "| medium | medium_naive → medium_variational_untied |" in "\n".join(
+      tables.comparison_table(ptb))
