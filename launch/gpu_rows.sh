@@ -69,6 +69,8 @@ dtype() { [[ $1 == *:* ]] && echo "${1##*:}" || echo float32; }
 any_running() { for s in "$@"; do running "$(name "$s")" && return 0; done; return 1; }
 
 if [ "$MODE" = start ]; then
+  names=$(for s in "$@"; do name "$s"; done | paste -sd, -)
+  python3 -m launch.reproduce --dry_run --only "$names" --workdir_root "$W" > /dev/null || exit 2
   nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv
   python3 -c "import jax, orbax.checkpoint as o, flax, optax; print('jax', jax.__version__, 'orbax', getattr(o, '__version__', '?'), 'flax', flax.__version__, 'optax', optax.__version__, jax.devices())"
   for s in "$@"; do launch "$(name "$s")" "$(dtype "$s")"; done

@@ -375,6 +375,10 @@ def test_gpu_rows_script_runs_each_row_with_its_precision_and_packs_it(tmp_path)
   assert res["overrides"]["eval.mc_samples"] == "100"  # the row's own overrides (IMDB_EVAL)
   again = run("wait", "30")  # the second call: nothing left running, it packs and reports
   assert again.returncode == 0 and "=== medium_naive: ended" in again.stdout
+  env["ROWS"] = "medium_naive no_such_row"  # a wrong name: one line, exit 2, nothing started
+  bad = run("start", "60")
+  assert bad.returncode == 2 and "--only no_such_row matches no row" in bad.stdout
+  assert "started" not in bad.stdout
 
 
 def test_variational_against_naive_is_the_difference_of_the_two_rows_test_perplexities():
