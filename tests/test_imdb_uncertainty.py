@@ -182,3 +182,27 @@ def test_bad_ood_set_or_sample_count_is_one_line_and_exit_2(tmp_path, flag, mess
   assert p.returncode == 2, p.stderr[-2000:]
   assert "Traceback" not in p.stderr and lines[-1].startswith(message), p.stderr[-2000:]
   assert [l for l in lines if l.startswith("error:")] == lines[-1:]
+
+
+def test_check_predictions_recomputes_the_table_from_the_saved_arrays(run, tmp_path):
+  """``python -m launch.check_predictions``: the report's accuracy, NLL and ECE of a row agree
+  with those recomputed from its ``predictions_test.npz`` (exit 0); a table value moved by
+  1e-5 is caught and named (exit 1)."""
+  from launch import report
+  _, workdir, _ = run
+  root, out = tmp_path / "root", tmp_path / "results"
+  root.mkdir()
+  os.symlink(workdir, root / "imdb_lstm_variational_untied")
+  report.report(str(root), str(out), [])
+  cmd = [sys.executable, "-m", "launch.check_predictions", "--workdir_root", str(root),
+         "--results_dir", str(out)]
+  good = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=120)
+  assert good.returncode == 0, good.stdout + good.stderr
+  assert "3 row-modes checked, 0 beyond 1e-06" in good.stdout  # probs, probs_mc, probs_ts
+  doc = json.loads((out / "results.json").read_text())
+  rec = next(r for r in doc["rows"] if r["row"] == "imdb_lstm_variational_untied")
+  rec["results"]["test_ece_mc"] += 1e-5
+  (out / "results.json").write_text(json.dumps(doc))
+  bad = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=120)
+  assert bad.returncode == 1
+  assert "1 beyond 1e-06: imdb_lstm_variational_untied probs_mc" in bad.stdout

@@ -281,7 +281,7 @@ def test_committed_results_name_no_path_of_the_machine():
     assert not re.search(r"--workdir[= ]/", path.read_text()), path
 
 
-def test_imdb_report_shows_the_deep_ensemble_population(tmp_path):
+def test_imdb_report_shows_the_deep_ensemble_population(tmp_path, capsys):
   """The ensemble row is a population workdir: its ensemble metrics (``seq_eval.
   ensemble_metrics`` of the members' saved predictions) against a direct computation on the
   mean of the members' probabilities (accuracy, NLL, OOD AUROC as a pairwise count); the
@@ -328,6 +328,16 @@ def test_imdb_report_shows_the_deep_ensemble_population(tmp_path):
   assert (out / "imdb_risk_coverage.png").stat().st_size > 1000
   again = {r["row"]: r for r in report.report(str(tmp_path / "empty"), str(out), [])}
   assert again[name]["results"] == ens["results"] and again[name]["members"] == 5
+  # launch.check_predictions: the ensemble's table from its members' arrays, averaged
+  from launch import check_predictions
+  write(root / name / "config.json", {"seed": 0, "train": {"num_epochs": 15},
+                                      "eval": {"ece_bins": 15}})
+  assert check_predictions.check(str(out), str(root), 1e-6) == 1  # the other row has no arrays
+  said = capsys.readouterr().out
+  assert "imdb_lstm_variational_untied: cannot read its predictions" in said
+  assert "1 row-modes checked, 1 beyond 1e-06: imdb_lstm_variational_untied\n" in said
+  line = next(l for l in said.splitlines() if l.startswith(f"{name} probs:"))
+  assert float(line.rsplit(" ", 1)[1]) <= 1e-12
 
 
 FAKE_GPU_ROW = '''
