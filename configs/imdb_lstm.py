@@ -41,6 +41,7 @@ def get_config(arg=None):
   c.train.batch_size = 128       # the paper's sentiment batch
   c.train.num_epochs = 15        # Keras imdb_lstm: 15 epochs (no paper value)
   c.train.weight_decay = 1e-6    # the paper's sentiment L2
+  c.eval.test_every_epoch = False  # the test set once, at the end (validation watches training)
   c.model.scheme = "variational" if scheme == "keras" else scheme
   if scheme == "variational":    # the paper's sentiment rates p_emb = p_W = p_U = p_dense = 0.5
     c.model.p_emb, c.model.p_x, c.model.p_h, c.model.p_out = 0.5, 0.5, 0.5, 0.5
@@ -57,6 +58,7 @@ def get_config(arg=None):
     c.train.batch_size = 32      # batch_size = 32
     c.train.num_epochs = 15      # epochs=15
     c.train.weight_decay = 0.0   # no regulariser
+    c.eval.test_every_epoch = True  # validation_data is the test set: reported every epoch
   if "tiny" in opts:
     tiny(c)
   return c

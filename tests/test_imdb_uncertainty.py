@@ -171,6 +171,7 @@ def test_ensemble_population_members_are_the_single_runs_with_their_seeds(run, t
 @pytest.mark.parametrize("flag,message", [
     ("--config.eval.ood=wiki", "error: eval.ood: 'wiki' is not an OOD set of imdb"),
     ("--config.eval.mc_samples=-1", "error: eval."),
+    ("--config.eval.mc_every_epochs=1", "error: eval.mc_every_epochs > 0 MC-evaluates the test"),
 ])
 def test_bad_ood_set_or_sample_count_is_one_line_and_exit_2(tmp_path, flag, message):
   p = subprocess.run([sys.executable, "-m", "vdrnn.train", "--config",
@@ -182,6 +183,20 @@ def test_bad_ood_set_or_sample_count_is_one_line_and_exit_2(tmp_path, flag, mess
   assert p.returncode == 2, p.stderr[-2000:]
   assert "Traceback" not in p.stderr and lines[-1].startswith(message), p.stderr[-2000:]
   assert [l for l in lines if l.startswith("error:")] == lines[-1:]
+
+
+def test_the_test_set_is_touched_once_at_the_end(run):
+  """With a validation split (``eval.test_every_epoch=False``, the IMDB default) the epoch
+  records hold training and validation metrics only; the test set is evaluated at the end.
+  ``:keras`` (its validation data is the test set) reports test every epoch."""
+  c, workdir, r = run
+  with open(os.path.join(workdir, "metrics.jsonl")) as f:
+    epochs = [json.loads(l) for l in f if '"epoch"' in l]
+  epochs = [e for e in epochs if e.get("event") == "epoch"]
+  assert not c.eval.test_every_epoch and epochs
+  assert all("valid_acc" in e and not any(k.startswith("test_") for k in e) for e in epochs)
+  assert "test_acc" in r and "test_acc_mc" in r
+  assert imdb_lstm.get_config("keras").eval.test_every_epoch
 
 
 def test_check_predictions_recomputes_the_table_from_the_saved_arrays(run, tmp_path):
