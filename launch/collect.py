@@ -135,13 +135,15 @@ def collect(row: Row, root: str, extra: list[str]) -> dict:
 
 def merge(collected: list[dict], committed: Optional[dict]) -> list[dict]:
   """Each row's record from its workdir, or the committed one when the workdir has no result
-  and the committed record does."""
+  and the committed record does (with the row's grouping, ``family``, ``task`` and ``note``,
+  as ``launch/rows.py`` defines it now)."""
   old = {r["row"]: r for r in (committed or {}).get("rows", [])}
   out = []
   for rec in collected:
     prev = old.get(rec["row"])
     if rec["status"] != "done" and prev is not None and prev.get("status") == "done":
-      out.append(with_precision({**prev, "command": portable(prev["command"])}))
+      now = {k: rec[k] for k in ("family", "task", "note")}
+      out.append(with_precision({**prev, **now, "command": portable(prev["command"])}))
     else:
       out.append(with_precision(rec))
   return out

@@ -129,7 +129,12 @@ ROWS = (
           note="the Lua code's two biases per gate (i2h and h2h), as Zaremba's main.lua")
       for s in range(3)),
     Row("medium_naive", "configs/ptb_medium.py:naive"),
-    Row("medium_variational_tied", "configs/ptb_medium.py:variational_tied", note=MEDIUM_NOTE),
+    # seed 0 and two more: a spread to hold against the paper's +- (issue 26, item 3)
+    Row("medium_variational_tied", "configs/ptb_medium.py:variational_tied",
+        family="medium_variational_tied", note=MEDIUM_NOTE),
+    *(Row(f"medium_variational_tied_seed{s}", "configs/ptb_medium.py:variational_tied",
+          (("seed", str(s)),), family="medium_variational_tied", note=MEDIUM_NOTE)
+      for s in (1, 2)),
     Row("medium_variational_untied", "configs/ptb_medium.py:variational_untied", note=MEDIUM_NOTE),
     Row("large_zaremba", "configs/ptb_large.py:zaremba"),
     Row("large_variational_tied", "configs/ptb_large.py:tied"),

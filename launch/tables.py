@@ -65,7 +65,8 @@ def ptb_lines(records: list[dict]) -> list[dict]:
     pap = next(r for r in ROWS if r.family == fam).paper or {}
     for label, key, pkey in PTB_METRICS[:3]:
       vals = [r["results"][key] for r in done if r["results"].get(key) is not None]
-      line = {"row": f"{fam} (mean of {len(vals)} seeds)", "metric": label,
+      n = f"{len(vals)} seed" + "s" * (len(vals) != 1)
+      line = {"row": f"{fam} (mean of {n})", "metric": label,
               "paper": pap.get(pkey) if pkey else None, "vdrnn": None, "vdrnn_sd": None,
               "diff": None,
               "seeds": ",".join(str(r["seed"]) for r in done),

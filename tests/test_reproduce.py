@@ -125,7 +125,7 @@ def test_report_from_fixture_workdirs(tmp_path):
   fam = next(l for l in lines if l.startswith("| zaremba_small (mean of 2 seeds) | test "))
   assert "| 114.5 | 116.00 ± 1.41 | 1.50 | 0,1 |" in fam
   lua = next(l for l in lines
-             if l.startswith("| zaremba_small_lua_biases (mean of 1 seeds) | test "))
+             if l.startswith("| zaremba_small_lua_biases (mean of 1 seed) | test "))
   assert "| 114.5 | 116.00 | 1.50 | 2 |" in lua  # held against Zaremba small, its own family
   lua = next(l for l in lines if l.startswith("| large_variational_untied | valid (Lua formula)"))
   assert "| 77.9 ± 0.3 | 78.00 | 0.10 |" in lua and "NVIDIA H100 80GB HBM3 (gpu)" in lua
@@ -414,3 +414,15 @@ def test_variational_against_naive_is_the_difference_of_the_two_rows_test_perple
       "waiting for medium_variational_tied: partial (3/39 epochs)")
   assert "| medium | medium_naive → medium_variational_untied |" in "\n".join(
       tables.comparison_table(ptb))
+
+
+def test_a_committed_record_takes_its_rows_grouping_from_rows_py():
+  """A row run elsewhere keeps its committed numbers, but its family (the seeds it is averaged
+  with) is the one ``launch/rows.py`` gives it now."""
+  now = {"row": "medium_variational_tied", "family": "medium_variational_tied", "task": "ptb",
+         "note": "n", "status": "not run", "command": "python -m vdrnn.train"}
+  old = {**now, "family": "", "status": "done", "results": {"test_ppl": 78.9},
+         "device": "cpu, bfloat16"}
+  (rec,) = collect.merge([now], {"rows": [old]})
+  assert rec["status"] == "done" and rec["results"] == {"test_ppl": 78.9}
+  assert rec["family"] == "medium_variational_tied"
