@@ -16,7 +16,7 @@
 # Every 15 s, and when a row ends, its workdir without checkpoints (config.json, metrics.jsonl,
 # run_info.json, results.json, mc_test.json, predictions_*.npz, the figures, train.log) is
 # packed into $OUT/ROW.tgz: what the device tool brings back is each row's state at the end of
-# each call. Checkpoints cannot come back (over 16 MiB at the large shape), so a row must end
+# each call (at most 8 files of 16 MiB come back: 7 rows a lease, the log the eighth file). Checkpoints cannot come back (over 16 MiB at the large shape), so a row must end
 # within the lease; one that does not comes back as its partial curve only.
 #
 # Carry: .whl (wheels the image lacks: ml-collections, pooch, platformdirs, tensorboardX) and
@@ -41,6 +41,10 @@ START=$SECONDS
 exec > >(tee -a "$OUT/gpu_rows_$MODE.log") 2>&1
 set -- $ROWS
 N=$#
+if (( N > 7 )); then  # the device tool brings back 8 files: a tarball per row and the log
+  echo "error: $N rows; at most 7 a lease (the device tool brings back at most 8 files)"
+  exit 2
+fi
 export PYTHONUNBUFFERED=1 JAX_PLATFORMS=${JAX_PLATFORMS:-cuda} VDRNN_DATA="$PWD/.gpu/data"
 export XLA_PYTHON_CLIENT_MEM_FRACTION=$(awk -v n="$N" 'BEGIN { printf "%.3f", 0.9 / n }')
 SITE=$W/site

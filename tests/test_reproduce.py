@@ -389,6 +389,9 @@ def test_gpu_rows_script_runs_each_row_with_its_precision_and_packs_it(tmp_path)
   bad = run("start", "60")
   assert bad.returncode == 2 and "--only no_such_row matches no row" in bad.stdout
   assert "started" not in bad.stdout
+  env["ROWS"] = " ".join(f"medium_naive:{k}" for k in range(8))  # more than 8 files would return
+  many = run("start", "60")
+  assert many.returncode == 2 and "at most 7 a lease" in many.stdout
 
 
 def test_variational_against_naive_is_the_difference_of_the_two_rows_test_perplexities():
