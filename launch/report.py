@@ -104,7 +104,9 @@ def plot_ptb(records: list[dict], results_dir: str) -> list[str]:
 def plot_imdb(records: list[dict], root: str, results_dir: str) -> list[str]:
   """``imdb_risk_coverage.png``: accuracy against coverage (inputs accepted by predictive
   entropy) of each IMDB row whose test predictions are in its workdir (MC dropout where it
-  ran, else the dropout approximation), and of each deep ensemble (its members' mean)."""
+  ran, else the dropout approximation), and of each deep ensemble (its members' mean);
+  ``imdb_reliability.png``: the same predictions' reliability diagram (15 bins, as the
+  table's ECE)."""
   import numpy as np  # noqa: PLC0415
   from vdrnn import plots, population  # noqa: PLC0415
   curves, labels = {}, None
@@ -127,9 +129,11 @@ def plot_imdb(records: list[dict], root: str, results_dir: str) -> list[str]:
       curves[r["row"] + (" (MC)" if mc else "")] = pred["probs_mc" if mc else "probs"]
   if not curves or labels is None:
     return []
-  path = os.path.join(results_dir, "imdb_risk_coverage.png")
-  plots.risk_coverage(path, curves, labels)
-  return [path]
+  paths = [os.path.join(results_dir, f"imdb_{name}.png") for name in ("risk_coverage",
+                                                                     "reliability")]
+  plots.risk_coverage(paths[0], curves, labels)
+  plots.reliability_diagram(paths[1], curves, labels, n_bins=15)
+  return paths
 
 
 def report(root: str, results_dir: str, extra: list[str]) -> list[dict]:

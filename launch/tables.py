@@ -360,33 +360,37 @@ def imdb_table(records: list[dict]) -> list[str]:
     return []
   out = ["", "### IMDB: uncertainty (test set; 10% of the training reviews held out to pick the "
          "checkpoint)", "",
-         "OOD detection: AUROC of the predictive entropy / the mutual information (MC dropout, "
-         "ensemble), IMDB test reviews against PTB test text (far shift) and the Pang & Lee "
-         "reviews (near shift), prepared as the test set. AURC: area under the risk-coverage "
-         "curve, inputs accepted by entropy (lower is better). Temperature scaling (Guo et al. "
-         "2017): one temperature fitted on the held-out reviews' NLL. Figure: "
-         "`imdb_risk_coverage.png`.",
-         "", "| row | mode | acc | NLL | Brier | ECE | AURC | AUROC PTB | AUROC Pang & Lee "
-         "| run | device |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+         "OOD detection: AUROC and AUPR (OOD the positive class) of the predictive entropy / "
+         "the mutual information (MC dropout, ensemble), IMDB test reviews against PTB test "
+         "text (far shift) and the Pang & Lee reviews (near shift), prepared as the test set. "
+         "AURC: area under the risk-coverage curve, inputs accepted by entropy (lower is "
+         "better). ECE: 15 equal-width bins of the top-label confidence. Temperature scaling "
+         "(Guo et al. 2017): one temperature fitted on the held-out reviews' NLL. Figures: "
+         "`imdb_risk_coverage.png`, `imdb_reliability.png`. The table's accuracy, NLL and ECE "
+         "are recomputed from the saved predictions by `python -m launch.check_predictions`.",
+         "", "| row | mode | acc | NLL | Brier | ECE | AURC | AUROC PTB | AUPR PTB "
+         "| AUROC Pang & Lee | AUPR Pang & Lee | run | device |",
+         "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
   for r in recs:
     res = r["results"] or {}
     run = r["status"] if r["status"] != "done" else f"{r['epochs']} epochs"
     if r["status"] != "done":
-      out.append(f"| {r['row']} | – | {_missing(r)} | | | | | | | {run} | {r['device'] or '–'} |")
+      out.append(f"| {r['row']} | – | {_missing(r)} | | | | | | | | | {run} "
+                 f"| {r['device'] or '–'} |")
       continue
     for label, sfx in imdb_modes(r):
       ens = bool(r.get("members"))
       get = lambda k: _fmt(res.get(f"test_{k}{sfx}"), 4)  # noqa: E731
 
-      def auroc(name):
-        h = res.get(f"test_ood_{name}_auroc_entropy{sfx}")
-        mi = res.get(f"test_ood_{name}_auroc_mi{sfx}")
+      def ood(name, metric):  # entropy / mutual information (where there are several passes)
+        h = res.get(f"test_ood_{name}_{metric}_entropy{sfx}")
+        mi = res.get(f"test_ood_{name}_{metric}_mi{sfx}")
         if h is None:
           return "–"
         return _fmt(h, 3) + (f" / {_fmt(mi, 3)}" if (sfx or ens) and mi is not None else "")
+      oods = " | ".join(ood(n, m) for n in ("ptb", "scaledata") for m in ("auroc", "aupr"))
       out.append(f"| {r['row']} | {label} | {get('acc')} | {get('nll')} | {get('brier')} "
-                 f"| {get('ece')} | {get('aurc')} | {auroc('ptb')} | {auroc('scaledata')} "
-                 f"| {run} | {r['device'] or '–'} |")
+                 f"| {get('ece')} | {get('aurc')} | {oods} | {run} | {r['device'] or '–'} |")
   return out
 
 

@@ -309,7 +309,8 @@ def test_imdb_report_shows_the_deep_ensemble_population(tmp_path, capsys):
                                                "ensemble": ensemble, "step": 9})
   fake_workdir(root, "imdb_lstm_variational_untied", epochs=15,
                results={"test_acc": 0.8, "test_acc_mc": 0.81, "test_nll_mc": 0.4, "mc_samples": 100,
-                        "test_ood_ptb_auroc_entropy_mc": 0.7, "test_ood_ptb_auroc_mi_mc": 0.75})
+                        "test_ood_ptb_auroc_entropy_mc": 0.7, "test_ood_ptb_auroc_mi_mc": 0.75,
+                        "test_ood_ptb_aupr_entropy_mc": 0.6, "test_ood_ptb_aupr_mi_mc": 0.65})
   recs = {r["row"]: r for r in report.report(str(root), str(out), [])}
   ens = recs[name]
   p, q = np.mean(members, 0), np.mean(oods, 0)
@@ -324,8 +325,9 @@ def test_imdb_report_shows_the_deep_ensemble_population(tmp_path, capsys):
   table = (out / "README_table.md").read_text()
   assert f"| {name} | deep ensemble (5 members) |" in table
   assert "| imdb_lstm_variational_untied | MC dropout (100) | 0.8100 | 0.4000 |" in table
-  assert "| 0.700 / 0.750 |" in table
+  assert "| 0.700 / 0.750 | 0.600 / 0.650 | – | – |" in table  # AUROC, AUPR; no Pang & Lee
   assert (out / "imdb_risk_coverage.png").stat().st_size > 1000
+  assert (out / "imdb_reliability.png").stat().st_size > 1000
   again = {r["row"]: r for r in report.report(str(tmp_path / "empty"), str(out), [])}
   assert again[name]["results"] == ens["results"] and again[name]["members"] == 5
   # launch.check_predictions: the ensemble's table from its members' arrays, averaged
