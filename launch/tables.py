@@ -115,8 +115,7 @@ def ptb_comparisons(ptb: list[dict]) -> list[dict]:
                            for x in vals[1:]]
       out.append({"size": size, "naive": naive, "variational": var, "paper": paper,
                   "vdrnn": ours, "paper_gain": gain(paper), "vdrnn_gain": gain(ours),
-                  "status": [n["status"], v["status"]], "epochs": [n["epochs"], v["epochs"]],
-                  "device": [n["device"], v["device"]]})
+                  "status": [n["status"], v["status"]], "device": [n["device"], v["device"]]})
   return out
 
 
