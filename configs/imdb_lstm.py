@@ -42,6 +42,7 @@ def get_config(arg=None):
   c.train.num_epochs = 15        # Keras imdb_lstm: 15 epochs (no paper value)
   c.train.weight_decay = 1e-6    # the paper's sentiment L2
   c.eval.test_every_epoch = False  # the test set once, at the end (validation watches training)
+  c.eval.checkpoint = "best"     # ... of the epoch with the lowest validation NLL
   c.model.scheme = "variational" if scheme == "keras" else scheme
   if scheme == "variational":    # the paper's sentiment rates p_emb = p_W = p_U = p_dense = 0.5
     c.model.p_emb, c.model.p_x, c.model.p_h, c.model.p_out = 0.5, 0.5, 0.5, 0.5
@@ -59,6 +60,7 @@ def get_config(arg=None):
     c.train.num_epochs = 15      # epochs=15
     c.train.weight_decay = 0.0   # no regulariser
     c.eval.test_every_epoch = True  # validation_data is the test set: reported every epoch
+    c.eval.checkpoint = "last"   # the model after the last epoch, as the example evaluates it
   if "tiny" in opts:
     tiny(c)
   return c

@@ -14,6 +14,7 @@ import pytest
 
 from configs import imdb_lstm
 from tests.helpers import evaluate_cli
+from vdrnn import checkpoint as ckpt_lib
 from vdrnn import tasks, uncertainty
 from vdrnn.data import sentiment as data
 
@@ -172,6 +173,7 @@ def test_ensemble_population_members_are_the_single_runs_with_their_seeds(run, t
     ("--config.eval.ood=wiki", "error: eval.ood: 'wiki' is not an OOD set of imdb"),
     ("--config.eval.mc_samples=-1", "error: eval."),
     ("--config.eval.mc_every_epochs=1", "error: eval.mc_every_epochs > 0 MC-evaluates the test"),
+    ("--config.eval.checkpoint=middle", "error: eval.checkpoint must be 'last' or 'best'"),
 ])
 def test_bad_ood_set_or_sample_count_is_one_line_and_exit_2(tmp_path, flag, message):
   p = subprocess.run([sys.executable, "-m", "vdrnn.train", "--config",
@@ -197,6 +199,35 @@ def test_the_test_set_is_touched_once_at_the_end(run):
   assert all("valid_acc" in e and not any(k.startswith("test_") for k in e) for e in epochs)
   assert "test_acc" in r and "test_acc_mc" in r
   assert imdb_lstm.get_config("keras").eval.test_every_epoch
+
+
+def test_the_final_test_evaluates_the_best_epoch_of_a_run_and_of_each_member(tmp_path, capsys):
+  """``eval.checkpoint=best`` (the IMDB default): a run that over-fits after its first epoch
+  reports the test set of its best epoch by validation NLL, exactly what ``vdrnn.evaluate
+  --checkpoint=best`` computes from that checkpoint; a population member, of its own best
+  epoch, equal to the single run with its seed."""
+  c = _config()
+  c.model.p_emb = c.model.p_x = c.model.p_h = c.model.p_out = 0.0
+  c.train.num_epochs, c.eval.mc_samples, c.eval.ood = 4, 0, ""
+  single = str(tmp_path / "single")
+  r = tasks.train_and_evaluate(c, single)
+  assert c.eval.checkpoint == "best" and r["checkpoint"] == "best"
+  _, last = ckpt_lib.find(single, "latest")  # the step after epoch 4
+  assert r["best"]["epoch"] < 4 and r["step"] * 4 == last * r["best"]["epoch"]
+  evaluate_cli(["evaluate", f"--workdir={single}", "--checkpoint=best"])
+  again = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+  assert again["step"] == r["step"] and again["test_nll"] == pytest.approx(r["test_nll"], 1e-6)
+  first = np.load(os.path.join(single, "predictions_test.npz"))
+  np.testing.assert_allclose(np.load(os.path.join(single, "predictions_best_test.npz"))["probs"],
+                             first["probs"], rtol=1e-6, atol=1e-9)
+  c.population.seed = (c.seed, c.seed + 5)
+  pop = tasks.train_and_evaluate(c, str(tmp_path / "pop"))
+  member = pop["members"][0]
+  assert (member["checkpoint"], member["step"]) == ("best", r["step"])
+  assert member["best"]["epoch"] == r["best"]["epoch"]
+  assert member["best"]["value"] == pytest.approx(r["best"]["value"], rel=1e-6)
+  got = np.load(os.path.join(tmp_path / "pop" / "member_00", "predictions_test.npz"))
+  np.testing.assert_allclose(got["probs"], first["probs"], rtol=1e-5, atol=1e-6)
 
 
 def test_check_predictions_recomputes_the_table_from_the_saved_arrays(run, tmp_path):

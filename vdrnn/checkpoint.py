@@ -21,6 +21,7 @@ import sys
 from typing import Any, Callable, Optional
 
 import jax
+import numpy as np
 import orbax.checkpoint as ocp
 from absl import logging
 from orbax.checkpoint import checkpoint_managers as policies
@@ -73,8 +74,10 @@ def read_meta(mngr: ocp.CheckpointManager, step: Optional[int] = None) -> Option
 
 def restore(mngr: ocp.CheckpointManager, step: int, target: Any) -> tuple[Any, dict]:
   """Restores ``(state, meta)`` at ``step``; ``target`` gives the structure, shapes,
-  dtypes and shardings. A structure or shape mismatch is a ``UserError``."""
-  abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, target)
+  dtypes and shardings (device arrays, or host ones: NumPy arrays and scalars). A structure or
+  shape mismatch is a ``UserError``."""
+  host = lambda x: np.asarray(x) if isinstance(x, np.generic) else x  # noqa: E731
+  abstract = jax.tree.map(lambda x: ocp.utils.to_shape_dtype_struct(host(x)), target)
   try:
     restored = mngr.restore(step, args=ocp.args.Composite(
         state=ocp.args.StandardRestore(abstract), meta=ocp.args.JsonRestore()))

@@ -388,13 +388,14 @@ class SeqPopulation(PopulationTask):
   def finish(self, state, meta: dict) -> dict:
     """Every member's results (each also written to ``member_XX/`` with its predictions) and,
     for classification, the ensemble's (``seq_eval.ensemble_metrics``)."""
-    step, params = loop.current_step(state), jax.device_get(state["params"])
+    step, host = loop.current_step(state), jax.device_get(state)
     meta.setdefault("member_best", [None] * len(self.dirs))
     out = []
     for k, m in enumerate(self.list):
       os.makedirs(self.dirs[k], exist_ok=True)
-      res = self.single.results(member_state(params, k), self.dirs[k], meta["member_best"][k],
-                                step)
+      best = meta["member_best"][k]  # eval.checkpoint=best: each member's own best epoch
+      params, at, which = self.single.final_params(member_state(host, k), self.dirs[k], best)
+      res = self.single.results(params, self.dirs[k], best, at, which)
       out.append({"seed": m["seed"], **res, "workdir": self.dirs[k]})
     results = {"members": out, "step": step}
     if self.head.classes:

@@ -139,6 +139,9 @@ def base_config() -> ml_collections.ConfigDict:
   # the test set after every epoch (the sentiment figure's curves: the released scripts report
   # it every epoch); False: only at the end (a held-out validation set watches training)
   c.eval.test_every_epoch = True
+  # the checkpoint the final test evaluates: "last" (the released scripts: the model after the
+  # last epoch) or "best" (the epoch with the lowest validation metric, ``select``)
+  c.eval.checkpoint = "last"
   # >0: also MC-evaluate the test set every that many epochs (ModelTest: 1, T = 10)
   c.eval.mc_every_epochs = 0
   c.eval.tau = 0.1             # model precision in the test log-likelihood (ModelTest(tau=0.1))
@@ -226,6 +229,8 @@ def validate(config, head: Head) -> None:
     raise UserError("eval.mc_samples, eval.mc_every_epochs and eval.train_examples must be >= 0")
   if e.tau <= 0 or e.ece_bins < 1:
     raise UserError(f"eval.tau must be > 0 and eval.ece_bins >= 1, got {e.tau!r}, {e.ece_bins!r}")
+  if e.checkpoint not in ("last", "best"):
+    raise UserError(f"eval.checkpoint must be 'last' or 'best', got {e.checkpoint!r}")
   if e.mc_every_epochs and not e.test_every_epoch:
     raise UserError("eval.mc_every_epochs > 0 MC-evaluates the test set every epoch: it needs "
                     "eval.test_every_epoch=True")
@@ -462,12 +467,31 @@ class SeqTask(loop.Task):
     return record
 
   def finish(self, state, meta: dict) -> dict:
-    return self.results(state["params"], self.workdir, meta["best"], loop.current_step(state))
+    params, step, which = self.final_params(state, self.workdir, meta["best"])
+    return self.results(params, self.workdir, meta["best"], step, which)
 
-  def results(self, params, workdir: str, best: Optional[dict], step: int) -> dict:
-    """The final results of ``params``: the test set with the dropout approximation and
-    ``eval.mc_samples`` MC samples, its predictions saved in ``workdir``; ``best``: the best
-    epoch's record (``meta["best"]``)."""
+  def final_params(self, state, workdir: str, best: Optional[dict]) -> tuple:
+    """``(params, step, "last" | "best")`` the final test evaluates: with
+    ``eval.checkpoint=best`` those of the best epoch (``best``, ``meta["best"]``), restored
+    from ``workdir``'s checkpoints (the loop keeps the best one); else, or before any epoch
+    had a finite metric, ``state``'s own."""
+    step = loop.current_step(state)
+    if self.config.eval.checkpoint != "best" or best is None:
+      return state["params"], step, "last"
+    if best["step"] == step:
+      return state["params"], step, "best"
+    mngr, found = ckpt_lib.find(workdir, "best")
+    if found != best["step"]:
+      raise UserError(f"{workdir}: the best checkpoint is at step {found}, its metadata says "
+                      f"{best['step']}")
+    restored, _ = ckpt_lib.restore(mngr, found, state)
+    return restored["params"], found, "best"
+
+  def results(self, params, workdir: str, best: Optional[dict], step: int,
+              which: str = "last") -> dict:
+    """The final results of ``params`` (checkpoint ``which`` at ``step``): the test set with the
+    dropout approximation and ``eval.mc_samples`` MC samples, its predictions saved in
+    ``workdir``; ``best``: the best epoch's record (``meta["best"]``)."""
     config, e = self.config, self.config.eval
     taus, _ = self.training_examples(params, e.mc_samples)
     test = evaluate(config, self.head, self.fns, params, self.splits["test"], self.info,
@@ -476,7 +500,7 @@ class SeqTask(loop.Task):
                     workdir=workdir, tag="test", ood=ood_sets(config),
                     calibration=self.splits.get("valid"))
     results = {**{f"test_{k}": v for k, v in test.items()}, "mc_samples": e.mc_samples,
-               "checkpoint": "last", "step": step,
+               "checkpoint": which, "step": step,
                "epochs": config.train.num_epochs,
                "best": None if best is None else {k: best[k] for k in ("epoch", "metric", "value")},
                "data": self.info}
