@@ -109,12 +109,12 @@ def test_evaluate_cli_rewrites_the_same_predictions(run, capsys):
   evaluate_cli(["evaluate", f"--workdir={workdir}"])
   again = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
   first = np.load(os.path.join(workdir, "predictions_test.npz"))
-  second = np.load(os.path.join(workdir, "predictions_latest_test.npz"))
+  second = np.load(os.path.join(workdir, "predictions_best_test.npz"))  # eval.checkpoint=best
   for k in first.files:
     np.testing.assert_allclose(second[k], first[k], rtol=1e-6, atol=1e-9)
   assert again["test_ood_scaledata_auroc_mi_mc"] == pytest.approx(
       r["test_ood_scaledata_auroc_mi_mc"], abs=1e-6)
-  assert os.path.exists(os.path.join(workdir, "predictions_ood_scaledata_latest_test.npz"))
+  assert os.path.exists(os.path.join(workdir, "predictions_ood_scaledata_best_test.npz"))
 
 
 def test_ensemble_equals_stacking_every_member_pass():
@@ -214,7 +214,7 @@ def test_the_final_test_evaluates_the_best_epoch_of_a_run_and_of_each_member(tmp
   assert c.eval.checkpoint == "best" and r["checkpoint"] == "best"
   _, last = ckpt_lib.find(single, "latest")  # the step after epoch 4
   assert r["best"]["epoch"] < 4 and r["step"] * 4 == last * r["best"]["epoch"]
-  evaluate_cli(["evaluate", f"--workdir={single}", "--checkpoint=best"])
+  evaluate_cli(["evaluate", f"--workdir={single}"])  # by default, the checkpoint reported
   again = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
   assert again["step"] == r["step"] and again["test_nll"] == pytest.approx(r["test_nll"], 1e-6)
   first = np.load(os.path.join(single, "predictions_test.npz"))

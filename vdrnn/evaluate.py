@@ -2,8 +2,9 @@
 [--split test|valid] [--config.eval.mc_samples=2000]``.
 
 The workdir's ``config.json`` is the ``--config`` flag's value (read once), so any field can
-be overridden with ``--config.<field>=`` as in training. ``--checkpoint`` defaults to
-``latest`` (the final model, the one ``results.json`` reports). The evaluation is the task's
+be overridden with ``--config.<field>=`` as in training. ``--checkpoint`` defaults to the one
+``results.json`` reports: ``best`` where the run's ``eval.checkpoint`` is ``best`` (IMDB), else
+``latest`` (the final model). The evaluation is the task's
 (``vdrnn.tasks.evaluate_workdir``): one JSON line on stdout, the task's ``summary`` line on
 stderr. PTB (``vdrnn.lm``): the dropout approximation and MC dropout, ``mc_<split>.json`` /
 ``.png`` in the workdir; Pang & Lee and IMDB (``vdrnn.seq_task``): RMSE or accuracy, NLL, ECE,
@@ -27,7 +28,8 @@ def define_flags() -> None:
   if "checkpoint" in flags.FLAGS:
     return
   flags.DEFINE_string("workdir", None, "Training workdir (config.json, checkpoints/).")
-  flags.DEFINE_string("checkpoint", "latest", "latest, best or a step number.")
+  flags.DEFINE_string("checkpoint", "", "latest, best or a step number (default: the one "
+                      "results.json reports, the run's eval.checkpoint: best, else latest).")
   flags.DEFINE_string("split", "test", "test or valid (sentiment: also train).")
 
 
@@ -63,8 +65,10 @@ def main(argv):
 
   def _main():
     config = flags.FLAGS.config
+    reported = "best" if getattr(config.eval, "checkpoint", "last") == "best" else "latest"
     result = tasks.evaluate_workdir(config, flags.FLAGS.workdir,
-                                    checkpoint=flags.FLAGS.checkpoint, split=flags.FLAGS.split)
+                                    checkpoint=flags.FLAGS.checkpoint or reported,
+                                    split=flags.FLAGS.split)
     print(json.dumps({k: v for k, v in result.items() if k != "data"}))
     print(tasks.of(config).summary(result), file=sys.stderr)
 
