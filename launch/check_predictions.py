@@ -24,8 +24,8 @@ import sys
 import numpy as np
 from absl import app, flags
 
+from launch.collect import saved_test_predictions
 from launch.rows import ROWS
-from vdrnn import population
 from vdrnn.errors import UserError, run_main
 
 MODES = (("", "probs"), ("_mc", "probs_mc"), ("_ts", "probs_ts"))
@@ -47,19 +47,6 @@ def accuracy_nll_ece(probs: np.ndarray, labels: np.ndarray, n_bins: int) -> dict
           "nll": float(-np.mean(np.log(p[np.arange(n), labels]))), "ece": float(ece)}
 
 
-def load_predictions(workdir: str, members: int) -> dict:
-  """``predictions_test.npz`` of a workdir as a dict; a population's members averaged."""
-  if not members:
-    return dict(np.load(os.path.join(workdir, "predictions_test.npz")))
-  preds = [dict(np.load(os.path.join(workdir, population.member_name(k), "predictions_test.npz")))
-           for k in range(members)]
-  out = {"labels": preds[0]["labels"]}
-  for _, key in MODES:
-    if all(key in p for p in preds):
-      out[key] = np.mean([p[key] for p in preds], axis=0)
-  return out
-
-
 def check(results_dir: str, workdir_root: str, tol: float) -> int:
   path = os.path.join(results_dir, "results.json")
   if not os.path.exists(path):
@@ -74,7 +61,7 @@ def check(results_dir: str, workdir_root: str, tol: float) -> int:
       continue
     workdir = os.path.join(workdir_root, row.name)
     try:
-      pred = load_predictions(workdir, rec.get("members", 0))
+      pred = saved_test_predictions(workdir, rec.get("members", 0))
       with open(os.path.join(workdir, "config.json")) as f:
         n_bins = json.load(f)["eval"]["ece_bins"]
     except (OSError, KeyError, ValueError) as e:

@@ -133,6 +133,22 @@ def collect(row: Row, root: str, extra: list[str]) -> dict:
   return rec
 
 
+def saved_test_predictions(workdir: str, members: int = 0) -> dict:
+  """A row's saved ``predictions_test.npz`` as a dict (``labels``, ``probs``, ``probs_mc``, ...);
+  a population's (``members`` > 0) from every ``member_XX/``, each array but the labels
+  averaged over the members (the deep ensemble's predictive). A missing file raises
+  ``OSError``."""
+  import numpy as np  # noqa: PLC0415
+  from vdrnn import population  # noqa: PLC0415
+  if not members:
+    return dict(np.load(os.path.join(workdir, "predictions_test.npz")))
+  preds = [dict(np.load(os.path.join(workdir, population.member_name(k), "predictions_test.npz")))
+           for k in range(members)]
+  common = set.intersection(*(set(p) for p in preds)) - {"labels"}
+  return {"labels": preds[0]["labels"],
+          **{key: np.mean([p[key] for p in preds], axis=0) for key in sorted(common)}}
+
+
 def merge(collected: list[dict], committed: Optional[dict]) -> list[dict]:
   """Each row's record from its workdir, or the committed one when the workdir has no result
   and the committed record does (with the row's grouping, ``family``, ``task`` and ``note``,

@@ -14,7 +14,7 @@ import os
 import shutil
 import time
 
-from launch.collect import collect, merge, read_json
+from launch.collect import collect, merge, read_json, saved_test_predictions
 from launch.rows import ROWS
 from launch.tables import (README_END, README_START, markdown, ptb_lines, readme_summary,
                            sentiment_lines)
@@ -107,26 +107,18 @@ def plot_imdb(records: list[dict], root: str, results_dir: str) -> list[str]:
   ran, else the dropout approximation), and of each deep ensemble (its members' mean);
   ``imdb_reliability.png``: the same predictions' reliability diagram (15 bins, as the
   table's ECE)."""
-  import numpy as np  # noqa: PLC0415
-  from vdrnn import plots, population  # noqa: PLC0415
+  from vdrnn import plots  # noqa: PLC0415
   curves, labels = {}, None
   for r in records:
     if r["task"] != "imdb" or r["status"] != "done":
       continue
-    if r.get("members"):  # a population's members: member_00, member_01, ...
-      files = [os.path.join(root, r["row"], population.member_name(k), "predictions_test.npz")
-               for k in range(r["members"])]
-      if all(map(os.path.exists, files)):
-        preds = [np.load(f) for f in files]
-        labels = preds[0]["labels"]
-        curves[r["row"]] = np.mean([p["probs"] for p in preds], axis=0)
+    try:  # a population: its members' mean (member_00, member_01, ...)
+      pred = saved_test_predictions(os.path.join(root, r["row"]), r.get("members", 0))
+    except OSError:
       continue
-    path = os.path.join(root, r["row"], "predictions_test.npz")
-    if os.path.exists(path):
-      pred = np.load(path)
-      labels = pred["labels"]
-      mc = "probs_mc" in pred.files
-      curves[r["row"] + (" (MC)" if mc else "")] = pred["probs_mc" if mc else "probs"]
+    labels = pred["labels"]
+    mc = not r.get("members") and "probs_mc" in pred
+    curves[r["row"] + (" (MC)" if mc else "")] = pred["probs_mc" if mc else "probs"]
   if not curves or labels is None:
     return []
   paths = [os.path.join(results_dir, f"imdb_{name}.png") for name in ("risk_coverage",
