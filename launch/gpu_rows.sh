@@ -4,8 +4,11 @@
 #   ROWS="large_zaremba:bfloat16 medium_naive:bfloat16" bash launch/gpu_rows.sh start 578
 #   ROWS="large_zaremba:bfloat16 medium_naive:bfloat16" bash launch/gpu_rows.sh wait 250
 #
-# Call 1 starts every row detached and watches them until DEADLINE seconds; call 2 (within the
-# machine's warm window) watches them until they all end or its DEADLINE passes. Each row runs
+# Call 1 starts every row detached and watches them until they all end or DEADLINE seconds pass;
+# call 2 watches them until they all end or its DEADLINE passes. Call 2 must be the very next
+# tool call: the machine is given back after `idle_release_s` idle (30 s on 2026-12-04), and a
+# `wait` on the fresh machine that follows says so (exit 2). Rows that must not be lost go in
+# call 1 with what it can finish (two PTB medium rows with their MC tests: about 7 min). Each row runs
 # as `python -m launch.reproduce --only ROW --gpus 0` (so with the row's own config and
 # overrides, through launch/run_row.py, which records the device and wall time) in a process
 # session of its own (setsid): it outlives call 1's command and goes on until the machine is
@@ -27,7 +30,9 @@
 #   tar -xzf <files_at>/ROW.tgz -C <workdir_root> && python -m launch.reproduce --report ...
 #
 # Measured on an NVIDIA H200 (2026-12-04): PTB large 8.1 s an epoch alone (114k tokens/s);
-# two PTB medium rows side by side 8.4 s an epoch each; the 1000-sample large MC test about 2 min.
+# two PTB medium rows side by side 8.4 s an epoch each; the 1000-sample large MC test about 2 min;
+# large beside two mediums 26 s and 13 s an epoch: the GPU is shared by time-slicing, so rows
+# side by side take as long as one after another (plan a lease as their sum, ~850 s of work).
 set -u
 MODE=${1:?start or wait}
 DEADLINE=${2:?seconds}
@@ -46,6 +51,10 @@ if (( N > 7 )); then  # the device tool brings back 8 files: a tarball per row a
   exit 2
 fi
 export PYTHONUNBUFFERED=1 JAX_PLATFORMS=${JAX_PLATFORMS:-cuda} VDRNN_DATA="$PWD/.gpu/data"
+# One seed, one result: without this, XLA:GPU's scatter-add (the embedding's gradient) sums in
+# whatever order its atomics land, and two leases of the same medium row drifted apart by up to
+# 3 perplexity points in epoch 1 (2026-12-04). Its cost on the H200 is not yet measured.
+[ "${GPU_DETERMINISTIC:-1}" = 1 ] && export XLA_FLAGS="${XLA_FLAGS:-} --xla_gpu_deterministic_ops=true"
 export XLA_PYTHON_CLIENT_MEM_FRACTION=$(awk -v n="$N" 'BEGIN { printf "%.3f", 0.9 / n }')
 SITE=$W/site
 if [ ! -d "$SITE" ] && compgen -G ".whl/*.whl" > /dev/null; then
@@ -76,9 +85,21 @@ if [ "$MODE" = start ]; then
   names=$(for s in "$@"; do name "$s"; done | paste -sd, -)
   python3 -m launch.reproduce --dry_run --only "$names" --workdir_root "$W" > /dev/null || exit 2
   nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv
-  python3 -c "import jax, orbax.checkpoint as o, flax, optax; print('jax', jax.__version__, 'orbax', getattr(o, '__version__', '?'), 'flax', flax.__version__, 'optax', optax.__version__, jax.devices())"
+  probe="import jax, orbax.checkpoint as o, flax, optax; print('jax', jax.__version__, 'orbax', getattr(o, '__version__', '?'), 'flax', flax.__version__, 'optax', optax.__version__, jax.devices(), jax.jit(lambda x: x + 1)(jax.numpy.ones(2)))"
+  if ! python3 -c "$probe"; then  # an XLA without the determinism flag: run without it, say so
+    echo "warning: this XLA refuses XLA_FLAGS=$XLA_FLAGS; the rows run without it (not bitwise reproducible)"
+    export XLA_FLAGS=${XLA_FLAGS/--xla_gpu_deterministic_ops=true/}
+    python3 -c "$probe"
+  fi
   for s in "$@"; do launch "$(name "$s")" "$(dtype "$s")"; done
   retried=0
+else  # wait: the rows must have been started on this very machine by call 1
+  lost=$(for s in "$@"; do r=$(name "$s"); [ -f "$W/$r.pid" ] || echo "$r"; done | paste -sd' ' -)
+  if [ -n "$lost" ]; then
+    echo "error: not started on this machine: $lost (a fresh machine: the one call 1 used was" \
+      "given back when idle; make call 2 the very next tool call, within idle_release_s)"
+    exit 2
+  fi
 fi
 while any_running "$@" && (( SECONDS - START < DEADLINE )); do
   sleep 5
@@ -103,7 +124,9 @@ while any_running "$@" && (( SECONDS - START < DEADLINE )); do
 done
 for s in "$@"; do
   r=$(name "$s"); pack "$r"
-  running "$r" && echo "=== $r: still running after $((SECONDS - START)) s" || echo "=== $r: ended"
+  if running "$r"; then echo "=== $r: still running after $((SECONDS - START)) s"
+  elif [ -f "$W/$r/results.json" ]; then echo "=== $r: ended"
+  else echo "=== $r: stopped without results.json:"; tail -5 "$W/$r.log" 2>/dev/null; fi
   grep -h '"epoch"' "$W/$r/metrics.jsonl" 2>/dev/null | tail -2 | cut -c1-300
   tail -3 "$W/$r/train.log" 2>/dev/null
 done

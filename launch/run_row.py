@@ -69,7 +69,8 @@ def main() -> None:
   os.makedirs(workdir, exist_ok=True)
   info = read_info(workdir)
   session = {"command": shlex.join(["python", "-m", "vdrnn.train", *args]), "device": device_name(),
-             "host": socket.gethostname(), "start": time.time(), "end": None, "exit": None}
+             "host": socket.gethostname(), "xla_flags": os.environ.get("XLA_FLAGS", ""),
+             "start": time.time(), "end": None, "exit": None}
   info["sessions"].append(session)
   write_info(workdir, info)
   code = 0

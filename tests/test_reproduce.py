@@ -233,6 +233,7 @@ def test_run_row_records_the_device_and_runs_vdrnn_train(tmp_path):
   info = json.loads((wd / "run_info.json").read_text())
   (s,) = info["sessions"]
   assert s["device"] == f"{run_row.cpu_name()} (cpu)" and s["exit"] == 0 and s["end"] > s["start"]
+  assert s["xla_flags"] == env["XLA_FLAGS"]  # the run's XLA flags (the GPU's determinism) kept
   assert s["command"].startswith("python -m vdrnn.train --config configs/ptb_tiny.py:none")
   res = json.loads((wd / "results.json").read_text())
   assert 0 < res["valid_ppl_lua"] < res["valid_ppl"]  # the Lua formula divides by more tokens
@@ -354,7 +355,7 @@ json.dump({"train": {"num_epochs": int(ov.get("train.num_epochs", 1))}},
           open(os.path.join(wd, "config.json"), "w"))
 time.sleep(2)
 env = {k: os.environ.get(k) for k in ("CUDA_VISIBLE_DEVICES", "VDRNN_DATA",
-                                      "XLA_PYTHON_CLIENT_MEM_FRACTION")}
+                                      "XLA_PYTHON_CLIENT_MEM_FRACTION", "XLA_FLAGS")}
 json.dump({"overrides": ov, "env": env}, open(os.path.join(wd, "results.json"), "w"))
 '''
 
@@ -383,10 +384,17 @@ def test_gpu_rows_script_runs_each_row_with_its_precision_and_packs_it(tmp_path)
     assert res["overrides"]["train.compute_dtype"] == dtype
     assert res["overrides"]["train.checkpoint_every_steps"] == "0"
     assert res["env"] == {"CUDA_VISIBLE_DEVICES": "0", "VDRNN_DATA": str(ROOT / ".gpu" / "data"),
-                          "XLA_PYTHON_CLIENT_MEM_FRACTION": "0.450"}
+                          "XLA_PYTHON_CLIENT_MEM_FRACTION": "0.450",
+                          "XLA_FLAGS": os.environ.get("XLA_FLAGS", "")
+                                       + " --xla_gpu_deterministic_ops=true"}
   assert res["overrides"]["eval.mc_samples"] == "100"  # the row's own overrides (IMDB_EVAL)
   again = run("wait", "30")  # the second call: nothing left running, it packs and reports
   assert again.returncode == 0 and "=== medium_naive: ended" in again.stdout
+  env["GPU_ROWS_DIR"] = str(tmp_path / "fresh")  # call 2 on a fresh machine: the rows are lost
+  fresh = run("wait", "30")
+  assert fresh.returncode == 2 and "ended" not in fresh.stdout
+  assert "not started on this machine: medium_naive imdb_lstm_naive" in fresh.stdout
+  env["GPU_ROWS_DIR"] = str(tmp_path / "w")
   env["ROWS"] = "medium_naive no_such_row"  # a wrong name: one line, exit 2, nothing started
   bad = run("start", "60")
   assert bad.returncode == 2 and "--only no_such_row matches no row" in bad.stdout
