@@ -220,6 +220,17 @@ def test_the_final_test_evaluates_the_best_epoch_of_a_run_and_of_each_member(tmp
   first = np.load(os.path.join(single, "predictions_test.npz"))
   np.testing.assert_allclose(np.load(os.path.join(single, "predictions_best_test.npz"))["probs"],
                              first["probs"], rtol=1e-6, atol=1e-9)
+  # Resumed == uninterrupted: stopped right after its best epoch and resumed (a new checkpoint
+  # manager), the run still holds that epoch's checkpoint when two later ones have pushed it
+  # out of the latest two, and reports the same test.
+  assert r["best"]["epoch"] <= 2
+  stopped = str(tmp_path / "stopped")
+  c.train.num_epochs = r["best"]["epoch"]
+  tasks.train_and_evaluate(c, stopped)
+  c.train.num_epochs = 4
+  resumed = tasks.train_and_evaluate(c, stopped)
+  assert (resumed["step"], resumed["best"]) == (r["step"], r["best"])
+  assert resumed["test_nll"] == pytest.approx(r["test_nll"], rel=1e-6)
   c.population.seed = (c.seed, c.seed + 5)
   pop = tasks.train_and_evaluate(c, str(tmp_path / "pop"))
   member = pop["members"][0]

@@ -1,10 +1,10 @@
 """Checkpoints with orbax-checkpoint, in one small module.
 
 A run's ``checkpoints/`` directory is one ``CheckpointManager`` whose preservation policy
-keeps the two latest checkpoints and the best one (the lowest ``metric`` saved with it;
-mid-epoch checkpoints carry none). Each checkpoint has two items: ``state`` (a pytree of
-arrays) and ``meta`` (JSON: the config it came from, the metric history and whatever else
-the loop needs to resume exactly; ``meta["best"]["step"]`` names the best checkpoint).
+keeps the two latest checkpoints and the best one. Each checkpoint has two items: ``state``
+(a pytree of arrays) and ``meta`` (JSON: the config it came from, the metric history and
+whatever else the loop needs to resume exactly; ``meta["best"]["step"]`` names the best
+checkpoint, and that record, read back with the state on a resume, is what keeps it).
 
 Resuming takes the newest checkpoint that restores. One whose files are damaged (cut short,
 overwritten) is reported in one line and moved to ``checkpoints_damaged/``; the run goes
@@ -18,6 +18,7 @@ import contextlib
 import os
 import shutil
 import sys
+import weakref
 from typing import Any, Callable, Optional
 
 import jax
@@ -29,16 +30,32 @@ from orbax.checkpoint import checkpoint_managers as policies
 from vdrnn.errors import UserError
 
 
-def manager(directory: str, keep_latest: int = 2, keep_best: int = 1) -> ocp.CheckpointManager:
-  """The ``keep_latest`` newest checkpoints plus the ``keep_best`` lowest by saved metric."""
-  policy = policies.AnyPreservationPolicy([
-      policies.LatestN(n=keep_latest),
-      policies.BestN(get_metric_fn=lambda m: m["metric"], reverse=True, n=keep_best,
-                     keep_checkpoints_without_metrics=False)])
+class _NamedBest(policies.PreservationPolicy):
+  """Preserves the checkpoint at ``step``: the best one, as named by the ``meta["best"]`` that
+  ``save`` is writing. (orbax's ``BestN`` reads metrics that, without a ``best_fn``, live only
+  in the manager that saved them: a resumed run, a new manager, lost its best checkpoint.)"""
+
+  def __init__(self):
+    self.step: Optional[int] = None
+
+  def should_preserve(self, checkpoints, *, context) -> list[bool]:
+    return [info.step == self.step for info in checkpoints]
+
+
+_BEST: "weakref.WeakKeyDictionary[ocp.CheckpointManager, _NamedBest]" = (
+    weakref.WeakKeyDictionary())
+
+
+def manager(directory: str, keep_latest: int = 2) -> ocp.CheckpointManager:
+  """The ``keep_latest`` newest checkpoints plus the best one (``meta["best"]["step"]``)."""
+  best = _NamedBest()
+  policy = policies.AnyPreservationPolicy([policies.LatestN(n=keep_latest), best])
   options = ocp.CheckpointManagerOptions(create=True, enable_async_checkpointing=False,
                                          preservation_policy=policy)
   with _quiet():  # it reads every step's metadata: a damaged one is reported by the resume
-    return ocp.CheckpointManager(os.path.abspath(directory), options=options)
+    mngr = ocp.CheckpointManager(os.path.abspath(directory), options=options)
+  _BEST[mngr] = best
+  return mngr
 
 
 @contextlib.contextmanager
@@ -52,16 +69,15 @@ def _quiet():
     logging.set_verbosity(verbosity)
 
 
-def save(mngr: ocp.CheckpointManager, step: int, state: Any, meta: dict,
-         metric: Optional[float] = None) -> None:
-  """Saves synchronously (complete when this returns); ``metric`` (lower is better) makes it
-  a candidate for the best checkpoint. A checkpoint already at ``step`` (left by a run
-  stopped between two saves of that step) is replaced."""
+def save(mngr: ocp.CheckpointManager, step: int, state: Any, meta: dict) -> None:
+  """Saves synchronously (complete when this returns), then deletes the checkpoints that are
+  neither among the latest nor the one ``meta["best"]`` names. A checkpoint already at
+  ``step`` (left by a run stopped between two saves of that step) is replaced."""
+  _BEST[mngr].step = (meta.get("best") or {}).get("step")
   if int(step) in mngr.all_steps():
     mngr.delete(int(step))
   mngr.save(int(step), args=ocp.args.Composite(state=ocp.args.StandardSave(state),
-                                                 meta=ocp.args.JsonSave(meta)),
-            metrics=None if metric is None else {"metric": float(metric)}, force=True)
+                                                 meta=ocp.args.JsonSave(meta)), force=True)
   mngr.wait_until_finished()
 
 
@@ -186,8 +202,12 @@ def find(workdir: str, which: str = "latest") -> tuple[ocp.CheckpointManager, in
     return mngr, latest
   if which == "best":
     best = (read_meta(mngr, latest) or {}).get("best")
-    if not best or best["step"] not in mngr.all_steps():
+    if not best:
       raise UserError(f"{workdir} has no best checkpoint (no epoch has finished with a metric)")
+    if best["step"] not in mngr.all_steps():  # resumed by a vdrnn that did not keep it
+      raise UserError(f"{workdir}: the best checkpoint (epoch {best['epoch']}, step "
+                      f"{best['step']}) was deleted when the run resumed; train it again in a "
+                      f"fresh --workdir")
     return mngr, best["step"]
   if not which.isdigit():
     raise UserError(f"--checkpoint must be latest, best or a step number, got {which!r}")

@@ -17,8 +17,8 @@ task:
 * a non-finite loss or gradient stops the run, naming the step, before any checkpoint or
   log line past it is written (``Task.stop_step`` says which step stops it: a population
   reports each of its runs and goes on);
-* the best epoch by ``Task.select`` (``meta["best"]``, the one record of it: the checkpoint
-  saved with it carries the metric that keeps it, and ``Task.finish`` reads it from ``meta``);
+* the best epoch by ``Task.select`` (``meta["best"]``, the one record of it: every checkpoint
+  carries it, it names the checkpoint that is kept, and ``Task.finish`` reads it from ``meta``);
 * under ``jax.distributed`` every process runs the loop and only process 0 writes files.
 """
 
@@ -251,7 +251,7 @@ def run(task: Task, config, workdir: str) -> dict:
     if metric is not None and (meta["best"] is None or metric < meta["best"]["value"]):
       meta["best"] = {"epoch": epoch + 1, "step": step, "metric": task.select, "value": metric}
     task.end_epoch(state, meta, step)
-    checkpoint.save(ckpts, step, state, meta, metric=metric)
+    checkpoint.save(ckpts, step, state, meta)
     if primary:
       task.plot(meta["history"])
 

@@ -234,8 +234,7 @@ class PopulationTask(loop.Task):
         meta["member_best"][k] = {"epoch": rec["epoch"], "step": step,
                                   "metric": self.select, "value": value}
         host = jax.device_get(state) if host is None else host
-        checkpoint.save(_ckpts(d), step, member_state(host, k), self.member_meta(meta, k),
-                        metric=value)
+        checkpoint.save(_ckpts(d), step, member_state(host, k), self.member_meta(meta, k))
 
   def write_members(self, state, meta: dict, results: dict, step: int) -> None:
     """Each member's results, test record and final checkpoint."""
