@@ -1,14 +1,17 @@
 #!/usr/bin/env bash
-# Rows of launch/rows.py on one lent GPU, side by side, across two back-to-back device calls.
+# Rows of launch/rows.py on one lent GPU, side by side, across back-to-back device calls.
 #
-#   ROWS="large_zaremba:bfloat16 medium_naive:bfloat16" bash launch/gpu_rows.sh start 578
-#   ROWS="large_zaremba:bfloat16 medium_naive:bfloat16" bash launch/gpu_rows.sh wait 250
+#   ROWS="medium_naive:bfloat16 medium_variational_untied:bfloat16" bash launch/gpu_rows.sh start 560
+#   ROWS="imdb_lstm_naive imdb_lstm_variational_untied" bash launch/gpu_rows.sh start 300
+#   ROWS="large_zaremba:bfloat16" bash launch/gpu_rows.sh wait 250
 #
-# Call 1 starts every row detached and watches them until they all end or DEADLINE seconds pass;
-# call 2 watches them until they all end or its DEADLINE passes. Call 2 must be the very next
-# tool call: the machine is given back after `idle_release_s` idle (30 s on 2026-12-04), and a
-# `wait` on the fresh machine that follows says so (exit 2). Rows that must not be lost go in
-# call 1 with what it can finish (two PTB medium rows with their MC tests: about 7 min). Each row runs
+# `start` starts every row detached and watches them until they all end or DEADLINE seconds
+# pass; it refuses (exit 2) while rows of an earlier call still run, since their memory share
+# was set for their own call. `wait` watches the rows of an earlier call until they all end or
+# its DEADLINE passes. A lease is spent best as calls whose rows end within the call: the
+# machine is given back after `idle_release_s` idle (30 s on 2026-12-04), taking unfinished
+# rows with it, so each next call must be the very next tool call, and a `wait` on the fresh
+# machine that follows a release says so (exit 2). Each row runs
 # as `python -m launch.reproduce --only ROW --gpus 0` (so with the row's own config and
 # overrides, through launch/run_row.py, which records the device and wall time) in a process
 # session of its own (setsid): it outlives call 1's command and goes on until the machine is
@@ -19,8 +22,9 @@
 # Every 15 s, and when a row ends, its workdir without checkpoints (config.json, metrics.jsonl,
 # run_info.json, results.json, mc_test.json, predictions_*.npz, the figures, train.log) is
 # packed into $OUT/ROW.tgz: what the device tool brings back is each row's state at the end of
-# each call (at most 8 files of 16 MiB come back: 7 rows a lease, the log the eighth file). Checkpoints cannot come back (over 16 MiB at the large shape), so a row must end
-# within the lease; one that does not comes back as its partial curve only.
+# each call (at most 8 files of 16 MiB come back: 7 rows a call, the log the eighth file).
+# Checkpoints cannot come back (over 16 MiB at the large shape), so a row must end within the
+# lease; one that does not comes back as its partial curve only.
 #
 # Carry: .whl (wheels the image lacks: ml-collections, pooch, platformdirs, tensorboardX) and
 # .gpu (data/: ptb, imdb, scaledata, since ../shared does not travel, found via VDRNN_DATA;
@@ -47,7 +51,7 @@ exec > >(tee -a "$OUT/gpu_rows_$MODE.log") 2>&1
 set -- $ROWS
 N=$#
 if (( N > 7 )); then  # the device tool brings back 8 files: a tarball per row and the log
-  echo "error: $N rows; at most 7 a lease (the device tool brings back at most 8 files)"
+  echo "error: $N rows; at most 7 a call (the device tool brings back at most 8 files)"
   exit 2
 fi
 export PYTHONUNBUFFERED=1 JAX_PLATFORMS=${JAX_PLATFORMS:-cuda} VDRNN_DATA="$PWD/.gpu/data"
@@ -84,6 +88,12 @@ any_running() { for s in "$@"; do running "$(name "$s")" && return 0; done; retu
 if [ "$MODE" = start ]; then
   names=$(for s in "$@"; do name "$s"; done | paste -sd, -)
   python3 -m launch.reproduce --dry_run --only "$names" --workdir_root "$W" > /dev/null || exit 2
+  busy=$(for f in "$W"/*.pid; do [ -f "$f" ] && r=$(basename "$f" .pid) && running "$r" && echo "$r"
+         done | paste -sd' ' -)
+  if [ -n "$busy" ]; then  # their memory share was set for their own call: more would not fit
+    echo "error: still running on this machine: $busy; \`wait\` for them before starting more rows"
+    exit 2
+  fi
   nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv
   probe="import jax, orbax.checkpoint as o, flax, optax; print('jax', jax.__version__, 'orbax', getattr(o, '__version__', '?'), 'flax', flax.__version__, 'optax', optax.__version__, jax.devices(), jax.jit(lambda x: x + 1)(jax.numpy.ones(2)))"
   if ! python3 -c "$probe"; then  # an XLA without the determinism flag: run without it, say so

@@ -353,7 +353,7 @@ open(os.path.join(wd, "checkpoints", "big"), "w").write("x")
 open(os.path.join(wd, "metrics.jsonl"), "w").write('{"event": "epoch", "epoch": 1}\\n')
 json.dump({"train": {"num_epochs": int(ov.get("train.num_epochs", 1))}},
           open(os.path.join(wd, "config.json"), "w"))
-time.sleep(2)
+time.sleep(float(os.environ.get("FAKE_ROW_SECONDS", "2")))
 env = {k: os.environ.get(k) for k in ("CUDA_VISIBLE_DEVICES", "VDRNN_DATA",
                                       "XLA_PYTHON_CLIENT_MEM_FRACTION", "XLA_FLAGS")}
 json.dump({"overrides": ov, "env": env}, open(os.path.join(wd, "results.json"), "w"))
@@ -395,13 +395,24 @@ def test_gpu_rows_script_runs_each_row_with_its_precision_and_packs_it(tmp_path)
   assert fresh.returncode == 2 and "ended" not in fresh.stdout
   assert "not started on this machine: medium_naive imdb_lstm_naive" in fresh.stdout
   env["GPU_ROWS_DIR"] = str(tmp_path / "w")
+  # call 1 ends at its deadline with a row still running: a start of more rows is refused (their
+  # memory shares would not fit beside it), a wait sees it to its end
+  env.update(GPU_ROWS_DIR=str(tmp_path / "slow"), FAKE_ROW_SECONDS="20", ROWS="medium_naive")
+  assert "still running after" in run("start", "1").stdout
+  env["ROWS"] = "imdb_lstm_naive"
+  more = run("start", "60")
+  assert more.returncode == 2 and "still running on this machine: medium_naive" in more.stdout
+  assert "started" not in more.stdout
+  env["ROWS"] = "medium_naive"
+  assert "=== medium_naive: ended" in run("wait", "90").stdout
+  env.update(GPU_ROWS_DIR=str(tmp_path / "w"), FAKE_ROW_SECONDS="2")
   env["ROWS"] = "medium_naive no_such_row"  # a wrong name: one line, exit 2, nothing started
   bad = run("start", "60")
   assert bad.returncode == 2 and "--only no_such_row matches no row" in bad.stdout
   assert "started" not in bad.stdout
   env["ROWS"] = " ".join(f"medium_naive:{k}" for k in range(8))  # more than 8 files would return
   many = run("start", "60")
-  assert many.returncode == 2 and "at most 7 a lease" in many.stdout
+  assert many.returncode == 2 and "at most 7 a call" in many.stdout
 
 
 def test_variational_against_naive_is_the_difference_of_the_two_rows_test_perplexities():
