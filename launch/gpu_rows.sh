@@ -3,6 +3,8 @@
 #
 #   ROWS="medium_naive:bfloat16 medium_variational_untied:bfloat16" bash launch/gpu_rows.sh start 560
 #   ROWS="imdb_lstm_naive imdb_lstm_variational_untied" bash launch/gpu_rows.sh start 300
+#   ROWS="medium_variational_tied_seed1+medium_variational_tied_seed2:bfloat16" \
+#     bash launch/gpu_rows.sh start 400    # two seeds as one population (--seeds_together)
 #   ROWS="large_zaremba:bfloat16" bash launch/gpu_rows.sh wait 250
 #
 # `start` starts every row detached and watches them until they all end or DEADLINE seconds
@@ -16,8 +18,10 @@
 # overrides, through launch/run_row.py, which records the device and wall time) in a process
 # session of its own (setsid): it outlives call 1's command and goes on until the machine is
 # given back. ROW:DTYPE sets train.compute_dtype for that row (default float32); one row's
-# precision is fixed for its whole run. The GPU's memory is shared evenly between the rows
-# (XLA_PYTHON_CLIENT_MEM_FRACTION = 0.9 / number of rows).
+# precision is fixed for its whole run. Rows a+b (named in the order of rows.py) that differ
+# only in their seed train as one population, `launch.reproduce --seeds_together`, whose members
+# become the rows' workdirs. The GPU's memory is shared evenly between the processes
+# (XLA_PYTHON_CLIENT_MEM_FRACTION = 0.9 / number of entries in ROWS).
 #
 # Every 15 s, and when a row ends, its workdir without checkpoints (config.json, metrics.jsonl,
 # run_info.json, results.json, mc_test.json, predictions_*.npz, the figures, train.log) is
@@ -49,9 +53,14 @@ mkdir -p "$W" "$OUT"
 START=$SECONDS
 exec > >(tee -a "$OUT/gpu_rows_$MODE.log") 2>&1
 set -- $ROWS
-N=$#
-if (( N > 7 )); then  # the device tool brings back 8 files: a tarball per row and the log
-  echo "error: $N rows; at most 7 a call (the device tool brings back at most 8 files)"
+N=$#  # processes: a row, or rows a+b trained together as one population
+files=0  # tarballs: one per row, and a population's own
+for s in "$@"; do
+  e=${s%%:*}; f=${e//+/}; k=$(( ${#e} - ${#f} + 1 ))  # rows in the entry
+  (( files += k > 1 ? k + 1 : 1 ))
+done
+if (( files > 7 )); then  # the device tool brings back 8 files: a tarball per row and the log
+  echo "error: $files tarballs; at most 7 a call (the device tool brings back at most 8 files)"
   exit 2
 fi
 export PYTHONUNBUFFERED=1 JAX_PLATFORMS=${JAX_PLATFORMS:-cuda} VDRNN_DATA="$PWD/.gpu/data"
@@ -67,13 +76,22 @@ if [ ! -d "$SITE" ] && compgen -G ".whl/*.whl" > /dev/null; then
 fi
 export PYTHONPATH="$SITE:$PWD${PYTHONPATH:+:$PYTHONPATH}"
 
-pack() {  # $1: row. Its workdir without checkpoints, into $OUT/$1.tgz
-  [ -d "$W/$1" ] && tar -czf "$OUT/$1.tgz.tmp" --exclude=checkpoints -C "$W" "$1" 2>/dev/null &&
-    mv "$OUT/$1.tgz.tmp" "$OUT/$1.tgz"
+pack_dir() {  # $1: a workdir under $W, without its checkpoints, into $OUT/$2.tgz
+  [ -d "$W/$1" ] && tar -czf "$OUT/$2.tgz.tmp" --exclude=checkpoints -C "$W" "$1" 2>/dev/null &&
+    mv "$OUT/$2.tgz.tmp" "$OUT/$2.tgz"
 }
 
-launch() {  # $1: row, $2: dtype
-  setsid nohup python3 -m launch.reproduce --only "$1" --workdir_root "$W" --gpus 0 $FLAGS \
+pack() {  # $1: a row, or rows a+b: each row's workdir, and a population's own as a_population
+  local r
+  for r in ${1//+/ }; do pack_dir "$r" "$r"; done
+  if [[ $1 == *+* ]]; then pack_dir "$1" "${1%%+*}_population"; fi
+}
+
+launch() {  # $1: a row, or rows a+b that differ only in their seed (--seeds_together); $2: dtype
+  local together=""
+  [[ $1 == *+* ]] && together=--seeds_together
+  setsid nohup python3 -m launch.reproduce --only "${1//+/,}" $together --workdir_root "$W" \
+    --gpus 0 $FLAGS \
     --override train.progress=False --override train.checkpoint_every_steps=0 \
     --override "train.compute_dtype=$2" >> "$W/$1.log" 2>&1 < /dev/null &
   echo $! > "$W/$1.pid"
@@ -86,8 +104,14 @@ dtype() { [[ $1 == *:* ]] && echo "${1##*:}" || echo float32; }
 any_running() { for s in "$@"; do running "$(name "$s")" && return 0; done; return 1; }
 
 if [ "$MODE" = start ]; then
-  names=$(for s in "$@"; do name "$s"; done | paste -sd, -)
+  names=$(for s in "$@"; do name "$s"; done | paste -sd, - | tr + ,)
   python3 -m launch.reproduce --dry_run --only "$names" --workdir_root "$W" > /dev/null || exit 2
+  for s in "$@"; do  # rows trained together: seeds of one row, named in the order of rows.py
+    e=$(name "$s"); [[ $e == *+* ]] || continue
+    got=$(python3 -m launch.reproduce --dry_run --seeds_together --only "${e//+/,}" \
+          --workdir_root "$W" | head -1 | cut -d' ' -f1) || exit 2
+    [ "$got" = "$e" ] || { echo "error: $e: name its rows as rows.py orders them: $got"; exit 2; }
+  done
   busy=$(for f in "$W"/*.pid; do [ -f "$f" ] && r=$(basename "$f" .pid) && running "$r" && echo "$r"
          done | paste -sd' ' -)
   if [ -n "$busy" ]; then  # their memory share was set for their own call: more would not fit

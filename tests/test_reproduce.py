@@ -12,6 +12,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 
 from launch import collect, paper, report, run_row, running, tables
 from launch.rows import DEFAULT_ROOT, ROWS
@@ -357,6 +358,13 @@ time.sleep(float(os.environ.get("FAKE_ROW_SECONDS", "2")))
 env = {k: os.environ.get(k) for k in ("CUDA_VISIBLE_DEVICES", "VDRNN_DATA",
                                       "XLA_PYTHON_CLIENT_MEM_FRACTION", "XLA_FLAGS")}
 json.dump({"overrides": ov, "env": env}, open(os.path.join(wd, "results.json"), "w"))
+seeds = ov["population.seed"].split(",") if "population.seed" in ov else []
+for k, seed in enumerate(seeds):
+  m = os.path.join(wd, f"member_{k:02d}")  # a population's member, laid out like a single run
+  os.makedirs(os.path.join(m, "checkpoints"))
+  json.dump({"seed": int(seed), "train": {"num_epochs": 1}},
+            open(os.path.join(m, "config.json"), "w"))
+  json.dump({"overrides": ov, "seed": int(seed)}, open(os.path.join(m, "results.json"), "w"))
 '''
 
 
@@ -397,7 +405,7 @@ def test_gpu_rows_script_runs_each_row_with_its_precision_and_packs_it(tmp_path)
   env["GPU_ROWS_DIR"] = str(tmp_path / "w")
   # call 1 ends at its deadline with a row still running: a start of more rows is refused (their
   # memory shares would not fit beside it), a wait sees it to its end
-  env.update(GPU_ROWS_DIR=str(tmp_path / "slow"), FAKE_ROW_SECONDS="20", ROWS="medium_naive")
+  env.update(GPU_ROWS_DIR=str(tmp_path / "slow"), FAKE_ROW_SECONDS="10", ROWS="medium_naive")
   assert "still running after" in run("start", "1").stdout
   env["ROWS"] = "imdb_lstm_naive"
   more = run("start", "60")
@@ -406,6 +414,22 @@ def test_gpu_rows_script_runs_each_row_with_its_precision_and_packs_it(tmp_path)
   env["ROWS"] = "medium_naive"
   assert "=== medium_naive: ended" in run("wait", "90").stdout
   env.update(GPU_ROWS_DIR=str(tmp_path / "w"), FAKE_ROW_SECONDS="2")
+  # two seeds of one row as one population: each row comes back as its own tarball
+  seeds = "medium_variational_tied_seed1+medium_variational_tied_seed2"
+  env.update(GPU_ROWS_DIR=str(tmp_path / "pop"), ROWS=f"{seeds}:bfloat16")
+  pop = run("start", "60")
+  assert pop.returncode == 0 and f"=== {seeds}: ended" in pop.stdout, pop.stdout + pop.stderr
+  for k, row in enumerate(seeds.split("+")):
+    with tarfile.open(out / f"{row}.tgz") as tar:
+      res = json.load(tar.extractfile(f"{row}/results.json"))
+      assert not any("checkpoints" in n for n in tar.getnames())
+    assert res["seed"] == k + 1 and res["overrides"]["population.seed"] == "1,2"
+    assert res["overrides"]["train.compute_dtype"] == "bfloat16"
+  assert (out / "medium_variational_tied_seed1_population.tgz").exists()
+  env["ROWS"] = "medium_variational_tied_seed2+medium_variational_tied_seed1"
+  backwards = run("start", "60")
+  assert backwards.returncode == 2 and "as rows.py orders them" in backwards.stdout
+  env.update(GPU_ROWS_DIR=str(tmp_path / "w"))
   env["ROWS"] = "medium_naive no_such_row"  # a wrong name: one line, exit 2, nothing started
   bad = run("start", "60")
   assert bad.returncode == 2 and "--only no_such_row matches no row" in bad.stdout
@@ -450,3 +474,40 @@ def test_a_committed_record_takes_its_rows_grouping_from_rows_py():
   (rec,) = collect.merge([now], {"rows": [old]})
   assert rec["status"] == "done" and rec["results"] == {"test_ppl": 78.9}
   assert rec["family"] == "medium_variational_tied"
+
+
+def test_seeds_together_trains_rows_as_one_population_and_writes_each_rows_workdir(tmp_path):
+  """``--seeds_together``: two rows that differ only in their seed train as one population; each
+  member becomes its row's workdir (config, curve, results, the population's run_info) and
+  equals the row run alone. Run again, it skips them; rows that differ in more than the seed,
+  or a row workdir in the way, are one line and exit 2 before anything trains."""
+  env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=1"}  # batch 20
+  small = ["--epochs", "1", "--override", "data_limit=1500", "--gpus", "none"]
+  pair = ["--only", "zaremba_small_seed0,zaremba_small_seed1", *small]
+  together = cli(*pair, "--seeds_together", "--workdir_root", str(tmp_path / "pop"), env=env)
+  assert together.returncode == 0, together.stdout + together.stderr
+  alone = cli("--only", "zaremba_small_seed1", *small, "--workdir_root", str(tmp_path / "one"),
+              env=env)
+  assert alone.returncode == 0, alone.stdout + alone.stderr
+  rows = {r.name: r for r in ROWS}
+  for k, name in enumerate(("zaremba_small_seed0", "zaremba_small_seed1")):
+    wd = tmp_path / "pop" / name
+    assert json.loads((wd / "config.json").read_text())["seed"] == k
+    info = json.loads((wd / "run_info.json").read_text())
+    assert info["population"]["member"] == k and "population.seed=0,1" in info["sessions"][-1][
+        "command"]
+    rec = collect.collect(rows[name], str(tmp_path / "pop"), [])
+    assert rec["status"] == "done" and rec["seed"] == k and rec["epochs"] == 1
+  got = json.loads((tmp_path / "pop" / "zaremba_small_seed1" / "results.json").read_text())
+  want = json.loads((tmp_path / "one" / "zaremba_small_seed1" / "results.json").read_text())
+  for key in ("valid_ppl", "valid_ppl_lua", "test_ppl"):
+    assert got[key] == pytest.approx(want[key], rel=1e-5), key
+  again = cli(*pair, "--seeds_together", "--workdir_root", str(tmp_path / "pop"))
+  assert again.returncode == 0 and "1 runs: 1 finished, 0 to run" in again.stdout
+  differ = cli("--only", "zaremba_small_seed0,medium_naive", *small, "--seeds_together",
+               "--workdir_root", str(tmp_path / "x"))
+  assert differ.returncode == 2 and "differ in more than their seed" in differ.stderr
+  (tmp_path / "y" / "zaremba_small_seed1").mkdir(parents=True)
+  in_way = cli(*pair, "--seeds_together", "--workdir_root", str(tmp_path / "y"))
+  assert in_way.returncode == 2 and "move them aside" in in_way.stderr
+  assert sorted(os.listdir(tmp_path / "y")) == ["zaremba_small_seed1"]
