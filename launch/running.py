@@ -68,7 +68,6 @@ def is_finished(run: dict, epochs: Optional[int] = None) -> bool:
   return int(cfg.get("train", {}).get("num_epochs", -1)) == epochs
 
 
-
 def seeds_together(rows: list[Row], root: str) -> dict:
   """Rows that differ only in their seed as one ``launch/sweep.py`` run of a population of
   seeds (``vdrnn.population``: member ``k`` is exactly row ``k``'s single run, trained in the
@@ -94,15 +93,12 @@ def seeds_together(rows: list[Row], root: str) -> dict:
 def split_members(run: dict, rows: list[Row], root: str) -> None:
   """Moves member ``k`` of the finished population ``run`` (``member_XX/``, laid out like a
   single run's workdir) to row ``k``'s workdir, with the population's ``run_info.json`` (its
-  device, wall time and command) marked with the member it was."""
+  device, wall time and command) marked with the member it was. The rows' workdirs must not
+  exist (``launch.reproduce`` checks before the population trains)."""
   from launch import run_row  # imports jax: only when a population has run
   from vdrnn import population
-  dsts = [os.path.join(root, row.name) for row in rows]
-  for dst in dsts:
-    if os.path.exists(dst):
-      raise UserError(f"{dst} exists: move it aside (a row run with --seeds_together is written "
-                      f"from its population's member)")
   info = run_row.read_info(run["workdir"])
-  for k, dst in enumerate(dsts):
-    os.replace(os.path.join(run["workdir"], population.member_name(k)), dst)
-    run_row.write_info(dst, {**info, "population": {"workdir": run["workdir"], "member": k}})
+  for k, row in enumerate(rows):
+    dst = os.path.join(root, row.name)
+    os.rename(os.path.join(run["workdir"], population.member_name(k)), dst)
+    run_row.write_info(dst, {**info, "population": {"name": run["name"], "member": k}})
