@@ -477,8 +477,8 @@ def test_a_committed_record_takes_its_rows_grouping_from_rows_py():
 def test_seeds_together_trains_rows_as_one_population_and_writes_each_rows_workdir(tmp_path):
   """``--seeds_together``: two rows that differ only in their seed train as one population; each
   member becomes its row's workdir (its config with the row's overrides and seed, curve,
-  results, the population's run_info). Run again, it skips them; rows that differ in more than the seed,
-  or a row workdir in the way, are one line and exit 2 before anything trains."""
+  results, the population's run_info). Run again, it skips them; rows that differ in more
+  than the seed, or a row workdir in the way, are one line and exit 2 before anything trains."""
   env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=1"}  # batch 20
   small = ["--epochs", "1", "--override", "data_limit=1500", "--gpus", "none"]
   pair = ["--only", "zaremba_small_seed0,zaremba_small_seed1", *small]
