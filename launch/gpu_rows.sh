@@ -99,6 +99,10 @@ launch() {  # $1: a row, or rows a+b that differ only in their seed (--seeds_tog
 }
 
 running() { kill -0 "$(cat "$W/$1.pid" 2>/dev/null)" 2>/dev/null; }
+finished() {  # $1: a row, or rows a+b: each row's workdir has its results.json
+  local r
+  for r in ${1//+/ }; do [ -f "$W/$r/results.json" ] || return 1; done
+}
 name() { echo "${1%%:*}"; }
 dtype() { [[ $1 == *:* ]] && echo "${1##*:}" || echo float32; }
 any_running() { for s in "$@"; do running "$(name "$s")" && return 0; done; return 1; }
@@ -159,7 +163,7 @@ done
 for s in "$@"; do
   r=$(name "$s"); pack "$r"
   if running "$r"; then echo "=== $r: still running after $((SECONDS - START)) s"
-  elif [ -f "$W/$r/results.json" ]; then echo "=== $r: ended"
+  elif finished "$r"; then echo "=== $r: ended"
   else echo "=== $r: stopped without results.json:"; tail -5 "$W/$r.log" 2>/dev/null; fi
   grep -h '"epoch"' "$W/$r/metrics.jsonl" 2>/dev/null | tail -2 | cut -c1-300
   tail -3 "$W/$r/train.log" 2>/dev/null
