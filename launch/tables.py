@@ -63,8 +63,10 @@ def ptb_lines(records: list[dict]) -> list[dict]:
   for fam, recs in families.items():
     done = [r for r in recs if r["status"] == "done"]
     pap = next(r for r in ROWS if r.family == fam).paper or {}
-    for label, key, pkey in PTB_METRICS[:3]:
+    for label, key, pkey in PTB_METRICS:
       vals = [r["results"][key] for r in done if r["results"].get(key) is not None]
+      if key == "mc_test_ppl" and not vals and not pap.get(pkey):
+        continue  # no MC test in this experiment
       n = f"{len(vals)} seed" + "s" * (len(vals) != 1)
       line = {"row": f"{fam} (mean of {n})", "metric": label,
               "paper": pap.get(pkey) if pkey else None, "vdrnn": None, "vdrnn_sd": None,
@@ -74,6 +76,9 @@ def ptb_lines(records: list[dict]) -> list[dict]:
               "device": ", ".join(sorted({r["device"] for r in done if r["device"]})) or None,
               "wall_s": sum(r["wall_s"] or 0 for r in done) or None, "epochs": None,
               "command": "see the seed rows"}
+      samples = {r["results"].get("mc_samples") for r in done} - {None}
+      if key == "mc_test_ppl" and len(samples) == 1:
+        line["samples"] = samples.pop()
       if vals:
         line["vdrnn"], line["vdrnn_sd"] = _mean_sd(vals)
         if line["paper"] is not None:
@@ -397,21 +402,32 @@ README_START, README_END = "<!-- results:start -->", "<!-- results:end -->"
 
 
 def readme_summary(ptb: list[dict], sent: list[dict]) -> str:
-  """The README's results table: one line per row, every metric in one cell each
-  (the full tables, commands and figures are in launch/results/)."""
+  """The README's results tables: one line per experiment (a seed family's mean ± sd stands for
+  its seed rows), every metric in one cell each, the naive-against-variational comparison and
+  the sentiment rows (every line of every row, commands and figures: launch/results/)."""
   def cells(lines, metrics, digits):
     by = {l["metric"]: l for l in lines}
     paper_ = " / ".join(_fmt(by[m]["paper"]) for m in metrics if m in by and by[m]["paper"])
     ours = [by[m] for m in metrics if m in by]
     if ours and all(l["vdrnn"] is None for l in ours):
       return paper_ or "–", _missing(ours[0])
-    return paper_ or "–", " / ".join(_fmt(l["vdrnn"], digits) for l in ours)
+    vals = [_fmt(l["vdrnn"], digits) + ("" if l["vdrnn_sd"] is None else f" ± {l['vdrnn_sd']:.1f}")
+            for l in ours]
+    samples = next((l["samples"] for l in ours if l.get("samples")), None)
+    return paper_ or "–", " / ".join(vals) + (f" ({samples} MC samples)" if samples else "")
 
+  family = {r.name: r.family for r in ROWS}
   out = [README_START,
-         "| row | paper (valid Lua / test / MC test) | vdrnn (same) | run | device |",
+         "| experiment | paper (valid Lua / test / MC test) | vdrnn (same) | run | device |",
          "|---|---|---|---|---|"]
-  rows = dict.fromkeys(l["row"] for l in ptb)
-  for row in rows:
+  shown = []
+  for row in dict.fromkeys(l["row"] for l in ptb):
+    fam = family.get(row)
+    if fam:  # its family's mean line, once, where the family's first row is
+      row = next((l["row"] for l in ptb if l["row"].startswith(f"{fam} (mean of ")), row)
+    if row in shown:
+      continue
+    shown.append(row)
     lines = [l for l in ptb if l["row"] == row]
     pap, ours = cells(lines, ("valid (Lua formula)", "test", "MC test"), 1)
     first = lines[0]
@@ -429,7 +445,6 @@ def readme_summary(ptb: list[dict], sent: list[dict]) -> str:
     run = first["status"] if first["status"] != "done" else f"{first['epochs']} epochs"
     out.append(f"| {row} | {vals} | {run} | {first['device'] or '–'} |")
   return "\n".join(out + [README_END])
-
 
 
 def _missing(line: dict) -> str:

@@ -262,6 +262,36 @@ def test_report_rewrites_only_the_readme_results_block(tmp_path):
   assert not report.update_readme(str(tmp_path / "missing.md"), summary)
 
 
+def test_readme_summary_shows_each_seed_family_once_as_its_mean(tmp_path):
+  """A family's seed rows are one README line, mean ± sd of the done seeds with their MC test
+  and its sample count, where its first row stands; the full table keeps every seed row."""
+  root = tmp_path / "runs"
+  for seed, test, mc in ((0, 79.0, 78.0), (2, 80.0, 79.0)):
+    fake_workdir(root, "medium_variational_tied" + (f"_seed{seed}" if seed else ""), seed=seed,
+                 epochs=39, results={"valid_ppl": 83.0, "valid_ppl_lua": 82.0, "test_ppl": test,
+                                     "mc_test_ppl": mc, "mc_samples": 100})
+  records = collect.merge([collect.collect(r, str(root), []) for r in ROWS], None)
+  ptb = tables.ptb_lines(records)
+  lines = tables.readme_summary(ptb, tables.sentiment_lines(records)).splitlines()
+  assert not [l for l in lines if l.startswith("| medium_variational_tied")
+              and "(mean of" not in l]
+  fam = [l for l in lines if l.startswith("| medium_variational_tied (mean of 2 seeds) |")]
+  assert len(fam) == 1 and "| 82.0 ± 0.0 / 79.5 ± 0.7 / 78.5 ± 0.7 (100 MC samples) |" in fam[0]
+  assert "| 2/3 seeds done |" in fam[0]
+  names = [l.split(" | ")[0] for l in lines if l.startswith("| ")]
+  # in rows.py order: after medium_naive, before medium_variational_untied
+  assert names.index("| medium_naive") < names.index("| medium_variational_tied (mean of 2 seeds)")
+  assert names.index("| medium_variational_tied (mean of 2 seeds)") < names.index(
+      "| medium_variational_untied")
+  assert "| zaremba_small (mean of 0 seeds) | 120.7 / 114.5 | not run | 0/3 seeds done |" in (
+      "\n".join(lines))
+  mc = next(l for l in ptb if l["row"] == "medium_variational_tied (mean of 2 seeds)"
+            and l["metric"] == "MC test")
+  assert mc["vdrnn"] == 78.5 and mc["samples"] == 100
+  # a family without an MC test anywhere has no MC line
+  assert not [l for l in ptb if l["row"].startswith("zaremba_small (") and l["metric"] == "MC test"]
+
+
 def test_commands_name_no_path_of_the_machine():
   """Both spellings of ``--workdir`` land under the default root, whatever root the row ran in."""
   ran = "python -m vdrnn.train --config configs/ptb_small.py --workdir /scratch/r/medium_naive"
