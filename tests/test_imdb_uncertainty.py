@@ -4,8 +4,10 @@ direct formulas, OOD detection on text prepared as the test set, the deep-ensemb
 against stacking every pass, the ensemble trained as a population against single runs, and
 bad input as one line and exit 2."""
 
+import glob
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -15,7 +17,7 @@ import pytest
 from configs import imdb_lstm
 from tests.helpers import evaluate_cli
 from vdrnn import checkpoint as ckpt_lib
-from vdrnn import tasks, uncertainty
+from vdrnn import seq_eval, tasks, uncertainty
 from vdrnn.data import sentiment as data
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -115,6 +117,65 @@ def test_evaluate_cli_rewrites_the_same_predictions(run, capsys):
   assert again["test_ood_scaledata_auroc_mi_mc"] == pytest.approx(
       r["test_ood_scaledata_auroc_mi_mc"], abs=1e-6)
   assert os.path.exists(os.path.join(workdir, "predictions_ood_scaledata_best_test.npz"))
+
+
+def test_an_mc_evaluation_killed_half_way_resumes_to_the_same_predictions(run, tmp_path,
+                                                                          monkeypatch):
+  """Each MC pass of an evaluation saves its outputs in the workdir as it goes (here after every
+  batch) and once more when it ends. Killed half-way through its OOD pass, the evaluation
+  resumes there without running the finished test pass again, ends with the predictions and
+  metrics of one uninterrupted evaluation, bit for bit, and leaves no saved state behind. The
+  state of another pass (another sample count) is not resumed."""
+  c, src, _ = run
+  wd = str(tmp_path / "wd")
+  shutil.copytree(src, wd)
+  c = c.copy_and_resolve_references()
+  c.eval.batch_size = 8  # 16 test rows: 2 batches
+
+  def evaluate(config=c):
+    return tasks.evaluate_workdir(config, wd, checkpoint="best", split="test", progress=False)
+  want = evaluate()
+  names = ("predictions_best_test.npz", "predictions_ood_scaledata_best_test.npz")
+  arrays = {n: dict(np.load(os.path.join(wd, n))) for n in names}
+  test_part, ood_part = "predict_best_test.partial.npz", "predict_ood_scaledata_best_test.partial.npz"
+  n_ood = -(-len(arrays[names[1]]["probs"]) // 8)
+  assert n_ood >= 3
+
+  class Killed(Exception):
+    pass
+
+  monkeypatch.setattr(seq_eval, "SAVE_SECONDS", -1.0)
+  save, saves, kill = seq_eval._save_partial, [], [True]
+
+  def killed_in_ood_batch_2(path, fingerprint, batches, det, mc):
+    save(path, fingerprint, batches, det, mc)
+    saves.append((os.path.basename(path), batches))
+    if kill[0] and path.endswith(ood_part) and batches == 2:
+      raise Killed
+  monkeypatch.setattr(seq_eval, "_save_partial", killed_in_ood_batch_2)
+  with pytest.raises(Killed):
+    evaluate()
+  assert saves == [(test_part, 1), (test_part, 2), (ood_part, 1), (ood_part, 2)]
+  saves.clear()
+  got = evaluate()
+  assert saves == [(ood_part, b) for b in range(3, n_ood + 1)]  # the test pass is not run again
+  assert got == want
+  for n in names:
+    again = np.load(os.path.join(wd, n))
+    assert sorted(again.files) == sorted(arrays[n])
+    for k in again.files:
+      np.testing.assert_array_equal(again[k], arrays[n][k], err_msg=f"{n}: {k}")
+  assert not glob.glob(os.path.join(wd, "*.partial.npz"))
+
+  saves.clear()  # a pass of 4 samples killed, then one of 2 samples: it starts afresh
+  with pytest.raises(Killed):
+    evaluate()
+  saves.clear()
+  kill[0] = False
+  two = c.copy_and_resolve_references()
+  two.eval.mc_samples = 2
+  assert evaluate(two)["mc_samples"] == 2 and saves[0] == (test_part, 1)
+  assert not glob.glob(os.path.join(wd, "*.partial.npz"))
 
 
 def test_ensemble_equals_stacking_every_member_pass():

@@ -4,7 +4,9 @@ classification): the dropout approximation and MC dropout, and their metrics.
 * ``make_predict_fns``: the jitted deterministic pass and a chunk of MC samples; sample ``s`` of
   evaluation batch ``j`` uses the masks of ``fold_in(fold_in(key(eval.seed), j), s)``;
   ``eval.mc_chunk`` samples are evaluated together to bound memory;
-* ``predict``: outputs for every row of a split, in batches of ``eval.batch_size``;
+* ``predict``: outputs for every row of a split, in batches of ``eval.batch_size``; given a
+  ``partial`` file it saves its state as it goes and resumes from it (a long MC pass that a
+  session's end kills goes on where it stopped, with the same outputs);
 * a task's ``Head`` says what its outputs mean: ``REGRESSION`` (one output, squared error on
   standardised ratings; metrics in rating units: RMSE, the predictive log-likelihood with the
   released ``tau`` and with ``tau`` fitted on training examples, the MC predictive std and its
@@ -16,8 +18,10 @@ classification): the dropout approximation and MC dropout, and their metrics.
 
 from __future__ import annotations
 
+import json
 import os
 import sys
+import time
 from typing import Callable, NamedTuple, Optional, Sequence
 
 import jax
@@ -49,11 +53,45 @@ def make_predict_fns(config):
   return jax.jit(det), jax.jit(mc)
 
 
-def predict(config, fns, params, x: np.ndarray, mesh, *, samples: int = 0, progress: bool = False):
+SAVE_SECONDS = 300.0  # a ``predict`` with a ``partial`` file writes its state this often
+
+
+def _fingerprint(config, params, x: np.ndarray, samples: int) -> str:
+  """What a ``predict`` pass's saved state is valid for: the evaluation settings, the model's
+  config, the inputs and the parameters (checksums)."""
+  e = config.eval
+  leaves = jax.tree.leaves(jax.device_get(params))
+  return json.dumps({
+      "samples": samples, "chunk": int(e.mc_chunk), "batch_size": int(e.batch_size),
+      "seed": int(e.seed), "model": config.model.to_dict(),
+      "dtype": str(config.train.compute_dtype), "unroll": int(config.train.unroll),
+      "rows": list(x.shape), "x": int(np.asarray(x, np.int64).sum()),
+      "params": [float(np.asarray(a, np.float64).sum()) for a in leaves]},
+                    sort_keys=True, default=str)
+
+
+def _save_partial(path: str, fingerprint: str, batches: int, det: np.ndarray,
+                  mc: Optional[np.ndarray]) -> None:
+  """``predict``'s outputs of its first ``batches`` batches, written to a temporary file then
+  renamed (never half a file)."""
+  tmp = path + ".tmp.npz"
+  np.savez(tmp, fingerprint=np.asarray(fingerprint), batches=batches, det=det,
+           **({} if mc is None else {"mc": mc}))
+  os.replace(tmp, path)
+
+
+def predict(config, fns, params, x: np.ndarray, mesh, *, samples: int = 0, progress: bool = False,
+            partial: Optional[str] = None):
   """Outputs for every row of ``x [N, T]``: ``(det [N, K], mc [S, N, K] or None)``.
 
   Rows go in batches of ``eval.batch_size`` (the last padded and cut off again); MC samples
   in chunks of ``eval.mc_chunk`` (the last chunk padded with extra samples, dropped).
+
+  ``partial``: a file (``.npz``) where the pass writes the outputs of the batches done every
+  ``SAVE_SECONDS`` and once more when it ends, and which it resumes from when it holds the
+  outputs of the same pass (settings, inputs and parameters): a pass killed half-way goes on
+  where it stopped, and one that ended is not run again, with the outputs of one uninterrupted
+  pass. The caller removes the file once it has used the outputs.
   """
   det_fn, mc_fn = fns
   e = config.eval
@@ -62,13 +100,24 @@ def predict(config, fns, params, x: np.ndarray, mesh, *, samples: int = 0, progr
   n = len(x)
   dets, mcs = [], []
   n_batches = -(-n // B)
+  first = 0
+  fingerprint = partial and _fingerprint(config, params, x, samples)
+  if partial and os.path.exists(partial):
+    with np.load(partial) as saved:
+      if str(saved["fingerprint"]) == fingerprint:
+        first = int(saved["batches"])
+        dets.append(saved["det"])
+        if samples:
+          mcs.append(saved["mc"])
   bar = tqdm(total=n_batches,
+             initial=first,
              desc=f"MC x{samples}" if samples else "eval",
              disable=not progress,
              leave=False,
              dynamic_ncols=True,
              file=sys.stderr)
-  for j in range(n_batches):
+  saved_at = time.time()
+  for j in range(first, n_batches):
     rows = x[j * B:(j + 1) * B]
     k = len(rows)
     xb = sharding.put_batch(np.concatenate([rows, np.zeros((B - k, x.shape[1]), np.int32)]), mesh)
@@ -81,8 +130,15 @@ def predict(config, fns, params, x: np.ndarray, mesh, *, samples: int = 0, progr
       ]
       mcs.append(np.concatenate(outs)[:samples])
     bar.update(1)
+    if partial and j + 1 < n_batches and time.time() - saved_at > SAVE_SECONDS:
+      dets, mcs = [np.concatenate(dets)], ([np.concatenate(mcs, axis=1)] if samples else [])
+      _save_partial(partial, fingerprint, j + 1, dets[0], mcs[0] if samples else None)
+      saved_at = time.time()
   bar.close()
-  return np.concatenate(dets), (np.concatenate(mcs, axis=1) if samples else None)
+  det, mc = np.concatenate(dets), (np.concatenate(mcs, axis=1) if samples else None)
+  if partial and first < n_batches:
+    _save_partial(partial, fingerprint, n_batches, det, mc)
+  return det, mc
 
 
 def ratings(info: dict, out: np.ndarray) -> np.ndarray:
@@ -300,9 +356,22 @@ def evaluate(config,
   (``vdrnn.data.sentiment.OOD_SETS``, inputs prepared as the test set) its predictions
   ``predictions_ood_<name>_<tag>.npz`` and the metrics ``ood_<name>_<auroc|aupr>_...``. With a
   ``calibration`` split (the validation set), temperature scaling fitted on its dropout
-  approximation is a further mode (``_ts``; the temperature is ``ts_temperature``)."""
-  det, mc = predict(config, fns, params, split["x"], mesh, samples=samples, progress=progress)
+  approximation is a further mode (``_ts``; the temperature is ``ts_temperature``). With MC
+  samples and a ``workdir`` (one process), each MC pass saves its state there as it goes
+  (``predict_<tag>.partial.npz``, ``predict_ood_<name>_<tag>.partial.npz``): an evaluation
+  killed half-way resumes where it stopped; the files are removed when it ends."""
+  saved = []  # the MC passes' saved states (``predict``'s ``partial``), removed at the end
+
+  def partial(name: str) -> Optional[str]:
+    if not (workdir and samples and jax.process_count() == 1):
+      return None
+    saved.append(os.path.join(workdir, f"predict_{name}.partial.npz"))
+    return saved[-1]
+
+  det, mc = predict(config, fns, params, split["x"], mesh, samples=samples, progress=progress,
+                    partial=partial(tag))
   if not (head.classes and workdir):
+    _remove(saved)
     return head.summarize(config, info, split["y"], det, mc, taus)
   e = config.eval
   t = None
@@ -326,9 +395,17 @@ def evaluate(config,
     plots.risk_coverage(os.path.join(workdir, f"risk_coverage_{tag}.png"), curves, split["y"])
   for name in ood:
     x = sentiment_data.ood_inputs(config, name)[0]["x"]
-    det_o, mc_o = predict(config, fns, params, x, mesh, samples=samples, progress=progress)
+    det_o, mc_o = predict(config, fns, params, x, mesh, samples=samples, progress=progress,
+                          partial=partial(f"ood_{name}_{tag}"))
     preds_o = predictions(det_o, mc_o, temperature=t)
     if primary:
       np.savez(os.path.join(workdir, f"predictions_ood_{name}_{tag}.npz"), **preds_o)
     out.update({f"ood_{name}_{k}": v for k, v in ood_metrics(preds, preds_o).items()})
+  _remove(saved)
   return out
+
+
+def _remove(paths: Sequence[str]) -> None:
+  for path in paths:
+    if os.path.exists(path):
+      os.remove(path)

@@ -441,6 +441,7 @@ class SeqTask(loop.Task):
     precisions fitted on them (regression; ``fit_taus``) and their own metrics."""
     if self.sub is None:
       return None, {}
+    samples = samples if self.head.fits_tau else 0  # MC only to fit tau (regression)
     det, mc = predict(self.config, self.fns, params, self.sub["x"], self.mesh, samples=samples)
     taus = fit_taus(self.info, self.sub["y"], det, mc) if self.head.fits_tau else None
     return taus, self.head.summarize(self.config, self.info, self.sub["y"], det, None, taus)
