@@ -137,7 +137,8 @@ def test_an_mc_evaluation_killed_half_way_resumes_to_the_same_predictions(run, t
   want = evaluate()
   names = ("predictions_best_test.npz", "predictions_ood_scaledata_best_test.npz")
   arrays = {n: dict(np.load(os.path.join(wd, n))) for n in names}
-  test_part, ood_part = "predict_best_test.partial.npz", "predict_ood_scaledata_best_test.partial.npz"
+  test_part = "predict_best_test.partial.npz"
+  ood_part = "predict_ood_scaledata_best_test.partial.npz"
   n_ood = -(-len(arrays[names[1]]["probs"]) // 8)
   assert n_ood >= 3
 
