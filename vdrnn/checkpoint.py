@@ -10,6 +10,9 @@ Resuming takes the newest checkpoint that restores. One whose files are damaged 
 overwritten) is reported in one line and moved to ``checkpoints_damaged/``; the run goes
 on from the one before it. A checkpoint from another config stops the run with one line
 and nothing is moved.
+
+A long evaluation pass saves its own state as ``.npz`` files (``save_npz``, never half a file),
+valid for the parameters whose ``params_checksum`` it records.
 """
 
 from __future__ import annotations
@@ -215,3 +218,17 @@ def find(workdir: str, which: str = "latest") -> tuple[ocp.CheckpointManager, in
     raise UserError(f"no checkpoint at step {which} in {workdir}; available: "
                     f"{sorted(mngr.all_steps())}")
   return mngr, int(which)
+
+
+def save_npz(path: str, **arrays) -> None:
+  """Writes ``arrays`` to ``path`` (``.npz``) through a temporary file renamed into place: a
+  reader finds the old file or the new one, never half a file."""
+  tmp = path + ".tmp.npz"
+  np.savez(tmp, **arrays)
+  os.replace(tmp, path)
+
+
+def params_checksum(params) -> list[float]:
+  """One float64 sum per leaf of ``params``: what tells a saved evaluation state of these
+  parameters from another model's."""
+  return [float(np.asarray(a, np.float64).sum()) for a in jax.tree.leaves(jax.device_get(params))]

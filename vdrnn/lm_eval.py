@@ -49,6 +49,7 @@ import jax.numpy as jnp
 import numpy as np
 from tqdm import tqdm
 
+from vdrnn import checkpoint as ckpt_lib
 from vdrnn import metrics, models, plots, sharding
 from vdrnn.config import compute_dtype
 from vdrnn.data import ptb
@@ -222,13 +223,12 @@ SAVE_SECONDS = 300.0  # an MC pass with a ``partial`` file writes its state this
 def _fingerprint(config, params, ids, samples, chunk, rates, temperature, power) -> str:
   """What an MC pass's partial state is valid for: its settings, the stream and the model (a
   checksum of the parameters)."""
-  leaves = jax.tree.leaves(jax.device_get(params))
   return json.dumps({
       "samples": samples, "chunk": chunk, "rates": {k: float(v) for k, v in rates.items()},
       "temperature": float(temperature), "power": float(power), "seed": int(config.eval.seed),
       "seq_length": int(config.eval.seq_length), "emb": bool(config.eval.mc_emb_dropout),
       "tokens": int(len(ids)), "ids": int(np.asarray(ids, np.int64).sum()),
-      "params": [float(np.asarray(a, np.float64).sum()) for a in leaves]}, sort_keys=True)
+      "params": ckpt_lib.params_checksum(params)}, sort_keys=True)
 
 
 def mc_log_pbar(config, params, ids: np.ndarray, *, samples: int, chunk: int, rates: dict,
@@ -338,13 +338,11 @@ def mc_log_pbar(config, params, ids: np.ndarray, *, samples: int, chunk: int, ra
 
 def _save_partial(path: str, fingerprint: str, first: int, acc, sums, mode_sums: dict,
                   carries: list) -> None:
-  """``mc_log_pbar``'s state, written to a temporary file then renamed (never half a file)."""
+  """``mc_log_pbar``'s state (``checkpoint.save_npz``)."""
   carry = {f"carry_{j}_{i}": np.asarray(jax.device_get(leaf))
            for j, c in enumerate(carries) for i, leaf in enumerate(jax.tree.leaves(c))}
-  tmp = path + ".tmp.npz"
-  np.savez(tmp, fingerprint=np.asarray(fingerprint), first=first, acc=acc, sums=sums,
-           geometric=mode_sums["geometric"], power=mode_sums["power"], **carry)
-  os.replace(tmp, path)
+  ckpt_lib.save_npz(path, fingerprint=np.asarray(fingerprint), first=first, acc=acc, sums=sums,
+                    geometric=mode_sums["geometric"], power=mode_sums["power"], **carry)
 
 
 def make_eval_fn(config):

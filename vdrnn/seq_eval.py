@@ -29,6 +29,7 @@ import jax.numpy as jnp
 import numpy as np
 from tqdm import tqdm
 
+from vdrnn import checkpoint as ckpt_lib
 from vdrnn import models, plots, sharding, uncertainty
 from vdrnn.config import compute_dtype
 from vdrnn.data import sentiment as sentiment_data
@@ -60,24 +61,19 @@ def _fingerprint(config, params, x: np.ndarray, samples: int) -> str:
   """What a ``predict`` pass's saved state is valid for: the evaluation settings, the model's
   config, the inputs and the parameters (checksums)."""
   e = config.eval
-  leaves = jax.tree.leaves(jax.device_get(params))
   return json.dumps({
       "samples": samples, "chunk": int(e.mc_chunk), "batch_size": int(e.batch_size),
       "seed": int(e.seed), "model": config.model.to_dict(),
       "dtype": str(config.train.compute_dtype), "unroll": int(config.train.unroll),
       "rows": list(x.shape), "x": int(np.asarray(x, np.int64).sum()),
-      "params": [float(np.asarray(a, np.float64).sum()) for a in leaves]},
-                    sort_keys=True, default=str)
+      "params": ckpt_lib.params_checksum(params)}, sort_keys=True, default=str)
 
 
 def _save_partial(path: str, fingerprint: str, batches: int, det: np.ndarray,
                   mc: Optional[np.ndarray]) -> None:
-  """``predict``'s outputs of its first ``batches`` batches, written to a temporary file then
-  renamed (never half a file)."""
-  tmp = path + ".tmp.npz"
-  np.savez(tmp, fingerprint=np.asarray(fingerprint), batches=batches, det=det,
-           **({} if mc is None else {"mc": mc}))
-  os.replace(tmp, path)
+  """``predict``'s outputs of its first ``batches`` batches (``checkpoint.save_npz``)."""
+  ckpt_lib.save_npz(path, fingerprint=np.asarray(fingerprint), batches=batches, det=det,
+                    **({} if mc is None else {"mc": mc}))
 
 
 def predict(config, fns, params, x: np.ndarray, mesh, *, samples: int = 0, progress: bool = False,
