@@ -375,10 +375,12 @@ def test_imdb_workdirs_go_to_the_imdb_task(tmp_path, monkeypatch):
   }
 
 
-def test_an_interrupted_mc_pass_resumes_to_the_uninterrupted_result(tmp_path, monkeypatch):
+def test_an_interrupted_mc_pass_resumes_to_the_uninterrupted_result(tmp_path, monkeypatch,
+                                                                    capsys):
   """The MC pass writes its state to ``partial`` (here after every window) and a pass killed
   half-way resumes from it: same result as one uninterrupted pass, the file removed at the end;
-  the state of another pass (other sample count) is not resumed."""
+  the state of another pass (other sample count) is not resumed, and a damaged state file is
+  one line and a pass from the start."""
   cfg, params, ids = case_setup("variational_untied")
   rates = lm_eval.mc_rates(cfg)
   run = lambda samples=4, **kw: lm_eval.mc_log_pbar(  # noqa: E731
@@ -411,5 +413,10 @@ def test_an_interrupted_mc_pass_resumes_to_the_uninterrupted_result(tmp_path, mo
   got = run(partial=path)
   assert not os.path.exists(path)
   np.testing.assert_allclose(got["log_pbar"], want["log_pbar"], rtol=1e-6, atol=1e-6)
+  with open(path, "wb") as f:  # a damaged state file: one line, and the pass starts afresh
+    f.write(b"PK\x03\x04 not a whole file")
+  damaged = run(partial=path)
+  assert "cannot be read" in capsys.readouterr().err and not os.path.exists(path)
+  np.testing.assert_allclose(damaged["log_pbar"], want["log_pbar"], rtol=1e-6, atol=1e-6)
   for k in ("log_pbar_geometric", "log_pbar_power"):
     assert got[k] == pytest.approx(want[k], rel=1e-6)

@@ -228,6 +228,20 @@ def save_npz(path: str, **arrays) -> None:
   os.replace(tmp, path)
 
 
+def load_npz(path: str) -> Optional[dict]:
+  """The arrays of a ``save_npz`` file, or None where there is none or it cannot be read: a
+  damaged file is reported in one line, and the pass that saved it starts afresh."""
+  if not os.path.exists(path):
+    return None
+  try:
+    with np.load(path) as saved:
+      return {k: saved[k] for k in saved.files}
+  except Exception as e:  # noqa: BLE001 - whatever makes it unreadable, it is only saved work
+    print(f"warning: {path} cannot be read ({type(e).__name__}: {e}); the pass starts afresh",
+          file=sys.stderr)
+    return None
+
+
 def params_checksum(params) -> list[float]:
   """One float64 sum per leaf of ``params``: what tells a saved evaluation state of these
   parameters from another model's."""

@@ -277,15 +277,14 @@ def mc_log_pbar(config, params, ids: np.ndarray, *, samples: int, chunk: int, ra
   length, run_s, first = None, 0.0, 0
   fingerprint = partial and _fingerprint(config, params, ids, samples, chunk, rates,
                                          temperature, power)
-  if partial and os.path.exists(partial):
-    with np.load(partial) as saved:
-      if str(saved["fingerprint"]) == fingerprint:
-        first, acc, sums = int(saved["first"]), saved["acc"], saved["sums"]
-        mode_sums = {"geometric": float(saved["geometric"]), "power": float(saved["power"])}
-        carries = [_place(jax.tree.unflatten(jax.tree.structure(c), [
-            jnp.asarray(saved[f"carry_{j}_{i}"]) for i in range(len(jax.tree.leaves(c)))]),
-                          len(chunks[j]), mesh) for j, c in enumerate(carries)]
-        bar.update(samples * first / n)
+  saved = ckpt_lib.load_npz(partial) if partial else None
+  if saved is not None and str(saved.get("fingerprint")) == fingerprint:
+    first, acc, sums = int(saved["first"]), saved["acc"], saved["sums"]
+    mode_sums = {"geometric": float(saved["geometric"]), "power": float(saved["power"])}
+    carries = [_place(jax.tree.unflatten(jax.tree.structure(c), [
+        jnp.asarray(saved[f"carry_{j}_{i}"]) for i in range(len(jax.tree.leaves(c)))]),
+                      len(chunks[j]), mesh) for j, c in enumerate(carries)]
+    bar.update(samples * first / n)
   saved_at = time.time()
   # the modes' [windows, T, V] statistics: at most about 64 MB a segment
   max_len = max(1, int(64e6 // (8 * xs.shape[1] * V))) if modes else n

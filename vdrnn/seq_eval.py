@@ -98,13 +98,12 @@ def predict(config, fns, params, x: np.ndarray, mesh, *, samples: int = 0, progr
   n_batches = -(-n // B)
   first = 0
   fingerprint = partial and _fingerprint(config, params, x, samples)
-  if partial and os.path.exists(partial):
-    with np.load(partial) as saved:
-      if str(saved["fingerprint"]) == fingerprint:
-        first = int(saved["batches"])
-        dets.append(saved["det"])
-        if samples:
-          mcs.append(saved["mc"])
+  saved = ckpt_lib.load_npz(partial) if partial else None
+  if saved is not None and str(saved.get("fingerprint")) == fingerprint:
+    first = int(saved["batches"])
+    dets.append(saved["det"])
+    if samples:
+      mcs.append(saved["mc"])
   bar = tqdm(total=n_batches,
              initial=first,
              desc=f"MC x{samples}" if samples else "eval",
