@@ -253,9 +253,6 @@ def sentiment_comparisons(records: list[dict]) -> list[str]:
 
 def markdown(ptb: list[dict], sent: list[dict], records: list[dict]) -> str:
   """The README's results section (tables only; the figures are separate PNGs)."""
-  def wall(s):
-    return "–" if not s else (f"{s / 3600:.1f} h" if s >= 3600 else f"{s / 60:.0f} min")
-
   def status(line):
     return line["status"] if line["status"] != "done" else f"{line['epochs']} epochs"
 
@@ -274,7 +271,7 @@ def markdown(ptb: list[dict], sent: list[dict], records: list[dict]) -> str:
     metric = l["metric"] + (f" ({l['samples']} samples)" if l.get("samples") else "")
     out.append(f"| {l['row']} | {metric} | {_fmt(l['paper'])} | {v} | {diff} "
                f"| {l['seeds'] or '–'} | {status(l)} | {l['device'] or '–'} "
-               f"| {wall(l['wall_s'])} |")
+               f"| {_wall(l['wall_s'])} |")
   curves = [r for r in records if r.get("mc_curve")]
   if curves:
     cols = sorted({int(k) for r in curves for k in r["mc_curve"]})
@@ -296,7 +293,7 @@ def markdown(ptb: list[dict], sent: list[dict], records: list[dict]) -> str:
     if "vdrnn_b" in l:  # a pair: dropout approximation / MC, or epistemic / aleatoric
       v = f"{_fmt(l['vdrnn'], 4)} / {_fmt(l['vdrnn_b'], 4)}"
     out.append(f"| {l['row']} | {l['metric']} | {v} | {l['seeds'] or '–'} | {status(l)} "
-               f"| {l['device'] or '–'} | {wall(l['wall_s'])} |")
+               f"| {l['device'] or '–'} | {_wall(l['wall_s'])} |")
   sent_recs = [r for r in records if r["task"] == "sentiment" and r["curve"]]
   if sent_recs:
     last = max(c["epoch"] for r in sent_recs for c in r["curve"])
@@ -324,7 +321,7 @@ def markdown(ptb: list[dict], sent: list[dict], records: list[dict]) -> str:
                        "not run" if r["status"] == "not run" else "not finished")
       run = r["status"] if r["status"] != "done" else f"{r['epochs']} epochs"
       out.append(f"| {r['row']} | {val('valid_ppl_lua')} | {val('valid_ppl')} | {val('test_ppl')} "
-                 f"| {run} | {r['device'] or '–'} | {wall(r['wall_s'])} |")
+                 f"| {run} | {r['device'] or '–'} | {_wall(r['wall_s'])} |")
     learned = [r for r in schemes if any(k.startswith("rate_") for k in (r["results"] or {}))]
     for r in learned:
       rates = ", ".join(f"{k[5:]} {v:.3f}" for k, v in sorted(r["results"].items())
@@ -418,7 +415,8 @@ def readme_summary(ptb: list[dict], sent: list[dict]) -> str:
 
   family = {r.name: r.family for r in ROWS}
   out = [README_START,
-         "| experiment | paper (valid Lua / test / MC test) | vdrnn (same) | run | device |",
+         "| experiment | paper (valid Lua / test / MC test) | vdrnn (same) | run, wall time "
+         "| device |",
          "|---|---|---|---|---|"]
   shown = []
   for row in dict.fromkeys(l["row"] for l in ptb):
@@ -432,19 +430,26 @@ def readme_summary(ptb: list[dict], sent: list[dict]) -> str:
     pap, ours = cells(lines, ("valid (Lua formula)", "test", "MC test"), 1)
     first = lines[0]
     run = first["status"] if first["status"] != "done" else f"{first['epochs']} epochs"
+    run += f", {_wall(first['wall_s'])}" if first["wall_s"] and first["vdrnn"] is not None else ""
     out.append(f"| {row} | {pap} | {ours} | {run} | {first['device'] or '–'} |")
   comparison = comparison_table(ptb)
   out += ["", *comparison] if comparison else []
-  out += ["", "| sentiment row (released semantics) | test RMSE: last epoch / MC / lowest | run | "
-          "device |", "|---|---|---|---|"]
+  out += ["", "| sentiment row (released semantics) | test RMSE: last epoch / MC / lowest "
+          "| run, wall time | device |", "|---|---|---|---|"]
   for row in dict.fromkeys(l["row"] for l in sent):
     lines = [l for l in sent if l["row"] == row]
     pick = lambda prefix: next((l["vdrnn"] for l in lines if l["metric"].startswith(prefix)), None)
     vals = " / ".join(_fmt(pick(p), 4) for p in ("test RMSE, last", "MC test", "lowest"))
     first = lines[0]
     run = first["status"] if first["status"] != "done" else f"{first['epochs']} epochs"
+    run += f", {_wall(first['wall_s'])}" if first["wall_s"] else ""
     out.append(f"| {row} | {vals} | {run} | {first['device'] or '–'} |")
   return "\n".join(out + [README_END])
+
+
+def _wall(s) -> str:
+  """A wall time in seconds as minutes or hours ("–" when unknown)."""
+  return "–" if not s else (f"{s / 3600:.1f} h" if s >= 3600 else f"{s / 60:.0f} min")
 
 
 def _missing(line: dict) -> str:

@@ -277,7 +277,7 @@ def test_readme_summary_shows_each_seed_family_once_as_its_mean(tmp_path):
               and "(mean of" not in l]
   fam = [l for l in lines if l.startswith("| medium_variational_tied (mean of 2 seeds) |")]
   assert len(fam) == 1 and "| 82.0 ± 0.0 / 79.5 ± 0.7 / 78.5 ± 0.7 (100 MC samples) |" in fam[0]
-  assert "| 2/3 seeds done |" in fam[0]
+  assert "| 2/3 seeds done, 3 min |" in fam[0]  # the seeds' wall times added: 2 x 100 s
   names = [l.split(" | ")[0] for l in lines if l.startswith("| ")]
   # in rows.py order: after medium_naive, before medium_variational_untied
   assert names.index("| medium_naive") < names.index("| medium_variational_tied (mean of 2 seeds)")
