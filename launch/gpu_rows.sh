@@ -38,6 +38,8 @@
 #   tar -xzf <files_at>/ROW.tgz -C <workdir_root> && python -m launch.reproduce --report ...
 #
 # Measured on an NVIDIA H200 (2026-12-04): PTB large 8.1 s an epoch alone (114k tokens/s);
+# medium_naive and medium_variational_untied side by side 10 s and 6 s an epoch, 7 and 9 min
+# with the 1000-sample MC test (deterministic ops);
 # two PTB medium rows side by side 8.4 s an epoch each; the 1000-sample large MC test about 2 min;
 # large beside two mediums 26 s and 13 s an epoch: the GPU is shared by time-slicing, so rows
 # side by side take as long as one after another (plan a lease as their sum, ~850 s of work).
@@ -66,7 +68,8 @@ fi
 export PYTHONUNBUFFERED=1 JAX_PLATFORMS=${JAX_PLATFORMS:-cuda} VDRNN_DATA="$PWD/.gpu/data"
 # One seed, one result: without this, XLA:GPU's scatter-add (the embedding's gradient) sums in
 # whatever order its atomics land, and two leases of the same medium row drifted apart by up to
-# 3 perplexity points in epoch 1 (2026-12-04). Its cost on the H200 is not yet measured.
+# 3 perplexity points in epoch 1 (2026-12-04). On the H200 it cost nothing measurable (medium naive
+# alone, bfloat16: 5 s an epoch with and without it; two runs with it bitwise equal, 2026-12-04).
 [ "${GPU_DETERMINISTIC:-1}" = 1 ] && export XLA_FLAGS="${XLA_FLAGS:-} --xla_gpu_deterministic_ops=true"
 export XLA_PYTHON_CLIENT_MEM_FRACTION=$(awk -v n="$N" 'BEGIN { printf "%.3f", 0.9 / n }')
 SITE=$W/site
