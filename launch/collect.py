@@ -65,14 +65,22 @@ def portable(cmd: str) -> str:
   return shlex.join(argv)
 
 
+GPU_FLOAT32 = "float32 (TF32 matmuls)"  # XLA's default precision for float32 dots on the GPU
+
+
 def with_precision(rec: dict) -> dict:
   """``rec`` with its device followed by the matmul precision it ran in (``train.compute_dtype``
   from its command; float32 when the command does not set it, as every base config does), e.g.
-  "NVIDIA H200 (gpu), bfloat16". On a GPU, float32 is XLA's default precision (TF32 matmuls)."""
-  if not rec.get("device") or rec["device"].endswith(("float32", "bfloat16")):
+  "NVIDIA H200 (gpu), bfloat16". On a GPU, float32 runs at XLA's default precision, whose
+  matmuls round their operands to TF32 on NVIDIA GPUs since Ampere (the JAX docs' "Matmul
+  precision"): its label says so."""
+  if not rec.get("device") or rec["device"].endswith(("float32", "bfloat16", GPU_FLOAT32)):
     return rec
   m = re.search(r"--config\.train\.compute_dtype[= ](\w+)", rec.get("command") or "")
-  return {**rec, "device": f"{rec['device']}, {m.group(1) if m else 'float32'}"}
+  dtype = m.group(1) if m else "float32"
+  if dtype == "float32" and "(gpu)" in rec["device"]:
+    dtype = GPU_FLOAT32
+  return {**rec, "device": f"{rec['device']}, {dtype}"}
 
 
 def collect(row: Row, root: str, extra: list[str]) -> dict:

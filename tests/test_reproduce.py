@@ -128,6 +128,9 @@ def test_report_from_fixture_workdirs(tmp_path):
   assert "| 114.5 | 116.00 | 1.50 | 2 |" in lua  # held against Zaremba small, its own family
   lua = next(l for l in lines if l.startswith("| large_variational_untied | valid (Lua formula)"))
   assert "| 77.9 ± 0.3 | 78.00 | 0.10 |" in lua and "NVIDIA H100 80GB HBM3 (gpu)" in lua
+  # float32 on a GPU is XLA's default precision: TF32 matmuls, and the label says so
+  assert "| NVIDIA H100 80GB HBM3 (gpu), float32 (TF32 matmuls) |" in lua
+  assert recs["zaremba_small_seed0"]["device"] == "cpu, float32"
   mc = "| large_variational_untied | MC test (1000 samples) | 73.4 ± 0.0 | 73.60 | 0.20 |"
   assert any(l.startswith(mc) for l in lines)
   assert ("| large_variational_untied | 83.60 | 78.60 | 75.60 | 74.60 | 74.10 | 73.80 | 73.70 "
@@ -161,6 +164,8 @@ def test_report_from_fixture_workdirs(tmp_path):
   # Regenerated from the committed results alone (no workdirs): the done rows are kept.
   recs2 = {r["row"]: r for r in report.report(str(tmp_path / "empty"), str(out), [])}
   assert recs2["large_variational_untied"]["results"]["mc_test_ppl"] == 73.6
+  assert recs2["large_variational_untied"]["device"] == (  # labelled once, not again
+      "NVIDIA H100 80GB HBM3 (gpu), float32 (TF32 matmuls)")
   assert recs2["sentiment_lstm_naive"]["status"] == "not run"
   assert (out / "README_table.md").read_text().count("NVIDIA H100") >= 3
   assert "| large_variational_untied | 83.60 | 78.60 |" in (out / "README_table.md").read_text()
