@@ -159,13 +159,17 @@ def saved_test_predictions(workdir: str, members: int = 0) -> dict:
 
 def merge(collected: list[dict], committed: Optional[dict]) -> list[dict]:
   """Each row's record from its workdir, or the committed one when the workdir has no result
-  and the committed record does (with the row's grouping, ``family``, ``task`` and ``note``,
-  as ``launch/rows.py`` defines it now)."""
+  and the committed record does, or has more epochs of an unfinished run (a row restarted on
+  another machine, or a fresh clone's empty root, does not erase what was run elsewhere until
+  it gets further); with the row's grouping, ``family``, ``task`` and ``note``, as
+  ``launch/rows.py`` defines it now."""
   old = {r["row"]: r for r in (committed or {}).get("rows", [])}
   out = []
   for rec in collected:
     prev = old.get(rec["row"])
-    if rec["status"] != "done" and prev is not None and prev.get("status") == "done":
+    further = prev is not None and (prev.get("status") == "done" or
+                                    (prev.get("epochs") or 0) > (rec.get("epochs") or 0))
+    if rec["status"] != "done" and further:
       now = {k: rec[k] for k in ("family", "task", "note")}
       out.append(with_precision({**prev, **now, "command": portable(prev["command"])}))
     else:

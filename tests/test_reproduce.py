@@ -161,12 +161,13 @@ def test_report_from_fixture_workdirs(tmp_path):
   assert {r["row"] for r in rows} >= {"medium_naive", "sentiment_gru_none",
                                       "zaremba_small (mean of 2 seeds)"}
 
-  # Regenerated from the committed results alone (no workdirs): the done rows are kept.
+  # Regenerated from the committed results alone (no workdirs): the done rows are kept, and a
+  # partial row stays partial ("not run" would say it never ran).
   recs2 = {r["row"]: r for r in report.report(str(tmp_path / "empty"), str(out), [])}
   assert recs2["large_variational_untied"]["results"]["mc_test_ppl"] == 73.6
   assert recs2["large_variational_untied"]["device"] == (  # labelled once, not again
       "NVIDIA H100 80GB HBM3 (gpu), float32 (TF32 matmuls)")
-  assert recs2["sentiment_lstm_naive"]["status"] == "not run"
+  assert recs2["sentiment_lstm_naive"]["status"] == "partial (2/5 epochs)"
   assert (out / "README_table.md").read_text().count("NVIDIA H100") >= 3
   assert "| large_variational_untied | 83.60 | 78.60 |" in (out / "README_table.md").read_text()
 
@@ -507,6 +508,23 @@ def test_a_committed_record_takes_its_rows_grouping_from_rows_py():
   (rec,) = collect.merge([now], {"rows": [old]})
   assert rec["status"] == "done" and rec["results"] == {"test_ppl": 78.9}
   assert rec["family"] == "medium_variational_tied"
+
+
+def test_a_committed_partial_row_stays_until_a_run_here_gets_further():
+  """A partial row committed from another machine is not erased by an empty workdir root (a
+  fresh clone) or by a restart with fewer epochs; a run here with more epochs, or done, wins."""
+  now = {"row": "sentiment_gru_naive", "family": "", "task": "sentiment", "note": "",
+         "status": "not run", "command": "python -m vdrnn.train", "epochs": None}
+  old = {**now, "status": "partial (83/250 epochs)", "epochs": 83, "device": "elsewhere"}
+  def merged(**rec):
+    (out,) = collect.merge([{**now, **rec}], {"rows": [old]})
+    return out["status"], out["device"].split(",")[0]  # with its precision appended
+  assert merged() == ("partial (83/250 epochs)", "elsewhere")
+  assert merged(status="partial (3/250 epochs)", epochs=3, device="here") == (
+      "partial (83/250 epochs)", "elsewhere")
+  assert merged(status="partial (84/250 epochs)", epochs=84, device="here") == (
+      "partial (84/250 epochs)", "here")
+  assert merged(status="done", epochs=30, device="here") == ("done", "here")
 
 
 def test_seeds_together_trains_rows_as_one_population_and_writes_each_rows_workdir(tmp_path):
