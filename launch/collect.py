@@ -135,6 +135,8 @@ def collect(row: Row, root: str, extra: list[str]) -> dict:
     rec["epochs"] = num_epochs
     rec["results"] = {k: v for k, v in res.items()
                       if isinstance(v, (int, float)) and not isinstance(v, bool)}
+    if row.task == "imdb":
+      rec["figures"] = imdb_figure_data(workdir, row.name, rec.get("members", 0))
   elif hist or sessions:
     rec["status"] = f"partial ({len(hist)}/{num_epochs} epochs)" if num_epochs else "partial"
     rec["epochs"] = len(hist)
@@ -155,6 +157,29 @@ def saved_test_predictions(workdir: str, members: int = 0) -> dict:
   common = set.intersection(*(set(p) for p in preds)) - {"labels"}
   return {"labels": preds[0]["labels"],
           **{key: np.mean([p[key] for p in preds], axis=0) for key in sorted(common)}}
+
+
+FIGURE_POINTS = 200  # risk-coverage points a record keeps for the report's figure
+
+
+def imdb_figure_data(workdir: str, name: str, members: int = 0) -> Optional[dict]:
+  """What the report's IMDB figures draw for a row, from its saved test predictions (MC
+  dropout where it ran, else the dropout approximation; a population's members' mean):
+  ``{"label", "reliability", "risk_coverage"}`` (``plots.reliability_data``, 15 bins as the
+  table's ECE; ``plots.risk_coverage_data``, by entropy). Kept in the row's record, so the
+  figures are drawn again from the committed results when the workdirs are gone; None when
+  the workdir has no predictions."""
+  from vdrnn import plots  # noqa: PLC0415
+  try:
+    pred = saved_test_predictions(workdir, members)
+  except OSError:
+    return None
+  mc = not members and "probs_mc" in pred
+  probs = pred["probs_mc" if mc else "probs"]
+  return {"label": name + (" (MC)" if mc else ""),
+          "reliability": plots.reliability_data(probs, pred["labels"], 15),
+          "risk_coverage": plots.risk_coverage_data(probs, pred["labels"],
+                                                    points=FIGURE_POINTS)}
 
 
 def merge(collected: list[dict], committed: Optional[dict]) -> list[dict]:

@@ -14,7 +14,7 @@ import os
 import shutil
 import time
 
-from launch.collect import collect, merge, read_json, saved_test_predictions
+from launch.collect import collect, merge, read_json
 from launch.rows import ROWS
 from launch.tables import (README_END, README_START, markdown, ptb_lines, readme_summary,
                            sentiment_lines)
@@ -101,30 +101,21 @@ def plot_ptb(records: list[dict], results_dir: str) -> list[str]:
   return [path]
 
 
-def plot_imdb(records: list[dict], root: str, results_dir: str) -> list[str]:
+def plot_imdb(records: list[dict], results_dir: str) -> list[str]:
   """``imdb_risk_coverage.png``: accuracy against coverage (inputs accepted by predictive
-  entropy) of each IMDB row whose test predictions are in its workdir (MC dropout where it
-  ran, else the dropout approximation), and of each deep ensemble (its members' mean);
-  ``imdb_reliability.png``: the same predictions' reliability diagram (15 bins, as the
-  table's ECE)."""
+  entropy) of each done IMDB row (MC dropout where it ran, else the dropout approximation),
+  and of each deep ensemble (its members' mean); ``imdb_reliability.png``: the same
+  predictions' reliability diagram (15 bins, as the table's ECE). Drawn from the records'
+  ``figures`` (``collect.imdb_figure_data``), so rows run on other machines are in them."""
   from vdrnn import plots  # noqa: PLC0415
-  curves, labels = {}, None
-  for r in records:
-    if r["task"] != "imdb" or r["status"] != "done":
-      continue
-    try:  # a population: its members' mean (member_00, member_01, ...)
-      pred = saved_test_predictions(os.path.join(root, r["row"]), r.get("members", 0))
-    except OSError:
-      continue
-    labels = pred["labels"]
-    mc = not r.get("members") and "probs_mc" in pred
-    curves[r["row"] + (" (MC)" if mc else "")] = pred["probs_mc" if mc else "probs"]
-  if not curves or labels is None:
+  data = [r["figures"] for r in records
+          if r["task"] == "imdb" and r["status"] == "done" and r.get("figures")]
+  if not data:
     return []
   paths = [os.path.join(results_dir, f"imdb_{name}.png") for name in ("risk_coverage",
                                                                      "reliability")]
-  plots.risk_coverage(paths[0], curves, labels)
-  plots.reliability_diagram(paths[1], curves, labels, n_bins=15)
+  plots.draw_risk_coverage(paths[0], {d["label"]: d["risk_coverage"] for d in data})
+  plots.draw_reliability(paths[1], {d["label"]: d["reliability"] for d in data})
   return paths
 
 
@@ -150,7 +141,7 @@ def report(root: str, results_dir: str, extra: list[str]) -> list[dict]:
   with open(os.path.join(results_dir, "README_table.md"), "w") as f:
     f.write(table)
   figures = (plot_ptb(records, results_dir) + plot_sentiment(records, results_dir) +
-             plot_imdb(records, root, results_dir))
+             plot_imdb(records, results_dir))
   for r in records:  # each MC curve's figure beside the table
     png = os.path.join(root, r["row"], "mc_test.png")
     if r.get("mc_curve") and os.path.exists(png):

@@ -364,8 +364,20 @@ def test_imdb_report_shows_the_deep_ensemble_population(tmp_path, capsys):
   assert "| 0.700 / 0.750 | 0.600 / 0.650 | – | – |" in table  # AUROC, AUPR; no Pang & Lee
   assert (out / "imdb_risk_coverage.png").stat().st_size > 1000
   assert (out / "imdb_reliability.png").stat().st_size > 1000
+  # the figures' data is in the record: what the ensemble's members' mean gives directly
+  fig = ens["figures"]
+  assert fig["label"] == name and fig["risk_coverage"]["coverage"][-1] == 1.0
+  assert fig["risk_coverage"]["accuracy"][-1] == ens["results"]["test_acc"]
+  assert abs(fig["reliability"]["ece"] - ens["results"]["test_ece"]) < 1e-12
+  assert sum(fig["reliability"]["count"]) == 40
+  assert recs["imdb_lstm_variational_untied"].get("figures") is None  # no arrays: no figure
+  for png in ("imdb_risk_coverage.png", "imdb_reliability.png"):
+    (out / png).unlink()
   again = {r["row"]: r for r in report.report(str(tmp_path / "empty"), str(out), [])}
   assert again[name]["results"] == ens["results"] and again[name]["members"] == 5
+  assert again[name]["figures"] == json.loads(json.dumps(fig))  # from the committed record
+  assert (out / "imdb_risk_coverage.png").stat().st_size > 1000  # drawn again without workdirs
+  assert (out / "imdb_reliability.png").stat().st_size > 1000
   # launch.check_predictions: the ensemble's table from its members' arrays, averaged
   from launch import check_predictions
   write(root / name / "config.json", {"seed": 0, "train": {"num_epochs": 15},

@@ -255,6 +255,32 @@ def test_risk_coverage_png(tmp_path):
     plots.risk_coverage(path, {"a": ps}, y, by="variance")
 
 
+def test_the_figures_data_thinned_is_the_full_curve_at_fewer_points(tmp_path):
+  """``plots.risk_coverage_data`` with ``points``: a subset of the full curve's points, one
+  at or past each 1/points of coverage, the last (coverage 1) kept, the AURC of the full
+  curve; ``reliability_data`` is ``calibration_bins`` with empty bins as None; both draw."""
+  rng = np.random.RandomState(3)
+  ps, y = _probs(rng, 500, 2, s=4), rng.randint(0, 2, 500)
+  full = plots.risk_coverage_data(ps, y)
+  thin = plots.risk_coverage_data(ps, y, points=20)
+  assert len(full["coverage"]) > 400 and 10 <= len(thin["coverage"]) <= 20
+  pairs = set(zip(full["coverage"], full["accuracy"]))
+  assert all(p in pairs for p in zip(thin["coverage"], thin["accuracy"]))
+  assert thin["coverage"][-1] == 1.0 and thin["aurc"] == full["aurc"]
+  correct = ps.mean(0).argmax(-1) == y
+  assert full["aurc"] == uncertainty.aurc(uncertainty.ood_scores(ps)["entropy"], correct)
+  for g in np.arange(1, 21) / 20:  # the first point at or past each grid step is kept
+    first = min(c for c in full["coverage"] if c >= g - 1e-12)
+    assert first in thin["coverage"]
+  rel = plots.reliability_data(ps.mean(0), y, 15)
+  b = uncertainty.calibration_bins(ps.mean(0), y, 15)
+  assert rel["count"] == list(b["count"]) and sum(v is None for v in rel["accuracy"]) == sum(
+      b["count"] == 0)
+  plots.draw_reliability(str(tmp_path / "r.png"), {"a": rel})
+  plots.draw_risk_coverage(str(tmp_path / "rc.png"), {"a": thin})
+  assert (tmp_path / "r.png").stat().st_size > 1000 and (tmp_path / "rc.png").stat().st_size > 1000
+
+
 def test_fit_temperature_minimises_the_nll_as_a_fine_grid_does():
   """Labels drawn from softmax(z); the model's logits are 3 z (over-confident): the fitted
   temperature is the NLL minimiser a 6,001-point grid finds, near 3; it never changes the

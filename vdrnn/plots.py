@@ -100,30 +100,64 @@ def learned_rates(path: str, history: list[dict]) -> None:
   plt.close(fig)
 
 
+def _listed(a) -> list:
+  """``a`` as a JSON-able list of floats, NaN as None."""
+  return [None if np.isnan(v) else float(v) for v in np.asarray(a, np.float64)]
+
+
+def reliability_data(probs, labels, n_bins: int = 15) -> dict:
+  """What ``reliability_diagram`` draws for one predictive ``probs [N, K]``, as JSON-able
+  lists (empty bins None): ``confidence``, ``accuracy``, ``count`` per bin
+  (``uncertainty.calibration_bins``) and the ``ece``."""
+  b = uncertainty.calibration_bins(probs, labels, n_bins)
+  return {"confidence": _listed(b["confidence"]), "accuracy": _listed(b["accuracy"]),
+          "count": _listed(b["count"]), "ece": float(uncertainty.ece(probs, labels, n_bins))}
+
+
+def risk_coverage_data(probs, labels, by: str = "entropy", points: Optional[int] = None) -> dict:
+  """What ``risk_coverage`` draws for one predictive ``probs [N, K]`` or ``[S, N, K]``, as
+  JSON-able lists: ``coverage`` and ``accuracy`` of ``uncertainty.risk_coverage`` (inputs
+  accepted in order of ``by``) and the ``aurc`` of the full curve. ``points``: keep at most
+  about that many points, the first at or beyond each multiple of ``1 / points`` of coverage
+  (the last, coverage 1, always), enough to draw the curve without its ``N`` points."""
+  ps = np.asarray(probs, np.float64)
+  ps = ps[None] if ps.ndim == 2 else ps
+  scores = uncertainty.ood_scores(ps)
+  if by not in scores:
+    raise ValueError(f"by must be one of {sorted(scores)}, got {by!r}")
+  correct = ps.mean(0).argmax(-1) == np.asarray(labels)
+  rc = uncertainty.risk_coverage(scores[by], correct)
+  keep = np.arange(len(rc["coverage"]))
+  if points is not None and len(keep) > points:
+    grid = np.arange(1, points + 1) / points
+    keep = np.unique(np.minimum(np.searchsorted(rc["coverage"], grid - 1e-12), len(keep) - 1))
+  return {"coverage": _listed(rc["coverage"][keep]), "accuracy": _listed(rc["accuracy"][keep]),
+          "aurc": float(uncertainty.aurc(scores[by], correct))}
+
+
 def reliability_diagram(path: str, curves: dict, labels, n_bins: int = 15) -> None:
   """Writes a PNG: accuracy against confidence per bin for each ``name -> probs [N, K]``
   in ``curves`` (e.g. dropout approximation and MC), with the diagonal and ECE in the legend,
   and the share of points per bin below."""
+  draw_reliability(path, {name: reliability_data(p, labels, n_bins) for name, p in curves.items()})
+
+
+def draw_reliability(path: str, data: dict) -> None:
+  """``reliability_diagram`` from each ``name -> reliability_data(...)`` in ``data``."""
   fig, (ax, hx) = plt.subplots(2,
                                1,
                                figsize=(5, 6),
                                sharex=True,
                                gridspec_kw={"height_ratios": [3, 1]})
   ax.plot([0, 1], [0, 1], "k--", lw=1, label="perfect calibration")
-  width = 1.0 / n_bins
-  for i, (name, probs) in enumerate(curves.items()):
-    b = uncertainty.calibration_bins(probs, labels, n_bins)
-    keep = b["count"] > 0
-    centers = b["edges"][:-1] + width / 2
-    ax.plot(b["confidence"][keep],
-            b["accuracy"][keep],
-            "o-",
-            label=f"{name} (ECE {uncertainty.ece(probs, labels, n_bins):.3f})")
-    off = (i - (len(curves) - 1) / 2) * width / max(len(curves), 1)
-    hx.bar(centers + off,
-           b["count"] / b["count"].sum(),
-           width=width / max(len(curves), 1),
-           label=name)
+  for i, (name, d) in enumerate(data.items()):
+    conf, acc, count = (np.array(d[k], np.float64) for k in ("confidence", "accuracy", "count"))
+    width = 1.0 / len(count)
+    keep = count > 0
+    centers = (np.arange(len(count)) + 0.5) * width
+    ax.plot(conf[keep], acc[keep], "o-", label=f"{name} (ECE {d['ece']:.3f})")
+    off = (i - (len(data) - 1) / 2) * width / max(len(data), 1)
+    hx.bar(centers + off, count / count.sum(), width=width / max(len(data), 1), label=name)
   ax.set_ylabel("accuracy")
   ax.set_xlim(0, 1)
   ax.set_ylim(0, 1)
@@ -142,18 +176,16 @@ def risk_coverage(path: str, curves: dict, labels, by: str = "entropy") -> None:
   ``[S, N, K]`` (MC samples or ensemble members; ``[N, K]`` is one sample), the inputs
   accepted in order of ``by`` (``uncertainty.ood_scores``: ``entropy``, ``mi`` or
   ``least_confidence``), with the AURC in the legend."""
+  draw_risk_coverage(path, {name: risk_coverage_data(p, labels, by) for name, p in curves.items()},
+                     by)
+
+
+def draw_risk_coverage(path: str, data: dict, by: str = "entropy") -> None:
+  """``risk_coverage`` from each ``name -> risk_coverage_data(...)`` in ``data``."""
   fig, ax = plt.subplots(figsize=(5, 4))
-  for name, probs in curves.items():
-    ps = np.asarray(probs, np.float64)
-    ps = ps[None] if ps.ndim == 2 else ps
-    scores = uncertainty.ood_scores(ps)
-    if by not in scores:
-      plt.close(fig)
-      raise ValueError(f"by must be one of {sorted(scores)}, got {by!r}")
-    correct = ps.mean(0).argmax(-1) == np.asarray(labels)
-    rc = uncertainty.risk_coverage(scores[by], correct)
-    ax.step(np.r_[0.0, rc["coverage"]], np.r_[rc["accuracy"][0], rc["accuracy"]], where="pre",
-            label=f"{name} (AURC {uncertainty.aurc(scores[by], correct):.4f})")
+  for name, d in data.items():
+    ax.step(np.r_[0.0, d["coverage"]], np.r_[d["accuracy"][0], d["accuracy"]], where="pre",
+            label=f"{name} (AURC {d['aurc']:.4f})")
   ax.set_xlim(0, 1)
   ax.set_xlabel("coverage (share of inputs predicted)")
   ax.set_ylabel("accuracy on the inputs predicted")
