@@ -187,6 +187,25 @@ def test_cli_rejects_unknown_section():
     flags.FLAGS.unparse_flags()
 
 
+def test_ab_times_an_imdb_mc_chunk_of_two_revisions_computing_the_same():
+  """``launch.bench.ab --what seq_mc``: both revisions' workers build the MC chunk of the
+  config and answer the rounds; HEAD against the working tree (in a fresh clone the same
+  code) compute the same outputs, whether the samples run in turn or vectorised."""
+  import os  # noqa: PLC0415
+  import subprocess  # noqa: PLC0415
+  import sys  # noqa: PLC0415
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  p = subprocess.run([sys.executable, "-m", "launch.bench.ab", "--base", "HEAD", "--what",
+                      "seq_mc", "--config", "configs/imdb_lstm.py:tiny", "--rounds", "2",
+                      "--override", "eval.mc_vectorise=map"], cwd=root, capture_output=True,
+                     text=True, timeout=600)
+  assert p.returncode == 0, p.stderr[-2000:]
+  head = "seq_mc configs/imdb_lstm.py:tiny eval.mc_vectorise=map: max |new - base| of the results "
+  line = next(l for l in p.stdout.splitlines() if l.startswith(head))
+  assert float(line[len(head):]) < 1e-6, line
+  assert "new / base, median of per-round ratios:" in p.stdout
+
+
 # ----------------------------------------------------------------------------------------
 # The fast paths give autodiff's gradients.
 

@@ -179,6 +179,35 @@ def test_an_mc_evaluation_killed_half_way_resumes_to_the_same_predictions(run, t
   assert not glob.glob(os.path.join(wd, "*.partial.npz"))
 
 
+@pytest.mark.parametrize("arg", ["variational", "naive", "none"])
+@pytest.mark.parametrize("cell", ["lstm", "gru"])
+def test_an_mc_chunk_vectorised_or_in_turn_is_each_sample_on_its_own(arg, cell):
+  """``eval.mc_vectorise``: a chunk of samples run as one vmapped pass and one after another
+  (lax.map) both give, for each sample, the model applied alone with that sample's masks
+  (``fold_in(key, s)``); padded rows included."""
+  import jax  # noqa: PLC0415
+  from vdrnn import models  # noqa: PLC0415
+  c = _config() if arg == "variational" else imdb_lstm.get_config(f"{arg},tiny")
+  c.model.cell = cell
+  m = c.model
+  params = models.init_seq(jax.random.key(3), m)
+  x = np.random.RandomState(0).randint(3, m.vocab_size, (6, 9)).astype(np.int32)
+  x[:2, :4] = 0  # left padding
+  key, ids = jax.random.key(7), np.arange(2, 5, dtype=np.uint32)
+  alone = np.stack([np.asarray(models.seq_apply(
+      params, x, models.seq_masks(jax.random.fold_in(key, s), m, x), **models.seq_semantics(m)))
+      for s in ids])
+  for how in ("vmap", "map"):
+    c.eval.mc_vectorise = how
+    assert seq_eval.mc_vmap(c) == (how == "vmap")
+    out = np.asarray(seq_eval.make_predict_fns(c)[1](params, x, key, ids))
+    np.testing.assert_allclose(out, alone, rtol=1e-5, atol=1e-6, err_msg=how)
+  if arg == "variational":  # the samples differ: masks are drawn per sample
+    assert np.abs(alone[0] - alone[1]).max() > 1e-4
+  c.eval.mc_vectorise = "auto"
+  assert not seq_eval.mc_vmap(c)  # these tests run on the CPU: in turn
+
+
 def test_ensemble_equals_stacking_every_member_pass():
   rng = np.random.default_rng(0)
   members = [uncertainty.softmax(rng.normal(size=(5, 7, 3)) * (m + 1)) for m in range(4)]
@@ -236,6 +265,7 @@ def test_ensemble_population_members_are_the_single_runs_with_their_seeds(run, t
     ("--config.eval.mc_samples=-1", "error: eval."),
     ("--config.eval.mc_every_epochs=1", "error: eval.mc_every_epochs > 0 MC-evaluates the test"),
     ("--config.eval.checkpoint=middle", "error: eval.checkpoint must be 'last' or 'best'"),
+    ("--config.eval.mc_vectorise=gpu", "error: eval.mc_vectorise must be one of auto, vmap, map"),
 ])
 def test_bad_ood_set_or_sample_count_is_one_line_and_exit_2(tmp_path, flag, message):
   p = subprocess.run([sys.executable, "-m", "vdrnn.train", "--config",

@@ -49,7 +49,7 @@ from vdrnn.config import (check_compute_dtype, check_positive_ints, compute_dtyp
                           validate_rates)
 from vdrnn.data import sentiment as data_lib
 from vdrnn.errors import UserError
-from vdrnn.seq_eval import Head, evaluate, fit_taus, make_predict_fns, predict
+from vdrnn.seq_eval import MC_VECTORISE, Head, evaluate, fit_taus, make_predict_fns, predict
 
 def base_config() -> ml_collections.ConfigDict:
   """Defaults of the sequence tasks: Pang & Lee regression (``vdrnn.sentiment``,
@@ -136,6 +136,10 @@ def base_config() -> ml_collections.ConfigDict:
   c.eval.batch_size = 256      # rows per evaluation batch (the released code: 500)
   c.eval.mc_samples = 50       # MC-dropout samples at the end (the script's T = 50)
   c.eval.mc_chunk = 5          # samples evaluated together (bounds memory)
+  # how a chunk's samples run: "vmap" (vectorised, one wide pass), "map" (one after another,
+  # lax.map) or "auto" (vmap on accelerators, map on the CPU, where at IMDB's shape it ran
+  # 1.3-1.4x faster with the same outputs: python -m launch.bench.ab --what seq_mc)
+  c.eval.mc_vectorise = "auto"
   # the test set after every epoch (the sentiment figure's curves: the released scripts report
   # it every epoch); False: only at the end (a held-out validation set watches training)
   c.eval.test_every_epoch = True
@@ -229,6 +233,9 @@ def validate(config, head: Head) -> None:
     raise UserError("eval.mc_samples, eval.mc_every_epochs and eval.train_examples must be >= 0")
   if e.tau <= 0 or e.ece_bins < 1:
     raise UserError(f"eval.tau must be > 0 and eval.ece_bins >= 1, got {e.tau!r}, {e.ece_bins!r}")
+  if e.get("mc_vectorise", "auto") not in MC_VECTORISE:
+    raise UserError(f"eval.mc_vectorise must be one of {', '.join(MC_VECTORISE)}, "
+                    f"got {e.mc_vectorise!r}")
   if e.checkpoint not in ("last", "best"):
     raise UserError(f"eval.checkpoint must be 'last' or 'best', got {e.checkpoint!r}")
   if e.mc_every_epochs and not e.test_every_epoch:

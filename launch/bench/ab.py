@@ -3,6 +3,7 @@
   python -m launch.bench.ab --base HEAD~1 [--new WORKTREE] [--what train|mc|sentiment] \
       [--shape medium] [--gates untied] [--dtype float32] [--samples 1000] [--rounds 12] \
       [--config configs/sentiment_lstm.py:variational,released]
+  python -m launch.bench.ab --base HEAD~1 --what seq_mc --config configs/imdb_lstm.py:variational
 
 Each revision (``--base`` and ``--new``: a git revision, or ``WORKTREE`` for the files as they
 are) runs in its own worker process over its own copy of ``vdrnn/`` and ``configs/``; the
@@ -12,7 +13,9 @@ each revision's min and median and the median of the per-round ratios new / base
 new revision is faster), and checks the two compute the same thing (max abs difference of
 the parameters after one step, or of the MC sums). ``--what sentiment`` times the training
 step of the sentiment config ``--config`` on one batch of its shape (random tokens, 38% of
-rows left-padded as in the Pang & Lee segments) and also compares the losses of three steps.
+rows left-padded as in the Pang & Lee segments) and also compares the losses of three steps;
+``--what seq_mc`` one chunk of MC samples (``eval.mc_chunk``) of a sentiment or IMDB config's
+evaluation (``vdrnn.seq_eval.make_predict_fns``) on one evaluation batch of its shape.
 The worker finds the functions it times under their current names or, for revisions before
 the one-loop layout, their old ones.
 """
@@ -31,10 +34,11 @@ REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 
 _BASE = flags.DEFINE_string("base", None, "Git revision to compare against, or WORKTREE.")
 _NEW = flags.DEFINE_string("new", "WORKTREE", "Git revision, or WORKTREE (the files as they are).")
-_WHAT = flags.DEFINE_enum("what", "train", ["train", "mc", "sentiment"],
-                          "A PTB training step, an MC chunk or a sentiment training step.")
+_WHAT = flags.DEFINE_enum("what", "train", ["train", "mc", "sentiment", "seq_mc"],
+                          "A PTB training step, a PTB MC chunk, a sentiment training step or "
+                          "a sentiment / IMDB MC chunk.")
 _CONFIG = flags.DEFINE_string("config", "configs/sentiment_lstm.py:variational,released",
-                              "The sentiment config (--what sentiment).")
+                              "The sentiment or IMDB config (--what sentiment, seq_mc).")
 _OVERRIDE = flags.DEFINE_multi_string(
     "override", [], "PATH=VALUE set in the config of both revisions (repeatable), e.g. "
     "model.lua_biases=False to give a newer revision an older one's model; a field the "
@@ -80,6 +84,8 @@ def worker(spec: dict) -> None:
     run = lambda: jax.block_until_ready(f(state, x, y, 1.0))
   elif spec["what"] == "sentiment":
     run, check = _sentiment_step(spec["config"], spec.get("overrides", []))
+  elif spec["what"] == "seq_mc":
+    run, check = _seq_mc_chunk(spec["config"], spec.get("overrides", []))
   else:
     import vdrnn.models as models  # noqa: PLC0415
     fn = mc_mod.make_mc_chunk_fn(cfg, mc_mod.mc_rates(cfg))
@@ -124,11 +130,9 @@ def _sentiment_step(config: str, overrides: list):
   c = _override(importlib.import_module("vdrnn.config").load_config_file(config), overrides)
   sentiment = importlib.import_module("vdrnn.sentiment")
   f = jax.jit(sentiment.make_train_step(c))
-  B, T = c.train.batch_size, c.data.maxlen
+  B = c.train.batch_size
   rng = np.random.RandomState(0)
-  x = rng.randint(3, c.model.vocab_size, (B, T)).astype(np.int32)
-  for b in range(B * 38 // 100):  # left padding, as in the last segment of a review
-    x[b, :rng.randint(1, T)] = 0
+  x = _seq_batch(c, B, rng)
   y, w = rng.randn(B).astype(np.float32), np.ones(B, np.float32)
   init_state = getattr(sentiment, "init_state", None)  # before the task registry (c797b20)
   if init_state is None:
@@ -141,6 +145,31 @@ def _sentiment_step(config: str, overrides: list):
   check = np.concatenate([np.asarray(losses)] +
                          [np.ravel(a) for a in jax.tree.leaves(state["params"])])
   return (lambda: jax.block_until_ready(f(state, x, y, w))), check
+
+
+def _seq_batch(c, B: int, rng) -> np.ndarray:
+  """``[B, data.maxlen]`` random tokens of ``c``'s vocabulary drawn from ``rng``, 38% of the
+  rows left-padded, as in the last segment of a Pang & Lee review."""
+  x = rng.randint(3, c.model.vocab_size, (B, c.data.maxlen)).astype(np.int32)
+  for b in range(B * 38 // 100):
+    x[b, :rng.randint(1, c.data.maxlen)] = 0
+  return x
+
+
+def _seq_mc_chunk(config: str, overrides: list):
+  """``(run, check)`` for one chunk of MC samples (``eval.mc_chunk``) of ``config``'s
+  evaluation on one batch of ``eval.batch_size`` rows; ``check`` holds its outputs."""
+  import importlib  # noqa: PLC0415 - the revision's modules, found at run time
+  import jax  # noqa: PLC0415
+  import jax.numpy as jnp  # noqa: PLC0415
+  c = _override(importlib.import_module("vdrnn.config").load_config_file(config), overrides)
+  models = importlib.import_module("vdrnn.models")
+  mc = importlib.import_module("vdrnn.seq_eval").make_predict_fns(c)[1]
+  params = models.init_seq(jax.random.key(0), c.model)
+  x = jnp.asarray(_seq_batch(c, c.eval.batch_size, np.random.RandomState(0)))
+  key, ids = jax.random.key(1), jnp.arange(c.eval.mc_chunk, dtype=jnp.uint32)
+  check = np.asarray(jax.block_until_ready(mc(params, x, key, ids)))
+  return (lambda: jax.block_until_ready(mc(params, x, key, ids))), check
 
 
 def checkout(rev: str, into: str) -> str:
@@ -198,7 +227,8 @@ def main(argv) -> None:
       proc.stdin.close()
       proc.wait()
   base = np.array(times["base"])
-  what = (_CONFIG.value if _WHAT.value == "sentiment" else
+  what = (f"{_WHAT.value} {_CONFIG.value} {' '.join(_OVERRIDE.value)}".rstrip()
+          if _WHAT.value in ("sentiment", "seq_mc") else
           f"{_WHAT.value} {_SHAPE.value} {_GATES.value} {_DTYPE.value}")
   print(f"{what}: max |new - base| of the results {diff:.2e}")
   if _WHAT.value == "sentiment":  # the summed losses of the first three steps
