@@ -43,8 +43,9 @@ def mc_vmap(config) -> bool:
   """Whether a chunk's MC samples run vectorised (``jax.vmap``: one pass over ``[C, B, ...]``)
   rather than one after another (``jax.lax.map``): ``eval.mc_vectorise`` ``"vmap"``, or
   ``"auto"`` on an accelerator. On the CPU the samples in turn keep each step's working set in
-  cache (at IMDB's shape, B = 256, C = 5: 1.4x faster for the variational LSTM, 1.3x for
-  naive dropout); on a GPU the wide pass fills the device."""
+  cache (IMDB's shape, B = 256, C = 5, Zen 4: 1.1-1.3x faster beside two runs, 1.4x for the
+  variational LSTM on a core of its own; ``launch/results/bench/seq_mc_ab.md``); on a GPU the
+  wide pass fills the device."""
   how = config.eval.get("mc_vectorise", "auto")
   return how == "vmap" or (how == "auto" and jax.default_backend() != "cpu")
 

@@ -138,7 +138,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.eval.mc_chunk = 5          # samples evaluated together (bounds memory)
   # how a chunk's samples run: "vmap" (vectorised, one wide pass), "map" (one after another,
   # lax.map) or "auto" (vmap on accelerators, map on the CPU, where at IMDB's shape it ran
-  # 1.3-1.4x faster with the same outputs: python -m launch.bench.ab --what seq_mc)
+  # 1.1-1.4x faster with the same outputs: launch/results/bench/seq_mc_ab.md)
   c.eval.mc_vectorise = "auto"
   # the test set after every epoch (the sentiment figure's curves: the released scripts report
   # it every epoch); False: only at the end (a held-out validation set watches training)
