@@ -255,6 +255,9 @@ def test_ensemble_population_members_are_the_single_runs_with_their_seeds(run, t
     return dict(kv.split(" ") for kv in line[len(start):].split(" (")[0].split(", "))
   assert shown("seed 0: ")["test_acc"] == f"{pop['members'][1]['test_acc']:.4g}", said
   assert shown("ensemble of 2: ")["test_nll_mc"] == f"{ens['test_nll_mc']:.4g}", said
+  steps = ",".join(str(m["step"]) for m in pop["members"])  # the checkpoints it combines
+  assert any(l.startswith("ensemble of 2: ") and l.endswith(
+      f"checkpoint each member's {c.eval.checkpoint}, step {steps})") for l in said), said
   for m in members:  # each member's directory reads like a single run's workdir
     for name in ("config.json", "results.json", "learning_curve.png", "reliability_test.png"):
       assert os.path.exists(os.path.join(m, name)), name

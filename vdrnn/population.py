@@ -405,7 +405,8 @@ class SeqPopulation(PopulationTask):
       if "ensemble" in results:
         print(f"ensemble of {len(out)}: " + seq_task.summary(
             {**results["ensemble"], "mc_samples": self.config.eval.mc_samples,
-             "checkpoint": "last", "step": step}), file=sys.stderr)
+             "checkpoint": f"each member's {self.config.eval.checkpoint}",
+             "step": ",".join(str(r["step"]) for r in out)}), file=sys.stderr)
     self.write_members(state, meta, results, step)
     return results
 
