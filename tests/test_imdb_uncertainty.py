@@ -358,3 +358,44 @@ def test_check_predictions_recomputes_the_table_from_the_saved_arrays(run, tmp_p
   bad = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=120)
   assert bad.returncode == 1
   assert "1 beyond 1e-06: imdb_lstm_variational_untied probs_mc" in bad.stdout
+
+
+def test_mc_gap_passes_against_the_evaluation_and_a_loop_over_samples(run, tmp_path):
+  """``python -m launch.mc_gap``: its dropout approximation and MC predictive on the validation
+  split are the evaluation's own (``vdrnn.evaluate --split valid``); one MC sample's metrics are
+  each sample's, averaged by a loop; the predictive's NLL is at most one sample's mean (Jensen);
+  with one sample the two are the same; a sample count below 1 is one line and exit 2."""
+  from launch import mc_gap
+  c, workdir, _ = run
+  copy = str(tmp_path / "w")
+  shutil.copytree(workdir, copy)
+  e = c.copy_and_resolve_references()
+  e.eval.mc_samples = 3
+  ref = tasks.evaluate_workdir(e, copy, checkpoint="best", split="valid", progress=False)
+  got = mc_gap.gap(copy, samples=3, train_examples=8)
+  assert list(got) == ["valid", "train[:8]"]
+  v = got["valid"]
+  for metric in ("acc", "nll", "ece"):
+    assert v["dropout approx."][metric] == pytest.approx(ref[f"valid_{metric}"], abs=1e-9)
+    assert v["MC predictive"][metric] == pytest.approx(ref[f"valid_{metric}_mc"], abs=1e-9)
+  for split in got.values():
+    assert split["MC predictive"]["nll"] <= split["one MC sample"]["nll"] + 1e-12
+
+  rng = np.random.default_rng(0)
+  det, mc = rng.normal(size=(7, 2)), 2 * rng.normal(size=(4, 7, 2))
+  labels = rng.integers(0, 2, 7)
+  p = np.exp(mc) / np.exp(mc).sum(-1, keepdims=True)
+  loop = {"acc": np.mean([np.mean(p[s].argmax(1) == labels) for s in range(4)]),
+          "nll": np.mean([-np.mean(np.log(p[s][np.arange(7), labels])) for s in range(4)]),
+          "ece": np.mean([_ece_by_loop(p[s], labels, 5) for s in range(4)]),
+          "conf": np.mean([p[s].max(1).mean() for s in range(4)])}
+  one = mc_gap.passes(det, mc, labels, 5)["one MC sample"]
+  assert one == pytest.approx(loop, abs=1e-12)
+  single = mc_gap.passes(det, mc[:1], labels, 5)
+  assert single["one MC sample"] == pytest.approx(single["MC predictive"], abs=1e-12)
+  assert "| valid | one MC sample (mean of 3) |" in mc_gap.table(got, 3)
+
+  bad = subprocess.run([sys.executable, "-m", "launch.mc_gap", "--workdir", copy,
+                        "--samples", "0"], cwd=ROOT, capture_output=True, text=True, timeout=120,
+                       env=dict(os.environ, JAX_PLATFORMS="cpu"))
+  assert bad.returncode == 2 and bad.stderr.strip() == "error: --samples must be at least 1, got 0"
