@@ -90,27 +90,33 @@ def table(result: dict, samples: int) -> str:
   return "\n".join(lines)
 
 
-FLAGS = flags.FLAGS
-flags.DEFINE_string("workdir", None, "A trained sequence-classification workdir.")
-flags.DEFINE_integer("samples", 10, "MC samples.")
-flags.DEFINE_integer("train_examples", 2560, "Training examples measured (the first n).")
-flags.DEFINE_string("checkpoint", "", "latest, best or a step (default: the one the run reports).")
+def define_flags() -> None:
+  """The command line's flags, defined only when it runs: imported as a library (the tests),
+  beside ``vdrnn.evaluate`` whose ``--workdir`` and ``--checkpoint`` share these names, it
+  defines none."""
+  flags.DEFINE_string("workdir", None, "A trained sequence-classification workdir.")
+  flags.DEFINE_integer("samples", 10, "MC samples.")
+  flags.DEFINE_integer("train_examples", 2560, "Training examples measured (the first n).")
+  flags.DEFINE_string("checkpoint", "", "latest, best or a step (default: the one the run "
+                      "reports).")
 
 
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments {argv[1:]}")
   logging.set_verbosity(logging.WARNING)
+  f = flags.FLAGS
 
   def _main():
-    if not FLAGS.workdir:
+    if not f.workdir:
       raise UserError("--workdir is required")
-    result = gap(FLAGS.workdir, FLAGS.samples, FLAGS.train_examples, FLAGS.checkpoint)
-    print(table(result, FLAGS.samples))
+    result = gap(f.workdir, f.samples, f.train_examples, f.checkpoint)
+    print(table(result, f.samples))
     sys.stdout.flush()
 
   run_main(_main)
 
 
 if __name__ == "__main__":
+  define_flags()
   app.run(main)
