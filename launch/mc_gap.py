@@ -22,8 +22,7 @@ import sys
 import numpy as np
 from absl import app, flags, logging
 
-from vdrnn import checkpoint as ckpt_lib
-from vdrnn import seq_eval, seq_task, sharding, tasks, uncertainty
+from vdrnn import evaluate, seq_eval, seq_task, tasks, uncertainty
 from vdrnn.errors import UserError, run_main
 
 PASSES = ("dropout approx.", "one MC sample", "MC predictive")
@@ -59,12 +58,8 @@ def gap(workdir: str, samples: int = 10, train_examples: int = 2560,
   if head is None or not head.classes:
     raise UserError(f"{workdir} is a {config.get('task', 'ptb')} run; mc_gap measures "
                     f"sequence classifiers (imdb)")
-  checkpoint = checkpoint or ("best" if config.eval.get("checkpoint") == "best" else "latest")
-  mngr, step = ckpt_lib.find(workdir, checkpoint)
-  mesh = sharding.make_mesh()
-  splits, _ = seq_task.load_data(config)
-  init, _, fns, _ = seq_task.compiled(config, head)
-  state, _ = ckpt_lib.restore(mngr, step, init())
+  state, _, splits, _, fns, mesh = seq_task.restore_workdir(
+      config, workdir, head, checkpoint or evaluate.reported(config))
   chosen = {}
   if len(splits.get("valid", {}).get("y", ())):
     chosen["valid"] = splits["valid"]

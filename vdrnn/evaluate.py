@@ -58,6 +58,12 @@ def flags_parser(argv: list[str]) -> list[str]:
   return parse_flags(argv)
 
 
+def reported(config) -> str:
+  """The checkpoint a run's results report: ``best`` where its ``eval.checkpoint`` is ``best``
+  (IMDB), else ``latest`` (the final model)."""
+  return "best" if getattr(config.eval, "checkpoint", "last") == "best" else "latest"
+
+
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments {argv[1:]}")
@@ -65,9 +71,8 @@ def main(argv):
 
   def _main():
     config = flags.FLAGS.config
-    reported = "best" if getattr(config.eval, "checkpoint", "last") == "best" else "latest"
     result = tasks.evaluate_workdir(config, flags.FLAGS.workdir,
-                                    checkpoint=flags.FLAGS.checkpoint or reported,
+                                    checkpoint=flags.FLAGS.checkpoint or reported(config),
                                     split=flags.FLAGS.split)
     print(json.dumps({k: v for k, v in result.items() if k != "data"}))
     print(tasks.of(config).summary(result), file=sys.stderr)

@@ -527,6 +527,21 @@ def train_and_evaluate(config, workdir: str, head: Head) -> dict:
   return loop.run(SeqTask(config, workdir, head), config, workdir)
 
 
+def restore_workdir(config, workdir: str, head: Head, checkpoint: str = "latest") -> tuple:
+  """What an evaluation of a trained workdir starts from, ``(state, meta, splits, info, fns,
+  mesh)``: the config validated, ``eval.batch_size`` checked against the mesh, the data loaded,
+  the predict functions (``compiled``) and checkpoint ``checkpoint`` (``latest``, ``best`` or a
+  step) restored."""
+  validate(config, head)
+  mngr, step = ckpt_lib.find(workdir, checkpoint)
+  mesh = sharding.make_mesh()
+  sharding.check_batch(config.eval.batch_size, mesh, "eval.batch_size")
+  splits, info = load_data(config)
+  init, _, fns, _ = compiled(config, head)
+  state, meta = ckpt_lib.restore(mngr, step, init())
+  return state, meta, splits, info, fns, mesh
+
+
 def evaluate_workdir(config, workdir: str, head: Head, *, checkpoint: str = "latest",
                      split: str = "test", progress: Optional[bool] = None) -> dict:
   """Re-evaluates a trained workdir: the dropout approximation and MC dropout
@@ -535,15 +550,9 @@ def evaluate_workdir(config, workdir: str, head: Head, *, checkpoint: str = "lat
   examples. Writes ``eval_<checkpoint>_<split>.json`` (and, for classification,
   ``reliability_<checkpoint>_<split>.png``) in the workdir and returns the metrics.
   """
-  validate(config, head)
-  mngr, step = ckpt_lib.find(workdir, checkpoint)
-  mesh = sharding.make_mesh()
-  sharding.check_batch(config.eval.batch_size, mesh, "eval.batch_size")
-  splits, info = load_data(config)
+  state, meta, splits, info, fns, mesh = restore_workdir(config, workdir, head, checkpoint)
   if split not in splits:
     raise UserError(f"split must be one of {sorted(splits)} for this config, got {split!r}")
-  init, _, fns, _ = compiled(config, head)
-  state, meta = ckpt_lib.restore(mngr, step, init())
   n = config.eval.mc_samples
   taus = None
   if head.fits_tau and config.eval.train_examples:  # tau fitted on training examples
