@@ -8,11 +8,12 @@ For every IMDB row that is done in ``--results_dir``'s ``results.json`` (what
 ``README_table.md`` shows), it loads ``<workdir_root>/<row>/predictions_test.npz`` (a deep
 ensemble: every member's, ``member_XX/``, averaged over members) and recomputes, for each mode
 it has (dropout approximation ``probs``, MC dropout ``probs_mc``, temperature-scaled
-``probs_ts``), the accuracy, the mean NLL of the true label and the ECE (equal-width bins of
-the top-label confidence, ``(lo, hi]``, the config's ``eval.ece_bins``) directly in NumPy,
-without vdrnn's metric code. It prints one line per row and mode with the largest difference,
-and exits 1 if any exceeds ``--tol``; a row whose arrays are missing is named and counts as a
-failure.
+``probs_ts`` and ``probs_mc_ts``; those added since a row ran from its re-evaluation,
+``collect.reevaluated``), the accuracy, the mean NLL of the true label and the ECE
+(equal-width bins of the top-label confidence, ``(lo, hi]``, the config's ``eval.ece_bins``)
+directly in NumPy, without vdrnn's metric code. It prints one line per row and mode with the
+largest difference, and exits 1 if any exceeds ``--tol``; a row whose arrays are missing is
+named and counts as a failure.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from launch.collect import saved_test_predictions
 from launch.rows import ROWS
 from vdrnn.errors import UserError, run_main
 
-MODES = (("", "probs"), ("_mc", "probs_mc"), ("_ts", "probs_ts"))
+MODES = (("", "probs"), ("_mc", "probs_mc"), ("_ts", "probs_ts"), ("_mc_ts", "probs_mc_ts"))
 METRICS = ("acc", "nll", "ece")
 
 

@@ -26,6 +26,18 @@ REEVALUATED = ("test_ll_fit", "test_tau_fit", "test_ll_fit_mc", "test_tau_fit_mc
                "test_std_epistemic_mc", "test_std_aleatoric_mc", "test_std_aleatoric_fit_mc")
 
 
+def reevaluated(workdir: str, res: Optional[dict], checkpoint: str = "best") -> Optional[str]:
+  """The tag (``<checkpoint>_test``) of ``workdir``'s re-evaluation on the test set, ``python -m
+  vdrnn.evaluate --workdir W --checkpoint <checkpoint>`` (``eval_<tag>.json``,
+  ``predictions_<tag>.npz``), when it evaluated the step ``results.json`` (``res``) reports;
+  else None. An IMDB row's results and predictions take from it the modes they lack (those
+  added since the row ran, such as ``_mc_ts``)."""
+  again = read_json(os.path.join(workdir, f"eval_{checkpoint}_test.json"))
+  if res is None or again is None or again.get("step") != res.get("step"):
+    return None
+  return f"{checkpoint}_test"
+
+
 def read_json(path: str):
   """The JSON file at ``path``; None when there is none."""
   if not os.path.exists(path):
@@ -103,6 +115,11 @@ def collect(row: Row, root: str, extra: list[str]) -> dict:
     again = read_json(os.path.join(workdir, "eval_latest_test.json")) or {}
     if again.get("step") == res.get("step"):
       res = {**{k: v for k, v in again.items() if k in REEVALUATED}, **res}
+  tag = None if row.task != "imdb" or res is None or "members" in res else reevaluated(
+      workdir, res, res.get("checkpoint", "best"))
+  if tag:  # the modes added since the row ran, from the reported checkpoint's re-evaluation
+    again = read_json(os.path.join(workdir, f"eval_{tag}.json"))
+    res = {**{k: v for k, v in again.items() if k.startswith("test_") and k not in res}, **res}
   hist = _history(workdir)
   sessions = info.get("sessions", [])
   if sessions:
@@ -144,14 +161,21 @@ def collect(row: Row, root: str, extra: list[str]) -> dict:
 
 
 def saved_test_predictions(workdir: str, members: int = 0) -> dict:
-  """A row's saved ``predictions_test.npz`` as a dict (``labels``, ``probs``, ``probs_mc``, ...);
+  """A row's saved ``predictions_test.npz`` as a dict (``labels``, ``probs``, ``probs_mc``, ...)
+  with the arrays it lacks from the re-evaluation of the same checkpoint (``reevaluated``);
   a population's (``members`` > 0) from every ``member_XX/``, each array but the labels
   averaged over the members (the deep ensemble's predictive). A missing file raises
   ``OSError``."""
   import numpy as np  # noqa: PLC0415
   from vdrnn import population  # noqa: PLC0415
   if not members:
-    return dict(np.load(os.path.join(workdir, "predictions_test.npz")))
+    pred = dict(np.load(os.path.join(workdir, "predictions_test.npz")))
+    res = read_json(os.path.join(workdir, "results.json"))
+    tag = reevaluated(workdir, res, (res or {}).get("checkpoint", "best"))
+    if tag:
+      again = np.load(os.path.join(workdir, f"predictions_{tag}.npz"))
+      pred.update({k: again[k] for k in again.files if k not in pred})
+    return pred
   preds = [dict(np.load(os.path.join(workdir, population.member_name(k), "predictions_test.npz")))
            for k in range(members)]
   common = set.intersection(*(set(p) for p in preds)) - {"labels"}

@@ -348,6 +348,9 @@ def imdb_modes(rec: dict) -> list[tuple[str, str]]:
   if res.get("test_acc_ts") is not None:
     t = res.get("test_ts_temperature")
     modes.append(("temperature-scaled" + (f" (T = {t:.2f})" if t else ""), "_ts"))
+  if res.get("test_acc_mc_ts") is not None:
+    t = res.get("test_mc_ts_temperature")
+    modes.append(("MC dropout temperature-scaled" + (f" (T = {t:.2f})" if t else ""), "_mc_ts"))
   return modes
 
 
@@ -366,7 +369,8 @@ def imdb_table(records: list[dict]) -> list[str]:
          "text (far shift) and the Pang & Lee reviews (near shift), prepared as the test set. "
          "AURC: area under the risk-coverage curve, inputs accepted by entropy (lower is "
          "better). ECE: 15 equal-width bins of the top-label confidence. Temperature scaling "
-         "(Guo et al. 2017): one temperature fitted on the held-out reviews' NLL. Figures: "
+         "(Guo et al. 2017): one temperature fitted on the held-out reviews' NLL (MC dropout: "
+         "each sample's logits divided by it before the mean). Figures: "
          "`imdb_risk_coverage.png`, `imdb_reliability.png`. The table's accuracy, NLL and ECE "
          "are recomputed from the saved predictions by `python -m launch.check_predictions`.",
          "", "| row | mode | acc | NLL | Brier | ECE | AURC | AUROC PTB | AUPR PTB "

@@ -11,13 +11,14 @@ import shutil
 import subprocess
 import sys
 
+import jax
 import numpy as np
 import pytest
 
 from configs import imdb_lstm
 from tests.helpers import evaluate_cli
 from vdrnn import checkpoint as ckpt_lib
-from vdrnn import seq_eval, tasks, uncertainty
+from vdrnn import seq_eval, seq_task, tasks, uncertainty
 from vdrnn.data import sentiment as data
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -74,7 +75,9 @@ def test_predictions_are_saved_and_the_metrics_come_from_them(run):
   # temperature scaling: the approximation's logits (log probs up to a constant) over T
   np.testing.assert_allclose(probs_ts, uncertainty.softmax(np.log(probs) / t), rtol=1e-5)
   assert (probs_ts.argmax(1) == probs.argmax(1)).all() and 0.05 <= t <= 20
-  for suffix, p in (("", probs), ("_mc", probs_mc), ("_ts", probs_ts)):
+  probs_mc_ts = pred["probs_mc_ts"]
+  assert probs_mc_ts.shape == (n, 2) and r["test_mc_ts_temperature"] > 0
+  for suffix, p in (("", probs), ("_mc", probs_mc), ("_ts", probs_ts), ("_mc_ts", probs_mc_ts)):
     assert r[f"test_acc{suffix}"] == pytest.approx(np.mean(p.argmax(1) == labels))
     assert r[f"test_nll{suffix}"] == pytest.approx(-np.mean(np.log(p[np.arange(n), labels])))
     assert r[f"test_brier{suffix}"] == pytest.approx(
@@ -95,7 +98,7 @@ def test_ood_inputs_are_the_scaledata_reviews_and_auroc_is_a_pairwise_count(run)
   c, workdir, r = run
   ood = np.load(os.path.join(workdir, "predictions_ood_scaledata_test.npz"))
   x, _ = data.ood_inputs(c, "scaledata")
-  assert set(ood.files) == {"probs", "probs_mc", "mi_mc", "probs_ts"}
+  assert set(ood.files) == {"probs", "probs_mc", "mi_mc", "probs_ts", "probs_mc_ts", "mi_mc_ts"}
   assert len(ood["probs"]) == len(x["x"])
   ind = np.load(os.path.join(workdir, "predictions_test.npz"))
   for key, s_in, s_out in (("auroc_entropy", _entropy(ind["probs"]), _entropy(ood["probs"])),
@@ -138,6 +141,8 @@ def test_an_mc_evaluation_killed_half_way_resumes_to_the_same_predictions(run, t
   names = ("predictions_best_test.npz", "predictions_ood_scaledata_best_test.npz")
   arrays = {n: dict(np.load(os.path.join(wd, n))) for n in names}
   test_part = "predict_best_test.partial.npz"
+  cal_part = "predict_calibration_best_test.partial.npz"  # the validation split's MC pass
+  n_cal = -(-len(seq_task.load_data(c)[0]["valid"]["y"]) // 8)
   ood_part = "predict_ood_scaledata_best_test.partial.npz"
   n_ood = -(-len(arrays[names[1]]["probs"]) // 8)
   assert n_ood >= 3
@@ -156,7 +161,8 @@ def test_an_mc_evaluation_killed_half_way_resumes_to_the_same_predictions(run, t
   monkeypatch.setattr(seq_eval, "_save_partial", killed_in_ood_batch_2)
   with pytest.raises(Killed):
     evaluate()
-  assert saves == [(test_part, 1), (test_part, 2), (ood_part, 1), (ood_part, 2)]
+  assert saves == [(test_part, 1), (test_part, 2), *[(cal_part, b) for b in range(1, n_cal + 1)],
+                   (ood_part, 1), (ood_part, 2)]
   saves.clear()
   got = evaluate()
   assert saves == [(ood_part, b) for b in range(3, n_ood + 1)]  # the test pass is not run again
@@ -350,7 +356,7 @@ def test_check_predictions_recomputes_the_table_from_the_saved_arrays(run, tmp_p
          "--results_dir", str(out)]
   good = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=120)
   assert good.returncode == 0, good.stdout + good.stderr
-  assert "3 row-modes checked, 0 beyond 1e-06" in good.stdout  # probs, probs_mc, probs_ts
+  assert "4 row-modes checked, 0 beyond 1e-06" in good.stdout  # probs, _mc, _ts, _mc_ts
   doc = json.loads((out / "results.json").read_text())
   rec = next(r for r in doc["rows"] if r["row"] == "imdb_lstm_variational_untied")
   rec["results"]["test_ece_mc"] += 1e-5
@@ -358,6 +364,76 @@ def test_check_predictions_recomputes_the_table_from_the_saved_arrays(run, tmp_p
   bad = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=120)
   assert bad.returncode == 1
   assert "1 beyond 1e-06: imdb_lstm_variational_untied probs_mc" in bad.stdout
+
+
+def test_mc_temperature_is_fitted_on_the_validation_passes_and_a_reevaluation_adds_it(run,
+                                                                                     tmp_path):
+  """MC dropout temperature-scaled (``_mc_ts``): the temperature minimises the calibration
+  split's NLL of the mean over MC passes of ``softmax(logits_s / T)`` (a grid over T, a loop
+  over passes), and the saved test predictive is that mean at T. (The tiny run's two held-out
+  reviews are both wrong, which puts T at the search's bound; here the calibration split is the
+  training reviews, labelled by the model itself with every fourth flipped, and the weights
+  are scaled by 3, so the minimum is inside.) A row that ran before the mode existed takes it
+  from a re-evaluation of the same checkpoint (``vdrnn.evaluate``): the report shows it and
+  ``check_predictions`` recomputes it; a re-evaluation of another step is ignored."""
+  from launch import report
+  c, workdir, r = run
+  head = tasks.of(c).HEAD
+  state, _, splits, info, fns, mesh = seq_task.restore_workdir(c, workdir, head, "best")
+  params, n = jax.tree.map(lambda a: 3 * a, state["params"]), c.eval.mc_samples
+  det_c, mc_c = seq_eval.predict(c, fns, params, splits["train"]["x"], mesh, samples=n)
+  y_c = det_c.argmax(1)
+  y_c[::4] = 1 - y_c[::4]
+  _, mc_t = seq_eval.predict(c, fns, params, splits["test"]["x"], mesh, samples=n)
+  y_t = np.asarray(splits["test"]["y"])
+  got = seq_eval.evaluate(c, head, fns, params, splits["test"], info, mesh, samples=n,
+                          workdir=str(tmp_path), tag="t",
+                          calibration={"x": splits["train"]["x"], "y": y_c})
+
+  def mean_probs(mc, t):
+    return np.mean([np.exp(mc[s] / t) / np.exp(mc[s] / t).sum(1, keepdims=True)
+                    for s in range(n)], 0)
+
+  grid = np.exp(np.linspace(np.log(0.05), np.log(20.0), 2001))
+  nlls = [-np.mean(np.log(mean_probs(mc_c, g)[np.arange(len(y_c)), y_c])) for g in grid]
+  t = got["mc_ts_temperature"]
+  assert 0.06 < t < 19 and t != pytest.approx(got["ts_temperature"], rel=0.1)
+  assert abs(np.log(t) - np.log(grid[int(np.argmin(nlls))])) < 5e-3
+  saved = np.load(tmp_path / "predictions_t.npz")
+  np.testing.assert_allclose(saved["probs_mc_ts"], mean_probs(mc_t, t), rtol=1e-6, atol=1e-9)
+  assert got["nll_mc_ts"] == pytest.approx(
+      -np.mean(np.log(mean_probs(mc_t, t)[np.arange(len(y_t)), y_t])), rel=1e-6)
+
+  root, out = tmp_path / "root", tmp_path / "results"
+  old = root / "imdb_lstm_variational_untied"  # as a row that ran before ``_mc_ts`` existed
+  shutil.copytree(workdir, old)
+  res = json.loads((old / "results.json").read_text())
+  (old / "results.json").write_text(json.dumps(
+      {k: v for k, v in res.items() if "mc_ts" not in k}))
+  saved = np.load(os.path.join(workdir, "predictions_test.npz"))
+  np.savez(old / "predictions_test.npz",
+           **{k: v for k, v in saved.items() if "mc_ts" not in k})
+  for f in glob.glob(str(old / "eval_*")) + glob.glob(str(old / "predictions_best_*")):
+    os.remove(f)
+
+  def reported():
+    report.report(str(root), str(out), [])
+    doc = json.loads((out / "results.json").read_text())
+    return next(x for x in doc["rows"] if x["row"] == old.name)["results"]
+  assert "test_acc_mc_ts" not in reported()
+  tasks.evaluate_workdir(c, str(old), checkpoint="best", split="test", progress=False)
+  got = reported()
+  for k in ("test_acc_mc_ts", "test_nll_mc_ts", "test_ece_mc_ts", "test_mc_ts_temperature"):
+    assert got[k] == pytest.approx(r[k], rel=1e-6), k
+  assert got["test_nll_mc"] == r["test_nll_mc"]  # the row's own results are kept
+  assert "MC dropout temperature-scaled (T = " in (out / "README_table.md").read_text()
+  cmd = [sys.executable, "-m", "launch.check_predictions", "--workdir_root", str(root),
+         "--results_dir", str(out)]
+  done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=120)
+  assert done.returncode == 0 and "4 row-modes checked, 0 beyond 1e-06" in done.stdout, done.stdout
+  again = json.loads((old / "eval_best_test.json").read_text())
+  (old / "eval_best_test.json").write_text(json.dumps({**again, "step": again["step"] + 1}))
+  assert "test_acc_mc_ts" not in reported()
 
 
 def test_mc_gap_passes_against_the_evaluation_and_a_loop_over_samples(run, tmp_path):

@@ -302,3 +302,31 @@ def test_fit_temperature_minimises_the_nll_as_a_fine_grid_does():
   assert nll_at(3 * z, t) < nll_at(3 * z, 1.0)
   assert (uncertainty.softmax(3 * z / t).argmax(1) == z.argmax(1)).all()
   assert abs(uncertainty.fit_temperature(z, labels) - 1.0) < 0.1
+
+
+def test_fit_temperature_of_mc_passes_minimises_the_nll_of_their_scaled_mean():
+  """MC passes ``[S, N, K]``: the fitted temperature minimises the NLL of the mean over passes
+  of ``softmax(logits_s / T)`` (a loop over passes, on a fine grid); one pass is
+  the single-pass fit; ``scaled_predictive`` is that mean and its mutual information."""
+  rng = np.random.RandomState(1)
+  z = rng.randn(600, 3)
+  labels = np.array([rng.choice(3, p=p) for p in uncertainty.softmax(z)])
+  passes = 0.4 * (z[None] + 2.0 * rng.randn(5, 600, 3))  # weak, disagreeing passes
+
+  def nll_at(t):  # the true label's probability in each pass, then their mean
+    p_true = [np.exp(passes[s] / t)[np.arange(600), labels] / np.exp(passes[s] / t).sum(1)
+              for s in range(5)]
+    return -np.mean(np.log(np.mean(p_true, 0)))
+
+  t = uncertainty.fit_temperature(passes, labels)
+  grid = np.exp(np.linspace(np.log(0.05), np.log(20.0), 801))
+  best = grid[int(np.argmin([nll_at(g) for g in grid]))]
+  assert abs(t - best) < 2e-2 * best and t < 1.0  # under-confident passes are sharpened
+  assert nll_at(t) <= nll_at(best) + 1e-9 and nll_at(t) < nll_at(1.0)
+  assert uncertainty.fit_temperature(passes[:1], labels) == pytest.approx(
+      uncertainty.fit_temperature(passes[0], labels), rel=1e-9)
+  pred = uncertainty.scaled_predictive(passes, t)
+  by_loop = np.mean([uncertainty.softmax(passes[s] / t) for s in range(5)], 0)
+  np.testing.assert_allclose(pred["probs"], by_loop, rtol=1e-12)
+  np.testing.assert_allclose(pred["mi"], uncertainty.mutual_information(
+      np.stack([uncertainty.softmax(passes[s] / t) for s in range(5)])), rtol=1e-12)

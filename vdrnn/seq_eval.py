@@ -194,13 +194,16 @@ def _regression_summary(config, info: dict, y: np.ndarray, det: np.ndarray,
 
 
 def predictions(det: np.ndarray, mc: Optional[np.ndarray], labels=None,
-                temperature: Optional[float] = None) -> dict:
+                temperature: Optional[float] = None,
+                mc_temperature: Optional[float] = None) -> dict:
   """What ``predictions_<tag>.npz`` holds, from logits ``det [N, K]`` and ``mc [S, N, K]``:
   ``probs`` (the dropout approximation, ``[N, K]``); with MC samples, ``probs_mc`` (their mean
   probability, ``[N, K]``) and ``mi_mc`` (the mutual information, ``[N]``); with a
   ``temperature`` (``uncertainty.fit_temperature`` on the validation split), ``probs_ts``
-  (``softmax(det / temperature)``, ``[N, K]``); ``labels [N]`` when given. Every classification
-  metric is computed from these arrays."""
+  (``softmax(det / temperature)``, ``[N, K]``); with an ``mc_temperature`` (fitted on the
+  validation split's MC passes), ``probs_mc_ts`` and ``mi_mc_ts`` (``uncertainty.
+  scaled_predictive`` of ``mc``); ``labels [N]`` when given. Every classification metric is
+  computed from these arrays."""
   out = {} if labels is None else {"labels": np.asarray(labels)}
   out["probs"] = uncertainty.softmax(det)
   if mc is not None:
@@ -208,6 +211,9 @@ def predictions(det: np.ndarray, mc: Optional[np.ndarray], labels=None,
     out["probs_mc"], out["mi_mc"] = pred["probs"], pred["mi"]
   if temperature is not None:
     out["probs_ts"] = uncertainty.softmax(np.asarray(det, np.float64) / temperature)
+  if mc is not None and mc_temperature is not None:
+    pred = uncertainty.scaled_predictive(mc, mc_temperature)
+    out["probs_mc_ts"], out["mi_mc_ts"] = pred["probs"], pred["mi"]
   return out
 
 
@@ -216,14 +222,16 @@ ONE_PASS = ("", "_ts")  # the modes of one forward pass (``modes``): no mutual i
 
 def modes(preds: dict) -> dict:
   """``{"": dropout approximation, "_mc": MC dropout, "_ts": the dropout approximation
-  temperature-scaled}`` (those ``preds`` has) as ``uncertainty.predictive`` dicts (one pass
-  has mutual information 0)."""
+  temperature-scaled, "_mc_ts": MC dropout temperature-scaled}`` (those ``preds`` has) as
+  ``uncertainty.predictive`` dicts (one pass has mutual information 0)."""
   zero = np.zeros(len(preds["probs"]))
   out = {"": {"probs": preds["probs"], "mi": zero}}
   if "probs_mc" in preds:
     out["_mc"] = {"probs": preds["probs_mc"], "mi": preds["mi_mc"]}
   if "probs_ts" in preds:
     out["_ts"] = {"probs": preds["probs_ts"], "mi": zero}
+  if "probs_mc_ts" in preds:
+    out["_mc_ts"] = {"probs": preds["probs_mc_ts"], "mi": preds["mi_mc_ts"]}
   return out
 
 
@@ -249,8 +257,8 @@ def mode_ood(pred: dict, pred_ood: dict, one_pass: bool = False) -> dict:
 
 
 def prediction_metrics(preds: dict, n_bins: int) -> dict:
-  """``mode_metrics`` of the dropout approximation and, suffixed ``_mc`` and ``_ts``, of MC
-  dropout and of the temperature-scaled approximation (``modes``)."""
+  """``mode_metrics`` of the dropout approximation and, suffixed ``_mc``, ``_ts`` and
+  ``_mc_ts``, of MC dropout and of the two temperature-scaled (``modes``)."""
   out = {}
   for suffix, pred in modes(preds).items():
     out.update({k + suffix: v for k, v in
@@ -369,7 +377,9 @@ def evaluate(config,
   (``vdrnn.data.sentiment.OOD_SETS``, inputs prepared as the test set) its predictions
   ``predictions_ood_<name>_<tag>.npz`` and the metrics ``ood_<name>_<auroc|aupr>_...``. With a
   ``calibration`` split (the validation set), temperature scaling fitted on its dropout
-  approximation is a further mode (``_ts``; the temperature is ``ts_temperature``). With MC
+  approximation is a further mode (``_ts``; the temperature is ``ts_temperature``), and with MC
+  samples one fitted on its MC passes another (``_mc_ts``, ``mc_ts_temperature``; an MC pass
+  over the calibration split, with the test's sample keys). With MC
   samples and a ``workdir`` (one process), each MC pass saves its state there as it goes
   (``predict_<tag>.partial.npz``, ``predict_ood_<name>_<tag>.partial.npz``): an evaluation
   killed half-way resumes where it stopped; the files are removed when it ends."""
@@ -387,14 +397,18 @@ def evaluate(config,
     _remove(saved)
     return head.summarize(config, info, split["y"], det, mc, taus)
   e = config.eval
-  t = None
+  t = t_mc = None
   if calibration is not None and len(calibration["y"]):
-    det_c, _ = predict(config, fns, params, calibration["x"], mesh)
+    det_c, mc_c = predict(config, fns, params, calibration["x"], mesh, samples=samples,
+                          progress=progress, partial=partial(f"calibration_{tag}"))
     t = uncertainty.fit_temperature(det_c, calibration["y"])
-  preds = predictions(det, mc, split["y"], t)
+    t_mc = None if mc_c is None else uncertainty.fit_temperature(mc_c, calibration["y"])
+  preds = predictions(det, mc, split["y"], t, t_mc)
   out = prediction_metrics(preds, e.ece_bins)
   if t is not None:
     out["ts_temperature"] = t
+  if t_mc is not None:
+    out["mc_ts_temperature"] = t_mc
   primary = sharding.is_primary()
   if primary:
     np.savez(os.path.join(workdir, f"predictions_{tag}.npz"), **preds)
@@ -403,6 +417,8 @@ def evaluate(config,
       curves[f"MC dropout ({samples})"] = preds["probs_mc"]
     if t is not None:
       curves[f"temperature-scaled (T = {t:.2f})"] = preds["probs_ts"]
+    if t_mc is not None:
+      curves[f"MC dropout temperature-scaled (T = {t_mc:.2f})"] = preds["probs_mc_ts"]
     plots.reliability_diagram(os.path.join(workdir, f"reliability_{tag}.png"), curves,
                               split["y"], e.ece_bins)
     plots.risk_coverage(os.path.join(workdir, f"risk_coverage_{tag}.png"), curves, split["y"])
@@ -410,7 +426,7 @@ def evaluate(config,
     x = sentiment_data.ood_inputs(config, name)[0]["x"]
     det_o, mc_o = predict(config, fns, params, x, mesh, samples=samples, progress=progress,
                           partial=partial(f"ood_{name}_{tag}"))
-    preds_o = predictions(det_o, mc_o, temperature=t)
+    preds_o = predictions(det_o, mc_o, temperature=t, mc_temperature=t_mc)
     if primary:
       np.savez(os.path.join(workdir, f"predictions_ood_{name}_{tag}.npz"), **preds_o)
     out.update({f"ood_{name}_{k}": v for k, v in ood_metrics(preds, preds_o).items()})

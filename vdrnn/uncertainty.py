@@ -29,7 +29,7 @@ Lakshminarayanan et al. 2017, whose members' probabilities stack into the same `
 * selective prediction (Geifman & El-Yaniv 2017): predict only on the inputs of lowest
   uncertainty; accuracy / risk against coverage and its area (``risk_coverage``, ``aurc``);
 * temperature scaling (Guo et al. 2017), the one-parameter recalibration baseline
-  (``fit_temperature``).
+  (``fit_temperature``), of one pass's logits or of every MC pass's before their mean.
 """
 
 from __future__ import annotations
@@ -184,9 +184,20 @@ def ece(probs, labels, n_bins: int = 15) -> float:
 def fit_temperature(logits, labels, lo: float = 0.05, hi: float = 20.0) -> float:
   """Temperature scaling (Guo et al. 2017): the ``T`` in ``[lo, hi]`` that minimises the mean
   NLL of ``softmax(logits / T)`` on held-out points (``logits [N, K]``, ``labels [N]``); one
-  scalar, so the predicted class never changes, only the confidence."""
+  scalar, so the predicted class never changes, only the confidence.
+
+  With MC samples, ``logits [S, N, K]``: the NLL of ``predictive(softmax(logits / T))``, each
+  pass's logits divided by ``T`` before the mean over passes (as ``scaled_predictive``). The
+  mean's predicted class can then change with ``T``."""
   z = np.asarray(logits, np.float64)
-  return _argmax_log(lambda t: -nll(softmax(z / t), labels), lo, hi)
+  if z.ndim == 2:
+    return _argmax_log(lambda t: -nll(softmax(z / t), labels), lo, hi)
+  return _argmax_log(lambda t: -nll(softmax(z / t).mean(0), labels), lo, hi)
+
+
+def scaled_predictive(logits, temperature: float) -> dict:
+  """``predictive`` of MC passes' logits ``[S, N, K]`` each divided by ``temperature``."""
+  return predictive(softmax(np.asarray(logits, np.float64) / temperature))
 
 
 def predictive(probs) -> dict:
