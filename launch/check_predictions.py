@@ -9,7 +9,7 @@ For every IMDB row that is done in ``--results_dir``'s ``results.json`` (what
 ensemble: every member's, ``member_XX/``, averaged over members) and recomputes, for each mode
 it has (dropout approximation ``probs``, MC dropout ``probs_mc``, temperature-scaled
 ``probs_ts`` and ``probs_mc_ts``; those added since a row ran from its re-evaluation,
-``collect.reevaluated``), the accuracy, the mean NLL of the true label and the ECE
+``collect.reevaluation``), the accuracy, the mean NLL of the true label and the ECE
 (equal-width bins of the top-label confidence, ``(lo, hi]``, the config's ``eval.ece_bins``)
 directly in NumPy, without vdrnn's metric code. It prints one line per row and mode with the
 largest difference, and exits 1 if any exceeds ``--tol``; a row whose arrays are missing is

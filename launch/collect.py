@@ -26,16 +26,17 @@ REEVALUATED = ("test_ll_fit", "test_tau_fit", "test_ll_fit_mc", "test_tau_fit_mc
                "test_std_epistemic_mc", "test_std_aleatoric_mc", "test_std_aleatoric_fit_mc")
 
 
-def reevaluated(workdir: str, res: Optional[dict], checkpoint: str = "best") -> Optional[str]:
-  """The tag (``<checkpoint>_test``) of ``workdir``'s re-evaluation on the test set, ``python -m
-  vdrnn.evaluate --workdir W --checkpoint <checkpoint>`` (``eval_<tag>.json``,
-  ``predictions_<tag>.npz``), when it evaluated the step ``results.json`` (``res``) reports;
-  else None. An IMDB row's results and predictions take from it the modes they lack (those
-  added since the row ran, such as ``_mc_ts``)."""
+def reevaluation(workdir: str, res: Optional[dict], checkpoint: str) -> Optional[dict]:
+  """``workdir``'s re-evaluation of checkpoint ``checkpoint`` on the test set, ``python -m
+  vdrnn.evaluate --workdir W --checkpoint <checkpoint>`` (``eval_<checkpoint>_test.json``, beside
+  ``predictions_<checkpoint>_test.npz``), when it evaluated the step ``results.json`` (``res``)
+  reports; else None. A row's results take from it what they lack: a sentiment row the
+  ``REEVALUATED`` metrics, an IMDB row the modes added since it ran (such as ``_mc_ts``), and
+  its predictions the arrays of those modes."""
   again = read_json(os.path.join(workdir, f"eval_{checkpoint}_test.json"))
   if res is None or again is None or again.get("step") != res.get("step"):
     return None
-  return f"{checkpoint}_test"
+  return again
 
 
 def read_json(path: str):
@@ -112,13 +113,10 @@ def collect(row: Row, root: str, extra: list[str]) -> dict:
   cfg = read_json(os.path.join(workdir, "config.json")) or {}
   res = read_json(os.path.join(workdir, "results.json"))
   if res is not None and row.task == "sentiment":  # the final checkpoint re-evaluated since
-    again = read_json(os.path.join(workdir, "eval_latest_test.json")) or {}
-    if again.get("step") == res.get("step"):
-      res = {**{k: v for k, v in again.items() if k in REEVALUATED}, **res}
-  tag = None if row.task != "imdb" or res is None or "members" in res else reevaluated(
-      workdir, res, res.get("checkpoint", "best"))
-  if tag:  # the modes added since the row ran, from the reported checkpoint's re-evaluation
-    again = read_json(os.path.join(workdir, f"eval_{tag}.json"))
+    again = reevaluation(workdir, res, "latest") or {}
+    res = {**{k: v for k, v in again.items() if k in REEVALUATED}, **res}
+  if res is not None and row.task == "imdb" and "members" not in res:
+    again = reevaluation(workdir, res, res.get("checkpoint", "best")) or {}
     res = {**{k: v for k, v in again.items() if k.startswith("test_") and k not in res}, **res}
   hist = _history(workdir)
   sessions = info.get("sessions", [])
@@ -162,7 +160,7 @@ def collect(row: Row, root: str, extra: list[str]) -> dict:
 
 def saved_test_predictions(workdir: str, members: int = 0) -> dict:
   """A row's saved ``predictions_test.npz`` as a dict (``labels``, ``probs``, ``probs_mc``, ...)
-  with the arrays it lacks from the re-evaluation of the same checkpoint (``reevaluated``);
+  with the arrays it lacks from the re-evaluation of the same checkpoint (``reevaluation``);
   a population's (``members`` > 0) from every ``member_XX/``, each array but the labels
   averaged over the members (the deep ensemble's predictive). A missing file raises
   ``OSError``."""
@@ -171,9 +169,9 @@ def saved_test_predictions(workdir: str, members: int = 0) -> dict:
   if not members:
     pred = dict(np.load(os.path.join(workdir, "predictions_test.npz")))
     res = read_json(os.path.join(workdir, "results.json"))
-    tag = reevaluated(workdir, res, (res or {}).get("checkpoint", "best"))
-    if tag:
-      again = np.load(os.path.join(workdir, f"predictions_{tag}.npz"))
+    checkpoint = (res or {}).get("checkpoint", "best")
+    if reevaluation(workdir, res, checkpoint):
+      again = np.load(os.path.join(workdir, f"predictions_{checkpoint}_test.npz"))
       pred.update({k: again[k] for k in again.files if k not in pred})
     return pred
   preds = [dict(np.load(os.path.join(workdir, population.member_name(k), "predictions_test.npz")))
